@@ -1,0 +1,160 @@
+//! Field values at one model time, laid out for the kernels: element-centred velocities become
+//! per-element, per-layer linear reconstructions `[u0, du/dx, du/dy, v0, .., w0, ..]` (so a
+//! particle's interpolation reads one contiguous block), node fields stay node-major.
+//! Built from one time slice as a reader delivers it (layer-major, FVCOM's `(siglay, nele)`).
+
+use crate::mesh::{is_element, Mesh};
+
+/// Coefficients per element and layer: u0, ux, uy, v0, vx, vy, w0, wx, wy.
+pub const N_COEF: usize = 9;
+
+/// One time slice in FVCOM's own layout. Layer-major arrays, as read from `(time, siglay, nele)`.
+#[derive(Clone, Debug, Default)]
+pub struct RawSlice {
+    /// Seconds on the run clock.
+    pub time: f64,
+    pub u: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Vertical velocity, m/s, positive up; `None` means zero.
+    pub ww: Option<Vec<f32>>,
+    pub zeta: Vec<f32>,
+    pub temp: Option<Vec<f32>>,
+    pub kh: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FieldLevel {
+    pub time: f64,
+    /// `(element * n_layers + layer) * N_COEF + c`.
+    pub coef: Vec<f32>,
+    /// Free surface at each element's three nodes.
+    pub zeta_elem: Vec<[f32; 3]>,
+    /// Temperature, node-major `node * n_layers + layer`.
+    pub temp: Option<Vec<f32>>,
+    /// Vertical eddy diffusivity, node-major `node * n_levels + level`.
+    pub kh: Option<Vec<f32>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum FieldError {
+    #[error("{name}: expected {expected} values for one time slice, found {found}")]
+    Shape {
+        name: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+fn node_major(src: &[f32], n_nodes: usize, per_node: usize) -> Vec<f32> {
+    let mut out = vec![0.0; src.len()];
+    for k in 0..per_node {
+        for n in 0..n_nodes {
+            out[n * per_node + k] = src[k * n_nodes + n];
+        }
+    }
+    out
+}
+
+impl FieldLevel {
+    pub fn from_slice(mesh: &Mesh, raw: &RawSlice) -> Result<FieldLevel, FieldError> {
+        let ne = mesh.n_elements();
+        let nn = mesh.n_nodes();
+        let nl = mesh.vertical.n_layers;
+        let check = |name: &'static str, len: usize, expected: usize| {
+            if len == expected {
+                Ok(())
+            } else {
+                Err(FieldError::Shape {
+                    name,
+                    expected,
+                    found: len,
+                })
+            }
+        };
+        check("u", raw.u.len(), ne * nl)?;
+        check("v", raw.v.len(), ne * nl)?;
+        if let Some(w) = &raw.ww {
+            check("ww", w.len(), ne * nl)?;
+        }
+        check("zeta", raw.zeta.len(), nn)?;
+        if let Some(t) = &raw.temp {
+            check("temp", t.len(), nn * nl)?;
+        }
+        if let Some(k) = &raw.kh {
+            check("kh", k.len(), nn * (nl + 1))?;
+        }
+        let mut coef = vec![0.0f32; ne * nl * N_COEF];
+        let fields: [Option<&[f32]>; 3] = [Some(&raw.u), Some(&raw.v), raw.ww.as_deref()];
+        for (c, field) in fields.iter().enumerate() {
+            let Some(f) = field else { continue };
+            for k in 0..nl {
+                let layer = &f[k * ne..(k + 1) * ne];
+                for e in 0..ne {
+                    let u0 = layer[e];
+                    let nb = mesh.nbe[e];
+                    let (a1, a2) = (&mesh.a1u[e], &mesh.a2u[e]);
+                    let (mut gx, mut gy) = (a1[0] * u0, a2[0] * u0);
+                    for j in 0..3 {
+                        if is_element(nb[j]) {
+                            let un = layer[nb[j] as usize];
+                            gx += a1[j + 1] * un;
+                            gy += a2[j + 1] * un;
+                        }
+                    }
+                    // A missing neighbour value (fill, NaN) degrades the element to a constant
+                    // value rather than poisoning it; a missing own value stays NaN and the
+                    // kernel quarantines particles that meet it.
+                    if !(gx.is_finite() && gy.is_finite()) {
+                        gx = 0.0;
+                        gy = 0.0;
+                    }
+                    let base = (e * nl + k) * N_COEF + 3 * c;
+                    coef[base] = u0;
+                    coef[base + 1] = gx;
+                    coef[base + 2] = gy;
+                }
+            }
+        }
+        let zeta_elem = mesh
+            .nv
+            .iter()
+            .map(|t| t.map(|n| raw.zeta[n as usize]))
+            .collect();
+        Ok(FieldLevel {
+            time: raw.time,
+            coef,
+            zeta_elem,
+            temp: raw.temp.as_ref().map(|t| node_major(t, nn, nl)),
+            kh: raw.kh.as_ref().map(|k| node_major(k, nn, nl + 1)),
+        })
+    }
+}
+
+/// The field levels bracketing the time span of a step, oldest first.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a> {
+    pub levels: &'a [FieldLevel],
+}
+
+impl<'a> Window<'a> {
+    /// The two levels around time `t` and the weight of the later one. Times outside the window
+    /// use its nearest level unchanged.
+    #[inline]
+    pub fn bracket(&self, t: f64) -> (&'a FieldLevel, &'a FieldLevel, f64) {
+        let l = self.levels;
+        if l.len() == 1 || t <= l[0].time {
+            return (&l[0], &l[0], 0.0);
+        }
+        let last = l.len() - 1;
+        if t >= l[last].time {
+            return (&l[last], &l[last], 0.0);
+        }
+        let mut i = 0;
+        while i + 1 < last && l[i + 1].time <= t {
+            i += 1;
+        }
+        let (a, b) = (&l[i], &l[i + 1]);
+        (a, b, (t - a.time) / (b.time - a.time))
+    }
+}

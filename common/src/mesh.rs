@@ -1,0 +1,825 @@
+//! Mesh geometry in a local metric frame: nodes, counter-clockwise elements, the neighbour opposite
+//! each node, FVCOM's linear-reconstruction coefficients, sigma coordinates and a spatial index.
+//! Built once from whatever a reader found; every quirk of the input (orientation, missing or
+//! inconsistent `nbe`) is repaired here and reported as a [`MeshNote`].
+
+use crate::projection::TransverseMercator;
+use serde::{Deserialize, Serialize};
+
+/// `nbe` entry for an edge on land: particles reflect.
+pub const LAND: u32 = u32::MAX;
+/// `nbe` entry for an edge on the open boundary: particles leave the domain.
+pub const OPEN: u32 = u32::MAX - 1;
+
+/// Is this `nbe` entry a real neighbour (not a boundary)?
+#[inline(always)]
+pub fn is_element(n: u32) -> bool {
+    n < OPEN
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum MeshError {
+    #[error("mesh has no elements")]
+    Empty,
+    #[error("nv: element {element} refers to node {node}, but the mesh has {n_nodes} nodes")]
+    NodeOutOfRange {
+        element: usize,
+        node: i64,
+        n_nodes: usize,
+    },
+    #[error("nv: element {element} is degenerate (zero area)")]
+    Degenerate { element: usize },
+    #[error("nv: the edge between nodes {a} and {b} is shared by more than two elements")]
+    NonManifold { a: u32, b: u32 },
+    #[error("{name}: expected {expected} values, found {found}")]
+    Shape {
+        name: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{name}: value at index {index} is not finite")]
+    NotFinite { name: &'static str, index: usize },
+    #[error("open boundary node {node} is not a node of the mesh (it has {n_nodes})")]
+    OpenNodeOutOfRange { node: u32, n_nodes: usize },
+}
+
+/// Something the builder repaired or assumed, for the user to read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeshNote {
+    ReorientedElements(usize),
+    NbeMissing,
+    NbeInconsistent { first_bad_element: usize },
+    ReconstructionComputed,
+    OpenBoundaryEdges(usize),
+}
+
+impl std::fmt::Display for MeshNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeshNote::ReorientedElements(n) => write!(f, "{n} elements were clockwise (FVCOM's order); reordered counter-clockwise"),
+            MeshNote::NbeMissing => write!(f, "nbe is missing; element neighbours recomputed from nv"),
+            MeshNote::NbeInconsistent { first_bad_element } => write!(f, "nbe disagrees with nv (first at element {first_bad_element}); element neighbours recomputed"),
+            MeshNote::ReconstructionComputed => write!(f, "a1u/a2u not used from the file; linear reconstruction coefficients computed from the geometry"),
+            MeshNote::OpenBoundaryEdges(n) => write!(f, "{n} boundary edges are open; the rest are land"),
+        }
+    }
+}
+
+/// Barycentric weights relative to the element centroid: `w_i = 1/3 + b_i dx + c_i dy`, where
+/// `w_i` belongs to node `i` and vanishes on the edge opposite it (the edge shared with `nbe[i]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct ElementGeometry {
+    pub xc: f64,
+    pub yc: f64,
+    pub b: [f64; 3],
+    pub c: [f64; 3],
+}
+
+impl ElementGeometry {
+    #[inline(always)]
+    pub fn weights(&self, x: f64, y: f64) -> [f64; 3] {
+        let dx = x - self.xc;
+        let dy = y - self.yc;
+        [
+            1.0 / 3.0 + self.b[0] * dx + self.c[0] * dy,
+            1.0 / 3.0 + self.b[1] * dx + self.c[1] * dy,
+            1.0 / 3.0 + self.b[2] * dx + self.c[2] * dy,
+        ]
+    }
+}
+
+/// Sigma coordinates, -1 at the bottom and 0 at the surface; layer 0 is the top layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vertical {
+    pub n_layers: usize,
+    /// Layer centres per node, node-major (`node * n_layers + k`).
+    pub siglay_node: Vec<f32>,
+    /// Levels per node, node-major (`node * (n_layers + 1) + k`).
+    pub siglev_node: Vec<f32>,
+    /// Layer centres per element (mean of its nodes), element-major.
+    pub siglay_elem: Vec<f32>,
+}
+
+impl Vertical {
+    pub fn n_levels(&self) -> usize {
+        self.n_layers + 1
+    }
+}
+
+/// What a reader (or the synthetic generator) hands to [`Mesh::build`]. Indices are 0-based.
+#[derive(Clone, Debug, Default)]
+pub struct MeshInput {
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    /// Bathymetry at nodes, metres, positive down.
+    pub h: Vec<f32>,
+    pub nv: Vec<[i64; 3]>,
+    /// Neighbour opposite each node, negative for none.
+    pub nbe: Option<Vec<[i64; 3]>>,
+    /// FVCOM's a1u/a2u: [self, nbe0, nbe1, nbe2] per element, in the file's node order.
+    pub a1u: Option<Vec<[f32; 4]>>,
+    pub a2u: Option<Vec<[f32; 4]>>,
+    /// Sigma layer centres, either one column (`n_layers`) or node-major (`n_nodes * n_layers`).
+    pub siglay: Vec<f32>,
+    pub siglev: Vec<f32>,
+    pub n_layers: usize,
+    pub open_boundary_nodes: Vec<u32>,
+    pub projection: Option<TransverseMercator>,
+}
+
+/// A uniform grid of buckets listing the elements whose bounding box meets each cell.
+#[derive(Clone, Debug)]
+struct GridIndex {
+    x0: f64,
+    y0: f64,
+    cell: f64,
+    nx: usize,
+    ny: usize,
+    start: Vec<u32>,
+    items: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub h: Vec<f32>,
+    pub nv: Vec<[u32; 3]>,
+    pub nbe: Vec<[u32; 3]>,
+    pub geometry: Vec<ElementGeometry>,
+    /// Bathymetry at each element's three nodes, so kernels need no gather through `nv`.
+    pub h_elem: Vec<[f32; 3]>,
+    pub a1u: Vec<[f32; 4]>,
+    pub a2u: Vec<[f32; 4]>,
+    pub vertical: Vertical,
+    pub projection: Option<TransverseMercator>,
+    index: GridIndex,
+}
+
+/// Walking gives up after this many moves and asks the spatial index.
+pub const MAX_WALK: usize = 64;
+
+fn check_len(name: &'static str, v: usize, expected: usize) -> Result<(), MeshError> {
+    if v != expected {
+        Err(MeshError::Shape {
+            name,
+            expected,
+            found: v,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_finite<T: Copy + Into<f64>>(name: &'static str, v: &[T]) -> Result<(), MeshError> {
+    match v.iter().position(|a| !(*a).into().is_finite()) {
+        Some(index) => Err(MeshError::NotFinite { name, index }),
+        None => Ok(()),
+    }
+}
+
+impl Mesh {
+    pub fn n_nodes(&self) -> usize {
+        self.x.len()
+    }
+    pub fn n_elements(&self) -> usize {
+        self.nv.len()
+    }
+
+    pub fn build(input: MeshInput) -> Result<(Mesh, Vec<MeshNote>), MeshError> {
+        let n_nodes = input.x.len();
+        let n_elements = input.nv.len();
+        if n_elements == 0 {
+            return Err(MeshError::Empty);
+        }
+        check_len("y", input.y.len(), n_nodes)?;
+        check_len("h", input.h.len(), n_nodes)?;
+        check_finite("x", &input.x)?;
+        check_finite("y", &input.y)?;
+        check_finite("h", &input.h)?;
+        let mut notes = Vec::new();
+
+        // Elements: range check, then counter-clockwise order (swap nodes 1 and 2, and with
+        // them the matching nbe and a1u/a2u entries).
+        let mut nv = Vec::with_capacity(n_elements);
+        let mut flipped = vec![false; n_elements];
+        for (e, tri) in input.nv.iter().enumerate() {
+            let mut t = [0u32; 3];
+            for i in 0..3 {
+                if tri[i] < 0 || tri[i] as usize >= n_nodes {
+                    return Err(MeshError::NodeOutOfRange {
+                        element: e,
+                        node: tri[i],
+                        n_nodes,
+                    });
+                }
+                t[i] = tri[i] as u32;
+            }
+            let area2 = signed_area2(&input.x, &input.y, t);
+            if area2 == 0.0 || !area2.is_finite() {
+                return Err(MeshError::Degenerate { element: e });
+            }
+            if area2 < 0.0 {
+                t.swap(1, 2);
+                flipped[e] = true;
+            }
+            nv.push(t);
+        }
+        let n_flipped = flipped.iter().filter(|f| **f).count();
+        if n_flipped > 0 {
+            notes.push(MeshNote::ReorientedElements(n_flipped));
+        }
+
+        let computed = neighbours_from_nv(&nv, n_nodes)?;
+        let mut nbe = match &input.nbe {
+            None => {
+                notes.push(MeshNote::NbeMissing);
+                computed
+            }
+            Some(given) => {
+                let mut given_ccw = Vec::with_capacity(n_elements);
+                let mut bad = given.len() != n_elements;
+                if !bad {
+                    for (e, g) in given.iter().enumerate() {
+                        let mut g = *g;
+                        if flipped[e] {
+                            g.swap(1, 2);
+                        }
+                        let row = g.map(|n| {
+                            if n < 0 || n as usize >= n_elements {
+                                LAND
+                            } else {
+                                n as u32
+                            }
+                        });
+                        given_ccw.push(row);
+                    }
+                }
+                let first_bad = if bad {
+                    Some(0)
+                } else {
+                    (0..n_elements).find(|&e| given_ccw[e] != computed[e])
+                };
+                if let Some(first_bad_element) = first_bad {
+                    bad = true;
+                    notes.push(MeshNote::NbeInconsistent { first_bad_element });
+                }
+                if bad {
+                    computed
+                } else {
+                    given_ccw
+                }
+            }
+        };
+
+        // Open boundary: an edge on the boundary whose two nodes are both open-boundary nodes.
+        if !input.open_boundary_nodes.is_empty() {
+            let mut is_open = vec![false; n_nodes];
+            for &n in &input.open_boundary_nodes {
+                if n as usize >= n_nodes {
+                    return Err(MeshError::OpenNodeOutOfRange { node: n, n_nodes });
+                }
+                is_open[n as usize] = true;
+            }
+            let mut n_open = 0;
+            for (e, row) in nbe.iter_mut().enumerate() {
+                for i in 0..3 {
+                    let (a, b) = (nv[e][(i + 1) % 3], nv[e][(i + 2) % 3]);
+                    if row[i] == LAND && is_open[a as usize] && is_open[b as usize] {
+                        row[i] = OPEN;
+                        n_open += 1;
+                    }
+                }
+            }
+            notes.push(MeshNote::OpenBoundaryEdges(n_open));
+        }
+
+        let geometry: Vec<ElementGeometry> = nv
+            .iter()
+            .map(|t| element_geometry(&input.x, &input.y, *t))
+            .collect();
+        let h_elem = nv
+            .iter()
+            .map(|t| t.map(|n| input.h[n as usize]))
+            .collect();
+
+        let use_file_coefficients = match (&input.a1u, &input.a2u) {
+            (Some(a1), Some(a2)) => {
+                a1.len() == n_elements
+                    && a2.len() == n_elements
+                    && a1.iter().chain(a2.iter()).flatten().all(|v| v.is_finite())
+            }
+            _ => false,
+        };
+        let (a1u, a2u) = if use_file_coefficients {
+            let fix = |a: &Vec<[f32; 4]>| -> Vec<[f32; 4]> {
+                a.iter()
+                    .enumerate()
+                    .map(|(e, r)| if flipped[e] { [r[0], r[1], r[3], r[2]] } else { *r })
+                    .collect()
+            };
+            (
+                fix(input.a1u.as_ref().unwrap()),
+                fix(input.a2u.as_ref().unwrap()),
+            )
+        } else {
+            notes.push(MeshNote::ReconstructionComputed);
+            reconstruction_coefficients(&geometry, &nbe)
+        };
+
+        let vertical = build_vertical(&input, &nv, n_nodes)?;
+        let index = GridIndex::build(&input.x, &input.y, &nv);
+        Ok((
+            Mesh {
+                x: input.x,
+                y: input.y,
+                h: input.h,
+                nv,
+                nbe,
+                geometry,
+                h_elem,
+                a1u,
+                a2u,
+                vertical,
+                projection: input.projection,
+                index,
+            },
+            notes,
+        ))
+    }
+
+    /// Finds the element containing (x, y): a walk from `hint` across the edge with the most
+    /// negative weight, then the spatial index when the walk meets the boundary or wanders.
+    pub fn locate(&self, x: f64, y: f64, hint: Option<u32>) -> Option<u32> {
+        if let Some(start) = hint.filter(|&e| (e as usize) < self.n_elements()) {
+            if let Walk::Found(e) = self.walk(start, x, y) {
+                return Some(e);
+            }
+        }
+        self.locate_indexed(x, y)
+    }
+
+    /// The neighbour walk alone: where it stops and why.
+    #[inline]
+    pub fn walk(&self, start: u32, x: f64, y: f64) -> Walk {
+        let mut e = start;
+        for _ in 0..MAX_WALK {
+            let w = self.geometry[e as usize].weights(x, y);
+            let (mut i_min, mut w_min) = (0, w[0]);
+            if w[1] < w_min {
+                i_min = 1;
+                w_min = w[1];
+            }
+            if w[2] < w_min {
+                i_min = 2;
+                w_min = w[2];
+            }
+            if w_min >= -1e-12 {
+                return Walk::Found(e);
+            }
+            let next = self.nbe[e as usize][i_min];
+            if !is_element(next) {
+                return Walk::Boundary { element: e, edge: i_min as u8 };
+            }
+            e = next;
+        }
+        Walk::GaveUp(e)
+    }
+
+    pub fn locate_indexed(&self, x: f64, y: f64) -> Option<u32> {
+        let ix = self.index.cell_of(x, y)?;
+        let (s, t) = (self.index.start[ix] as usize, self.index.start[ix + 1] as usize);
+        let mut best: Option<(u32, f64)> = None;
+        for &e in &self.index.items[s..t] {
+            let w = self.geometry[e as usize].weights(x, y);
+            let m = w[0].min(w[1]).min(w[2]);
+            if m >= -1e-12 {
+                return Some(e);
+            }
+            if m > -1e-9 && best.is_none_or(|(_, b)| m > b) {
+                best = Some((e, m));
+            }
+        }
+        best.map(|(e, _)| e)
+    }
+
+    pub fn contains(&self, x: f64, y: f64) -> bool {
+        self.locate_indexed(x, y).is_some()
+    }
+
+    pub fn element_area(&self, e: usize) -> f64 {
+        0.5 * signed_area2(&self.x, &self.y, self.nv[e])
+    }
+
+    /// Boundary edges as node pairs with their kind, for plots and checks.
+    pub fn boundary_edges(&self) -> Vec<(u32, u32, u32)> {
+        let mut out = Vec::new();
+        for (e, row) in self.nbe.iter().enumerate() {
+            for i in 0..3 {
+                if !is_element(row[i]) {
+                    out.push((self.nv[e][(i + 1) % 3], self.nv[e][(i + 2) % 3], row[i]));
+                }
+            }
+        }
+        out
+    }
+
+    /// Smallest element edge length, for choosing time steps and halos.
+    pub fn smallest_edge(&self) -> f64 {
+        let mut m = f64::INFINITY;
+        for t in &self.nv {
+            for i in 0..3 {
+                let (a, b) = (t[i] as usize, t[(i + 1) % 3] as usize);
+                m = m.min((self.x[a] - self.x[b]).hypot(self.y[a] - self.y[b]));
+            }
+        }
+        m
+    }
+}
+
+/// Where a neighbour walk stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    Found(u32),
+    /// The point lies beyond boundary edge `edge` (opposite node `edge`) of `element`.
+    Boundary { element: u32, edge: u8 },
+    GaveUp(u32),
+}
+
+fn signed_area2(x: &[f64], y: &[f64], t: [u32; 3]) -> f64 {
+    let (a, b, c) = (t[0] as usize, t[1] as usize, t[2] as usize);
+    (x[b] - x[a]) * (y[c] - y[a]) - (x[c] - x[a]) * (y[b] - y[a])
+}
+
+fn element_geometry(x: &[f64], y: &[f64], t: [u32; 3]) -> ElementGeometry {
+    let p = t.map(|n| (x[n as usize], y[n as usize]));
+    let xc = (p[0].0 + p[1].0 + p[2].0) / 3.0;
+    let yc = (p[0].1 + p[1].1 + p[2].1) / 3.0;
+    // Coordinates relative to the centroid keep full precision at UTM-sized offsets.
+    let q = p.map(|(a, b)| (a - xc, b - yc));
+    let area2 = (q[1].0 - q[0].0) * (q[2].1 - q[0].1) - (q[2].0 - q[0].0) * (q[1].1 - q[0].1);
+    let mut g = ElementGeometry {
+        xc,
+        yc,
+        ..Default::default()
+    };
+    for i in 0..3 {
+        let (j, k) = ((i + 1) % 3, (i + 2) % 3);
+        // w_i is the signed area of (p, p_j, p_k) over the element's area.
+        g.b[i] = (q[j].1 - q[k].1) / area2;
+        g.c[i] = (q[k].0 - q[j].0) / area2;
+    }
+    g
+}
+
+/// `nbe` from `nv`: the element across the edge opposite each node, or [`LAND`].
+pub fn neighbours_from_nv(nv: &[[u32; 3]], n_nodes: usize) -> Result<Vec<[u32; 3]>, MeshError> {
+    let _ = n_nodes;
+    let mut edges: Vec<(u64, u32, u8)> = Vec::with_capacity(nv.len() * 3);
+    for (e, t) in nv.iter().enumerate() {
+        for i in 0..3 {
+            let (a, b) = (t[(i + 1) % 3], t[(i + 2) % 3]);
+            let key = ((a.min(b) as u64) << 32) | a.max(b) as u64;
+            edges.push((key, e as u32, i as u8));
+        }
+    }
+    edges.sort_unstable();
+    let mut nbe = vec![[LAND; 3]; nv.len()];
+    let mut i = 0;
+    while i < edges.len() {
+        let mut j = i + 1;
+        while j < edges.len() && edges[j].0 == edges[i].0 {
+            j += 1;
+        }
+        match j - i {
+            1 => {}
+            2 => {
+                let (_, e0, i0) = edges[i];
+                let (_, e1, i1) = edges[i + 1];
+                nbe[e0 as usize][i0 as usize] = e1;
+                nbe[e1 as usize][i1 as usize] = e0;
+            }
+            _ => {
+                let key = edges[i].0;
+                return Err(MeshError::NonManifold {
+                    a: (key >> 32) as u32,
+                    b: key as u32,
+                });
+            }
+        }
+        i = j;
+    }
+    Ok(nbe)
+}
+
+/// FVCOM-style linear reconstruction: the gradient of an element-centred field is a least-squares
+/// fit over the element and its neighbours, written as weights on [self, nbe0, nbe1, nbe2] so that
+/// `du/dx = sum(a1u[k] * u[k])`. Any linear field is reproduced exactly where two or more
+/// neighbours exist; with fewer the gradient is zero (piecewise constant).
+pub fn reconstruction_coefficients(
+    geometry: &[ElementGeometry],
+    nbe: &[[u32; 3]],
+) -> (Vec<[f32; 4]>, Vec<[f32; 4]>) {
+    let mut a1u = vec![[0.0f32; 4]; geometry.len()];
+    let mut a2u = vec![[0.0f32; 4]; geometry.len()];
+    for e in 0..geometry.len() {
+        let g = &geometry[e];
+        let mut d = [(0.0, 0.0); 3];
+        let mut present = [false; 3];
+        let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+        for k in 0..3 {
+            let n = nbe[e][k];
+            if is_element(n) {
+                let gn = &geometry[n as usize];
+                let (dx, dy) = (gn.xc - g.xc, gn.yc - g.yc);
+                d[k] = (dx, dy);
+                present[k] = true;
+                sxx += dx * dx;
+                sxy += dx * dy;
+                syy += dy * dy;
+            }
+        }
+        let det = sxx * syy - sxy * sxy;
+        if present.iter().filter(|p| **p).count() < 2 || det <= 1e-12 * (sxx * syy).max(1e-300) {
+            continue;
+        }
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for k in 0..3 {
+            if present[k] {
+                let (dx, dy) = d[k];
+                let c1 = (syy * dx - sxy * dy) / det;
+                let c2 = (sxx * dy - sxy * dx) / det;
+                a1u[e][k + 1] = c1 as f32;
+                a2u[e][k + 1] = c2 as f32;
+                s1 += c1;
+                s2 += c2;
+            }
+        }
+        a1u[e][0] = -s1 as f32;
+        a2u[e][0] = -s2 as f32;
+    }
+    (a1u, a2u)
+}
+
+fn build_vertical(input: &MeshInput, nv: &[[u32; 3]], n_nodes: usize) -> Result<Vertical, MeshError> {
+    let nl = input.n_layers.max(1);
+    let expand = |name: &'static str, v: &[f32], per: usize| -> Result<Vec<f32>, MeshError> {
+        if v.len() == per {
+            Ok((0..n_nodes).flat_map(|_| v.iter().copied()).collect())
+        } else if v.len() == per * n_nodes {
+            // node-major already
+            Ok(v.to_vec())
+        } else {
+            Err(MeshError::Shape {
+                name,
+                expected: per * n_nodes,
+                found: v.len(),
+            })
+        }
+    };
+    let (siglay_node, siglev_node) = if input.siglay.is_empty() {
+        // 2-D fields: one layer spanning the water column.
+        let lay: Vec<f32> = (0..nl).map(|k| -((k as f32) + 0.5) / nl as f32).collect();
+        let lev: Vec<f32> = (0..=nl).map(|k| -(k as f32) / nl as f32).collect();
+        (expand("siglay", &lay, nl)?, expand("siglev", &lev, nl + 1)?)
+    } else {
+        check_finite("siglay", &input.siglay)?;
+        check_finite("siglev", &input.siglev)?;
+        (
+            expand("siglay", &input.siglay, nl)?,
+            expand("siglev", &input.siglev, nl + 1)?,
+        )
+    };
+    let mut siglay_elem = Vec::with_capacity(nv.len() * nl);
+    for t in nv {
+        for k in 0..nl {
+            let s: f32 = t.iter().map(|&n| siglay_node[n as usize * nl + k]).sum();
+            siglay_elem.push(s / 3.0);
+        }
+    }
+    Ok(Vertical {
+        n_layers: nl,
+        siglay_node,
+        siglev_node,
+        siglay_elem,
+    })
+}
+
+impl GridIndex {
+    fn build(x: &[f64], y: &[f64], nv: &[[u32; 3]]) -> GridIndex {
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+        for t in nv {
+            for &n in t {
+                x0 = x0.min(x[n as usize]);
+                x1 = x1.max(x[n as usize]);
+                y0 = y0.min(y[n as usize]);
+                y1 = y1.max(y[n as usize]);
+            }
+        }
+        // About two elements per cell on average.
+        let area = ((x1 - x0) * (y1 - y0)).max(1e-6);
+        let cell = (2.0 * area / nv.len() as f64).sqrt().max(1e-6);
+        let nx = (((x1 - x0) / cell).ceil() as usize).clamp(1, 1 << 14);
+        let ny = (((y1 - y0) / cell).ceil() as usize).clamp(1, 1 << 14);
+        let cell = ((x1 - x0) / nx as f64).max((y1 - y0) / ny as f64).max(1e-6);
+        let cells_of = |t: &[u32; 3]| {
+            let (mut a, mut b, mut c, mut d) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+            for &n in t {
+                a = a.min(x[n as usize]);
+                c = c.max(x[n as usize]);
+                b = b.min(y[n as usize]);
+                d = d.max(y[n as usize]);
+            }
+            let i0 = (((a - x0) / cell).floor() as usize).min(nx - 1);
+            let i1 = (((c - x0) / cell).floor() as usize).min(nx - 1);
+            let j0 = (((b - y0) / cell).floor() as usize).min(ny - 1);
+            let j1 = (((d - y0) / cell).floor() as usize).min(ny - 1);
+            (i0, i1, j0, j1)
+        };
+        let mut count = vec![0u32; nx * ny + 1];
+        for t in nv {
+            let (i0, i1, j0, j1) = cells_of(t);
+            for j in j0..=j1 {
+                for i in i0..=i1 {
+                    count[j * nx + i + 1] += 1;
+                }
+            }
+        }
+        for i in 1..count.len() {
+            count[i] += count[i - 1];
+        }
+        let start = count.clone();
+        let mut fill = count;
+        let mut items = vec![0u32; *start.last().unwrap() as usize];
+        for (e, t) in nv.iter().enumerate() {
+            let (i0, i1, j0, j1) = cells_of(t);
+            for j in j0..=j1 {
+                for i in i0..=i1 {
+                    let c = j * nx + i;
+                    items[fill[c] as usize] = e as u32;
+                    fill[c] += 1;
+                }
+            }
+        }
+        GridIndex {
+            x0,
+            y0,
+            cell,
+            nx,
+            ny,
+            start,
+            items,
+        }
+    }
+
+    fn cell_of(&self, x: f64, y: f64) -> Option<usize> {
+        let fx = (x - self.x0) / self.cell;
+        let fy = (y - self.y0) / self.cell;
+        let eps = 1e-9;
+        if !(fx >= -eps && fy >= -eps) || fx > self.nx as f64 + eps || fy > self.ny as f64 + eps {
+            return None;
+        }
+        let i = (fx.max(0.0) as usize).min(self.nx - 1);
+        let j = (fy.max(0.0) as usize).min(self.ny - 1);
+        Some(j * self.nx + i)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A structured triangulation of an nx by ny grid of squares, each split in two, clockwise
+    /// as FVCOM writes it, at an optional offset.
+    pub fn grid_mesh(nx: usize, ny: usize, dx: f64, x0: f64, y0: f64) -> MeshInput {
+        let mut m = MeshInput::default();
+        for j in 0..=ny {
+            for i in 0..=nx {
+                m.x.push(x0 + i as f64 * dx);
+                m.y.push(y0 + j as f64 * dx);
+                m.h.push(10.0);
+            }
+        }
+        let id = |i: usize, j: usize| (j * (nx + 1) + i) as i64;
+        for j in 0..ny {
+            for i in 0..nx {
+                m.nv.push([id(i, j), id(i, j + 1), id(i + 1, j)]);
+                m.nv.push([id(i + 1, j), id(i, j + 1), id(i + 1, j + 1)]);
+            }
+        }
+        m.n_layers = 1;
+        m
+    }
+
+    #[test]
+    fn clockwise_elements_are_reoriented_and_neighbours_found() {
+        let (mesh, notes) = Mesh::build(grid_mesh(4, 3, 100.0, 0.0, 0.0)).unwrap();
+        assert!(notes.contains(&MeshNote::ReorientedElements(24)));
+        assert!(notes.contains(&MeshNote::NbeMissing));
+        for e in 0..mesh.n_elements() {
+            assert!(mesh.element_area(e) > 0.0);
+            for i in 0..3 {
+                let n = mesh.nbe[e][i];
+                if is_element(n) {
+                    assert!(mesh.nbe[n as usize].contains(&(e as u32)));
+                }
+            }
+        }
+        // A 4x3 grid has 2*(4+3) boundary edges.
+        assert_eq!(mesh.boundary_edges().len(), 14);
+    }
+
+    #[test]
+    fn inconsistent_nbe_is_recomputed_and_reported() {
+        let mut input = grid_mesh(3, 3, 10.0, 0.0, 0.0);
+        let (good, _) = Mesh::build(input.clone()).unwrap();
+        // Give the builder the right nbe in the file's (clockwise) order, then spoil one entry.
+        let mut nbe: Vec<[i64; 3]> = good
+            .nbe
+            .iter()
+            .map(|r| {
+                let r = r.map(|n| if is_element(n) { n as i64 } else { -1 });
+                [r[0], r[2], r[1]]
+            })
+            .collect();
+        input.nbe = Some(nbe.clone());
+        let (m, notes) = Mesh::build(input.clone()).unwrap();
+        assert!(!notes.iter().any(|n| matches!(n, MeshNote::NbeInconsistent { .. })));
+        assert_eq!(m.nbe, good.nbe);
+        nbe[4][0] = 0;
+        input.nbe = Some(nbe);
+        let (m, notes) = Mesh::build(input).unwrap();
+        assert!(notes.contains(&MeshNote::NbeInconsistent { first_bad_element: 4 }));
+        assert_eq!(m.nbe, good.nbe);
+    }
+
+    #[test]
+    fn reconstruction_reproduces_linear_fields_exactly() {
+        let mut input = grid_mesh(6, 5, 250.0, 500_000.0, 4_000_000.0);
+        // jitter interior nodes
+        for (n, (x, y)) in input.x.iter_mut().zip(input.y.iter_mut()).enumerate() {
+            let (i, j) = (n % 7, n / 7);
+            if i > 0 && i < 6 && j > 0 && j < 5 {
+                *x += 40.0 * ((n * 37 % 11) as f64 / 11.0 - 0.5);
+                *y += 40.0 * ((n * 53 % 13) as f64 / 13.0 - 0.5);
+            }
+        }
+        let (mesh, _) = Mesh::build(input).unwrap();
+        let f = |x: f64, y: f64| 0.3 + 1e-3 * (x - 500_000.0) - 2e-3 * (y - 4_000_000.0);
+        let u: Vec<f64> = mesh.geometry.iter().map(|g| f(g.xc, g.yc)).collect();
+        for e in 0..mesh.n_elements() {
+            let nb = mesh.nbe[e];
+            if nb.iter().filter(|n| is_element(**n)).count() < 2 {
+                continue;
+            }
+            let val = |k: usize| if k == 0 { u[e] } else if is_element(nb[k - 1]) { u[nb[k - 1] as usize] } else { 0.0 };
+            let gx: f64 = (0..4).map(|k| mesh.a1u[e][k] as f64 * val(k)).sum();
+            let gy: f64 = (0..4).map(|k| mesh.a2u[e][k] as f64 * val(k)).sum();
+            assert!((gx - 1e-3).abs() < 1e-8 && (gy + 2e-3).abs() < 1e-8, "element {e}: {gx} {gy}");
+        }
+    }
+
+    #[test]
+    fn locate_walks_and_falls_back_to_the_index() {
+        let (mesh, _) = Mesh::build(grid_mesh(20, 20, 10.0, 1e6, 5e6)).unwrap();
+        for k in 0..500 {
+            let x = 1e6 + 0.5 + (k * 7919 % 1990) as f64 / 10.0;
+            let y = 5e6 + 0.5 + (k * 104729 % 1990) as f64 / 10.0;
+            let a = mesh.locate(x, y, Some(0)).unwrap();
+            let b = mesh.locate_indexed(x, y).unwrap();
+            let w = mesh.geometry[a as usize].weights(x, y);
+            assert!(w.iter().all(|v| *v >= -1e-9));
+            let wb = mesh.geometry[b as usize].weights(x, y);
+            assert!(wb.iter().all(|v| *v >= -1e-9));
+        }
+        assert_eq!(mesh.locate(1e6 - 1.0, 5e6 + 50.0, Some(3)), None);
+        assert_eq!(mesh.locate(1e6 + 500.0, 5e6 + 50.0, None), None);
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let mut input = grid_mesh(2, 2, 1.0, 0.0, 0.0);
+        input.nv[3][1] = 99;
+        assert!(matches!(Mesh::build(input).unwrap_err(), MeshError::NodeOutOfRange { element: 3, node: 99, .. }));
+        let mut input = grid_mesh(2, 2, 1.0, 0.0, 0.0);
+        input.h[2] = f32::NAN;
+        assert_eq!(Mesh::build(input).unwrap_err(), MeshError::NotFinite { name: "h", index: 2 });
+    }
+
+    #[test]
+    fn open_boundary_edges_are_typed() {
+        let mut input = grid_mesh(3, 3, 1.0, 0.0, 0.0);
+        // the east side: i == 3
+        input.open_boundary_nodes = (0..4).map(|j| (j * 4 + 3) as u32).collect();
+        let (mesh, notes) = Mesh::build(input).unwrap();
+        assert!(notes.contains(&MeshNote::OpenBoundaryEdges(3)));
+        let open: Vec<_> = mesh.boundary_edges().into_iter().filter(|e| e.2 == OPEN).collect();
+        assert_eq!(open.len(), 3);
+        for (a, b, _) in open {
+            assert_eq!(mesh.x[a as usize], 3.0);
+            assert_eq!(mesh.x[b as usize], 3.0);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Particle state in structure-of-arrays form. A particle is identified by its `id` everywhere
+//! (output column, random stream); its index in these vectors changes whenever the owner sorts.
+
+/// What a particle is doing. Written to the output as CF flag values.
+pub mod status {
+    pub const ACTIVE: u8 = 0;
+    /// Not yet released (its release time is later).
+    pub const PENDING: u8 = 1;
+    /// Left the domain through an open boundary.
+    pub const EXITED: u8 = 2;
+    /// Met a non-finite velocity or surface; frozen where it was, never moved with NaN.
+    pub const BAD_FIELD: u8 = 3;
+    /// Its release point is outside the mesh: kept and reported, never tracked.
+    pub const OUTSIDE_MESH: u8 = 4;
+    pub const FLAG_VALUES: [u8; 5] = [ACTIVE, PENDING, EXITED, BAD_FIELD, OUTSIDE_MESH];
+    pub const FLAG_MEANINGS: &str = "active pending exited_open_boundary bad_field outside_mesh";
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Particles {
+    pub id: Vec<u32>,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    /// Metres relative to the model datum, positive up; for a pending particle, metres relative
+    /// to the surface at its release.
+    pub z: Vec<f64>,
+    pub element: Vec<u32>,
+    pub status: Vec<u8>,
+    /// Seconds on the run clock.
+    pub release_time: Vec<f64>,
+    pub happiness: Vec<f32>,
+}
+
+/// Mutable views of a contiguous range of particles, for one worker.
+pub struct ParticlesMut<'a> {
+    pub id: &'a [u32],
+    pub x: &'a mut [f64],
+    pub y: &'a mut [f64],
+    pub z: &'a mut [f64],
+    pub element: &'a mut [u32],
+    pub status: &'a mut [u8],
+    pub release_time: &'a [f64],
+    pub happiness: &'a mut [f32],
+}
+
+impl Particles {
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        Particles {
+            id: Vec::with_capacity(n),
+            x: Vec::with_capacity(n),
+            y: Vec::with_capacity(n),
+            z: Vec::with_capacity(n),
+            element: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            release_time: Vec::with_capacity(n),
+            happiness: Vec::with_capacity(n),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(&mut self, id: u32, x: f64, y: f64, z: f64, element: u32, status: u8, release_time: f64) {
+        self.id.push(id);
+        self.x.push(x);
+        self.y.push(y);
+        self.z.push(z);
+        self.element.push(element);
+        self.status.push(status);
+        self.release_time.push(release_time);
+        self.happiness.push(0.0);
+    }
+
+    /// Splits into views of at most `chunk` particles each.
+    pub fn chunks_mut(&mut self, chunk: usize) -> Vec<ParticlesMut<'_>> {
+        let chunk = chunk.max(1);
+        let mut out = Vec::with_capacity(self.len().div_ceil(chunk));
+        let mut id = &self.id[..];
+        let mut x = &mut self.x[..];
+        let mut y = &mut self.y[..];
+        let mut z = &mut self.z[..];
+        let mut element = &mut self.element[..];
+        let mut status = &mut self.status[..];
+        let mut release_time = &self.release_time[..];
+        let mut happiness = &mut self.happiness[..];
+        while !id.is_empty() {
+            let n = chunk.min(id.len());
+            let (a, b) = id.split_at(n);
+            id = b;
+            let (xa, xb) = std::mem::take(&mut x).split_at_mut(n);
+            x = xb;
+            let (ya, yb) = std::mem::take(&mut y).split_at_mut(n);
+            y = yb;
+            let (za, zb) = std::mem::take(&mut z).split_at_mut(n);
+            z = zb;
+            let (ea, eb) = std::mem::take(&mut element).split_at_mut(n);
+            element = eb;
+            let (sa, sb) = std::mem::take(&mut status).split_at_mut(n);
+            status = sb;
+            let (ra, rb) = release_time.split_at(n);
+            release_time = rb;
+            let (ha, hb) = std::mem::take(&mut happiness).split_at_mut(n);
+            happiness = hb;
+            out.push(ParticlesMut {
+                id: a,
+                x: xa,
+                y: ya,
+                z: za,
+                element: ea,
+                status: sa,
+                release_time: ra,
+                happiness: ha,
+            });
+        }
+        out
+    }
+
+    /// Reorders every array by `order` (a permutation of indices), using `scratch` so that no
+    /// allocation happens on the hot path.
+    pub fn permute(&mut self, order: &[u32], scratch: &mut Vec<u64>) {
+        fn apply<T: Copy>(v: &mut [T], order: &[u32], scratch: &mut Vec<u64>)
+        where
+            T: Into<u64> + FromBits,
+        {
+            scratch.clear();
+            scratch.extend(order.iter().map(|&i| v[i as usize].into()));
+            for (d, s) in v.iter_mut().zip(scratch.iter()) {
+                *d = T::from_bits(*s);
+            }
+        }
+        apply(&mut self.id, order, scratch);
+        apply_f64(&mut self.x, order, scratch);
+        apply_f64(&mut self.y, order, scratch);
+        apply_f64(&mut self.z, order, scratch);
+        apply(&mut self.element, order, scratch);
+        apply(&mut self.status, order, scratch);
+        apply_f64(&mut self.release_time, order, scratch);
+        scratch.clear();
+        scratch.extend(order.iter().map(|&i| self.happiness[i as usize].to_bits() as u64));
+        for (d, s) in self.happiness.iter_mut().zip(scratch.iter()) {
+            *d = f32::from_bits(*s as u32);
+        }
+    }
+}
+
+trait FromBits {
+    fn from_bits(b: u64) -> Self;
+}
+impl FromBits for u32 {
+    fn from_bits(b: u64) -> Self {
+        b as u32
+    }
+}
+impl FromBits for u8 {
+    fn from_bits(b: u64) -> Self {
+        b as u8
+    }
+}
+
+fn apply_f64(v: &mut [f64], order: &[u32], scratch: &mut Vec<u64>) {
+    scratch.clear();
+    scratch.extend(order.iter().map(|&i| v[i as usize].to_bits()));
+    for (d, s) in v.iter_mut().zip(scratch.iter()) {
+        *d = f64::from_bits(*s);
+    }
+}
