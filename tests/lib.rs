@@ -1,1 +1,161 @@
-//!
+//! Helpers for the workspace integration tests: scratch directories, synthetic FVCOM files,
+//! configurations, and reading trajectory output back.
+
+use anyhow::Result;
+use shoal_manager::config::RunConfig;
+use shoal_manager::run::{run, RunOptions, RunReport};
+use shoal_manager::synth::{self, SynthOptions};
+use std::path::{Path, PathBuf};
+
+/// A fresh directory under the target dir, removed and recreated per test name.
+pub fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("shoal-tests"));
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn synth_file(dir: &Path, name: &str, o: &SynthOptions) -> PathBuf {
+    let p = dir.join(name);
+    synth::write(&p, o).unwrap();
+    p
+}
+
+/// Writes `toml` as run.toml in `dir` and resolves it.
+pub fn config(dir: &Path, toml: &str) -> Result<RunConfig> {
+    let p = dir.join("run.toml");
+    std::fs::write(&p, toml)?;
+    RunConfig::from_path(&p)
+}
+
+pub fn run_quiet(cfg: &RunConfig, threads: usize) -> Result<RunReport> {
+    run(
+        cfg,
+        &RunOptions {
+            quiet: true,
+            threads: Some(threads),
+        },
+    )
+}
+
+/// A trajectory file read back whole; arrays are trajectory-major `[p * n_time + t]`.
+pub struct Output {
+    pub n_traj: usize,
+    pub n_time: usize,
+    pub time: Vec<f64>,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub z: Vec<f32>,
+    pub sigma: Vec<f32>,
+    pub status: Vec<i8>,
+    pub element: Vec<i32>,
+    pub age: Vec<f32>,
+    pub happiness: Option<Vec<f32>>,
+    pub lon: Option<Vec<f64>>,
+    pub lat: Option<Vec<f64>>,
+}
+
+impl Output {
+    pub fn read(path: &Path) -> Result<Output> {
+        let f = netcdf::open(path)?;
+        let getf64 = |n: &str| -> Result<Vec<f64>> {
+            Ok(f.variable(n)
+                .ok_or_else(|| anyhow::anyhow!("no {n}"))?
+                .get_values::<f64, _>(..)?)
+        };
+        let getf32 = |n: &str| -> Result<Vec<f32>> {
+            Ok(f.variable(n)
+                .ok_or_else(|| anyhow::anyhow!("no {n}"))?
+                .get_values::<f32, _>(..)?)
+        };
+        Ok(Output {
+            n_traj: f.dimension_len("trajectory").unwrap(),
+            n_time: f.dimension_len("time").unwrap(),
+            time: getf64("time")?,
+            x: getf64("x")?,
+            y: getf64("y")?,
+            z: getf32("z")?,
+            sigma: getf32("sigma")?,
+            status: f.variable("status").unwrap().get_values::<i8, _>(..)?,
+            element: f.variable("element").unwrap().get_values::<i32, _>(..)?,
+            age: getf32("age")?,
+            happiness: f
+                .variable("happiness")
+                .map(|v| v.get_values::<f32, _>(..))
+                .transpose()?,
+            lon: f
+                .variable("lon")
+                .map(|v| v.get_values::<f64, _>(..))
+                .transpose()?,
+            lat: f
+                .variable("lat")
+                .map(|v| v.get_values::<f64, _>(..))
+                .transpose()?,
+        })
+    }
+
+    pub fn at(&self, p: usize, t: usize) -> usize {
+        p * self.n_time + t
+    }
+}
+
+/// Every variable of two NetCDF files, compared bit for bit (NaN equal to NaN of the same bits).
+pub fn files_bit_identical(a: &Path, b: &Path, skip_attributes: bool) -> Result<()> {
+    let (fa, fb) = (netcdf::open(a)?, netcdf::open(b)?);
+    let _ = skip_attributes;
+    let mut names: Vec<String> = fa.variables().map(|v| v.name()).collect();
+    names.sort();
+    let mut names_b: Vec<String> = fb.variables().map(|v| v.name()).collect();
+    names_b.sort();
+    anyhow::ensure!(
+        names == names_b,
+        "variables differ: {names:?} vs {names_b:?}"
+    );
+    for n in &names {
+        let va = fa.variable(n).unwrap().get_raw_values(..)?;
+        let vb = fb.variable(n).unwrap().get_raw_values(..)?;
+        anyhow::ensure!(
+            va == vb,
+            "variable `{n}` differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs Python's xarray on a trajectory file, when Python has it (CI requires it).
+pub fn xarray_check(path: &Path) -> Result<Option<String>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check_xarray.py");
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import xarray, netCDF4"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        anyhow::ensure!(
+            std::env::var_os("SHOAL_REQUIRE_XARRAY").is_none(),
+            "SHOAL_REQUIRE_XARRAY is set but python3 cannot import xarray and netCDF4"
+        );
+        eprintln!(
+            "skipped: python3 with xarray not available for {}",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "xarray check failed on {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}

@@ -100,7 +100,14 @@ fn surface(lvl: &FieldLevel, e: usize, w: &[f64; 3]) -> f64 {
 
 /// Free surface and total depth at a point of element `e`, time-interpolated.
 #[inline(always)]
-fn water_column(mesh: &Mesh, a: &FieldLevel, b: &FieldLevel, wt: f64, e: usize, w: &[f64; 3]) -> (f64, f64) {
+fn water_column(
+    mesh: &Mesh,
+    a: &FieldLevel,
+    b: &FieldLevel,
+    wt: f64,
+    e: usize,
+    w: &[f64; 3],
+) -> (f64, f64) {
     let zeta = lerp(surface(a, e, w), surface(b, e, w), wt);
     let h = &mesh.h_elem[e];
     let h = w[0] * h[0] as f64 + w[1] * h[1] as f64 + w[2] * h[2] as f64;
@@ -136,14 +143,22 @@ pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u3
             return top;
         }
         let bot = eval(lvl, k1);
-        [lerp(top[0], bot[0], wk), lerp(top[1], bot[1], wk), lerp(top[2], bot[2], wk)]
+        [
+            lerp(top[0], bot[0], wk),
+            lerp(top[1], bot[1], wk),
+            lerp(top[2], bot[2], wk),
+        ]
     };
     let va = at(a);
     let vel = if wt == 0.0 {
         va
     } else {
         let vb = at(b);
-        [lerp(va[0], vb[0], wt), lerp(va[1], vb[1], wt), lerp(va[2], vb[2], wt)]
+        [
+            lerp(va[0], vb[0], wt),
+            lerp(va[1], vb[1], wt),
+            lerp(va[2], vb[2], wt),
+        ]
     };
     Sample {
         u: vel[0],
@@ -187,7 +202,15 @@ fn node_profile_at(
 }
 
 /// Temperature at a point, or `None` when the fields carry none.
-pub fn temperature_at(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u32) -> Option<f64> {
+pub fn temperature_at(
+    mesh: &Mesh,
+    window: Window,
+    t: f64,
+    x: f64,
+    y: f64,
+    z: f64,
+    e: u32,
+) -> Option<f64> {
     let (a, b, wt) = window.bracket(t);
     let (ta, tb) = (a.temp.as_ref()?, b.temp.as_ref()?);
     let e = e as usize;
@@ -202,7 +225,16 @@ pub fn temperature_at(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f6
 }
 
 /// Vertical diffusivity and its z-derivative at a point.
-fn vertical_kh(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u32, mixing: VerticalMixing) -> (f64, f64) {
+fn vertical_kh(
+    mesh: &Mesh,
+    window: Window,
+    t: f64,
+    x: f64,
+    y: f64,
+    z: f64,
+    e: u32,
+    mixing: VerticalMixing,
+) -> (f64, f64) {
     match mixing {
         VerticalMixing::None => (0.0, 0.0),
         VerticalMixing::Constant(k) => (k, 0.0),
@@ -248,7 +280,11 @@ pub enum Moved {
 pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved {
     // Fast path: the walk finds the end point without touching the boundary.
     if let Walk::Found(e) = mesh.walk(e0, x1, y1) {
-        return Moved::Inside { x: x1, y: y1, element: e };
+        return Moved::Inside {
+            x: x1,
+            y: y1,
+            element: e,
+        };
     }
     let (mut ax, mut ay) = (x0, y0);
     let (mut bx, mut by) = (x1, y1);
@@ -259,14 +295,24 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
         let wa = g.weights(ax, ay);
         let wb = g.weights(bx, by);
         if wb.iter().all(|w| *w >= -1e-12) {
-            return Moved::Inside { x: bx, y: by, element: e };
+            return Moved::Inside {
+                x: bx,
+                y: by,
+                element: e,
+            };
         }
         // The edge through which the segment leaves: smallest positive crossing parameter.
         let mut best: Option<(usize, f64)> = None;
         for i in 0..3 {
-            if wb[i] < 0.0 && mesh.nbe[e as usize][i] != came_from || (wb[i] < 0.0 && came_from == u32::MAX) {
+            if wb[i] < 0.0 && mesh.nbe[e as usize][i] != came_from
+                || (wb[i] < 0.0 && came_from == u32::MAX)
+            {
                 let denom = wa[i] - wb[i];
-                let s = if denom > 0.0 { (wa[i] / denom).clamp(0.0, 1.0) } else { 0.0 };
+                let s = if denom > 0.0 {
+                    (wa[i] / denom).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 if best.is_none_or(|(_, bs)| s < bs) {
                     best = Some((i, s));
                 }
@@ -274,7 +320,11 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
         }
         let Some((i, s)) = best else {
             // Only the edge we came through is negative: numerical noise at a corner.
-            return Moved::Inside { x: ax, y: ay, element: e };
+            return Moved::Inside {
+                x: ax,
+                y: ay,
+                element: e,
+            };
         };
         let (cx, cy) = (ax + s * (bx - ax), ay + s * (by - ay));
         let next = mesh.nbe[e as usize][i];
@@ -286,7 +336,11 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
             continue;
         }
         if next == OPEN {
-            return Moved::Exited { x: cx, y: cy, element: e };
+            return Moved::Exited {
+                x: cx,
+                y: cy,
+                element: e,
+            };
         }
         debug_assert_eq!(next, LAND);
         // Reflect the remainder of the path in the edge's line.
@@ -307,8 +361,16 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
     // Pathological geometry: stay at the last safe point.
     let inside = mesh.walk(e, ax, ay);
     match inside {
-        Walk::Found(el) => Moved::Inside { x: ax, y: ay, element: el },
-        _ => Moved::Inside { x: g_centroid(mesh, e).0, y: g_centroid(mesh, e).1, element: e },
+        Walk::Found(el) => Moved::Inside {
+            x: ax,
+            y: ay,
+            element: el,
+        },
+        _ => Moved::Inside {
+            x: g_centroid(mesh, e).0,
+            y: g_centroid(mesh, e).1,
+            element: e,
+        },
     }
 }
 
@@ -402,22 +464,58 @@ impl Tally {
 
 /// Advances every particle of `p` from time `t` to `t + dt`. `step` numbers the step for the
 /// random streams. Particles pending release at or before `t` are released first.
-pub fn advance(mesh: &Mesh, window: Window, params: &StepParams, t: f64, step: u32, p: ParticlesMut) -> Tally {
+/// Releases particle `i` if it is pending and due at `t`: its release depth is relative to the
+/// surface at that moment.
+#[inline]
+fn release_one(mesh: &Mesh, window: Window, t: f64, p: &mut ParticlesMut, i: usize) {
+    if p.status[i] == status::PENDING && p.release_time[i] <= t {
+        let e = p.element[i];
+        let (zeta, depth) = column_at(mesh, window, t, p.x[i], p.y[i], e);
+        p.z[i] = (zeta + p.z[i]).clamp(zeta - depth, zeta);
+        p.status[i] = status::ACTIVE;
+    }
+}
+
+/// Releases every pending particle due at `t` (so a snapshot at `t` shows them).
+pub fn release_due(mesh: &Mesh, window: Window, t: f64, mut p: ParticlesMut) {
+    for i in 0..p.id.len() {
+        release_one(mesh, window, t, &mut p, i);
+    }
+}
+
+pub fn advance(
+    mesh: &Mesh,
+    window: Window,
+    params: &StepParams,
+    t: f64,
+    step: u32,
+    mut p: ParticlesMut,
+) -> Tally {
     let mut tally = Tally::empty();
     let dt = params.dt;
     for i in 0..p.id.len() {
-        if p.status[i] == status::PENDING && p.release_time[i] <= t {
-            // Release depth is relative to the surface at release time.
-            let e = p.element[i];
-            let (zeta, depth) = column_at(mesh, window, t, p.x[i], p.y[i], e);
-            p.z[i] = (zeta + p.z[i]).clamp(zeta - depth, zeta);
-            p.status[i] = status::ACTIVE;
-        }
-        if p.status[i] == status::ACTIVE {
-            advance_one(mesh, window, params, t, step, p.id[i], &mut p.x[i], &mut p.y[i], &mut p.z[i], &mut p.element[i], &mut p.status[i]);
+        release_one(mesh, window, t, &mut p, i);
+        if p.status[i] == status::PENDING {
+            // Due during this step: released at its end, so a snapshot at that time shows it.
+            release_one(mesh, window, t + dt, &mut p, i);
+        } else if p.status[i] == status::ACTIVE {
+            advance_one(
+                mesh,
+                window,
+                params,
+                t,
+                step,
+                p.id[i],
+                &mut p.x[i],
+                &mut p.y[i],
+                &mut p.z[i],
+                &mut p.element[i],
+                &mut p.status[i],
+            );
             if p.status[i] == status::ACTIVE {
                 if let Some(h) = params.happiness {
-                    let temp = temperature_at(mesh, window, t + dt, p.x[i], p.y[i], p.z[i], p.element[i]);
+                    let temp =
+                        temperature_at(mesh, window, t + dt, p.x[i], p.y[i], p.z[i], p.element[i]);
                     let happy = temp.map(|tp| h.of(tp)).unwrap_or(0.0);
                     p.happiness[i] = happy;
                 }
@@ -509,14 +607,22 @@ pub fn advance_one(
         }
     }
     match trace(mesh, e0, x0, y0, xn, yn) {
-        Moved::Inside { x: xa, y: ya, element: e } => {
+        Moved::Inside {
+            x: xa,
+            y: ya,
+            element: e,
+        } => {
             let (zeta, depth) = column_at(mesh, window, t + dt, xa, ya, e);
             *x = xa;
             *y = ya;
             *z = reflect_vertical(zn, zeta, depth);
             *element = e;
         }
-        Moved::Exited { x: xa, y: ya, element: e } => {
+        Moved::Exited {
+            x: xa,
+            y: ya,
+            element: e,
+        } => {
             *x = xa;
             *y = ya;
             *z = zn;

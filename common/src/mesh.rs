@@ -4,7 +4,6 @@
 //! inconsistent `nbe`) is repaired here and reported as a [`MeshNote`].
 
 use crate::projection::TransverseMercator;
-use serde::{Deserialize, Serialize};
 
 /// `nbe` entry for an edge on land: particles reflect.
 pub const LAND: u32 = u32::MAX;
@@ -300,10 +299,7 @@ impl Mesh {
             .iter()
             .map(|t| element_geometry(&input.x, &input.y, *t))
             .collect();
-        let h_elem = nv
-            .iter()
-            .map(|t| t.map(|n| input.h[n as usize]))
-            .collect();
+        let h_elem = nv.iter().map(|t| t.map(|n| input.h[n as usize])).collect();
 
         let use_file_coefficients = match (&input.a1u, &input.a2u) {
             (Some(a1), Some(a2)) => {
@@ -317,7 +313,13 @@ impl Mesh {
             let fix = |a: &Vec<[f32; 4]>| -> Vec<[f32; 4]> {
                 a.iter()
                     .enumerate()
-                    .map(|(e, r)| if flipped[e] { [r[0], r[1], r[3], r[2]] } else { *r })
+                    .map(|(e, r)| {
+                        if flipped[e] {
+                            [r[0], r[1], r[3], r[2]]
+                        } else {
+                            *r
+                        }
+                    })
                     .collect()
             };
             (
@@ -381,7 +383,10 @@ impl Mesh {
             }
             let next = self.nbe[e as usize][i_min];
             if !is_element(next) {
-                return Walk::Boundary { element: e, edge: i_min as u8 };
+                return Walk::Boundary {
+                    element: e,
+                    edge: i_min as u8,
+                };
             }
             e = next;
         }
@@ -390,7 +395,10 @@ impl Mesh {
 
     pub fn locate_indexed(&self, x: f64, y: f64) -> Option<u32> {
         let ix = self.index.cell_of(x, y)?;
-        let (s, t) = (self.index.start[ix] as usize, self.index.start[ix + 1] as usize);
+        let (s, t) = (
+            self.index.start[ix] as usize,
+            self.index.start[ix + 1] as usize,
+        );
         let mut best: Option<(u32, f64)> = None;
         for &e in &self.index.items[s..t] {
             let w = self.geometry[e as usize].weights(x, y);
@@ -444,7 +452,10 @@ impl Mesh {
 pub enum Walk {
     Found(u32),
     /// The point lies beyond boundary edge `edge` (opposite node `edge`) of `element`.
-    Boundary { element: u32, edge: u8 },
+    Boundary {
+        element: u32,
+        edge: u8,
+    },
     GaveUp(u32),
 }
 
@@ -563,7 +574,11 @@ pub fn reconstruction_coefficients(
     (a1u, a2u)
 }
 
-fn build_vertical(input: &MeshInput, nv: &[[u32; 3]], n_nodes: usize) -> Result<Vertical, MeshError> {
+fn build_vertical(
+    input: &MeshInput,
+    nv: &[[u32; 3]],
+    n_nodes: usize,
+) -> Result<Vertical, MeshError> {
     let nl = input.n_layers.max(1);
     let expand = |name: &'static str, v: &[f32], per: usize| -> Result<Vec<f32>, MeshError> {
         if v.len() == per {
@@ -746,12 +761,16 @@ pub(crate) mod tests {
             .collect();
         input.nbe = Some(nbe.clone());
         let (m, notes) = Mesh::build(input.clone()).unwrap();
-        assert!(!notes.iter().any(|n| matches!(n, MeshNote::NbeInconsistent { .. })));
+        assert!(!notes
+            .iter()
+            .any(|n| matches!(n, MeshNote::NbeInconsistent { .. })));
         assert_eq!(m.nbe, good.nbe);
         nbe[4][0] = 0;
         input.nbe = Some(nbe);
         let (m, notes) = Mesh::build(input).unwrap();
-        assert!(notes.contains(&MeshNote::NbeInconsistent { first_bad_element: 4 }));
+        assert!(notes.contains(&MeshNote::NbeInconsistent {
+            first_bad_element: 4
+        }));
         assert_eq!(m.nbe, good.nbe);
     }
 
@@ -774,10 +793,21 @@ pub(crate) mod tests {
             if nb.iter().filter(|n| is_element(**n)).count() < 2 {
                 continue;
             }
-            let val = |k: usize| if k == 0 { u[e] } else if is_element(nb[k - 1]) { u[nb[k - 1] as usize] } else { 0.0 };
+            let val = |k: usize| {
+                if k == 0 {
+                    u[e]
+                } else if is_element(nb[k - 1]) {
+                    u[nb[k - 1] as usize]
+                } else {
+                    0.0
+                }
+            };
             let gx: f64 = (0..4).map(|k| mesh.a1u[e][k] as f64 * val(k)).sum();
             let gy: f64 = (0..4).map(|k| mesh.a2u[e][k] as f64 * val(k)).sum();
-            assert!((gx - 1e-3).abs() < 1e-8 && (gy + 2e-3).abs() < 1e-8, "element {e}: {gx} {gy}");
+            assert!(
+                (gx - 1e-3).abs() < 1e-8 && (gy + 2e-3).abs() < 1e-8,
+                "element {e}: {gx} {gy}"
+            );
         }
     }
 
@@ -802,10 +832,23 @@ pub(crate) mod tests {
     fn bad_input_is_named() {
         let mut input = grid_mesh(2, 2, 1.0, 0.0, 0.0);
         input.nv[3][1] = 99;
-        assert!(matches!(Mesh::build(input).unwrap_err(), MeshError::NodeOutOfRange { element: 3, node: 99, .. }));
+        assert!(matches!(
+            Mesh::build(input).unwrap_err(),
+            MeshError::NodeOutOfRange {
+                element: 3,
+                node: 99,
+                ..
+            }
+        ));
         let mut input = grid_mesh(2, 2, 1.0, 0.0, 0.0);
         input.h[2] = f32::NAN;
-        assert_eq!(Mesh::build(input).unwrap_err(), MeshError::NotFinite { name: "h", index: 2 });
+        assert_eq!(
+            Mesh::build(input).unwrap_err(),
+            MeshError::NotFinite {
+                name: "h",
+                index: 2
+            }
+        );
     }
 
     #[test]
@@ -815,7 +858,11 @@ pub(crate) mod tests {
         input.open_boundary_nodes = (0..4).map(|j| (j * 4 + 3) as u32).collect();
         let (mesh, notes) = Mesh::build(input).unwrap();
         assert!(notes.contains(&MeshNote::OpenBoundaryEdges(3)));
-        let open: Vec<_> = mesh.boundary_edges().into_iter().filter(|e| e.2 == OPEN).collect();
+        let open: Vec<_> = mesh
+            .boundary_edges()
+            .into_iter()
+            .filter(|e| e.2 == OPEN)
+            .collect();
         assert_eq!(open.len(), 3);
         for (a, b, _) in open {
             assert_eq!(mesh.x[a as usize], 3.0);

@@ -65,7 +65,16 @@ impl Particles {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn push(&mut self, id: u32, x: f64, y: f64, z: f64, element: u32, status: u8, release_time: f64) {
+    pub fn push(
+        &mut self,
+        id: u32,
+        x: f64,
+        y: f64,
+        z: f64,
+        element: u32,
+        status: u8,
+        release_time: f64,
+    ) {
         self.id.push(id);
         self.x.push(x);
         self.y.push(y);
@@ -141,7 +150,11 @@ impl Particles {
         apply(&mut self.status, order, scratch);
         apply_f64(&mut self.release_time, order, scratch);
         scratch.clear();
-        scratch.extend(order.iter().map(|&i| self.happiness[i as usize].to_bits() as u64));
+        scratch.extend(
+            order
+                .iter()
+                .map(|&i| self.happiness[i as usize].to_bits() as u64),
+        );
         for (d, s) in self.happiness.iter_mut().zip(scratch.iter()) {
             *d = f32::from_bits(*s as u32);
         }

@@ -114,7 +114,10 @@ mod tests {
             let (x, y) = tm.forward(lon, lat);
             let (lon2, lat2) = tm.inverse(x, y);
             let (x2, y2) = tm.forward(lon2, lat2);
-            assert!((x - x2).abs() < 1e-3 && (y - y2).abs() < 1e-3, "{lon} {lat}");
+            assert!(
+                (x - x2).abs() < 1e-3 && (y - y2).abs() < 1e-3,
+                "{lon} {lat}"
+            );
             assert!((wrap_lon(lon) - lon2).abs() < 1e-8 && (lat - lat2).abs() < 1e-8);
         }
     }

@@ -1,1 +1,16 @@
-//!
+//! shoal-manager: the `shoal` CLI's library. Reads FVCOM NetCDF ([`fvcom`]), writes synthetic
+//! FVCOM ([`synth`]) and CF trajectories ([`output`]), and drives runs ([`run`]). The node's
+//! per-partition work is called directly, in-process.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fvcom;
+pub mod inspect;
+pub mod output;
+pub mod plot;
+pub mod release;
+pub mod run;
+pub mod synth;
+pub mod timefmt;

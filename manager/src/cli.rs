@@ -1,0 +1,252 @@
+//! The command line: argument parsing and dispatch, shared by the `shoal` binary and the tests.
+
+use crate::run::RunOptions;
+use crate::synth::{Flow, SynthOptions, TimeStyle};
+use crate::{bench, config, demo, inspect, plot, run, synth, timefmt};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Lagrangian particle tracking on FVCOM output, from one laptop to a fleet of Pis"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the configuration in RUN.toml.
+    Run {
+        config: PathBuf,
+        /// No progress bar or summaries, only warnings and errors.
+        #[arg(long)]
+        quiet: bool,
+        /// Worker threads (overrides run.threads).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write synthetic FVCOM output with an analytic flow.
+    Synth {
+        #[arg(long, value_enum, default_value = "rotation")]
+        flow: Flow,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        nx: usize,
+        #[arg(long, default_value_t = 40)]
+        ny: usize,
+        /// Element size, metres.
+        #[arg(long, default_value_t = 500.0)]
+        dx: f64,
+        /// Interior node jitter as a fraction of dx.
+        #[arg(long, default_value_t = 0.2)]
+        jitter: f64,
+        /// South-west corner "x,y" in metres.
+        #[arg(long, default_value = "400000,4500000")]
+        offset: String,
+        #[arg(long, default_value_t = 10)]
+        layers: usize,
+        #[arg(long, default_value_t = 20.0)]
+        depth: f64,
+        /// First time, e.g. 2024-05-23T00:00:00.
+        #[arg(long, default_value = "2024-05-23T00:00:00")]
+        start: String,
+        #[arg(long, default_value = "24h")]
+        duration: String,
+        #[arg(long, default_value = "1h")]
+        interval: String,
+        /// Flow speed U, m/s (tidal, shear, uniform).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Rotation or tidal period.
+        #[arg(long, default_value = "12h")]
+        period: String,
+        /// Write 0-based nv/nbe instead of FVCOM's 1-based.
+        #[arg(long)]
+        zero_based: bool,
+        #[arg(long)]
+        no_nbe: bool,
+        /// Write an nbe that disagrees with nv.
+        #[arg(long)]
+        corrupt_nbe: bool,
+        /// Write lon/lat around "lon,lat" (x/y zero) instead of x/y.
+        #[arg(long)]
+        spherical: Option<String>,
+        /// Depth-averaged ua/va only.
+        #[arg(long)]
+        two_d: bool,
+        #[arg(long)]
+        no_ww: bool,
+        #[arg(long)]
+        no_temp: bool,
+        /// Write a parabolic kh profile.
+        #[arg(long)]
+        kh: bool,
+        #[arg(long, value_enum, default_value = "all")]
+        time_style: TimeStyle,
+        /// Also write NAME_obc.dat naming the east side as open boundary.
+        #[arg(long)]
+        obc_east: Option<PathBuf>,
+    },
+    /// Summarise a FVCOM file: mesh, times, variables, what is missing.
+    Inspect { files: Vec<PathBuf> },
+    /// Draw trajectories over the mesh outline to PNG.
+    Plot {
+        output: PathBuf,
+        #[arg(short = 'o', long = "png")]
+        png: PathBuf,
+        /// The FVCOM file with the mesh (default: the run's first input).
+        #[arg(long)]
+        mesh: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        size: u32,
+    },
+    /// Run a complete example on a generated mesh; writes NetCDF and PNG.
+    Demo {
+        #[arg(long, default_value = "shoal-demo")]
+        dir: PathBuf,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Measure tracking speed and memory (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+fn pair(s: &str, what: &str) -> Result<(f64, f64)> {
+    let mut it = s.split(',').map(|v| v.trim().parse::<f64>());
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(a)), Some(Ok(b)), None) => Ok((a, b)),
+        _ => anyhow::bail!("--{what}: expected two numbers `a,b`, found `{s}`"),
+    }
+}
+
+/// Runs one command line (`args[0]` is the program name).
+pub fn run_cli<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                print!("{e}");
+                return Ok(());
+            }
+            anyhow::bail!("{}", e.to_string().trim_start_matches("error: ").trim_end());
+        }
+    };
+    match cli.command {
+        Command::Run {
+            config: path,
+            quiet,
+            threads,
+        } => {
+            let cfg = config::RunConfig::from_path(&path)?;
+            run::run(&cfg, &RunOptions { quiet, threads })?;
+        }
+        Command::Synth {
+            flow,
+            output,
+            nx,
+            ny,
+            dx,
+            jitter,
+            offset,
+            layers,
+            depth,
+            start,
+            duration,
+            interval,
+            speed,
+            period,
+            zero_based,
+            no_nbe,
+            corrupt_nbe,
+            spherical,
+            two_d,
+            no_ww,
+            no_temp,
+            kh,
+            time_style,
+            obc_east,
+        } => {
+            let (x0, y0) = pair(&offset, "offset")?;
+            let o = SynthOptions {
+                flow,
+                nx,
+                ny,
+                dx,
+                jitter,
+                x0,
+                y0,
+                layers,
+                depth,
+                start: timefmt::parse_datetime(&start).context("--start")?,
+                duration: timefmt::parse_duration(&duration).context("--duration")?,
+                interval: timefmt::parse_duration(&interval).context("--interval")?,
+                speed,
+                period: timefmt::parse_duration(&period).context("--period")?,
+                zero_based,
+                no_nbe,
+                corrupt_nbe,
+                spherical: spherical
+                    .as_deref()
+                    .map(|s| pair(s, "spherical"))
+                    .transpose()?,
+                two_d,
+                no_ww,
+                temp: !no_temp,
+                kh,
+                time_style,
+                nan_elements: Vec::new(),
+                omit_u: false,
+                epoch: None,
+            };
+            anyhow::ensure!(o.interval > 0.0, "--interval must be positive");
+            synth::write(&output, &o)?;
+            if let Some(p) = obc_east {
+                synth::write_obc_east(&p, &o)?;
+            }
+            println!(
+                "wrote {} ({} elements, {} time slices)",
+                output.display(),
+                2 * nx * ny,
+                o.n_times()
+            );
+        }
+        Command::Inspect { files } => {
+            anyhow::ensure!(!files.is_empty(), "name at least one FVCOM file");
+            print!("{}", inspect::inspect(&files)?);
+        }
+        Command::Plot {
+            output,
+            png,
+            mesh,
+            size,
+        } => {
+            plot::plot(&output, mesh.as_deref(), &png, size)?;
+            println!("wrote {}", png.display());
+        }
+        Command::Demo { dir, quiet } => {
+            demo::demo(
+                &dir,
+                &RunOptions {
+                    quiet,
+                    threads: None,
+                },
+            )?;
+        }
+        Command::Bench(args) => bench::bench(&args)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The run configuration, in two stages (as ripgrep does): [`RunFile`] is exactly what the user
+//! wrote, parsed strictly (an unknown key is an error that names it); [`RunConfig`] is the
+//! resolved form with paths made absolute and durations in seconds.
+
+use crate::timefmt::{parse_datetime, parse_duration};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use shoal_common::kernel::{Happiness, Integrator, VerticalMixing};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    pub seed: Option<u64>,
+    pub input: InputSection,
+    #[serde(default)]
+    pub release: ReleaseSection,
+    #[serde(default)]
+    pub run: RunSection,
+    #[serde(default)]
+    pub diffusion: DiffusionSection,
+    #[serde(default)]
+    pub behaviour: BehaviourSection,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub files: Vec<String>,
+    /// FVCOM's `casename_obc.dat`.
+    pub open_boundary_file: Option<String>,
+    /// Open-boundary node numbers, 1-based as FVCOM writes them.
+    pub open_boundary_nodes: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    /// CSV with a header `x,y,z` or `lon,lat,z`, optional `release_time`.
+    pub file: Option<String>,
+    pub generate: Option<GenerateSection>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSection {
+    pub count: usize,
+    /// Disc centre, in the mesh's frame (x, y metres) or lon/lat for geographic meshes;
+    /// absent: anywhere in the mesh, uniformly by area.
+    pub centre: Option<[f64; 2]>,
+    /// Disc radius in metres.
+    pub radius: Option<f64>,
+    /// Release depth, metres relative to the surface (0 surface, negative down).
+    #[serde(default)]
+    pub z: f64,
+    /// Release time; default the run's start.
+    pub time: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub start: Option<String>,
+    pub duration: Option<toml::Value>,
+    pub dt: Option<toml::Value>,
+    pub integrator: Option<Integrator>,
+    /// Worker threads; 0 or absent: one per core.
+    pub threads: Option<usize>,
+    /// Re-sort particles by host element every this many steps.
+    pub sort_every: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionSection {
+    pub horizontal_kh: Option<f64>,
+    /// "none", "constant" or "file".
+    pub vertical: Option<String>,
+    pub vertical_kh: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BehaviourSection {
+    /// m/s, positive sinks, negative rises.
+    pub sinking_speed: Option<f64>,
+    pub preferred_temperature: Option<f64>,
+    pub temperature_tolerance: Option<f64>,
+    pub happy_threshold: Option<f64>,
+    /// Stop when at least this share (0..1] of active particles is happy.
+    pub stop_when_happy_share: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub file: Option<String>,
+    pub interval: Option<toml::Value>,
+}
+
+/// The resolved configuration the driver runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub files: Vec<PathBuf>,
+    pub open_boundary_nodes: Vec<u32>,
+    pub release_file: Option<PathBuf>,
+    pub generate: Option<GenerateSection>,
+    /// Unix seconds; `None` means the first time in the files.
+    pub start: Option<f64>,
+    /// Seconds; `None` means to the end of the files.
+    pub duration: Option<f64>,
+    pub dt: f64,
+    pub integrator: Integrator,
+    pub threads: usize,
+    pub sort_every: u32,
+    pub horizontal_kh: f64,
+    pub vertical_mixing: VerticalMixing,
+    pub sinking_speed: f64,
+    pub happiness: Option<Happiness>,
+    pub stop_when_happy_share: Option<f64>,
+    pub output: PathBuf,
+    pub output_interval: f64,
+    pub seed: u64,
+    /// The configuration text, recorded in the output's global attributes.
+    pub source_text: String,
+}
+
+fn duration_value(v: &toml::Value, key: &str) -> Result<f64> {
+    match v {
+        toml::Value::String(s) => parse_duration(s).with_context(|| format!("key `{key}`")),
+        toml::Value::Integer(i) if *i >= 0 => Ok(*i as f64),
+        toml::Value::Float(f) if *f >= 0.0 => Ok(*f),
+        _ => bail!("key `{key}`: expected a duration such as \"60s\" or \"12h\""),
+    }
+}
+
+impl RunConfig {
+    pub fn from_path(path: &Path) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_str(&text, base).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_str(text: &str, base: &Path) -> Result<RunConfig> {
+        let file: RunFile =
+            toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+        let resolve = |p: &str| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        if file.input.files.is_empty() {
+            bail!("key `input.files`: name at least one FVCOM NetCDF file");
+        }
+        let mut obc: Vec<u32> = Vec::new();
+        if let Some(f) = &file.input.open_boundary_file {
+            obc.extend(read_obc_file(&resolve(f))?);
+        }
+        for n in file.input.open_boundary_nodes.iter().flatten() {
+            if *n == 0 {
+                bail!("key `input.open_boundary_nodes`: node numbers are 1-based, as FVCOM writes them; found 0");
+            }
+            obc.push(n - 1);
+        }
+        let dt = match &file.run.dt {
+            Some(v) => duration_value(v, "run.dt")?,
+            None => 60.0,
+        };
+        if dt <= 0.0 {
+            bail!("key `run.dt`: the time step must be positive");
+        }
+        let duration = file
+            .run
+            .duration
+            .as_ref()
+            .map(|v| duration_value(v, "run.duration"))
+            .transpose()?;
+        let output_interval = match &file.output.interval {
+            Some(v) => duration_value(v, "output.interval")?,
+            None => 3600.0,
+        };
+        let ratio = output_interval / dt;
+        if output_interval <= 0.0 || (ratio - ratio.round()).abs() > 1e-9 {
+            bail!("key `output.interval`: {output_interval} s is not a whole number of time steps of {dt} s");
+        }
+        let vertical_mixing = match file.diffusion.vertical.as_deref().unwrap_or("none") {
+            "none" => VerticalMixing::None,
+            "constant" => VerticalMixing::Constant(file.diffusion.vertical_kh.ok_or_else(|| {
+                anyhow!("key `diffusion.vertical_kh`: needed when `diffusion.vertical = \"constant\"`")
+            })?),
+            "file" => VerticalMixing::FromFile,
+            other => bail!("key `diffusion.vertical`: `{other}` is not one of none, constant, file"),
+        };
+        let horizontal_kh = file.diffusion.horizontal_kh.unwrap_or(0.0);
+        if !(horizontal_kh >= 0.0 && horizontal_kh.is_finite()) {
+            bail!("key `diffusion.horizontal_kh`: must be a non-negative number (m^2/s)");
+        }
+        let b = &file.behaviour;
+        let happiness = match b.preferred_temperature {
+            Some(pt) => Some(Happiness {
+                preferred_temperature: pt,
+                tolerance: b.temperature_tolerance.unwrap_or(2.0),
+                threshold: b.happy_threshold.unwrap_or(0.9),
+            }),
+            None => {
+                if b.stop_when_happy_share.is_some()
+                    || b.temperature_tolerance.is_some()
+                    || b.happy_threshold.is_some()
+                {
+                    bail!("key `behaviour.preferred_temperature`: needed for happiness keys");
+                }
+                None
+            }
+        };
+        if let Some(s) = b.stop_when_happy_share {
+            if !(s > 0.0 && s <= 1.0) {
+                bail!("key `behaviour.stop_when_happy_share`: must be in (0, 1]");
+            }
+        }
+        if file.release.file.is_none() && file.release.generate.is_none() {
+            bail!("key `release`: give `release.file` (CSV) or a `[release.generate]` table");
+        }
+        Ok(RunConfig {
+            files: file.input.files.iter().map(|f| resolve(f)).collect(),
+            open_boundary_nodes: obc,
+            release_file: file.release.file.as_deref().map(resolve),
+            generate: file.release.generate.clone(),
+            start: file
+                .run
+                .start
+                .as_deref()
+                .map(parse_datetime)
+                .transpose()
+                .context("key `run.start`")?,
+            duration,
+            dt,
+            integrator: file.run.integrator.unwrap_or_default(),
+            threads: file.run.threads.unwrap_or(0),
+            sort_every: file.run.sort_every.unwrap_or(8),
+            horizontal_kh,
+            vertical_mixing,
+            sinking_speed: b.sinking_speed.unwrap_or(0.0),
+            happiness,
+            stop_when_happy_share: b.stop_when_happy_share,
+            output: resolve(file.output.file.as_deref().unwrap_or("trajectories.nc")),
+            output_interval,
+            seed: file.seed.unwrap_or(0),
+            source_text: text.to_string(),
+        })
+    }
+}
+
+/// FVCOM's open boundary file: a header line, then `index node type` per line (1-based nodes).
+pub fn read_obc_file(path: &Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read open boundary file {}", path.display()))?;
+    let mut nodes = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        let node: u32 = fields
+            .get(1)
+            .and_then(|f| f.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} line {}: expected `index node type`",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+        nodes.push(node - 1);
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let cfg = RunConfig::from_str(&readme[start..end], Path::new("/data")).unwrap();
+        assert_eq!(cfg.files[0], PathBuf::from("/data/sfbofs_subset.nc"));
+        assert_eq!(cfg.dt, 60.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            RunConfig::from_str("[input]\nfiles=['a.nc']\nfilez=1\n", Path::new(".")).unwrap_err();
+        assert!(format!("{err:#}").contains("filez"), "{err:#}");
+        let err = RunConfig::from_str(
+            "[input]\nfiles=['a.nc']\n[run]\ndt='1 fortnight'\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("run.dt"), "{err:#}");
+    }
+}

@@ -1,0 +1,283 @@
+//! CF-1.8 trajectory output (`featureType = "trajectory"`, dims `(trajectory, time)` as OpenDrift
+//! writes them), appended one snapshot at a time along an unlimited `time` and synced after each,
+//! so a run that is killed leaves a readable file of everything written so far.
+
+use crate::timefmt::format_datetime;
+use anyhow::{Context, Result};
+use shoal_common::{status, TransverseMercator};
+use shoal_node::Snapshot;
+use std::path::{Path, PathBuf};
+
+pub struct TrajectoryWriter {
+    file: netcdf::FileMut,
+    path: PathBuf,
+    n: usize,
+    written: usize,
+    projection: Option<TransverseMercator>,
+    happiness: bool,
+}
+
+impl TrajectoryWriter {
+    /// `reference` is the Unix time of the run clock's zero; `attributes` go in as globals.
+    pub fn create(
+        path: &Path,
+        n: usize,
+        reference: f64,
+        projection: Option<TransverseMercator>,
+        happiness: bool,
+        attributes: &[(String, String)],
+    ) -> Result<Self> {
+        let ctx = || format!("creating output {}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(ctx)?;
+        }
+        let mut f = netcdf::create(path).with_context(ctx)?;
+        f.add_attribute("Conventions", "CF-1.8").with_context(ctx)?;
+        f.add_attribute("featureType", "trajectory")
+            .with_context(ctx)?;
+        f.add_attribute("title", "shoal particle trajectories")
+            .with_context(ctx)?;
+        f.add_attribute("source", format!("shoal {}", env!("CARGO_PKG_VERSION")))
+            .with_context(ctx)?;
+        f.add_attribute("time_coverage_start", format_datetime(reference))
+            .with_context(ctx)?;
+        for (k, v) in attributes {
+            f.add_attribute(k, v.as_str()).with_context(ctx)?;
+        }
+        f.add_dimension("trajectory", n).with_context(ctx)?;
+        f.add_unlimited_dimension("time").with_context(ctx)?;
+        {
+            let mut v = f
+                .add_variable::<i32>("trajectory", &["trajectory"])
+                .with_context(ctx)?;
+            v.put_attribute("cf_role", "trajectory_id")
+                .with_context(ctx)?;
+            v.put_attribute("long_name", "particle id")
+                .with_context(ctx)?;
+            let ids: Vec<i32> = (0..n as i32).collect();
+            v.put_values(&ids, ..).with_context(ctx)?;
+        }
+        {
+            let mut v = f.add_variable::<f64>("time", &["time"]).with_context(ctx)?;
+            v.put_attribute("standard_name", "time").with_context(ctx)?;
+            v.put_attribute(
+                "units",
+                format!("seconds since {}", format_datetime(reference)),
+            )
+            .with_context(ctx)?;
+            v.put_attribute("calendar", "proleptic_gregorian")
+                .with_context(ctx)?;
+        }
+        let chunk = [n.clamp(1, 1 << 16), 1];
+        let dims = ["trajectory", "time"];
+        let add_f64 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
+            let mut v = f.add_variable::<f64>(name, &dims).with_context(ctx)?;
+            v.set_chunking(&chunk).with_context(ctx)?;
+            v.set_fill_value(f64::NAN).with_context(ctx)?;
+            for (k, val) in attrs {
+                v.put_attribute(k, *val).with_context(ctx)?;
+            }
+            Ok(())
+        };
+        add_f64(
+            &mut f,
+            "x",
+            &[("long_name", "x in the mesh's frame"), ("units", "m")],
+        )?;
+        add_f64(
+            &mut f,
+            "y",
+            &[("long_name", "y in the mesh's frame"), ("units", "m")],
+        )?;
+        if projection.is_some() {
+            add_f64(
+                &mut f,
+                "lon",
+                &[("standard_name", "longitude"), ("units", "degrees_east")],
+            )?;
+            add_f64(
+                &mut f,
+                "lat",
+                &[("standard_name", "latitude"), ("units", "degrees_north")],
+            )?;
+        }
+        let add_f32 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
+            let mut v = f.add_variable::<f32>(name, &dims).with_context(ctx)?;
+            v.set_chunking(&chunk).with_context(ctx)?;
+            v.set_fill_value(f32::NAN).with_context(ctx)?;
+            for (k, val) in attrs {
+                v.put_attribute(k, *val).with_context(ctx)?;
+            }
+            Ok(())
+        };
+        add_f32(
+            &mut f,
+            "z",
+            &[
+                ("standard_name", "depth"),
+                ("long_name", "vertical position relative to the sea surface"),
+                ("units", "m"),
+                ("positive", "up"),
+            ],
+        )?;
+        add_f32(
+            &mut f,
+            "sigma",
+            &[
+                ("long_name", "sigma coordinate (0 surface, -1 bottom)"),
+                ("units", "1"),
+            ],
+        )?;
+        add_f32(
+            &mut f,
+            "age",
+            &[("long_name", "time since release"), ("units", "s")],
+        )?;
+        if happiness {
+            add_f32(
+                &mut f,
+                "happiness",
+                &[
+                    ("long_name", "happiness from preferred temperature (0..1)"),
+                    ("units", "1"),
+                ],
+            )?;
+        }
+        {
+            let mut v = f.add_variable::<i8>("status", &dims).with_context(ctx)?;
+            v.set_chunking(&chunk).with_context(ctx)?;
+            v.put_attribute("long_name", "particle status")
+                .with_context(ctx)?;
+            v.put_attribute(
+                "flag_values",
+                status::FLAG_VALUES
+                    .iter()
+                    .map(|v| *v as i8)
+                    .collect::<Vec<i8>>(),
+            )
+            .with_context(ctx)?;
+            v.put_attribute("flag_meanings", status::FLAG_MEANINGS)
+                .with_context(ctx)?;
+        }
+        {
+            let mut v = f.add_variable::<i32>("element", &dims).with_context(ctx)?;
+            v.set_chunking(&chunk).with_context(ctx)?;
+            v.set_fill_value(-1i32).with_context(ctx)?;
+            v.put_attribute(
+                "long_name",
+                "host element, 0-based index into the mesh's nv",
+            )
+            .with_context(ctx)?;
+        }
+        f.sync().with_context(ctx)?;
+        Ok(TrajectoryWriter {
+            file: f,
+            path: path.to_path_buf(),
+            n,
+            written: 0,
+            projection,
+            happiness,
+        })
+    }
+
+    /// Appends one snapshot at `t` seconds after the reference. Rows may come in any order.
+    pub fn write(&mut self, t: f64, snap: &[Snapshot]) -> Result<()> {
+        let path = self.path.clone();
+        let ctx = || format!("writing output {}", path.display());
+        let it = self.written;
+        let n = self.n;
+        let mut slot = vec![usize::MAX; n];
+        let mut rows: Vec<(&Snapshot, usize)> = Vec::with_capacity(n);
+        for s in snap {
+            for (i, id) in s.id.iter().enumerate() {
+                slot[*id as usize] = rows.len();
+                rows.push((s, i));
+            }
+        }
+        anyhow::ensure!(
+            rows.len() == n && slot.iter().all(|s| *s != usize::MAX),
+            "snapshot at t={t} s has {} rows for {n} particles",
+            rows.len()
+        );
+        let col = |f: &dyn Fn(&Snapshot, usize) -> f64| -> Vec<f64> {
+            slot.iter().map(|&r| f(rows[r].0, rows[r].1)).collect()
+        };
+        let colf = |f: &dyn Fn(&Snapshot, usize) -> f32| -> Vec<f32> {
+            slot.iter().map(|&r| f(rows[r].0, rows[r].1)).collect()
+        };
+        self.file
+            .variable_mut("time")
+            .unwrap()
+            .put_values(&[t], it..it + 1)
+            .with_context(ctx)?;
+        let x = col(&|s, i| s.x[i]);
+        let y = col(&|s, i| s.y[i]);
+        if let Some(tm) = &self.projection {
+            let (lon, lat): (Vec<f64>, Vec<f64>) = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| {
+                    if a.is_finite() {
+                        tm.inverse(*a, *b)
+                    } else {
+                        (f64::NAN, f64::NAN)
+                    }
+                })
+                .unzip();
+            self.put("lon", &lon, it)?;
+            self.put("lat", &lat, it)?;
+        }
+        self.put("x", &x, it)?;
+        self.put("y", &y, it)?;
+        self.put("z", &colf(&|s, i| s.z[i]), it)?;
+        self.put("sigma", &colf(&|s, i| s.sigma[i]), it)?;
+        self.put("age", &colf(&|s, i| s.age[i]), it)?;
+        if self.happiness {
+            self.put("happiness", &colf(&|s, i| s.happiness[i]), it)?;
+        }
+        let st: Vec<i8> = slot
+            .iter()
+            .map(|&r| rows[r].0.status[rows[r].1] as i8)
+            .collect();
+        self.put("status", &st, it)?;
+        let el: Vec<i32> = slot
+            .iter()
+            .map(|&r| {
+                let (s, i) = rows[r];
+                if s.status[i] == status::OUTSIDE_MESH || s.status[i] == status::PENDING {
+                    -1
+                } else {
+                    s.element[i] as i32
+                }
+            })
+            .collect();
+        self.put("element", &el, it)?;
+        self.file.sync().with_context(ctx)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn put<T: netcdf::types::NcTypeDescriptor>(
+        &mut self,
+        name: &str,
+        data: &[T],
+        it: usize,
+    ) -> Result<()> {
+        self.file
+            .variable_mut(name)
+            .unwrap()
+            .put_values(data, (.., it..it + 1))
+            .with_context(|| format!("writing `{name}` to {}", self.path.display()))
+    }
+
+    pub fn snapshots_written(&self) -> usize {
+        self.written
+    }
+
+    pub fn close(self) -> Result<()> {
+        let p = self.path.clone();
+        self.file
+            .close()
+            .with_context(|| format!("closing {}", p.display()))
+    }
+}

@@ -1,0 +1,196 @@
+//! Release points: from a CSV (`x,y,z` or `lon,lat,z`, optional `release_time`) or generated
+//! from the seed (a disc, or the whole mesh by area). Points outside the mesh are kept, flagged
+//! and counted, never silently dropped.
+
+use crate::config::RunConfig;
+use crate::timefmt::parse_datetime;
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::rng::{draw, unit_open, Stream};
+use shoal_common::{status, Mesh, Particles};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReleasePoint {
+    pub x: f64,
+    pub y: f64,
+    /// Metres relative to the surface at release (0 surface, negative down).
+    pub z: f64,
+    /// Seconds on the run clock.
+    pub time: f64,
+}
+
+/// Where release points came from, for messages.
+pub struct Released {
+    pub particles: Particles,
+    pub outside: usize,
+    pub first_outside: Option<(usize, f64, f64)>,
+}
+
+fn parse_time(s: &str, start: f64) -> Result<f64> {
+    if let Ok(v) = s.trim().parse::<f64>() {
+        return Ok(v);
+    }
+    Ok(parse_datetime(s)? - start)
+}
+
+pub fn read_csv(path: &Path, mesh: &Mesh, start: f64) -> Result<Vec<ReleasePoint>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read release file {}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let (_, header) = lines
+        .next()
+        .ok_or_else(|| anyhow!("{}: empty release file", path.display()))?;
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    let find = |names: &[&str]| cols.iter().position(|c| names.contains(&c.as_str()));
+    let (ix, iy, geographic) = match (
+        find(&["x"]),
+        find(&["y"]),
+        find(&["lon", "longitude"]),
+        find(&["lat", "latitude"]),
+    ) {
+        (Some(a), Some(b), _, _) => (a, b, false),
+        (_, _, Some(a), Some(b)) => (a, b, true),
+        _ => bail!(
+            "{}: header must name columns x,y,z or lon,lat,z (found `{header}`)",
+            path.display()
+        ),
+    };
+    let iz = find(&["z", "depth"])
+        .ok_or_else(|| anyhow!("{}: header has no `z` column", path.display()))?;
+    let it = find(&["release_time", "time"]);
+    let tm = if geographic {
+        Some(mesh.projection.ok_or_else(|| {
+            anyhow!(
+                "{}: gives lon/lat but the mesh is Cartesian; use x,y",
+                path.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (lineno, line) in lines {
+        let f: Vec<&str> = line.split(',').map(|s| s.trim()).collect();
+        let num = |i: usize, name: &str| -> Result<f64> {
+            f.get(i)
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} line {}: column `{name}` is not a number",
+                        path.display(),
+                        lineno + 1
+                    )
+                })
+        };
+        let (a, b) = (num(ix, &cols[ix])?, num(iy, &cols[iy])?);
+        let (x, y) = match &tm {
+            Some(tm) => tm.forward(a, b),
+            None => (a, b),
+        };
+        let z = num(iz, "z")?;
+        let time = match it.and_then(|i| f.get(i)).filter(|s| !s.is_empty()) {
+            Some(s) => parse_time(s, start).with_context(|| {
+                format!(
+                    "{} line {}: column `release_time`",
+                    path.display(),
+                    lineno + 1
+                )
+            })?,
+            None => 0.0,
+        };
+        out.push(ReleasePoint { x, y, z, time });
+    }
+    Ok(out)
+}
+
+pub fn generate(cfg: &RunConfig, mesh: &Mesh, start: f64) -> Result<Vec<ReleasePoint>> {
+    let g = cfg.generate.as_ref().expect("generate section");
+    let time = match &g.time {
+        Some(s) => parse_time(s, start).context("key `release.generate.time`")?,
+        None => 0.0,
+    };
+    let mut out = Vec::with_capacity(g.count);
+    match g.centre {
+        Some(c) => {
+            let (cx, cy) = match mesh.projection {
+                Some(tm) => tm.forward(c[0], c[1]),
+                None => (c[0], c[1]),
+            };
+            let r = g.radius.unwrap_or(0.0);
+            for i in 0..g.count {
+                let b = draw(cfg.seed, i as u32, 0, Stream::Release);
+                let rr = r * unit_open(b[0]).sqrt();
+                let th = std::f64::consts::TAU * unit_open(b[1]);
+                out.push(ReleasePoint {
+                    x: cx + rr * th.cos(),
+                    y: cy + rr * th.sin(),
+                    z: g.z,
+                    time,
+                });
+            }
+        }
+        None => {
+            let mut cum = Vec::with_capacity(mesh.n_elements());
+            let mut total = 0.0;
+            for e in 0..mesh.n_elements() {
+                total += mesh.element_area(e);
+                cum.push(total);
+            }
+            for i in 0..g.count {
+                let b = draw(cfg.seed, i as u32, 0, Stream::Release);
+                let target = unit_open(b[0]) * total;
+                let e = cum
+                    .partition_point(|c| *c < target)
+                    .min(mesh.n_elements() - 1);
+                let (mut s, mut t) = (unit_open(b[1]), unit_open(b[2]));
+                if s + t > 1.0 {
+                    s = 1.0 - s;
+                    t = 1.0 - t;
+                }
+                let n = mesh.nv[e];
+                let p = |k: usize| (mesh.x[n[k] as usize], mesh.y[n[k] as usize]);
+                let (p0, p1, p2) = (p(0), p(1), p(2));
+                out.push(ReleasePoint {
+                    x: p0.0 + s * (p1.0 - p0.0) + t * (p2.0 - p0.0),
+                    y: p0.1 + s * (p1.1 - p0.1) + t * (p2.1 - p0.1),
+                    z: g.z,
+                    time,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Locates every point; ids follow the order of the points.
+pub fn place(points: &[ReleasePoint], mesh: &Mesh) -> Released {
+    let mut p = Particles::with_capacity(points.len());
+    let mut outside = 0;
+    let mut first_outside = None;
+    let mut hint = None;
+    for (i, r) in points.iter().enumerate() {
+        match mesh.locate(r.x, r.y, hint) {
+            Some(e) => {
+                hint = Some(e);
+                p.push(i as u32, r.x, r.y, r.z.min(0.0), e, status::PENDING, r.time);
+            }
+            None => {
+                outside += 1;
+                first_outside.get_or_insert((i, r.x, r.y));
+                p.push(i as u32, r.x, r.y, r.z, 0, status::OUTSIDE_MESH, r.time);
+            }
+        }
+    }
+    Released {
+        particles: p,
+        outside,
+        first_outside,
+    }
+}

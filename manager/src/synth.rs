@@ -1,0 +1,524 @@
+//! `shoal synth`: synthetic FVCOM output with analytic flows, written the way FVCOM writes it
+//! (clockwise 1-based `nv`, `(siglay, node)` sigma, `Itime`/`Itime2`/`Times`/f32 `time`), with
+//! switches for every quirk the reader must survive. Tests, benchmarks and the demo all use it.
+
+use crate::timefmt::{format_datetime, MJD_EPOCH};
+use anyhow::{anyhow, Context, Result};
+use shoal_common::TransverseMercator;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flow {
+    /// Solid-body rotation about the domain centre, one revolution per `period`.
+    Rotation,
+    /// Spatially uniform eastward tide, `u = U cos(2 pi t / period)`.
+    Tidal,
+    /// Sheared 3-D flow, `u = U (1 + sigma)`.
+    Shear,
+    /// Constant eastward flow `u = U`.
+    Uniform,
+    /// No flow at all (for diffusion tests).
+    Still,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum TimeStyle {
+    /// `Itime` + `Itime2`, `Times` and f32 `time`, as FVCOM writes them.
+    #[default]
+    All,
+    /// `Times` strings and f32 `time` only.
+    Times,
+    /// Only f32 `time` in MJD days.
+    Float,
+}
+
+#[derive(Clone, Debug)]
+pub struct SynthOptions {
+    pub flow: Flow,
+    pub nx: usize,
+    pub ny: usize,
+    /// Square size, metres.
+    pub dx: f64,
+    /// Interior node jitter as a fraction of `dx` (0..0.4).
+    pub jitter: f64,
+    /// South-west corner, metres (UTM-sized offsets test precision).
+    pub x0: f64,
+    pub y0: f64,
+    pub layers: usize,
+    pub depth: f64,
+    /// Unix seconds of the first slice.
+    pub start: f64,
+    /// Seconds covered, and between slices.
+    pub duration: f64,
+    pub interval: f64,
+    pub speed: f64,
+    pub period: f64,
+    pub zero_based: bool,
+    pub no_nbe: bool,
+    pub corrupt_nbe: bool,
+    /// Write lon/lat around this point (x/y zero) instead of Cartesian x/y.
+    pub spherical: Option<(f64, f64)>,
+    pub two_d: bool,
+    pub no_ww: bool,
+    pub temp: bool,
+    pub kh: bool,
+    pub time_style: TimeStyle,
+    /// Elements (0-based) whose velocities are NaN in every slice.
+    pub nan_elements: Vec<usize>,
+    /// Leave out `u` entirely (bad-input tests).
+    pub omit_u: bool,
+    /// Unix time at which the analytic flow's clock is zero (default `start`), so several files
+    /// of one run agree.
+    pub epoch: Option<f64>,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            flow: Flow::Rotation,
+            nx: 40,
+            ny: 40,
+            dx: 500.0,
+            jitter: 0.2,
+            x0: 400_000.0,
+            y0: 4_500_000.0,
+            layers: 10,
+            depth: 20.0,
+            start: 1_716_422_400.0, // 2024-05-23 00:00:00
+            duration: 86_400.0,
+            interval: 3600.0,
+            speed: 1.0,
+            period: 12.0 * 3600.0,
+            zero_based: false,
+            no_nbe: false,
+            corrupt_nbe: false,
+            spherical: None,
+            two_d: false,
+            no_ww: false,
+            temp: true,
+            kh: false,
+            time_style: TimeStyle::All,
+            nan_elements: Vec::new(),
+            omit_u: false,
+            epoch: None,
+        }
+    }
+}
+
+/// A synthetic mesh in FVCOM's conventions: node coordinates and clockwise, 0-based triangles.
+pub struct Grid {
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub nv: Vec<[usize; 3]>,
+    pub xc: Vec<f64>,
+    pub yc: Vec<f64>,
+}
+
+/// A reproducible pseudo-random number in [-0.5, 0.5) for node `n`.
+fn hash_unit(n: u64, salt: u64) -> f64 {
+    let b = shoal_common::rng::philox4x32_10(
+        [n as u32, (n >> 32) as u32, salt as u32, 0],
+        [0x5eed, 0x5b0a1],
+    );
+    b[0] as f64 / 4_294_967_296.0 - 0.5
+}
+
+impl SynthOptions {
+    pub fn centre(&self) -> (f64, f64) {
+        (
+            self.x0 + 0.5 * self.nx as f64 * self.dx,
+            self.y0 + 0.5 * self.ny as f64 * self.dx,
+        )
+    }
+
+    pub fn grid(&self) -> Grid {
+        let (nx, ny) = (self.nx, self.ny);
+        let mut g = Grid {
+            x: Vec::new(),
+            y: Vec::new(),
+            nv: Vec::new(),
+            xc: Vec::new(),
+            yc: Vec::new(),
+        };
+        let j = self.jitter.clamp(0.0, 0.4) * self.dx;
+        for jy in 0..=ny {
+            for ix in 0..=nx {
+                let n = (jy * (nx + 1) + ix) as u64;
+                let interior = ix > 0 && ix < nx && jy > 0 && jy < ny;
+                let (jx, jyy) = if interior {
+                    (j * hash_unit(n, 1), j * hash_unit(n, 2))
+                } else {
+                    (0.0, 0.0)
+                };
+                g.x.push(self.x0 + ix as f64 * self.dx + jx);
+                g.y.push(self.y0 + jy as f64 * self.dx + jyy);
+            }
+        }
+        let id = |i: usize, j: usize| j * (nx + 1) + i;
+        for jy in 0..ny {
+            for ix in 0..nx {
+                // Alternate the diagonal so the mesh has no preferred direction; clockwise.
+                let (a, b, c, d) = (
+                    id(ix, jy),
+                    id(ix + 1, jy),
+                    id(ix, jy + 1),
+                    id(ix + 1, jy + 1),
+                );
+                if (ix + jy) % 2 == 0 {
+                    g.nv.push([a, c, b]);
+                    g.nv.push([b, c, d]);
+                } else {
+                    g.nv.push([a, d, b]);
+                    g.nv.push([a, c, d]);
+                }
+            }
+        }
+        for t in &g.nv {
+            g.xc.push((g.x[t[0]] + g.x[t[1]] + g.x[t[2]]) / 3.0);
+            g.yc.push((g.y[t[0]] + g.y[t[1]] + g.y[t[2]]) / 3.0);
+        }
+        g
+    }
+
+    pub fn siglev(&self) -> Vec<f32> {
+        (0..=self.layers)
+            .map(|k| -(k as f32) / self.layers as f32)
+            .collect()
+    }
+    pub fn siglay(&self) -> Vec<f32> {
+        (0..self.layers)
+            .map(|k| -((k as f32) + 0.5) / self.layers as f32)
+            .collect()
+    }
+
+    /// The analytic velocity (u, v) at a point, sigma and time (seconds since `epoch`).
+    pub fn velocity(&self, x: f64, y: f64, sigma: f64, t: f64) -> (f64, f64) {
+        let (xm, ym) = self.centre();
+        match self.flow {
+            Flow::Rotation => {
+                let w = std::f64::consts::TAU / self.period;
+                (-w * (y - ym), w * (x - xm))
+            }
+            Flow::Tidal => (
+                self.speed * (std::f64::consts::TAU * t / self.period).cos(),
+                0.0,
+            ),
+            Flow::Shear => (self.speed * (1.0 + sigma), 0.0),
+            Flow::Uniform => (self.speed, 0.0),
+            Flow::Still => (0.0, 0.0),
+        }
+    }
+
+    pub fn temperature(&self, x: f64, sigma: f64) -> f64 {
+        let width = self.nx as f64 * self.dx;
+        10.0 + 10.0 * (x - self.x0) / width + 2.0 * sigma
+    }
+
+    /// Vertical diffusivity profile: parabolic, small at surface and bottom.
+    pub fn kh_profile(sigma: f64) -> f64 {
+        1e-4 + 0.04 * (-sigma) * (1.0 + sigma)
+    }
+
+    pub fn n_times(&self) -> usize {
+        (self.duration / self.interval).round() as usize + 1
+    }
+}
+
+/// NetCDF's text type, for `Times`.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct NcChar(u8);
+unsafe impl netcdf::types::NcTypeDescriptor for NcChar {
+    fn type_descriptor() -> netcdf::types::NcVariableType {
+        netcdf::types::NcVariableType::Char
+    }
+}
+
+/// Writes the synthetic run to `path`, one time slice at a time.
+pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
+    let ctx = || format!("writing {}", path.display());
+    let g = o.grid();
+    let (nn, ne, nl) = (g.x.len(), g.nv.len(), o.layers.max(1));
+    let mut f = netcdf::create(path).with_context(ctx)?;
+    f.add_attribute("title", "shoal synthetic FVCOM output")
+        .with_context(ctx)?;
+    f.add_attribute(
+        "source",
+        format!("FVCOM-like, written by shoal synth ({:?} flow)", o.flow),
+    )
+    .with_context(ctx)?;
+    f.add_attribute(
+        "CoordinateSystem",
+        if o.spherical.is_some() {
+            "GeoReferenced"
+        } else {
+            "Cartesian"
+        },
+    )
+    .with_context(ctx)?;
+    for (d, n) in [
+        ("node", nn),
+        ("nele", ne),
+        ("siglay", nl),
+        ("siglev", nl + 1),
+        ("three", 3),
+        ("DateStrLen", 26),
+    ] {
+        f.add_dimension(d, n).with_context(ctx)?;
+    }
+    f.add_unlimited_dimension("time").with_context(ctx)?;
+
+    macro_rules! var {
+        ($t:ty, $name:expr, $dims:expr, $data:expr $(, $k:expr => $v:expr)*) => {{
+            let mut var = f.add_variable::<$t>($name, $dims).with_context(ctx)?;
+            $( var.put_attribute($k, $v).with_context(ctx)?; )*
+            let d: Vec<$t> = $data;
+            var.put_values(&d, ..).with_context(ctx)?;
+        }};
+    }
+    let (xs, ys, lon, lat, lonc, latc) = match o.spherical {
+        None => (
+            g.x.clone(),
+            g.y.clone(),
+            vec![0.0; nn],
+            vec![0.0; nn],
+            vec![0.0; ne],
+            vec![0.0; ne],
+        ),
+        Some((lon0, lat0)) => {
+            let tm = TransverseMercator::new(lon0, lat0);
+            let (cx, cy) = o.centre();
+            let to = |x: &f64, y: &f64| tm.inverse(x - cx, y - cy);
+            let ll: Vec<(f64, f64)> = g.x.iter().zip(&g.y).map(|(x, y)| to(x, y)).collect();
+            let llc: Vec<(f64, f64)> = g.xc.iter().zip(&g.yc).map(|(x, y)| to(x, y)).collect();
+            // FVCOM often writes 0..360 longitudes.
+            let l360 = |l: f64| l.rem_euclid(360.0);
+            (
+                vec![0.0; nn],
+                vec![0.0; nn],
+                ll.iter().map(|p| l360(p.0)).collect(),
+                ll.iter().map(|p| p.1).collect(),
+                llc.iter().map(|p| l360(p.0)).collect(),
+                llc.iter().map(|p| p.1).collect(),
+            )
+        }
+    };
+    var!(f32, "x", &["node"], xs.iter().map(|v| *v as f32).collect(), "units" => "meters");
+    var!(f32, "y", &["node"], ys.iter().map(|v| *v as f32).collect(), "units" => "meters");
+    var!(f32, "lon", &["node"], lon.iter().map(|v| *v as f32).collect(), "units" => "degrees_east");
+    var!(f32, "lat", &["node"], lat.iter().map(|v| *v as f32).collect(), "units" => "degrees_north");
+    var!(f32, "xc", &["nele"], if o.spherical.is_some() { vec![0.0; ne] } else { g.xc.iter().map(|v| *v as f32).collect() }, "units" => "meters");
+    var!(f32, "yc", &["nele"], if o.spherical.is_some() { vec![0.0; ne] } else { g.yc.iter().map(|v| *v as f32).collect() }, "units" => "meters");
+    var!(f32, "lonc", &["nele"], lonc.iter().map(|v| *v as f32).collect(), "units" => "degrees_east");
+    var!(f32, "latc", &["nele"], latc.iter().map(|v| *v as f32).collect(), "units" => "degrees_north");
+    var!(f32, "h", &["node"], vec![o.depth as f32; nn], "units" => "m", "positive" => "down");
+    let base = if o.zero_based { 0 } else { 1 };
+    let mut nv = vec![0i32; 3 * ne];
+    for (e, t) in g.nv.iter().enumerate() {
+        for k in 0..3 {
+            nv[k * ne + e] = t[k] as i32 + base;
+        }
+    }
+    var!(i32, "nv", &["three", "nele"], nv, "long_name" => "nodes surrounding element");
+    if !o.no_nbe {
+        // Neighbours in the file's (clockwise) node order, boundary as 0 (1-based) or -1.
+        let ccw: Vec<[u32; 3]> =
+            g.nv.iter()
+                .map(|t| [t[0] as u32, t[2] as u32, t[1] as u32])
+                .collect();
+        let nb = shoal_common::mesh::neighbours_from_nv(&ccw, nn).map_err(|e| anyhow!("{e}"))?;
+        let mut nbe = vec![0i32; 3 * ne];
+        for e in 0..ne {
+            let file_order = [nb[e][0], nb[e][2], nb[e][1]];
+            for k in 0..3 {
+                let n = file_order[k];
+                nbe[k * ne + e] = if shoal_common::mesh::is_element(n) {
+                    n as i32 + base
+                } else {
+                    base - 1
+                };
+            }
+        }
+        if o.corrupt_nbe {
+            for e in (0..ne).step_by(7) {
+                nbe[e] = ((e + 3) % ne) as i32 + base;
+            }
+        }
+        var!(i32, "nbe", &["three", "nele"], nbe, "long_name" => "elements surrounding each element");
+    }
+    let per_node = |col: Vec<f32>| -> Vec<f32> {
+        col.iter()
+            .flat_map(|s| std::iter::repeat_n(*s, nn))
+            .collect()
+    };
+    var!(f32, "siglay", &["siglay", "node"], per_node(o.siglay()), "positive" => "up");
+    var!(f32, "siglev", &["siglev", "node"], per_node(o.siglev()), "positive" => "up");
+
+    // Time axis variables.
+    {
+        let mut v = f.add_variable::<f32>("time", &["time"]).with_context(ctx)?;
+        v.put_attribute("units", "days since 1858-11-17 00:00:00")
+            .with_context(ctx)?;
+        v.put_attribute("format", "modified julian day (MJD)")
+            .with_context(ctx)?;
+        v.put_attribute("time_zone", "UTC").with_context(ctx)?;
+    }
+    if o.time_style == TimeStyle::All {
+        f.add_variable::<i32>("Itime", &["time"])
+            .with_context(ctx)?
+            .put_attribute("units", "days since 1858-11-17 00:00:00")
+            .with_context(ctx)?;
+        f.add_variable::<i32>("Itime2", &["time"])
+            .with_context(ctx)?
+            .put_attribute("units", "msec since 00:00:00")
+            .with_context(ctx)?;
+    }
+    if o.time_style != TimeStyle::Float {
+        f.add_variable::<NcChar>("Times", &["time", "DateStrLen"])
+            .with_context(ctx)?;
+    }
+    let vel_dims: &[&str] = if o.two_d {
+        &["time", "nele"]
+    } else {
+        &["time", "siglay", "nele"]
+    };
+    let (uname, vname) = if o.two_d { ("ua", "va") } else { ("u", "v") };
+    for name in [uname, vname] {
+        if name == uname && o.omit_u {
+            continue;
+        }
+        let mut v = f.add_variable::<f32>(name, vel_dims).with_context(ctx)?;
+        v.put_attribute("units", "meters s-1").with_context(ctx)?;
+        v.put_attribute("_FillValue", f32::NAN).ok();
+    }
+    if !o.two_d && !o.no_ww {
+        f.add_variable::<f32>("ww", &["time", "siglay", "nele"])
+            .with_context(ctx)?
+            .put_attribute("units", "meters s-1")
+            .with_context(ctx)?;
+    }
+    f.add_variable::<f32>("zeta", &["time", "node"])
+        .with_context(ctx)?
+        .put_attribute("units", "meters")
+        .with_context(ctx)?;
+    if o.temp && !o.two_d {
+        f.add_variable::<f32>("temp", &["time", "siglay", "node"])
+            .with_context(ctx)?
+            .put_attribute("units", "degrees_C")
+            .with_context(ctx)?;
+    }
+    if o.kh && !o.two_d {
+        f.add_variable::<f32>("kh", &["time", "siglev", "node"])
+            .with_context(ctx)?
+            .put_attribute("units", "m2 s-1")
+            .with_context(ctx)?;
+    }
+
+    let siglay = o.siglay();
+    let nlw = if o.two_d { 1 } else { nl };
+    for it in 0..o.n_times() {
+        let unix = o.start + it as f64 * o.interval;
+        let t = unix - o.epoch.unwrap_or(o.start);
+        let mjd = (unix - MJD_EPOCH) / 86_400.0;
+        f.variable_mut("time")
+            .unwrap()
+            .put_values(&[mjd as f32], it..it + 1)
+            .with_context(ctx)?;
+        if o.time_style == TimeStyle::All {
+            let day = mjd.floor();
+            let ms = ((mjd - day) * 86_400_000.0).round() as i32;
+            f.variable_mut("Itime")
+                .unwrap()
+                .put_values(&[day as i32], it..it + 1)
+                .with_context(ctx)?;
+            f.variable_mut("Itime2")
+                .unwrap()
+                .put_values(&[ms], it..it + 1)
+                .with_context(ctx)?;
+        }
+        if o.time_style != TimeStyle::Float {
+            let s = format!("{}.000000", format_datetime(unix).replace(' ', "T"));
+            let bytes: Vec<NcChar> = s
+                .bytes()
+                .chain(std::iter::repeat(0))
+                .take(26)
+                .map(NcChar)
+                .collect();
+            f.variable_mut("Times")
+                .unwrap()
+                .put_values(&bytes, (it..it + 1, ..))
+                .with_context(ctx)?;
+        }
+        let mut u = vec![0f32; nlw * ne];
+        let mut v = vec![0f32; nlw * ne];
+        for k in 0..nlw {
+            let s = if o.two_d { -0.5 } else { siglay[k] as f64 };
+            for e in 0..ne {
+                let (a, b) = o.velocity(g.xc[e], g.yc[e], s, t);
+                u[k * ne + e] = a as f32;
+                v[k * ne + e] = b as f32;
+            }
+            for &e in &o.nan_elements {
+                if e < ne {
+                    u[k * ne + e] = f32::NAN;
+                    v[k * ne + e] = f32::NAN;
+                }
+            }
+        }
+        let put3 = |f: &mut netcdf::FileMut, name: &str, data: &[f32]| -> Result<()> {
+            let mut var = f.variable_mut(name).unwrap();
+            if o.two_d {
+                var.put_values(data, (it..it + 1, ..)).with_context(ctx)
+            } else {
+                var.put_values(data, (it..it + 1, .., ..)).with_context(ctx)
+            }
+        };
+        if !o.omit_u {
+            put3(&mut f, uname, &u)?;
+        }
+        put3(&mut f, vname, &v)?;
+        if !o.two_d && !o.no_ww {
+            put3(&mut f, "ww", &vec![0f32; nl * ne])?;
+        }
+        f.variable_mut("zeta")
+            .unwrap()
+            .put_values(&vec![0f32; nn], (it..it + 1, ..))
+            .with_context(ctx)?;
+        if o.temp && !o.two_d {
+            let mut temp = vec![0f32; nl * nn];
+            for k in 0..nl {
+                for n in 0..nn {
+                    temp[k * nn + n] = o.temperature(g.x[n], siglay[k] as f64) as f32;
+                }
+            }
+            f.variable_mut("temp")
+                .unwrap()
+                .put_values(&temp, (it..it + 1, .., ..))
+                .with_context(ctx)?;
+        }
+        if o.kh && !o.two_d {
+            let lev = o.siglev();
+            let kh: Vec<f32> = (0..=nl)
+                .flat_map(|k| {
+                    std::iter::repeat_n(SynthOptions::kh_profile(lev[k] as f64) as f32, nn)
+                })
+                .collect();
+            f.variable_mut("kh")
+                .unwrap()
+                .put_values(&kh, (it..it + 1, .., ..))
+                .with_context(ctx)?;
+        }
+    }
+    f.close().with_context(ctx)?;
+    Ok(())
+}
+
+/// Writes FVCOM's `_obc.dat` naming the nodes on the east side (1-based).
+pub fn write_obc_east(path: &Path, o: &SynthOptions) -> Result<()> {
+    let nodes: Vec<usize> = (0..=o.ny).map(|j| j * (o.nx + 1) + o.nx + 1).collect();
+    let mut s = format!("OBC Node Number = {}\n", nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        s.push_str(&format!("{} {} 1\n", i + 1, n));
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}

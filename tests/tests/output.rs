@@ -1,0 +1,132 @@
+//! The trajectory file: CF trajectory layout that xarray opens, the configuration in its
+//! attributes, readable after the run is killed, and the happiness reduction and stop.
+
+use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_tests::*;
+
+const CHILD: &str = "SHOAL_TEST_KILLED_RUN_DIR";
+
+fn happy_setup(dir: &std::path::Path, extra: &str) -> shoal_manager::config::RunConfig {
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 20,
+        ny: 20,
+        temp: true,
+        duration: 6.0 * 3600.0,
+        ..Default::default()
+    };
+    synth_file(dir, "f.nc", &o);
+    let (cx, cy) = o.centre();
+    config(dir, &format!("seed=2\n[input]\nfiles=['f.nc']\n[release.generate]\ncount=400\ncentre=[{cx},{cy}]\nradius=4000.0\n[run]\nduration='6h'\ndt='60s'\n[behaviour]\npreferred_temperature=15.0\ntemperature_tolerance=1.0\n{extra}[output]\nfile='out.nc'\ninterval='20min'\n")).unwrap()
+}
+
+#[test]
+fn output_is_a_cf_trajectory_file_with_the_configuration() {
+    let dir = scratch("cf");
+    let cfg = happy_setup(&dir, "");
+    let rep = run_quiet(&cfg, 2).unwrap();
+    let f = netcdf::open(dir.join("out.nc")).unwrap();
+    let attr = |n: &str| String::try_from(f.attribute(n).unwrap().value().unwrap()).unwrap();
+    assert_eq!(attr("featureType"), "trajectory");
+    assert_eq!(attr("Conventions"), "CF-1.8");
+    assert!(attr("shoal_config").contains("preferred_temperature=15.0"));
+    assert_eq!(attr("shoal_seed"), "2");
+    let time = f.variable("time").unwrap();
+    assert_eq!(
+        String::try_from(time.attribute_value("units").unwrap().unwrap()).unwrap(),
+        "seconds since 2024-05-23 00:00:00"
+    );
+    let dims: Vec<String> = f
+        .variable("x")
+        .unwrap()
+        .dimensions()
+        .iter()
+        .map(|d| d.name())
+        .collect();
+    assert_eq!(dims, ["trajectory", "time"]);
+    // The run-wide maximum equals the maximum in the last snapshot, held by the named particle.
+    let out = Output::read(&dir.join("out.nc")).unwrap();
+    let h = out.happiness.as_ref().unwrap();
+    let last: Vec<f32> = (0..out.n_traj)
+        .map(|p| h[out.at(p, out.n_time - 1)])
+        .collect();
+    let max = last.iter().cloned().fold(f32::MIN, f32::max);
+    assert_eq!(rep.last.max_happiness, max);
+    assert_eq!(last[rep.last.happiest as usize], max);
+    assert!(!rep.ecstatic);
+    xarray_check(&dir.join("out.nc")).unwrap();
+}
+
+#[test]
+fn the_run_stops_when_enough_particles_are_happy() {
+    let dir = scratch("ecstatic");
+    let cfg = happy_setup(&dir, "happy_threshold=0.5\nstop_when_happy_share=0.3\n");
+    let rep = run_quiet(&cfg, 2).unwrap();
+    assert!(rep.ecstatic);
+    assert!(rep.steps < 360, "{}", rep.steps);
+    assert!(rep.last.happy as f64 >= 0.3 * rep.last.active as f64);
+    let out = Output::read(&dir.join("out.nc")).unwrap();
+    assert!(
+        (out.time[out.n_time - 1] - rep.steps as f64 * 60.0).abs() < 1e-9,
+        "last snapshot at the stop"
+    );
+}
+
+/// Run in a child process: writes part of a run, then dies without closing the file.
+#[test]
+fn killed_run_child() {
+    let Some(dir) = std::env::var_os(CHILD) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let cfg = config(&dir, "[input]\nfiles=['f.nc']\n[release.generate]\ncount=1000\n[run]\nduration='5h'\ndt='60s'\n[output]\nfile='out.nc'\ninterval='10min'\n").unwrap();
+    let mut writer =
+        shoal_manager::output::TrajectoryWriter::create(&cfg.output, 1000, 0.0, None, false, &[])
+            .unwrap();
+    let snap = shoal_node::Snapshot {
+        id: (0..1000).collect(),
+        x: vec![1.0; 1000],
+        y: vec![2.0; 1000],
+        z: vec![-1.0; 1000],
+        sigma: vec![-0.1; 1000],
+        status: vec![0; 1000],
+        element: vec![3; 1000],
+        age: vec![0.0; 1000],
+        happiness: vec![0.0; 1000],
+    };
+    for k in 0..7 {
+        writer
+            .write(k as f64 * 600.0, std::slice::from_ref(&snap))
+            .unwrap();
+    }
+    std::process::abort();
+}
+
+#[test]
+fn a_killed_run_leaves_a_readable_file() {
+    let dir = scratch("killed");
+    synth_file(
+        &dir,
+        "f.nc",
+        &SynthOptions {
+            nx: 8,
+            ny: 8,
+            ..Default::default()
+        },
+    );
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "output::killed_run_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, &dir)
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child should have died");
+    let out = Output::read(&dir.join("out.nc")).unwrap();
+    assert_eq!(out.n_time, 7);
+    assert_eq!(out.time[6], 3600.0);
+    assert!(out.x.iter().all(|v| *v == 1.0));
+}
