@@ -127,7 +127,15 @@ pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u3
     let (zeta, depth) = water_column(mesh, a, b, wt, e, &w);
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
-    let (k, wk) = sigma_bracket(&mesh.vertical.siglay_elem[e * nl..(e + 1) * nl], sigma);
+    let (k, wk) = match mesh.vertical.even_layers {
+        Some((first, step)) => {
+            // Same answer as the search, by arithmetic: sigma = first + (k + wk) * step.
+            let f = ((sigma - first) / step).clamp(0.0, (nl - 1) as f64);
+            let k = (f as usize).min(nl - 2);
+            (k, f - k as f64)
+        }
+        None => sigma_bracket(&mesh.vertical.siglay_elem[e * nl..(e + 1) * nl], sigma),
+    };
     let k1 = (k + 1).min(nl - 1);
     let eval = |lvl: &FieldLevel, k: usize| -> [f64; 3] {
         let c = &lvl.coef[(e * nl + k) * N_COEF..(e * nl + k + 1) * N_COEF];

@@ -99,6 +99,9 @@ pub struct Vertical {
     pub siglev_node: Vec<f32>,
     /// Layer centres per element (mean of its nodes), element-major.
     pub siglay_elem: Vec<f32>,
+    /// When every element has the same evenly spaced layer centres: (first centre, spacing),
+    /// so kernels find a layer by arithmetic instead of a search.
+    pub even_layers: Option<(f64, f64)>,
 }
 
 impl Vertical {
@@ -614,12 +617,31 @@ fn build_vertical(
             siglay_elem.push(s / 3.0);
         }
     }
+    let even_layers = even_spacing(&siglay_elem, nl);
     Ok(Vertical {
         n_layers: nl,
         siglay_node,
         siglev_node,
         siglay_elem,
+        even_layers,
     })
+}
+
+fn even_spacing(siglay_elem: &[f32], nl: usize) -> Option<(f64, f64)> {
+    if nl < 2 {
+        return None;
+    }
+    let col = &siglay_elem[..nl];
+    let (first, step) = (
+        col[0] as f64,
+        (col[nl - 1] as f64 - col[0] as f64) / (nl - 1) as f64,
+    );
+    let same = siglay_elem.chunks(nl).all(|c| c == col);
+    let even = col
+        .iter()
+        .enumerate()
+        .all(|(k, s)| (*s as f64 - (first + k as f64 * step)).abs() < 1e-6);
+    (same && even && step < 0.0).then_some((first, step))
 }
 
 impl GridIndex {

@@ -1,8 +1,275 @@
-//! `shoal bench`: tracking speed and memory, recorded in BENCHMARKS.md.
+//! `shoal bench`: tracking speed and memory, recorded in BENCHMARKS.md. The dense case times the
+//! kernel alone on an in-memory synthetic mesh (no I/O); the sparse case times a whole run,
+//! NetCDF reading and trajectory writing included, on a synthetic file written first.
+
+use crate::config::RunConfig;
+use crate::run::{run, RunOptions};
+use crate::synth::{self, Flow, SynthOptions};
+use anyhow::{Context, Result};
+use shoal_common::kernel::{Integrator, StepParams, VerticalMixing};
+use shoal_common::rng::{draw, unit_open, Stream};
+use shoal_common::{status, FieldLevel, Mesh, MeshInput, Particles, RawSlice, Window};
+use shoal_node::Partition;
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// dense, sparse or all.
+    #[arg(long, default_value = "all")]
+    pub case: String,
+    /// Particles in the dense case.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub particles: usize,
+    /// Approximate elements in the dense case.
+    #[arg(long, default_value_t = 100_000)]
+    pub elements: usize,
+    #[arg(long, default_value_t = 20)]
+    pub layers: usize,
+    /// Steps timed per configuration in the dense case.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u32,
+    /// Thread counts to try, comma separated (default 1 and every core).
+    #[arg(long)]
+    pub threads: Option<String>,
+    /// Where the sparse case writes its input and output.
+    #[arg(long, default_value = "target/bench")]
+    pub dir: PathBuf,
+}
 
-pub fn bench(_args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A synthetic mesh and two field levels, built in memory.
+pub fn dense_setup(
+    elements: usize,
+    layers: usize,
+) -> Result<(SynthOptions, Mesh, Vec<FieldLevel>)> {
+    let side = ((elements as f64 / 2.0).sqrt()).round().max(2.0) as usize;
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: side,
+        ny: side,
+        dx: 100.0,
+        layers,
+        period: 6.0 * 3600.0,
+        ..Default::default()
+    };
+    let g = o.grid();
+    let nn = g.x.len();
+    let per_node = |col: Vec<f32>| -> Vec<f32> { (0..nn).flat_map(|_| col.clone()).collect() };
+    let input = MeshInput {
+        x: g.x.clone(),
+        y: g.y.clone(),
+        h: vec![o.depth as f32; nn],
+        nv: g
+            .nv
+            .iter()
+            .map(|t| [t[0] as i64, t[1] as i64, t[2] as i64])
+            .collect(),
+        siglay: per_node(o.siglay()),
+        siglev: per_node(o.siglev()),
+        n_layers: layers,
+        ..Default::default()
+    };
+    let (mesh, _) = Mesh::build(input).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ne = mesh.n_elements();
+    let siglay = o.siglay();
+    let levels = [0.0, 3600.0]
+        .iter()
+        .map(|&t| {
+            let mut raw = RawSlice {
+                time: t,
+                u: vec![0.0; ne * layers],
+                v: vec![0.0; ne * layers],
+                ww: Some(vec![0.0; ne * layers]),
+                zeta: vec![0.0; nn],
+                temp: None,
+                kh: None,
+            };
+            for k in 0..layers {
+                for e in 0..ne {
+                    let (u, v) = o.velocity(g.xc[e], g.yc[e], siglay[k] as f64, t);
+                    // A little shear so the sigma interpolation does real work.
+                    let f = 1.0 + 0.2 * siglay[k] as f64;
+                    raw.u[k * ne + e] = (u * f) as f32;
+                    raw.v[k * ne + e] = (v * f) as f32;
+                }
+            }
+            FieldLevel::from_slice(&mesh, &raw).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((o, mesh, levels))
+}
+
+/// `n` particles uniformly over the inner part of the mesh (away from the walls), in random
+/// order so that the first sort matters.
+pub fn dense_particles(o: &SynthOptions, mesh: &Mesh, n: usize) -> Particles {
+    let (cx, cy) = o.centre();
+    let half = 0.4 * o.nx as f64 * o.dx;
+    let mut p = Particles::with_capacity(n);
+    let mut hint = None;
+    for i in 0..n {
+        let b = draw(1, i as u32, 0, Stream::Release);
+        let x = cx + half * (2.0 * unit_open(b[0]) - 1.0);
+        let y = cy + half * (2.0 * unit_open(b[1]) - 1.0);
+        let e = mesh.locate(x, y, hint).expect("inside");
+        hint = Some(e);
+        p.push(
+            i as u32,
+            x,
+            y,
+            -o.depth * unit_open(b[2]),
+            e,
+            status::ACTIVE,
+            0.0,
+        );
+    }
+    p
+}
+
+fn thread_list(args: &BenchArgs) -> Vec<usize> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match &args.threads {
+        Some(s) => s.split(',').filter_map(|t| t.trim().parse().ok()).collect(),
+        None if cores > 1 => vec![1, cores],
+        None => vec![1],
+    }
+}
+
+fn dense(args: &BenchArgs) -> Result<()> {
+    let rss0 = status_kib("VmRSS:");
+    let (o, mesh, levels) = dense_setup(args.elements, args.layers)?;
+    let rss_mesh = status_kib("VmRSS:");
+    println!(
+        "dense: {} elements, {} nodes, {} layers; mesh + 2 field levels {:.0} MiB",
+        mesh.n_elements(),
+        mesh.n_nodes(),
+        args.layers,
+        (rss_mesh.saturating_sub(rss0)) as f64 / 1024.0
+    );
+    let window = Window { levels: &levels };
+    let params = StepParams {
+        dt: 60.0,
+        integrator: Integrator::Rk4,
+        horizontal_kh: 0.0,
+        vertical_mixing: VerticalMixing::None,
+        sinking_speed: 0.0,
+        seed: 1,
+        happiness: None,
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("| threads | sorted | particle-steps/s | per thread |");
+    println!("|---|---|---|---|");
+    let mut bytes_per_particle = 0.0;
+    for &threads in &thread_list(args) {
+        for sorted in [true, false] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let before = status_kib("VmRSS:");
+            let mut part = Partition::new(dense_particles(&o, &mesh, args.particles));
+            part.sort_every = if sorted { 8 } else { 0 };
+            // One untimed step sorts and warms caches.
+            pool.install(|| part.step(&mesh, window, &params, 0.0, 0));
+            let t = Instant::now();
+            for s in 1..=args.steps {
+                pool.install(|| part.step(&mesh, window, &params, s as f64 * 60.0, s));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let rate = args.particles as f64 * args.steps as f64 / secs;
+            if sorted {
+                bytes_per_particle = (status_kib("VmRSS:").saturating_sub(before)) as f64 * 1024.0
+                    / args.particles as f64;
+            }
+            println!(
+                "| {threads} | {} | {:.2} M | {:.2} M |",
+                if sorted { "yes" } else { "no" },
+                rate / 1e6,
+                rate / 1e6 / threads as f64
+            );
+        }
+    }
+    println!("dense: particle state {:.0} bytes per particle (RSS growth while stepping, sort buffers included); peak RSS {:.0} MiB; {cores} cores", bytes_per_particle, status_kib("VmHWM:") as f64 / 1024.0);
+    Ok(())
+}
+
+fn sparse(args: &BenchArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let input = args.dir.join("sparse_fvcom.nc");
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 200,
+        ny: 200,
+        dx: 100.0,
+        layers: args.layers,
+        duration: 12.0 * 3600.0,
+        period: 6.0 * 3600.0,
+        temp: false,
+        ..Default::default()
+    };
+    if !input.exists() {
+        let t = Instant::now();
+        synth::write(&input, &o)?;
+        println!(
+            "sparse: wrote {} in {:.1} s",
+            input.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let (cx, cy) = o.centre();
+    let toml = format!(
+        "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount=100000\ncentre=[{cx},{cy}]\nradius=8000.0\nz=-5.0\n[run]\nduration='12h'\ndt='60s'\n[output]\nfile='sparse_out.nc'\ninterval='1h'\n"
+    );
+    let cfg_path = args.dir.join("sparse.toml");
+    std::fs::write(&cfg_path, toml)?;
+    let cfg = RunConfig::from_path(&cfg_path)?;
+    println!("| threads | whole run (s) | whole-run particle-steps/s | per thread | kernel particle-steps/s | whole / kernel |");
+    println!("|---|---|---|---|---|---|");
+    for &threads in &thread_list(args) {
+        let rep = run(
+            &cfg,
+            &RunOptions {
+                quiet: true,
+                threads: Some(threads),
+            },
+        )?;
+        let whole = rep.particle_steps as f64 / rep.wall.as_secs_f64();
+        let kernel = rep.particle_steps as f64 / rep.kernel.as_secs_f64();
+        println!(
+            "| {threads} | {:.2} | {:.2} M | {:.2} M | {:.2} M | {:.2} |",
+            rep.wall.as_secs_f64(),
+            whole / 1e6,
+            whole / 1e6 / threads as f64,
+            kernel / 1e6,
+            whole / kernel
+        );
+    }
+    println!("sparse: 80 000 elements, {} layers, 100 000 particles, 720 steps of 60 s; peak RSS {:.0} MiB", args.layers, status_kib("VmHWM:") as f64 / 1024.0);
+    Ok(())
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    match args.case.as_str() {
+        "dense" => dense(args),
+        "sparse" => sparse(args),
+        "all" => {
+            dense(args)?;
+            sparse(args)
+        }
+        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, all"),
+    }
 }

@@ -33,9 +33,9 @@ pub struct Partition {
     /// Re-sort by host element every this many steps (0: never).
     pub sort_every: u32,
     steps_since_sort: u32,
+    /// Sort keys, reused as the permutation's scratch space.
     keys: Vec<u64>,
     order: Vec<u32>,
-    scratch: Vec<u64>,
 }
 
 impl Partition {
@@ -46,7 +46,6 @@ impl Partition {
             steps_since_sort: u32::MAX,
             keys: Vec::new(),
             order: Vec::new(),
-            scratch: Vec::new(),
         }
     }
 
@@ -96,7 +95,7 @@ impl Partition {
         self.keys.par_sort_unstable();
         self.order.clear();
         self.order.extend(self.keys.iter().map(|k| *k as u32));
-        self.particles.permute(&self.order, &mut self.scratch);
+        self.particles.permute(&self.order, &mut self.keys);
         self.steps_since_sort = 0;
     }
 
