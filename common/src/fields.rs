@@ -5,8 +5,10 @@
 
 use crate::mesh::{is_element, Mesh};
 
-/// Coefficients per element and layer: u0, ux, uy, v0, vx, vy, w0, wx, wy.
-pub const N_COEF: usize = 9;
+/// Coefficients per element and layer, laid out for 4-wide arithmetic:
+/// `[u0, v0, w0, 0, du/dx, dv/dx, dw/dx, 0, du/dy, dv/dy, dw/dy, 0]`, so that the velocity at an
+/// offset (dx, dy) from the centroid is `c[0..4] + c[4..8] * dx + c[8..12] * dy`.
+pub const N_COEF: usize = 12;
 
 /// One time slice in FVCOM's own layout. Layer-major arrays, as read from `(time, siglay, nele)`.
 #[derive(Clone, Debug, Default)]
@@ -25,8 +27,8 @@ pub struct RawSlice {
 #[derive(Clone, Debug)]
 pub struct FieldLevel {
     pub time: f64,
-    /// `(element * n_layers + layer) * N_COEF + c`.
-    pub coef: Vec<f32>,
+    /// One block per element and layer, `element * n_layers + layer`; see [`N_COEF`].
+    pub coef: Vec<[f32; N_COEF]>,
     /// Free surface at each element's three nodes.
     pub zeta_elem: Vec<[f32; 3]>,
     /// Temperature, node-major `node * n_layers + layer`.
@@ -84,20 +86,22 @@ impl FieldLevel {
         if let Some(k) = &raw.kh {
             check("kh", k.len(), nn * (nl + 1))?;
         }
-        let mut coef = vec![0.0f32; ne * nl * N_COEF];
+        let mut coef = vec![[0.0f32; N_COEF]; ne * nl];
         let fields: [Option<&[f32]>; 3] = [Some(&raw.u), Some(&raw.v), raw.ww.as_deref()];
         for (c, field) in fields.iter().enumerate() {
             let Some(f) = field else { continue };
             for k in 0..nl {
                 let layer = &f[k * ne..(k + 1) * ne];
+                // Slices come in the file's element order; the mesh stores its own.
+                let file = &mesh.file_element;
                 for e in 0..ne {
-                    let u0 = layer[e];
+                    let u0 = layer[file[e] as usize];
                     let nb = mesh.nbe[e];
                     let (a1, a2) = (&mesh.a1u[e], &mesh.a2u[e]);
                     let (mut gx, mut gy) = (a1[0] * u0, a2[0] * u0);
                     for j in 0..3 {
                         if is_element(nb[j]) {
-                            let un = layer[nb[j] as usize];
+                            let un = layer[file[nb[j] as usize] as usize];
                             gx += a1[j + 1] * un;
                             gy += a2[j + 1] * un;
                         }
@@ -109,10 +113,10 @@ impl FieldLevel {
                         gx = 0.0;
                         gy = 0.0;
                     }
-                    let base = (e * nl + k) * N_COEF + 3 * c;
-                    coef[base] = u0;
-                    coef[base + 1] = gx;
-                    coef[base + 2] = gy;
+                    let block = &mut coef[e * nl + k];
+                    block[c] = u0;
+                    block[4 + c] = gx;
+                    block[8 + c] = gy;
                 }
             }
         }
@@ -131,6 +135,15 @@ impl FieldLevel {
     }
 }
 
+/// The two levels around one time and the weight of the later one: found once per RK stage,
+/// since every particle of a step shares the stage times.
+#[derive(Clone, Copy, Debug)]
+pub struct Bracket<'a> {
+    pub a: &'a FieldLevel,
+    pub b: &'a FieldLevel,
+    pub wt: f64,
+}
+
 /// The field levels bracketing the time span of a step, oldest first.
 #[derive(Clone, Copy, Debug)]
 pub struct Window<'a> {
@@ -138,6 +151,12 @@ pub struct Window<'a> {
 }
 
 impl<'a> Window<'a> {
+    #[inline]
+    pub fn at(&self, t: f64) -> Bracket<'a> {
+        let (a, b, wt) = self.bracket(t);
+        Bracket { a, b, wt }
+    }
+
     /// The two levels around time `t` and the weight of the later one. Times outside the window
     /// use its nearest level unchanged.
     #[inline]

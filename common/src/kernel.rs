@@ -3,7 +3,7 @@
 //! reflect, open edges retire, surface and bottom reflect). Pure functions of their arguments:
 //! the caller owns threads, ordering and I/O.
 
-use crate::fields::{FieldLevel, Window, N_COEF};
+use crate::fields::{Bracket, FieldLevel, Window};
 use crate::mesh::{is_element, Mesh, Walk, LAND, OPEN};
 use crate::particles::{status, ParticlesMut};
 use crate::rng::{draw, normal_pair, unit_open, Stream};
@@ -119,7 +119,13 @@ fn water_column(
 /// linear in time.
 #[inline]
 pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u32) -> Sample {
-    let (a, b, wt) = window.bracket(t);
+    sample_in(mesh, &window.at(t), x, y, z, e)
+}
+
+/// [`sample`] with the time bracket already found.
+#[inline(always)]
+pub fn sample_in(mesh: &Mesh, br: &Bracket, x: f64, y: f64, z: f64, e: u32) -> Sample {
+    let (a, b, wt) = (br.a, br.b, br.wt);
     let e = e as usize;
     let g = &mesh.geometry[e];
     let w = g.weights(x, y);
@@ -137,25 +143,19 @@ pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u3
         None => sigma_bracket(&mesh.vertical.siglay_elem[e * nl..(e + 1) * nl], sigma),
     };
     let k1 = (k + 1).min(nl - 1);
-    let eval = |lvl: &FieldLevel, k: usize| -> [f64; 3] {
-        let c = &lvl.coef[(e * nl + k) * N_COEF..(e * nl + k + 1) * N_COEF];
-        [
-            c[0] as f64 + c[1] as f64 * dx + c[2] as f64 * dy,
-            c[3] as f64 + c[4] as f64 * dx + c[5] as f64 * dy,
-            c[6] as f64 + c[7] as f64 * dx + c[8] as f64 * dy,
-        ]
-    };
+    let (dxf, dyf, wkf) = (dx as f32, dy as f32, wk as f32);
+    // Blend the two layers' coefficient blocks (4-wide f32), evaluate at the offset, and leave
+    // the time interpolation to f64 so slowly varying flows integrate exactly.
     let at = |lvl: &FieldLevel| -> [f64; 3] {
-        let top = eval(lvl, k);
-        if wk == 0.0 {
-            return top;
+        let (top, bot) = (&lvl.coef[e * nl + k], &lvl.coef[e * nl + k1]);
+        let mut r = [0f32; 4];
+        for j in 0..4 {
+            let c0 = top[j] + (bot[j] - top[j]) * wkf;
+            let cx = top[4 + j] + (bot[4 + j] - top[4 + j]) * wkf;
+            let cy = top[8 + j] + (bot[8 + j] - top[8 + j]) * wkf;
+            r[j] = c0 + cx * dxf + cy * dyf;
         }
-        let bot = eval(lvl, k1);
-        [
-            lerp(top[0], bot[0], wk),
-            lerp(top[1], bot[1], wk),
-            lerp(top[2], bot[2], wk),
-        ]
+        [r[0] as f64, r[1] as f64, r[2] as f64]
     };
     let va = at(a);
     let vel = if wt == 0.0 {
@@ -470,8 +470,6 @@ impl Tally {
     }
 }
 
-/// Advances every particle of `p` from time `t` to `t + dt`. `step` numbers the step for the
-/// random streams. Particles pending release at or before `t` are released first.
 /// Releases particle `i` if it is pending and due at `t`: its release depth is relative to the
 /// surface at that moment.
 #[inline]
@@ -491,6 +489,13 @@ pub fn release_due(mesh: &Mesh, window: Window, t: f64, mut p: ParticlesMut) {
     }
 }
 
+/// Particles advanced together, stage by stage: their stage computations are independent, so the
+/// processor overlaps them instead of waiting on one particle's chain of dependent loads.
+pub const BATCH: usize = 16;
+
+/// Advances every particle of `p` from time `t` to `t + dt`. `step` numbers the step for the
+/// random streams. Pending particles due at `t` are released first, those due before `t + dt`
+/// at its end.
 pub fn advance(
     mesh: &Mesh,
     window: Window,
@@ -501,39 +506,30 @@ pub fn advance(
 ) -> Tally {
     let mut tally = Tally::empty();
     let dt = params.dt;
+    let mut batch = [0usize; BATCH];
+    let mut nb = 0;
     for i in 0..p.id.len() {
         release_one(mesh, window, t, &mut p, i);
         if p.status[i] == status::PENDING {
-            // Due during this step: released at its end, so a snapshot at that time shows it.
             release_one(mesh, window, t + dt, &mut p, i);
         } else if p.status[i] == status::ACTIVE {
-            advance_one(
-                mesh,
-                window,
-                params,
-                t,
-                step,
-                p.id[i],
-                &mut p.x[i],
-                &mut p.y[i],
-                &mut p.z[i],
-                &mut p.element[i],
-                &mut p.status[i],
-            );
-            if p.status[i] == status::ACTIVE {
-                if let Some(h) = params.happiness {
-                    let temp =
-                        temperature_at(mesh, window, t + dt, p.x[i], p.y[i], p.z[i], p.element[i]);
-                    let happy = temp.map(|tp| h.of(tp)).unwrap_or(0.0);
-                    p.happiness[i] = happy;
-                }
+            batch[nb] = i;
+            nb += 1;
+            if nb == BATCH {
+                advance_batch(mesh, window, params, t, step, &mut p, &batch);
+                nb = 0;
             }
         }
+    }
+    advance_batch(mesh, window, params, t, step, &mut p, &batch[..nb]);
+    for i in 0..p.id.len() {
         let s = p.status[i];
         tally.count(s);
-        if params.happiness.is_some() && s == status::ACTIVE {
-            let hp = p.happiness[i];
-            if hp as f64 >= params.happiness.unwrap().threshold {
+        if let (Some(h), status::ACTIVE) = (params.happiness, s) {
+            let temp = temperature_at(mesh, window, t + dt, p.x[i], p.y[i], p.z[i], p.element[i]);
+            let hp = temp.map(|tp| h.of(tp)).unwrap_or(0.0);
+            p.happiness[i] = hp;
+            if hp as f64 >= h.threshold {
                 tally.happy += 1;
             }
             let id = p.id[i];
@@ -546,15 +542,111 @@ pub fn advance(
     tally
 }
 
+/// One step for the active particles at indices `batch` of `p`. Each particle's arithmetic is
+/// exactly that of a particle stepped alone; only the interleaving differs.
+fn advance_batch(
+    mesh: &Mesh,
+    window: Window,
+    params: &StepParams,
+    t: f64,
+    step: u32,
+    p: &mut ParticlesMut,
+    batch: &[usize],
+) {
+    let n = batch.len();
+    let dt = params.dt;
+    let ws = -params.sinking_speed;
+    let mut x0 = [0.0; BATCH];
+    let mut y0 = [0.0; BATCH];
+    let mut z0 = [0.0; BATCH];
+    let mut e0 = [0u32; BATCH];
+    for (j, &i) in batch.iter().enumerate() {
+        x0[j] = p.x[i];
+        y0[j] = p.y[i];
+        z0[j] = p.z[i];
+        e0[j] = p.element[i];
+    }
+    let mut s1 = [Sample::default(); BATCH];
+    let br = window.at(t);
+    for j in 0..n {
+        s1[j] = sample_in(mesh, &br, x0[j], y0[j], z0[j], e0[j]);
+    }
+    let mut xn = [0.0; BATCH];
+    let mut yn = [0.0; BATCH];
+    let mut zn = [0.0; BATCH];
+    match params.integrator {
+        Integrator::Euler => {
+            for j in 0..n {
+                xn[j] = x0[j] + dt * s1[j].u;
+                yn[j] = y0[j] + dt * s1[j].v;
+                zn[j] = z0[j] + dt * (s1[j].w + ws);
+            }
+        }
+        Integrator::Rk4 => {
+            let h = 0.5 * dt;
+            let mut xs = [0.0; BATCH];
+            let mut ys = [0.0; BATCH];
+            let mut zs = [0.0; BATCH];
+            let mut es = e0;
+            let mut prev = s1;
+            // k1 + 2 k2 + 2 k3 + k4, summed in that order.
+            let mut acc = [(0.0, 0.0, 0.0); BATCH];
+            for j in 0..n {
+                acc[j] = (s1[j].u, s1[j].v, s1[j].w);
+            }
+            for (frac, weight, ts) in [(h, 2.0, t + h), (h, 2.0, t + h), (dt, 1.0, t + dt)] {
+                let br = window.at(ts);
+                for j in 0..n {
+                    xs[j] = x0[j] + frac * prev[j].u;
+                    ys[j] = y0[j] + frac * prev[j].v;
+                    zs[j] = z0[j] + frac * (prev[j].w + ws);
+                    es[j] = stage_element(mesh, es[j], xs[j], ys[j]);
+                }
+                for j in 0..n {
+                    prev[j] = sample_in(mesh, &br, xs[j], ys[j], zs[j], es[j]);
+                    acc[j].0 += weight * prev[j].u;
+                    acc[j].1 += weight * prev[j].v;
+                    acc[j].2 += weight * prev[j].w;
+                }
+            }
+            let sixth = dt / 6.0;
+            for j in 0..n {
+                xn[j] = x0[j] + sixth * acc[j].0;
+                yn[j] = y0[j] + sixth * acc[j].1;
+                zn[j] = z0[j] + sixth * acc[j].2 + dt * ws;
+            }
+        }
+    }
+    for (j, &i) in batch.iter().enumerate() {
+        let start = (x0[j], y0[j], z0[j], e0[j]);
+        let advected = (xn[j], yn[j], zn[j], s1[j].zeta);
+        let (id, x, y, z, e, st) = (
+            p.id[i],
+            &mut p.x[i],
+            &mut p.y[i],
+            &mut p.z[i],
+            &mut p.element[i],
+            &mut p.status[i],
+        );
+        finish_one(
+            mesh, window, params, t, step, id, start, advected, x, y, z, e, st,
+        );
+    }
+}
+
+/// After advection: quarantine non-finite results, add the random walks, then move the particle
+/// with land reflection and open-boundary exits, and reflect it into the water column.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn advance_one(
+fn finish_one(
     mesh: &Mesh,
     window: Window,
     params: &StepParams,
     t: f64,
     step: u32,
     id: u32,
+    start: (f64, f64, f64, u32),
+    advected: (f64, f64, f64, f64),
     x: &mut f64,
     y: &mut f64,
     z: &mut f64,
@@ -562,34 +654,9 @@ pub fn advance_one(
     state: &mut u8,
 ) {
     let dt = params.dt;
-    let (x0, y0, z0, e0) = (*x, *y, *z, *element);
-    let ws = -params.sinking_speed;
-    let s1 = sample(mesh, window, t, x0, y0, z0, e0);
-    let (mut xn, mut yn, mut zn);
-    match params.integrator {
-        Integrator::Euler => {
-            xn = x0 + dt * s1.u;
-            yn = y0 + dt * s1.v;
-            zn = z0 + dt * (s1.w + ws);
-        }
-        Integrator::Rk4 => {
-            let h = 0.5 * dt;
-            let (x2, y2, z2) = (x0 + h * s1.u, y0 + h * s1.v, z0 + h * (s1.w + ws));
-            let e2 = stage_element(mesh, e0, x2, y2);
-            let s2 = sample(mesh, window, t + h, x2, y2, z2, e2);
-            let (x3, y3, z3) = (x0 + h * s2.u, y0 + h * s2.v, z0 + h * (s2.w + ws));
-            let e3 = stage_element(mesh, e2, x3, y3);
-            let s3 = sample(mesh, window, t + h, x3, y3, z3, e3);
-            let (x4, y4, z4) = (x0 + dt * s3.u, y0 + dt * s3.v, z0 + dt * (s3.w + ws));
-            let e4 = stage_element(mesh, e3, x4, y4);
-            let s4 = sample(mesh, window, t + dt, x4, y4, z4, e4);
-            let sixth = dt / 6.0;
-            xn = x0 + sixth * (s1.u + 2.0 * (s2.u + s3.u) + s4.u);
-            yn = y0 + sixth * (s1.v + 2.0 * (s2.v + s3.v) + s4.v);
-            zn = z0 + sixth * (s1.w + 2.0 * (s2.w + s3.w) + s4.w) + dt * ws;
-        }
-    }
-    if !(xn.is_finite() && yn.is_finite() && zn.is_finite() && s1.zeta.is_finite()) {
+    let (x0, y0, z0, e0) = start;
+    let (mut xn, mut yn, mut zn, zeta0) = advected;
+    if !(xn.is_finite() && yn.is_finite() && zn.is_finite() && zeta0.is_finite()) {
         // Quarantine: the particle keeps its last good position.
         *state = status::BAD_FIELD;
         return;

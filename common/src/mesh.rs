@@ -157,6 +157,10 @@ pub struct Mesh {
     pub a2u: Vec<[f32; 4]>,
     pub vertical: Vertical,
     pub projection: Option<TransverseMercator>,
+    /// The file's (FVCOM's) number of each element. Elements are stored in Z-order of their
+    /// centroids so that elements near in space are near in memory; fields arrive and output
+    /// leaves in file order through this map.
+    pub file_element: Vec<u32>,
     index: GridIndex,
 }
 
@@ -336,23 +340,106 @@ impl Mesh {
 
         let vertical = build_vertical(&input, &nv, n_nodes)?;
         let index = GridIndex::build(&input.x, &input.y, &nv);
-        Ok((
-            Mesh {
-                x: input.x,
-                y: input.y,
-                h: input.h,
-                nv,
-                nbe,
-                geometry,
-                h_elem,
-                a1u,
-                a2u,
-                vertical,
-                projection: input.projection,
-                index,
-            },
-            notes,
-        ))
+        let mesh = Mesh {
+            x: input.x,
+            y: input.y,
+            h: input.h,
+            nv,
+            nbe,
+            geometry,
+            h_elem,
+            a1u,
+            a2u,
+            vertical,
+            projection: input.projection,
+            file_element: (0..n_elements as u32).collect(),
+            index,
+        };
+        Ok((mesh.renumbered(), notes))
+    }
+
+    /// Reorders elements along a Morton (Z-order) curve of their centroids. Particles sorted by
+    /// element then read field memory in spatially coherent order, and an RK stage one element
+    /// away usually stays in cache.
+    fn renumbered(self) -> Mesh {
+        let ne = self.n_elements();
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+        for g in &self.geometry {
+            x0 = x0.min(g.xc);
+            x1 = x1.max(g.xc);
+            y0 = y0.min(g.yc);
+            y1 = y1.max(g.yc);
+        }
+        let span = (x1 - x0).max(y1 - y0).max(1e-9);
+        let spread = |v: u32| -> u64 {
+            let mut v = v as u64 & 0xffff;
+            v = (v | (v << 8)) & 0x00ff_00ff;
+            v = (v | (v << 4)) & 0x0f0f_0f0f;
+            v = (v | (v << 2)) & 0x3333_3333;
+            (v | (v << 1)) & 0x5555_5555
+        };
+        let mut order: Vec<(u64, u32)> = self
+            .geometry
+            .iter()
+            .enumerate()
+            .map(|(e, g)| {
+                let qx = ((g.xc - x0) / span * 65535.0) as u32;
+                let qy = ((g.yc - y0) / span * 65535.0) as u32;
+                ((spread(qx) | (spread(qy) << 1)) << 32 | e as u64, e as u32)
+            })
+            .collect();
+        order.sort_unstable();
+        let old_of_new: Vec<u32> = order.iter().map(|o| o.1).collect();
+        let mut new_of_old = vec![0u32; ne];
+        for (new, &old) in old_of_new.iter().enumerate() {
+            new_of_old[old as usize] = new as u32;
+        }
+        let take = |v: &[[u32; 3]]| -> Vec<[u32; 3]> {
+            old_of_new.iter().map(|&o| v[o as usize]).collect()
+        };
+        let nv = take(&self.nv);
+        let nbe = old_of_new
+            .iter()
+            .map(|&o| {
+                self.nbe[o as usize].map(|n| {
+                    if is_element(n) {
+                        new_of_old[n as usize]
+                    } else {
+                        n
+                    }
+                })
+            })
+            .collect();
+        let nl = self.vertical.n_layers;
+        let mut vertical = self.vertical;
+        let old_siglay = std::mem::take(&mut vertical.siglay_elem);
+        vertical.siglay_elem = old_of_new
+            .iter()
+            .flat_map(|&o| {
+                old_siglay[o as usize * nl..(o as usize + 1) * nl]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let index = GridIndex::build(&self.x, &self.y, &nv);
+        Mesh {
+            geometry: old_of_new
+                .iter()
+                .map(|&o| self.geometry[o as usize])
+                .collect(),
+            h_elem: old_of_new
+                .iter()
+                .map(|&o| self.h_elem[o as usize])
+                .collect(),
+            a1u: old_of_new.iter().map(|&o| self.a1u[o as usize]).collect(),
+            a2u: old_of_new.iter().map(|&o| self.a2u[o as usize]).collect(),
+            file_element: old_of_new,
+            nv,
+            nbe,
+            vertical,
+            index,
+            ..self
+        }
     }
 
     /// Finds the element containing (x, y): a walk from `hint` across the edge with the most
@@ -773,8 +860,13 @@ pub(crate) mod tests {
         let mut input = grid_mesh(3, 3, 10.0, 0.0, 0.0);
         let (good, _) = Mesh::build(input.clone()).unwrap();
         // Give the builder the right nbe in the file's (clockwise) order, then spoil one entry.
-        let mut nbe: Vec<[i64; 3]> = good
-            .nbe
+        let ccw: Vec<[u32; 3]> = input
+            .nv
+            .iter()
+            .map(|t| [t[0] as u32, t[2] as u32, t[1] as u32])
+            .collect();
+        let mut nbe: Vec<[i64; 3]> = neighbours_from_nv(&ccw, input.x.len())
+            .unwrap()
             .iter()
             .map(|r| {
                 let r = r.map(|n| if is_element(n) { n as i64 } else { -1 });

@@ -23,6 +23,7 @@ pub struct Snapshot {
     pub z: Vec<f32>,
     pub sigma: Vec<f32>,
     pub status: Vec<u8>,
+    /// Host element in the file's (FVCOM's) numbering.
     pub element: Vec<u32>,
     pub age: Vec<f32>,
     pub happiness: Vec<f32>,
@@ -121,7 +122,11 @@ impl Partition {
             z: rows.iter().map(|r| r.2).collect(),
             sigma: rows.iter().map(|r| r.3).collect(),
             status: p.status.clone(),
-            element: p.element.clone(),
+            element: p
+                .element
+                .iter()
+                .map(|&e| mesh.file_element.get(e as usize).copied().unwrap_or(e))
+                .collect(),
             age: (0..n)
                 .map(|i| {
                     if p.status[i] == status::PENDING || p.status[i] == status::OUTSIDE_MESH {
