@@ -179,7 +179,6 @@ fn dense(args: &BenchArgs) -> Result<()> {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()?;
-            let before = status_kib("VmRSS:");
             let mut part = Partition::new(dense_particles(&o, &mesh, args.particles));
             part.sort_every = if sorted { 8 } else { 0 };
             // One untimed step sorts and warms caches.
@@ -191,8 +190,7 @@ fn dense(args: &BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             let rate = args.particles as f64 * args.steps as f64 / secs;
             if sorted {
-                bytes_per_particle = (status_kib("VmRSS:").saturating_sub(before)) as f64 * 1024.0
-                    / args.particles as f64;
+                bytes_per_particle = part.heap_bytes() as f64 / args.particles as f64;
             }
             println!(
                 "| {threads} | {} | {:.2} M | {:.2} M |",
@@ -202,7 +200,7 @@ fn dense(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    println!("dense: particle state {:.0} bytes per particle (RSS growth while stepping, sort buffers included); peak RSS {:.0} MiB; {cores} cores", bytes_per_particle, status_kib("VmHWM:") as f64 / 1024.0);
+    println!("dense: {:.0} bytes per particle (state and sort buffers, by capacity); peak RSS {:.0} MiB; {cores} cores", bytes_per_particle, status_kib("VmHWM:") as f64 / 1024.0);
     Ok(())
 }
 

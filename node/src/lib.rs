@@ -72,6 +72,18 @@ impl Partition {
             .reduce(Tally::empty, Tally::merge)
     }
 
+    /// Heap bytes held for the particles: their state plus the sort buffers.
+    pub fn heap_bytes(&self) -> usize {
+        let p = &self.particles;
+        p.id.capacity() * 4
+            + (p.x.capacity() + p.y.capacity() + p.z.capacity() + p.release_time.capacity()) * 8
+            + p.element.capacity() * 4
+            + p.status.capacity()
+            + p.happiness.capacity() * 4
+            + self.keys.capacity() * 8
+            + self.order.capacity() * 4
+    }
+
     /// Releases the particles due at `t` without moving anything.
     pub fn release(&mut self, mesh: &Mesh, window: Window, t: f64) {
         let n = self.particles.len();
