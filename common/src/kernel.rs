@@ -125,12 +125,26 @@ pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u3
 /// [`sample`] with the time bracket already found.
 #[inline(always)]
 pub fn sample_in(mesh: &Mesh, br: &Bracket, x: f64, y: f64, z: f64, e: u32) -> Sample {
+    let w = mesh.geometry[e as usize].weights(x, y);
+    sample_weighted(mesh, br, x, y, z, e, &w)
+}
+
+/// [`sample_in`] with the point's barycentric weights in `e` already known.
+#[inline(always)]
+fn sample_weighted(
+    mesh: &Mesh,
+    br: &Bracket,
+    x: f64,
+    y: f64,
+    z: f64,
+    e: u32,
+    w: &[f64; 3],
+) -> Sample {
     let (a, b, wt) = (br.a, br.b, br.wt);
     let e = e as usize;
     let g = &mesh.geometry[e];
-    let w = g.weights(x, y);
     let (dx, dy) = (x - g.xc, y - g.yc);
-    let (zeta, depth) = water_column(mesh, a, b, wt, e, &w);
+    let (zeta, depth) = water_column(mesh, a, b, wt, e, w);
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
     let (k, wk) = match mesh.vertical.even_layers {
@@ -387,14 +401,17 @@ fn g_centroid(mesh: &Mesh, e: u32) -> (f64, f64) {
     (g.xc, g.yc)
 }
 
-/// The element to evaluate an intermediate stage in: where the walk ends, or the last element
-/// before the boundary (the reconstruction extrapolates a little past it).
+/// The element to evaluate an intermediate stage in, and the point's weights there: where the
+/// walk ends, or the last element before the boundary (the reconstruction extrapolates a little
+/// past it).
 #[inline(always)]
-fn stage_element(mesh: &Mesh, from: u32, x: f64, y: f64) -> u32 {
-    match mesh.walk(from, x, y) {
-        Walk::Found(e) => e,
-        Walk::Boundary { element, .. } => element,
-        Walk::GaveUp(e) => mesh.locate_indexed(x, y).unwrap_or(e),
+fn stage_element(mesh: &Mesh, from: u32, x: f64, y: f64) -> (u32, [f64; 3]) {
+    match mesh.walk_weights(from, x, y) {
+        (Walk::Found(e), w) | (Walk::Boundary { element: e, .. }, w) => (e, w),
+        (Walk::GaveUp(e), _) => {
+            let e = mesh.locate_indexed(x, y).unwrap_or(e);
+            (e, mesh.geometry[e as usize].weights(x, y))
+        }
     }
 }
 
@@ -588,6 +605,7 @@ fn advance_batch(
             let mut ys = [0.0; BATCH];
             let mut zs = [0.0; BATCH];
             let mut es = e0;
+            let mut ws3 = [[0.0; 3]; BATCH];
             let mut prev = s1;
             // k1 + 2 k2 + 2 k3 + k4, summed in that order.
             let mut acc = [(0.0, 0.0, 0.0); BATCH];
@@ -600,10 +618,10 @@ fn advance_batch(
                     xs[j] = x0[j] + frac * prev[j].u;
                     ys[j] = y0[j] + frac * prev[j].v;
                     zs[j] = z0[j] + frac * (prev[j].w + ws);
-                    es[j] = stage_element(mesh, es[j], xs[j], ys[j]);
+                    (es[j], ws3[j]) = stage_element(mesh, es[j], xs[j], ys[j]);
                 }
                 for j in 0..n {
-                    prev[j] = sample_in(mesh, &br, xs[j], ys[j], zs[j], es[j]);
+                    prev[j] = sample_weighted(mesh, &br, xs[j], ys[j], zs[j], es[j], &ws3[j]);
                     acc[j].0 += weight * prev[j].u;
                     acc[j].1 += weight * prev[j].v;
                     acc[j].2 += weight * prev[j].w;
@@ -617,6 +635,7 @@ fn advance_batch(
             }
         }
     }
+    let end = window.at(t + dt);
     for (j, &i) in batch.iter().enumerate() {
         let start = (x0[j], y0[j], z0[j], e0[j]);
         let advected = (xn[j], yn[j], zn[j], s1[j].zeta);
@@ -629,7 +648,7 @@ fn advance_batch(
             &mut p.status[i],
         );
         finish_one(
-            mesh, window, params, t, step, id, start, advected, x, y, z, e, st,
+            mesh, window, params, t, step, id, start, advected, &end, x, y, z, e, st,
         );
     }
 }
@@ -647,6 +666,7 @@ fn finish_one(
     id: u32,
     start: (f64, f64, f64, u32),
     advected: (f64, f64, f64, f64),
+    end: &Bracket,
     x: &mut f64,
     y: &mut f64,
     z: &mut f64,
@@ -687,7 +707,8 @@ fn finish_one(
             y: ya,
             element: e,
         } => {
-            let (zeta, depth) = column_at(mesh, window, t + dt, xa, ya, e);
+            let w = mesh.geometry[e as usize].weights(xa, ya);
+            let (zeta, depth) = water_column(mesh, end.a, end.b, end.wt, e as usize, &w);
             *x = xa;
             *y = ya;
             *z = reflect_vertical(zn, zeta, depth);

@@ -456,9 +456,16 @@ impl Mesh {
     /// The neighbour walk alone: where it stops and why.
     #[inline]
     pub fn walk(&self, start: u32, x: f64, y: f64) -> Walk {
+        self.walk_weights(start, x, y).0
+    }
+
+    /// The walk, with the point's barycentric weights in the last element visited.
+    #[inline(always)]
+    pub fn walk_weights(&self, start: u32, x: f64, y: f64) -> (Walk, [f64; 3]) {
         let mut e = start;
+        let mut w = [0.0; 3];
         for _ in 0..MAX_WALK {
-            let w = self.geometry[e as usize].weights(x, y);
+            w = self.geometry[e as usize].weights(x, y);
             let (mut i_min, mut w_min) = (0, w[0]);
             if w[1] < w_min {
                 i_min = 1;
@@ -469,18 +476,16 @@ impl Mesh {
                 w_min = w[2];
             }
             if w_min >= -1e-12 {
-                return Walk::Found(e);
+                return (Walk::Found(e), w);
             }
             let next = self.nbe[e as usize][i_min];
             if !is_element(next) {
-                return Walk::Boundary {
-                    element: e,
-                    edge: i_min as u8,
-                };
+                let edge = i_min as u8;
+                return (Walk::Boundary { element: e, edge }, w);
             }
             e = next;
         }
-        Walk::GaveUp(e)
+        (Walk::GaveUp(e), w)
     }
 
     pub fn locate_indexed(&self, x: f64, y: f64) -> Option<u32> {
