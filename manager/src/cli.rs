@@ -89,6 +89,9 @@ enum Command {
         kh: bool,
         #[arg(long, value_enum, default_value = "all")]
         time_style: TimeStyle,
+        /// Write FVCOM's a1u/a2u interpolation coefficients.
+        #[arg(long)]
+        a1u: bool,
         /// Also write NAME_obc.dat naming the east side as open boundary.
         #[arg(long)]
         obc_east: Option<PathBuf>,
@@ -178,6 +181,7 @@ where
             no_temp,
             kh,
             time_style,
+            a1u,
             obc_east,
         } => {
             let (x0, y0) = pair(&offset, "offset")?;
@@ -210,6 +214,7 @@ where
                 time_style,
                 nan_elements: Vec::new(),
                 omit_u: false,
+                a1u,
                 epoch: None,
             };
             anyhow::ensure!(o.interval > 0.0, "--interval must be positive");

@@ -67,6 +67,8 @@ pub struct SynthOptions {
     pub nan_elements: Vec<usize>,
     /// Leave out `u` entirely (bad-input tests).
     pub omit_u: bool,
+    /// Write FVCOM's `a1u`/`a2u` reconstruction coefficients, as FVCOM does with some options.
+    pub a1u: bool,
     /// Unix time at which the analytic flow's clock is zero (default `start`), so several files
     /// of one run agree.
     pub epoch: Option<f64>,
@@ -100,6 +102,7 @@ impl Default for SynthOptions {
             time_style: TimeStyle::All,
             nan_elements: Vec::new(),
             omit_u: false,
+            a1u: false,
             epoch: None,
         }
     }
@@ -345,6 +348,35 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             }
         }
         var!(i32, "nbe", &["three", "nele"], nbe, "long_name" => "elements surrounding each element");
+    }
+    if o.a1u {
+        // Least-squares coefficients over [self, nbe0, nbe1, nbe2] in the file's node order.
+        let ccw: Vec<[u32; 3]> =
+            g.nv.iter()
+                .map(|t| [t[0] as u32, t[2] as u32, t[1] as u32])
+                .collect();
+        let nb = shoal_common::mesh::neighbours_from_nv(&ccw, nn).map_err(|e| anyhow!("{e}"))?;
+        let geometry: Vec<shoal_common::mesh::ElementGeometry> = (0..ne)
+            .map(|e| shoal_common::mesh::ElementGeometry {
+                xc: g.xc[e],
+                yc: g.yc[e],
+                ..Default::default()
+            })
+            .collect();
+        let (a1, a2) = shoal_common::mesh::reconstruction_coefficients(&geometry, &nb);
+        for (name, a) in [("a1u", a1), ("a2u", a2)] {
+            let mut flat = vec![0f32; 4 * ne];
+            for e in 0..ne {
+                let file_order = [a[e][0], a[e][1], a[e][3], a[e][2]];
+                for k in 0..4 {
+                    flat[k * ne + e] = file_order[k];
+                }
+            }
+            if f.dimension("four").is_none() {
+                f.add_dimension("four", 4).with_context(ctx)?;
+            }
+            var!(f32, name, &["four", "nele"], flat);
+        }
     }
     let per_node = |col: Vec<f32>| -> Vec<f32> {
         col.iter()

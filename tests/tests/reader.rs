@@ -75,6 +75,13 @@ fn every_quirk_reads_to_the_same_mesh_and_times() {
                 ..base()
             },
         ),
+        (
+            "a1u.nc",
+            SynthOptions {
+                a1u: true,
+                ..base()
+            },
+        ),
     ];
     for (name, o) in variants {
         let p = synth_file(&dir, name, &o);
@@ -105,6 +112,32 @@ fn every_quirk_reads_to_the_same_mesh_and_times() {
             "no_ww.nc" => {
                 assert!(!r.layout.ww);
                 assert!(r.warnings.iter().any(|w| w.contains("`ww`")));
+            }
+            "a1u.nc" => {
+                // Read from the file (no note), remapped with the reordered nodes: the same
+                // coefficients the geometry gives.
+                assert!(
+                    !notes.contains(&MeshNote::ReconstructionComputed),
+                    "{notes:?}"
+                );
+                // Up to the f32 node coordinates the file holds (synth computed from f64).
+                let diff = |a: &[[f32; 4]], b: &[[f32; 4]]| {
+                    a.iter()
+                        .flatten()
+                        .zip(b.iter().flatten())
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0.0f32, f32::max)
+                };
+                assert!(
+                    diff(&m.a1u, &m0.a1u) < 1e-5,
+                    "a1u differs by {}",
+                    diff(&m.a1u, &m0.a1u)
+                );
+                assert!(
+                    diff(&m.a2u, &m0.a2u) < 1e-5,
+                    "a2u differs by {}",
+                    diff(&m.a2u, &m0.a2u)
+                );
             }
             "two_d.nc" => {
                 assert!(!r.layout.three_d && r.layout.u == "ua");
