@@ -7,6 +7,9 @@ use rayon::prelude::*;
 use shoal_common::kernel::{advance, observe, release_due, StepParams, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
 
+#[cfg(feature = "gpu")]
+pub mod gpu;
+
 /// Particles per rayon task: large enough to amortise scheduling, small enough that every
 /// thread gets several tasks. Depends only on the particle count, never on the thread count.
 pub fn chunk_size(n: usize) -> usize {

@@ -6,6 +6,7 @@ mod bad_input;
 mod boundaries;
 mod determinism;
 mod diffusion;
+mod gpu;
 mod output;
 mod reader;
 mod real_data;

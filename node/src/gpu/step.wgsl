@@ -1,0 +1,329 @@
+// One fused RK4 (or Euler) step per particle: release, locate by neighbour walk, interpolate
+// (FVCOM linear reconstruction, linear in sigma, linear in time at each stage's own time),
+// advance, random walk (Philox4x32-10, the same stream as the CPU), land reflection, open-boundary
+// exit, surface and bottom reflection. f32 only; positions are relative to the partition's
+// origin and kept as a compensated (hi, lo) pair so long runs do not drift by rounding.
+// Shared structs mirror `node/src/gpu/mod.rs` (GpuParticle, GpuElement, Params): keep in step.
+
+struct Particle {
+    x_hi: f32, y_hi: f32, x_lo: f32, y_lo: f32,
+    z: f32, release: f32, elem: u32, status: u32,
+    id: u32, pad0: u32, pad1: u32, pad2: u32,
+};
+
+// xc, yc, then barycentric coefficients (w_i = 1/3 + b_i dx + c_i dy), depths, neighbours.
+struct Element {
+    xc: f32, yc: f32, b0: f32, b1: f32,
+    b2: f32, c0: f32, c1: f32, c2: f32,
+    h0: f32, h1: f32, h2: f32, pad: f32,
+    n0: u32, n1: u32, n2: u32, pad2: u32,
+};
+
+struct Params {
+    n: u32, n_layers: u32, step: u32, integrator: u32,
+    seed_lo: u32, seed_hi: u32, max_walk: u32, clock: f32,
+    t: f32, dt: f32, span: f32, horizontal_kh: f32,
+    vertical_kh: f32, sinking: f32, sig_first: f32, sig_step: f32,
+};
+
+const ACTIVE: u32 = 0u;
+const PENDING: u32 = 1u;
+const EXITED: u32 = 2u;
+const BAD_FIELD: u32 = 3u;
+const LAND: u32 = 0xffffffffu;
+const OPEN: u32 = 0xfffffffeu;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> particles: array<Particle>;
+@group(0) @binding(2) var<storage, read> elements: array<Element>;
+// Coefficient blocks of the earlier (a) and later (b) field level: 3 vec4 per element and layer,
+// [u0 v0 w0 _], [ux vx wx _], [uy vy wy _].
+@group(0) @binding(3) var<storage, read> coef_a: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> coef_b: array<vec4<f32>>;
+// Free surface at each element's three nodes, per level.
+@group(0) @binding(5) var<storage, read> zeta_a: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> zeta_b: array<vec4<f32>>;
+// Status counts of this step: active, pending, exited, bad_field, outside_mesh.
+@group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>, 8>;
+
+fn is_element(n: u32) -> bool { return n < OPEN; }
+
+fn nbe(e: Element, i: u32) -> u32 {
+    if (i == 0u) { return e.n0; }
+    if (i == 1u) { return e.n1; }
+    return e.n2;
+}
+
+// Barycentric weights of the point at (dx, dy) from the element's centroid.
+fn weights(e: Element, dx: f32, dy: f32) -> vec3<f32> {
+    return vec3<f32>(
+        1.0 / 3.0 + e.b0 * dx + e.c0 * dy,
+        1.0 / 3.0 + e.b1 * dx + e.c1 * dy,
+        1.0 / 3.0 + e.b2 * dx + e.c2 * dy);
+}
+
+struct Walked { elem: u32, found: bool, edge: u32 };
+
+// Walk from `start` towards the point (px, py), given relative to the reference point (rx, ry)
+// that itself is relative to the origin; differences of nearby coordinates stay exact in f32.
+fn walk(start: u32, px: f32, py: f32, rx: f32, ry: f32) -> Walked {
+    var e = start;
+    for (var k = 0u; k < P.max_walk; k = k + 1u) {
+        let el = elements[e];
+        let w = weights(el, (rx - el.xc) + px, (ry - el.yc) + py);
+        var i_min = 0u;
+        var w_min = w.x;
+        if (w.y < w_min) { i_min = 1u; w_min = w.y; }
+        if (w.z < w_min) { i_min = 2u; w_min = w.z; }
+        if (w_min >= -1e-6) { return Walked(e, true, 0u); }
+        let next = nbe(el, i_min);
+        if (!is_element(next)) { return Walked(e, false, i_min); }
+        e = next;
+    }
+    return Walked(e, false, 3u);
+}
+
+struct Flow { u: f32, v: f32, w: f32, zeta: f32, depth: f32 };
+
+fn coef_at(a: bool, idx: u32) -> vec4<f32> {
+    if (a) { return coef_a[idx]; }
+    return coef_b[idx];
+}
+
+// Velocity at offset (dx, dy) from element e's centroid, height z, time weight wt.
+fn sample(e: u32, dx: f32, dy: f32, z: f32, wt: f32) -> Flow {
+    let el = elements[e];
+    let w = weights(el, dx, dy);
+    let za = zeta_a[e];
+    let zb = zeta_b[e];
+    let zeta = mix(dot(w, za.xyz), dot(w, zb.xyz), wt);
+    let h = dot(w, vec3<f32>(el.h0, el.h1, el.h2));
+    let depth = max(h + zeta, 1e-3);
+    let sigma = clamp((z - zeta) / depth, -1.0, 0.0);
+    let nl = P.n_layers;
+    var k = 0u;
+    var wk = 0.0;
+    if (nl > 1u) {
+        let f = clamp((sigma - P.sig_first) / P.sig_step, 0.0, f32(nl - 1u));
+        k = min(u32(f), nl - 2u);
+        wk = f - f32(k);
+    }
+    let k1 = min(k + 1u, nl - 1u);
+    let top = (e * nl + k) * 3u;
+    let bot = (e * nl + k1) * 3u;
+    let ca = mix(coef_a[top], coef_a[bot], wk) + mix(coef_a[top + 1u], coef_a[bot + 1u], wk) * dx
+        + mix(coef_a[top + 2u], coef_a[bot + 2u], wk) * dy;
+    let cb = mix(coef_b[top], coef_b[bot], wk) + mix(coef_b[top + 1u], coef_b[bot + 1u], wk) * dx
+        + mix(coef_b[top + 2u], coef_b[bot + 2u], wk) * dy;
+    let vel = mix(ca, cb, wt);
+    return Flow(vel.x, vel.y, vel.z, zeta, depth);
+}
+
+fn column(e: u32, dx: f32, dy: f32, wt: f32) -> vec2<f32> {
+    let el = elements[e];
+    let w = weights(el, dx, dy);
+    let zeta = mix(dot(w, zeta_a[e].xyz), dot(w, zeta_b[e].xyz), wt);
+    let h = dot(w, vec3<f32>(el.h0, el.h1, el.h2));
+    return vec2<f32>(zeta, max(h + zeta, 1e-3));
+}
+
+// 32 x 32 -> 64-bit multiply in 16-bit halves: (hi, lo).
+fn mulhilo(a: u32, b: u32) -> vec2<u32> {
+    let al = a & 0xffffu; let ah = a >> 16u;
+    let bl = b & 0xffffu; let bh = b >> 16u;
+    let ll = al * bl; let lh = al * bh; let hl = ah * bl; let hh = ah * bh;
+    let mid = (ll >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    let hi = hh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+    return vec2<u32>(hi, a * b);
+}
+
+fn philox(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    var c = ctr;
+    var k = key;
+    for (var r = 0u; r < 10u; r = r + 1u) {
+        if (r > 0u) { k = k + vec2<u32>(0x9E3779B9u, 0xBB67AE85u); }
+        let p0 = mulhilo(0xD2511F53u, c.x);
+        let p1 = mulhilo(0xCD9E8D57u, c.z);
+        c = vec4<u32>(p1.x ^ c.y ^ k.x, p1.y, p0.x ^ c.w ^ k.y, p0.y);
+    }
+    return c;
+}
+
+fn unit_open(b: u32) -> f32 { return (f32(b) + 0.5) * (1.0 / 4294967296.0); }
+
+// Error-free addition: (s, e) with s + e == a + b exactly.
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = a + b;
+    let bp = s - a;
+    let e = (a - (s - bp)) + (b - bp);
+    return vec2<f32>(s, e);
+}
+
+fn count(s: u32) { atomicAdd(&counts[min(s, 4u)], 1u); }
+
+@compute @workgroup_size(64)
+fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * 64u;
+    if (i >= P.n) { return; }
+    var p = particles[i];
+    let dt = P.dt;
+    // Field-level weights of the step's stage times (level a at time 0 of `span`).
+    let w0 = clamp(P.t / P.span, 0.0, 1.0);
+    let wh = clamp((P.t + 0.5 * dt) / P.span, 0.0, 1.0);
+    let w1 = clamp((P.t + dt) / P.span, 0.0, 1.0);
+
+    // Everything below is relative to the host element's centroid (r), which keeps f32 exact.
+    var e0 = p.elem;
+    let el0 = elements[e0];
+    let rx = el0.xc;
+    let ry = el0.yc;
+    let x0 = (p.x_hi - rx) + p.x_lo;
+    let y0 = (p.y_hi - ry) + p.y_lo;
+
+    if (p.status == PENDING) {
+        if (p.release <= P.clock) {
+            let c = column(e0, x0, y0, w0);
+            p.z = clamp(c.x + p.z, c.x - c.y, c.x);
+            p.status = ACTIVE;
+        } else if (p.release <= P.clock + dt) {
+            let c = column(e0, x0, y0, w1);
+            p.z = clamp(c.x + p.z, c.x - c.y, c.x);
+            p.status = ACTIVE;
+            particles[i] = p;
+            count(p.status);
+            return;
+        }
+    }
+    if (p.status != ACTIVE) {
+        particles[i] = p;
+        count(p.status);
+        return;
+    }
+
+    let z0 = p.z;
+    let ws = -P.sinking;
+    let s1 = sample(e0, x0, y0, z0, w0);
+    var dxn: f32;
+    var dyn_: f32;
+    var zn: f32;
+    if (P.integrator == 0u) {
+        dxn = dt * s1.u;
+        dyn_ = dt * s1.v;
+        zn = z0 + dt * (s1.w + ws);
+    } else {
+        let h = 0.5 * dt;
+        let x2 = x0 + h * s1.u; let y2 = y0 + h * s1.v; let z2 = z0 + h * (s1.w + ws);
+        let e2 = walk(e0, x2, y2, rx, ry).elem;
+        let el2 = elements[e2];
+        let s2 = sample(e2, (rx - el2.xc) + x2, (ry - el2.yc) + y2, z2, wh);
+        let x3 = x0 + h * s2.u; let y3 = y0 + h * s2.v; let z3 = z0 + h * (s2.w + ws);
+        let e3 = walk(e2, x3, y3, rx, ry).elem;
+        let el3 = elements[e3];
+        let s3 = sample(e3, (rx - el3.xc) + x3, (ry - el3.yc) + y3, z3, wh);
+        let x4 = x0 + dt * s3.u; let y4 = y0 + dt * s3.v; let z4 = z0 + dt * (s3.w + ws);
+        let e4 = walk(e3, x4, y4, rx, ry).elem;
+        let el4 = elements[e4];
+        let s4 = sample(e4, (rx - el4.xc) + x4, (ry - el4.yc) + y4, z4, w1);
+        let sixth = dt / 6.0;
+        dxn = sixth * (s1.u + 2.0 * (s2.u + s3.u) + s4.u);
+        dyn_ = sixth * (s1.v + 2.0 * (s2.v + s3.v) + s4.v);
+        zn = z0 + sixth * (s1.w + 2.0 * (s2.w + s3.w) + s4.w) + dt * ws;
+    }
+    // NaN or infinity anywhere: quarantine where it was (x != x is the NaN test).
+    let probe = dxn + dyn_ + zn + s1.zeta;
+    if (probe != probe || abs(probe) > 3.0e38) {
+        p.status = BAD_FIELD;
+        particles[i] = p;
+        count(p.status);
+        return;
+    }
+    if (P.horizontal_kh > 0.0 || P.vertical_kh > 0.0) {
+        let bits = philox(vec4<u32>(p.id, P.step, 0u, 0u), vec2<u32>(P.seed_lo, P.seed_hi));
+        if (P.horizontal_kh > 0.0) {
+            let r = sqrt(-2.0 * log(unit_open(bits.x)));
+            let th = 6.283185307179586 * unit_open(bits.y);
+            let s = sqrt(2.0 * P.horizontal_kh * dt);
+            dxn = dxn + s * r * cos(th);
+            dyn_ = dyn_ + s * r * sin(th);
+        }
+        if (P.vertical_kh > 0.0) {
+            let r = 2.0 * unit_open(bits.z) - 1.0;
+            zn = zn + r * sqrt(2.0 * P.vertical_kh * dt * 3.0);
+        }
+    }
+
+    // Move from (x0, y0) by (dxn, dyn_), element by element, reflecting off land edges.
+    var ax = x0; var ay = y0;
+    var bx = x0 + dxn; var by = y0 + dyn_;
+    var e = e0;
+    var came = LAND;
+    var exited = false;
+    var done = false;
+    for (var it = 0u; it < 4u * P.max_walk; it = it + 1u) {
+        let el = elements[e];
+        let ox = rx - el.xc; let oy = ry - el.yc;
+        let wa = weights(el, ox + ax, oy + ay);
+        let wb = weights(el, ox + bx, oy + by);
+        if (min(wb.x, min(wb.y, wb.z)) >= -1e-6) { done = true; break; }
+        var best = 3u;
+        var best_s = 2.0;
+        for (var j = 0u; j < 3u; j = j + 1u) {
+            let wbj = wb[j];
+            if (wbj < 0.0 && (came == LAND || nbe(el, j) != came)) {
+                let denom = wa[j] - wbj;
+                var s = 0.0;
+                if (denom > 0.0) { s = clamp(wa[j] / denom, 0.0, 1.0); }
+                if (s < best_s) { best = j; best_s = s; }
+            }
+        }
+        if (best == 3u) { bx = ax; by = ay; done = true; break; }
+        let cx = ax + best_s * (bx - ax);
+        let cy = ay + best_s * (by - ay);
+        let next = nbe(el, best);
+        if (is_element(next)) {
+            came = e; e = next; ax = cx; ay = cy;
+            continue;
+        }
+        if (next == OPEN) { bx = cx; by = cy; exited = true; done = true; break; }
+        // Land: reflect the rest of the path in the edge (nodes j+1, j+2 of the element); the
+        // edge direction follows from the barycentric gradient of the opposite node.
+        var gx = el.b0; var gy = el.c0;
+        if (best == 1u) { gx = el.b1; gy = el.c1; }
+        if (best == 2u) { gx = el.b2; gy = el.c2; }
+        // grad w_best points into the element, so the outward normal is -grad / |grad|.
+        let len = sqrt(gx * gx + gy * gy);
+        let nx = -gx / len; let ny = -gy / len;
+        let d = (bx - cx) * nx + (by - cy) * ny;
+        bx = bx - 2.0 * d * nx;
+        by = by - 2.0 * d * ny;
+        ax = cx + (-ox - cx) * 1e-6;
+        ay = cy + (-oy - cy) * 1e-6;
+        came = LAND;
+    }
+    if (!done) { bx = ax; by = ay; }
+
+    // New position: the exact move (b - start) added to the compensated pair.
+    let mx = bx - x0;
+    let my = by - y0;
+    let sx = two_sum(p.x_hi, mx + p.x_lo);
+    let sy = two_sum(p.y_hi, my + p.y_lo);
+    p.x_hi = sx.x; p.x_lo = sx.y;
+    p.y_hi = sy.x; p.y_lo = sy.y;
+    p.elem = e;
+    if (exited) {
+        p.status = EXITED;
+        p.z = zn;
+    } else {
+        let el = elements[e];
+        let c = column(e, (rx - el.xc) + bx, (ry - el.yc) + by, w1);
+        let top = c.x;
+        let bottom = c.x - c.y;
+        var z = zn;
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            if (z > top) { z = 2.0 * top - z; } else if (z < bottom) { z = 2.0 * bottom - z; }
+        }
+        p.z = clamp(z, bottom, top);
+    }
+    particles[i] = p;
+    count(p.status);
+}
