@@ -37,6 +37,7 @@ pub fn run_quiet(cfg: &RunConfig, threads: usize) -> Result<RunReport> {
         &RunOptions {
             quiet: true,
             threads: Some(threads),
+            device: None,
         },
     )
 }

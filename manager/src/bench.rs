@@ -243,6 +243,7 @@ fn sparse(args: &BenchArgs) -> Result<()> {
             &RunOptions {
                 quiet: true,
                 threads: Some(threads),
+                device: None,
             },
         )?;
         let whole = rep.particle_steps as f64 / rep.wall.as_secs_f64();

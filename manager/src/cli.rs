@@ -29,6 +29,9 @@ enum Command {
         /// Worker threads (overrides run.threads).
         #[arg(long)]
         threads: Option<usize>,
+        /// auto, cpu or gpu (overrides run.device).
+        #[arg(long)]
+        device: Option<shoal_node::Device>,
     },
     /// Write synthetic FVCOM output with an analytic flow.
     Synth {
@@ -153,9 +156,17 @@ where
             config: path,
             quiet,
             threads,
+            device,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
-            run::run(&cfg, &RunOptions { quiet, threads })?;
+            run::run(
+                &cfg,
+                &RunOptions {
+                    quiet,
+                    threads,
+                    device,
+                },
+            )?;
         }
         Command::Synth {
             flow,
@@ -248,6 +259,7 @@ where
                 &RunOptions {
                     quiet,
                     threads: None,
+                    device: None,
                 },
             )?;
         }

@@ -70,6 +70,8 @@ pub struct RunSection {
     pub threads: Option<usize>,
     /// Re-sort particles by host element every this many steps.
     pub sort_every: Option<u32>,
+    /// "auto", "cpu" or "gpu".
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -115,6 +117,7 @@ pub struct RunConfig {
     pub integrator: Integrator,
     pub threads: usize,
     pub sort_every: u32,
+    pub device: shoal_node::Device,
     pub horizontal_kh: f64,
     pub vertical_mixing: VerticalMixing,
     pub sinking_speed: f64,
@@ -243,6 +246,13 @@ impl RunConfig {
             integrator: file.run.integrator.unwrap_or_default(),
             threads: file.run.threads.unwrap_or(0),
             sort_every: file.run.sort_every.unwrap_or(8),
+            device: file
+                .run
+                .device
+                .as_deref()
+                .unwrap_or("auto")
+                .parse()
+                .map_err(|e| anyhow!("key `run.device`: {e}"))?,
             horizontal_kh,
             vertical_mixing,
             sinking_speed: b.sinking_speed.unwrap_or(0.0),

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_common::kernel::{StepParams, Tally, VerticalMixing};
 use shoal_common::{FieldLevel, Mesh, Window};
+
 use shoal_node::Partition;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,45 @@ use std::time::{Duration, Instant};
 pub struct RunOptions {
     pub quiet: bool,
     pub threads: Option<usize>,
+    /// Overrides `run.device`.
+    pub device: Option<shoal_node::Device>,
+}
+
+/// Where the particles are stepped.
+enum Worker {
+    Cpu(Partition),
+    #[cfg(feature = "gpu")]
+    Gpu(shoal_node::gpu::GpuPartition),
+}
+
+impl Worker {
+    fn step(
+        &mut self,
+        mesh: &Mesh,
+        window: Window,
+        params: &shoal_common::StepParams,
+        t: f64,
+        s: u32,
+    ) -> Result<Tally> {
+        match self {
+            Worker::Cpu(p) => Ok(p.step(mesh, window, params, t, s)),
+            #[cfg(feature = "gpu")]
+            Worker::Gpu(g) => g
+                .step(mesh, window, params, t, s)
+                .map_err(|e| anyhow!("GPU step {s}: {e}")),
+        }
+    }
+
+    fn snapshot(&mut self, mesh: &Mesh, window: Window, t: f64) -> Result<shoal_node::Snapshot> {
+        match self {
+            Worker::Cpu(p) => Ok(p.snapshot(mesh, window, t)),
+            #[cfg(feature = "gpu")]
+            Worker::Gpu(g) => {
+                let p = g.download(mesh).map_err(|e| anyhow!("GPU readback: {e}"))?;
+                Ok(shoal_node::snapshot_of(p, mesh, window, t))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -33,6 +73,8 @@ pub struct RunReport {
     pub ecstatic: bool,
     pub outside: usize,
     pub threads: usize,
+    /// The device used and why.
+    pub device: String,
 }
 
 /// The field levels covering a time span, read on demand and dropped when passed.
@@ -228,6 +270,26 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let mut partition = Partition::new(released.particles);
     partition.sort_every = cfg.sort_every;
     let params = step_params(cfg);
+    // The GPU kernel handles one field interval per step: every field time inside the run must
+    // fall on a step boundary.
+    let straddles = reader
+        .times
+        .iter()
+        .map(|t| t - start)
+        .filter(|t| *t > 0.0 && *t < duration)
+        .any(|t| {
+            let r = t / cfg.dt;
+            (r - r.round()).abs() > 1e-9
+        });
+    #[cfg(feature = "gpu")]
+    let unsupported = shoal_node::gpu::unsupported(&mesh, &params, cfg.happiness.is_some())
+        .or_else(|| straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
+    #[cfg(not(feature = "gpu"))]
+    let unsupported = straddles.then(String::new);
+    let device = opts.device.unwrap_or(cfg.device);
+    let choice =
+        shoal_node::choose_device(device, unsupported).map_err(|e| anyhow!("run.device: {e}"))?;
+    say(format!("device: {}", choice.reason));
 
     let mut writer = TrajectoryWriter::create(
         &cfg.output,
@@ -265,8 +327,23 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     pool.install(|| -> Result<()> {
         fields.cover(&reader, &mesh, 0.0, cfg.dt.min(duration.max(0.0)))?;
         partition.release(&mesh, fields.window(), 0.0);
+        let mut worker = match &choice {
+            #[cfg(feature = "gpu")]
+            shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(
+                shoal_node::gpu::GpuPartition::new(
+                    ctx.clone(),
+                    &mesh,
+                    std::mem::take(&mut partition.particles),
+                )
+                .map_err(|e| anyhow!("GPU setup: {e}"))?,
+            ),
+            _ => Worker::Cpu(std::mem::replace(
+                &mut partition,
+                Partition::new(Default::default()),
+            )),
+        };
         let o = Instant::now();
-        writer.write(0.0, &[partition.snapshot(&mesh, fields.window(), 0.0)])?;
+        writer.write(0.0, &[worker.snapshot(&mesh, fields.window(), 0.0)?])?;
         output += o.elapsed();
         for s in 0..n_steps {
             let t = s as f64 * cfg.dt;
@@ -275,7 +352,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             p.dt = t1 - t;
             fields.cover(&reader, &mesh, t, t1)?;
             let k = Instant::now();
-            let tally = partition.step(&mesh, fields.window(), &p, t, s);
+            let tally = worker.step(&mesh, fields.window(), &p, t, s)?;
             kernel += k.elapsed();
             if tally.total() != n as u64 {
                 bail!(
@@ -293,7 +370,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             };
             if (s + 1) % output_every == 0 || s + 1 == n_steps || happy_stop {
                 let o = Instant::now();
-                writer.write(t1, &[partition.snapshot(&mesh, fields.window(), t1)])?;
+                writer.write(t1, &[worker.snapshot(&mesh, fields.window(), t1)?])?;
                 output += o.elapsed();
             }
             if progress.length().is_some() {
@@ -335,6 +412,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         ecstatic,
         outside: released.outside,
         threads,
+        device: choice.reason.clone(),
     };
     say(format!(
         "done: {} steps in {:.2} s ({:.2} M particle-steps/s overall, kernel {:.2} s, fields {:.2} s, output {:.2} s); active {}, exited {}, bad field {}, outside mesh {}; wrote {}",

@@ -117,41 +117,178 @@ impl Partition {
 
     /// The output view at time `t` (run clock), in the partition's current order.
     pub fn snapshot(&self, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
-        let p = &self.particles;
-        let n = p.len();
-        let rows: Vec<(f64, f64, f32, f32)> = (0..n)
-            .into_par_iter()
-            .map(|i| match p.status[i] {
-                status::PENDING => (f64::NAN, f64::NAN, f32::NAN, f32::NAN),
-                status::OUTSIDE_MESH => (p.x[i], p.y[i], f32::NAN, f32::NAN),
-                _ => {
-                    let (z, s) = observe(mesh, window, t, p.x[i], p.y[i], p.z[i], p.element[i]);
-                    (p.x[i], p.y[i], z as f32, s as f32)
+        snapshot_of(&self.particles, mesh, window, t)
+    }
+}
+
+/// The output view of `p` at time `t` (run clock): depth below the surface, sigma, age, and the
+/// host element in the file's numbering.
+pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
+    let n = p.len();
+    let rows: Vec<(f64, f64, f32, f32)> = (0..n)
+        .into_par_iter()
+        .map(|i| match p.status[i] {
+            status::PENDING => (f64::NAN, f64::NAN, f32::NAN, f32::NAN),
+            status::OUTSIDE_MESH => (p.x[i], p.y[i], f32::NAN, f32::NAN),
+            _ => {
+                let (z, s) = observe(mesh, window, t, p.x[i], p.y[i], p.z[i], p.element[i]);
+                (p.x[i], p.y[i], z as f32, s as f32)
+            }
+        })
+        .collect();
+    let unreleased =
+        |i: usize| p.status[i] == status::PENDING || p.status[i] == status::OUTSIDE_MESH;
+    Snapshot {
+        id: p.id.clone(),
+        x: rows.iter().map(|r| r.0).collect(),
+        y: rows.iter().map(|r| r.1).collect(),
+        z: rows.iter().map(|r| r.2).collect(),
+        sigma: rows.iter().map(|r| r.3).collect(),
+        status: p.status.clone(),
+        element: p
+            .element
+            .iter()
+            .map(|&e| mesh.file_element.get(e as usize).copied().unwrap_or(e))
+            .collect(),
+        age: (0..n)
+            .map(|i| {
+                if unreleased(i) {
+                    f32::NAN
+                } else {
+                    (t - p.release_time[i]) as f32
                 }
             })
-            .collect();
-        Snapshot {
-            id: p.id.clone(),
-            x: rows.iter().map(|r| r.0).collect(),
-            y: rows.iter().map(|r| r.1).collect(),
-            z: rows.iter().map(|r| r.2).collect(),
-            sigma: rows.iter().map(|r| r.3).collect(),
-            status: p.status.clone(),
-            element: p
-                .element
-                .iter()
-                .map(|&e| mesh.file_element.get(e as usize).copied().unwrap_or(e))
-                .collect(),
-            age: (0..n)
-                .map(|i| {
-                    if p.status[i] == status::PENDING || p.status[i] == status::OUTSIDE_MESH {
-                        f32::NAN
-                    } else {
-                        (t - p.release_time[i]) as f32
-                    }
-                })
-                .collect(),
-            happiness: p.happiness.clone(),
+            .collect(),
+        happiness: p.happiness.clone(),
+    }
+}
+
+/// Where a node steps its particles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU when its self-test passes and it is faster than the CPU here.
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            other => Err(format!("`{other}` is not one of auto, cpu, gpu")),
+        }
+    }
+}
+
+/// The device chosen, and why, in words for the log and `shoal doctor`.
+pub struct Choice {
+    #[cfg(feature = "gpu")]
+    pub gpu: Option<std::sync::Arc<gpu::GpuContext>>,
+    pub reason: String,
+}
+
+impl Choice {
+    fn cpu(reason: String) -> Choice {
+        Choice {
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            reason: format!("cpu: {reason}"),
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+mod probe {
+    use super::gpu::{selftest, GpuContext};
+    use std::sync::{Arc, OnceLock};
+
+    /// Adapter and self-test, once per process.
+    pub fn adapter() -> &'static Result<(Arc<GpuContext>, selftest::SelfTest), String> {
+        static P: OnceLock<Result<(Arc<GpuContext>, selftest::SelfTest), String>> = OnceLock::new();
+        P.get_or_init(|| {
+            let ctx = GpuContext::new()?;
+            let st = selftest::self_test(&ctx)?;
+            Ok((ctx, st))
+        })
+    }
+
+    /// CPU and GPU particle-steps/s on the reference problem, once per process.
+    pub fn speeds(ctx: &Arc<GpuContext>) -> &'static Result<(f64, f64), String> {
+        static S: OnceLock<Result<(f64, f64), String>> = OnceLock::new();
+        S.get_or_init(|| selftest::calibrate(ctx, 50_000, 3))
+    }
+}
+
+/// Chooses where to step particles. `unsupported` says why this run cannot use the GPU path, if
+/// it cannot. Asking for the GPU explicitly is an error when it is missing, unsuitable or fails
+/// its self-test; `auto` falls back to the CPU and says why.
+pub fn choose_device(device: Device, unsupported: Option<String>) -> Result<Choice, String> {
+    if device == Device::Cpu {
+        return Ok(Choice::cpu("as configured".into()));
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = unsupported;
+        return match device {
+            Device::Gpu => Err("this build has no GPU support (the `gpu` feature is off)".into()),
+            _ => Ok(Choice::cpu("this build has no GPU support".into())),
+        };
+    }
+    #[cfg(feature = "gpu")]
+    {
+        if let Some(why) = unsupported {
+            return match device {
+                Device::Gpu => Err(format!("device = \"gpu\" but {why}")),
+                _ => Ok(Choice::cpu(why)),
+            };
+        }
+        let (ctx, st) = match probe::adapter() {
+            Ok(p) => p,
+            Err(e) if device == Device::Gpu => return Err(e.clone()),
+            Err(e) => return Ok(Choice::cpu(e.clone())),
+        };
+        let test = format!(
+            "self-test on {} passed ({} particles, {} steps, CPU-GPU distance at most {:.1} mm)",
+            ctx.describe(),
+            st.particles,
+            st.steps,
+            st.max_distance_m * 1000.0
+        );
+        if !st.passed() {
+            let why = format!("GPU self-test on {} failed: {st:?}", ctx.describe());
+            return if device == Device::Gpu {
+                Err(why)
+            } else {
+                Ok(Choice::cpu(why))
+            };
+        }
+        if device == Device::Gpu {
+            return Ok(Choice {
+                gpu: Some(ctx.clone()),
+                reason: format!("gpu: as configured; {test}"),
+            });
+        }
+        match probe::speeds(ctx) {
+            Ok((cpu, gpu)) if gpu > cpu => Ok(Choice {
+                gpu: Some(ctx.clone()),
+                reason: format!(
+                    "gpu: {test}; {:.1}x the CPU's speed ({:.2} vs {:.2} M particle-steps/s)",
+                    gpu / cpu,
+                    gpu / 1e6,
+                    cpu / 1e6
+                ),
+            }),
+            Ok((cpu, gpu)) => Ok(Choice::cpu(format!(
+                "{test}, but the GPU is slower here ({:.2} vs {:.2} M particle-steps/s)",
+                gpu / 1e6,
+                cpu / 1e6
+            ))),
+            Err(e) => Ok(Choice::cpu(format!("GPU calibration failed: {e}"))),
         }
     }
 }

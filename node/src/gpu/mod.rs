@@ -17,30 +17,30 @@ const WORKGROUP: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GpuParticle {
-    x_hi: f32,
-    y_hi: f32,
-    x_lo: f32,
-    y_lo: f32,
+    /// Offset from the host element's centroid, metres.
+    ox: f32,
+    oy: f32,
     z: f32,
     release: f32,
     elem: u32,
     status: u32,
     id: u32,
-    pad: [u32; 3],
+    pad: u32,
 }
 
 // Mirrors `struct Element` in step.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct GpuElement {
+    /// Centroid relative to the partition's origin as (hi, lo) f32 pairs.
     xc: f32,
     yc: f32,
+    xl: f32,
+    yl: f32,
     b: [f32; 3],
     c: [f32; 3],
     h: [f32; 3],
-    pad: f32,
     nbe: [u32; 3],
-    pad2: u32,
 }
 
 // Mirrors `struct Params` in step.wgsl.
@@ -222,7 +222,6 @@ pub fn unsupported(mesh: &Mesh, params: &StepParams, needs_temperature: bool) ->
 /// A partition whose particles live on the GPU.
 pub struct GpuPartition {
     ctx: Arc<GpuContext>,
-    origin: (f64, f64),
     n: usize,
     particles: wgpu::Buffer,
     staging: [wgpu::Buffer; 2],
@@ -266,15 +265,16 @@ impl GpuPartition {
         let elements: Vec<GpuElement> = (0..mesh.n_elements())
             .map(|e| {
                 let g = &mesh.geometry[e];
+                let (dx, dy) = (g.xc - origin.0, g.yc - origin.1);
                 GpuElement {
-                    xc: (g.xc - origin.0) as f32,
-                    yc: (g.yc - origin.1) as f32,
+                    xc: dx as f32,
+                    yc: dy as f32,
+                    xl: (dx - dx as f32 as f64) as f32,
+                    yl: (dy - dy as f32 as f64) as f32,
                     b: g.b.map(|v| v as f32),
                     c: g.c.map(|v| v as f32),
                     h: mesh.h_elem[e],
-                    pad: 0.0,
                     nbe: mesh.nbe[e],
-                    pad2: 0,
                 }
             })
             .collect();
@@ -287,7 +287,7 @@ impl GpuPartition {
         let usage_rw = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
-        let gpu_particles = to_gpu(&particles, origin);
+        let gpu_particles = to_gpu(&particles, mesh);
         let particles_buf = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("particles"),
             contents: if n == 0 {
@@ -390,7 +390,6 @@ impl GpuPartition {
         let bind_groups = [bind(0, 1), bind(1, 0)];
         Ok(GpuPartition {
             ctx: ctx.clone(),
-            origin,
             n,
             particles: particles_buf,
             staging,
@@ -521,7 +520,7 @@ impl GpuPartition {
 
     /// Reads the particle state back into [`GpuPartition::mirror`] (through a ring of staging
     /// buffers) and returns it.
-    pub fn download(&mut self) -> Result<&Particles, String> {
+    pub fn download(&mut self, mesh: &Mesh) -> Result<&Particles, String> {
         let bytes = (self.n.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
         let staging = &self.staging[self.next_staging];
         self.next_staging = 1 - self.next_staging;
@@ -537,8 +536,9 @@ impl GpuPartition {
         let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
         let m = &mut self.mirror;
         for (i, g) in gp.iter().take(self.n).enumerate() {
-            m.x[i] = self.origin.0 + g.x_hi as f64 + g.x_lo as f64;
-            m.y[i] = self.origin.1 + g.y_hi as f64 + g.y_lo as f64;
+            let c = &mesh.geometry[(g.elem as usize).min(mesh.n_elements() - 1)];
+            m.x[i] = c.xc + g.ox as f64;
+            m.y[i] = c.yc + g.oy as f64;
             m.z[i] = g.z as f64;
             m.element[i] = g.elem;
             m.status[i] = g.status as u8;
@@ -574,22 +574,19 @@ fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
     Ok(out)
 }
 
-fn to_gpu(p: &Particles, origin: (f64, f64)) -> Vec<GpuParticle> {
+fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
     (0..p.len())
         .map(|i| {
-            let (dx, dy) = (p.x[i] - origin.0, p.y[i] - origin.1);
-            let (xh, yh) = (dx as f32, dy as f32);
+            let c = &mesh.geometry[(p.element[i] as usize).min(mesh.n_elements() - 1)];
             GpuParticle {
-                x_hi: xh,
-                y_hi: yh,
-                x_lo: (dx - xh as f64) as f32,
-                y_lo: (dy - yh as f64) as f32,
+                ox: (p.x[i] - c.xc) as f32,
+                oy: (p.y[i] - c.yc) as f32,
                 z: p.z[i] as f32,
                 release: p.release_time[i] as f32,
                 elem: p.element[i],
                 status: p.status[i] as u32,
                 id: p.id[i],
-                pad: [0; 3],
+                pad: 0,
             }
         })
         .collect()

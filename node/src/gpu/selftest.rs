@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest distance allowed between CPU and GPU positions after the self-test's 30 steps.
-pub const SELF_TEST_TOLERANCE_M: f64 = 0.05;
+pub const SELF_TEST_TOLERANCE_M: f64 = 0.01;
 
 /// A jittered 40 x 40 grid of 100 m squares at UTM-sized offsets with an open east side, 5 sigma
 /// layers, and a time-varying flow: solid-body rotation with vertical shear plus an eastward
@@ -142,7 +142,7 @@ pub fn self_test(ctx: &Arc<GpuContext>) -> Result<SelfTest, String> {
         cpu.step(&mesh, window, &params, t, s);
         last = Some(gpu.step(&mesh, window, &params, t, s)?);
     }
-    let g = gpu.download()?.clone();
+    let g = gpu.download(&mesh)?.clone();
     let c = &cpu.particles;
     let mut by_id = vec![0usize; c.len()];
     for (i, id) in c.id.iter().enumerate() {

@@ -1,22 +1,23 @@
 // One fused RK4 (or Euler) step per particle: release, locate by neighbour walk, interpolate
 // (FVCOM linear reconstruction, linear in sigma, linear in time at each stage's own time),
 // advance, random walk (Philox4x32-10, the same stream as the CPU), land reflection, open-boundary
-// exit, surface and bottom reflection. f32 only; positions are relative to the partition's
-// origin and kept as a compensated (hi, lo) pair so long runs do not drift by rounding.
+// exit, surface and bottom reflection. f32 only. A particle's position is its offset from its
+// host element's centroid, a small number, and centroids are exact (hi, lo) pairs relative to
+// the partition's origin, so moving between elements loses nothing and long runs do not drift
+// by rounding, whatever the driver's compiler does with floating-point expressions.
 // Shared structs mirror `node/src/gpu/mod.rs` (GpuParticle, GpuElement, Params): keep in step.
 
 struct Particle {
-    x_hi: f32, y_hi: f32, x_lo: f32, y_lo: f32,
-    z: f32, release: f32, elem: u32, status: u32,
-    id: u32, pad0: u32, pad1: u32, pad2: u32,
+    ox: f32, oy: f32, z: f32, release: f32,
+    elem: u32, status: u32, id: u32, pad: u32,
 };
 
-// xc, yc, then barycentric coefficients (w_i = 1/3 + b_i dx + c_i dy), depths, neighbours.
+// Centroid (hi, lo), barycentric coefficients (w_i = 1/3 + b_i dx + c_i dy), depths, neighbours.
 struct Element {
-    xc: f32, yc: f32, b0: f32, b1: f32,
-    b2: f32, c0: f32, c1: f32, c2: f32,
-    h0: f32, h1: f32, h2: f32, pad: f32,
-    n0: u32, n1: u32, n2: u32, pad2: u32,
+    xc: f32, yc: f32, xl: f32, yl: f32,
+    b0: f32, b1: f32, b2: f32, c0: f32,
+    c1: f32, c2: f32, h0: f32, h1: f32,
+    h2: f32, n0: u32, n1: u32, n2: u32,
 };
 
 struct Params {
@@ -64,13 +65,19 @@ fn weights(e: Element, dx: f32, dy: f32) -> vec3<f32> {
 
 struct Walked { elem: u32, found: bool, edge: u32 };
 
-// Walk from `start` towards the point (px, py), given relative to the reference point (rx, ry)
-// that itself is relative to the origin; differences of nearby coordinates stay exact in f32.
-fn walk(start: u32, px: f32, py: f32, rx: f32, ry: f32) -> Walked {
+// Offset from element `el`'s centroid to the centroid of `home`: differences of nearby
+// coordinates are exact in f32, and the lo parts carry the rest.
+fn shift(home: Element, el: Element) -> vec2<f32> {
+    return vec2<f32>((home.xc - el.xc) + (home.xl - el.xl), (home.yc - el.yc) + (home.yl - el.yl));
+}
+
+// Walk from `start` towards the point (px, py), given relative to the centroid of `home`.
+fn walk(start: u32, px: f32, py: f32, home: Element) -> Walked {
     var e = start;
     for (var k = 0u; k < P.max_walk; k = k + 1u) {
         let el = elements[e];
-        let w = weights(el, (rx - el.xc) + px, (ry - el.yc) + py);
+        let o = shift(home, el);
+        let w = weights(el, o.x + px, o.y + py);
         var i_min = 0u;
         var w_min = w.x;
         if (w.y < w_min) { i_min = 1u; w_min = w.y; }
@@ -151,14 +158,6 @@ fn philox(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 
 fn unit_open(b: u32) -> f32 { return (f32(b) + 0.5) * (1.0 / 4294967296.0); }
 
-// Error-free addition: (s, e) with s + e == a + b exactly.
-fn two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = a + b;
-    let bp = s - a;
-    let e = (a - (s - bp)) + (b - bp);
-    return vec2<f32>(s, e);
-}
-
 fn count(s: u32) { atomicAdd(&counts[min(s, 4u)], 1u); }
 
 @compute @workgroup_size(64)
@@ -172,13 +171,11 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let wh = clamp((P.t + 0.5 * dt) / P.span, 0.0, 1.0);
     let w1 = clamp((P.t + dt) / P.span, 0.0, 1.0);
 
-    // Everything below is relative to the host element's centroid (r), which keeps f32 exact.
+    // Everything below is relative to the host element's centroid.
     var e0 = p.elem;
     let el0 = elements[e0];
-    let rx = el0.xc;
-    let ry = el0.yc;
-    let x0 = (p.x_hi - rx) + p.x_lo;
-    let y0 = (p.y_hi - ry) + p.y_lo;
+    let x0 = p.ox;
+    let y0 = p.oy;
 
     if (p.status == PENDING) {
         if (p.release <= P.clock) {
@@ -213,17 +210,17 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     } else {
         let h = 0.5 * dt;
         let x2 = x0 + h * s1.u; let y2 = y0 + h * s1.v; let z2 = z0 + h * (s1.w + ws);
-        let e2 = walk(e0, x2, y2, rx, ry).elem;
-        let el2 = elements[e2];
-        let s2 = sample(e2, (rx - el2.xc) + x2, (ry - el2.yc) + y2, z2, wh);
+        let e2 = walk(e0, x2, y2, el0).elem;
+        let o2 = shift(el0, elements[e2]);
+        let s2 = sample(e2, o2.x + x2, o2.y + y2, z2, wh);
         let x3 = x0 + h * s2.u; let y3 = y0 + h * s2.v; let z3 = z0 + h * (s2.w + ws);
-        let e3 = walk(e2, x3, y3, rx, ry).elem;
-        let el3 = elements[e3];
-        let s3 = sample(e3, (rx - el3.xc) + x3, (ry - el3.yc) + y3, z3, wh);
+        let e3 = walk(e2, x3, y3, el0).elem;
+        let o3 = shift(el0, elements[e3]);
+        let s3 = sample(e3, o3.x + x3, o3.y + y3, z3, wh);
         let x4 = x0 + dt * s3.u; let y4 = y0 + dt * s3.v; let z4 = z0 + dt * (s3.w + ws);
-        let e4 = walk(e3, x4, y4, rx, ry).elem;
-        let el4 = elements[e4];
-        let s4 = sample(e4, (rx - el4.xc) + x4, (ry - el4.yc) + y4, z4, w1);
+        let e4 = walk(e3, x4, y4, el0).elem;
+        let o4 = shift(el0, elements[e4]);
+        let s4 = sample(e4, o4.x + x4, o4.y + y4, z4, w1);
         let sixth = dt / 6.0;
         dxn = sixth * (s1.u + 2.0 * (s2.u + s3.u) + s4.u);
         dyn_ = sixth * (s1.v + 2.0 * (s2.v + s3.v) + s4.v);
@@ -259,9 +256,11 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var came = LAND;
     var exited = false;
     var done = false;
+    var reflected = false;
     for (var it = 0u; it < 4u * P.max_walk; it = it + 1u) {
         let el = elements[e];
-        let ox = rx - el.xc; let oy = ry - el.yc;
+        let o = shift(el0, el);
+        let ox = o.x; let oy = o.y;
         let wa = weights(el, ox + ax, oy + ay);
         let wb = weights(el, ox + bx, oy + by);
         if (min(wb.x, min(wb.y, wb.z)) >= -1e-6) { done = true; break; }
@@ -276,7 +275,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (s < best_s) { best = j; best_s = s; }
             }
         }
-        if (best == 3u) { bx = ax; by = ay; done = true; break; }
+        if (best == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
         let cx = ax + best_s * (bx - ax);
         let cy = ay + best_s * (by - ay);
         let next = nbe(el, best);
@@ -296,26 +295,30 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let d = (bx - cx) * nx + (by - cy) * ny;
         bx = bx - 2.0 * d * nx;
         by = by - 2.0 * d * ny;
+        reflected = true;
         ax = cx + (-ox - cx) * 1e-6;
         ay = cy + (-oy - cy) * 1e-6;
         came = LAND;
     }
     if (!done) { bx = ax; by = ay; }
 
-    // New position: the exact move (b - start) added to the compensated pair.
-    let mx = bx - x0;
-    let my = by - y0;
-    let sx = two_sum(p.x_hi, mx + p.x_lo);
-    let sy = two_sum(p.y_hi, my + p.y_lo);
-    p.x_hi = sx.x; p.x_lo = sx.y;
-    p.y_hi = sy.x; p.y_lo = sy.y;
+    // New position: relative to the new host element's centroid. Without a reflection or exit
+    // the end point is exactly start + displacement.
+    var mx = dxn;
+    var my = dyn_;
+    if (reflected || exited || !done) {
+        mx = bx - x0;
+        my = by - y0;
+    }
+    let oe = shift(el0, elements[e]);
+    p.ox = (x0 + mx) + oe.x;
+    p.oy = (y0 + my) + oe.y;
     p.elem = e;
     if (exited) {
         p.status = EXITED;
         p.z = zn;
     } else {
-        let el = elements[e];
-        let c = column(e, (rx - el.xc) + bx, (ry - el.yc) + by, w1);
+        let c = column(e, p.ox, p.oy, w1);
         let top = c.x;
         let bottom = c.x - c.y;
         var z = zn;
