@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// dense, sparse or all.
+    /// dense, sparse, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Particles in the dense case.
@@ -261,14 +261,76 @@ fn sparse(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The GPU path against the CPU path on the dense mesh, and the fixed costs of a step.
+#[cfg(feature = "gpu")]
+fn gpu(args: &BenchArgs) -> Result<()> {
+    use shoal_node::gpu::{GpuContext, GpuPartition};
+    let ctx = GpuContext::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (o, mesh, levels) = dense_setup(args.elements, args.layers)?;
+    let window = Window { levels: &levels };
+    let params = StepParams {
+        dt: 60.0,
+        integrator: Integrator::Rk4,
+        horizontal_kh: 0.0,
+        vertical_mixing: VerticalMixing::None,
+        sinking_speed: 0.0,
+        seed: 1,
+        happiness: None,
+    };
+    println!(
+        "gpu: adapter {}; {} elements, {} layers, {} particles, {} steps",
+        ctx.describe(),
+        mesh.n_elements(),
+        args.layers,
+        args.particles,
+        args.steps
+    );
+    let mut cpu = Partition::new(dense_particles(&o, &mesh, args.particles));
+    let mut gpu = GpuPartition::new(ctx.clone(), &mesh, cpu.particles.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    cpu.step(&mesh, window, &params, 0.0, 0);
+    gpu.step(&mesh, window, &params, 0.0, 0)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = Instant::now();
+    for s in 1..=args.steps {
+        cpu.step(&mesh, window, &params, s as f64 * 60.0, s);
+    }
+    let cpu_rate = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for s in 1..=args.steps {
+        gpu.step(&mesh, window, &params, s as f64 * 60.0, s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let gpu_rate = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    gpu.download(&mesh).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let readback = t.elapsed().as_secs_f64();
+    // Fixed cost of a step: one particle, same mesh and fields.
+    let mut one = GpuPartition::new(ctx.clone(), &mesh, dense_particles(&o, &mesh, 1))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    one.step(&mesh, window, &params, 0.0, 0)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = Instant::now();
+    for s in 1..=50 {
+        one.step(&mesh, window, &params, s as f64 * 60.0, s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let overhead = t.elapsed().as_secs_f64() / 50.0;
+    println!("| path | particle-steps/s |\n|---|---|\n| CPU (rayon, {} threads) | {:.2} M |\n| GPU ({}) | {:.2} M |", rayon::current_num_threads(), cpu_rate / 1e6, ctx.adapter.name, gpu_rate / 1e6);
+    println!("gpu: per-step dispatch + count readback {:.3} ms; snapshot readback of {} particles {:.1} ms", overhead * 1e3, args.particles, readback * 1e3);
+    Ok(())
+}
+
 pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.case.as_str() {
         "dense" => dense(args),
         "sparse" => sparse(args),
+        #[cfg(feature = "gpu")]
+        "gpu" => gpu(args),
         "all" => {
             dense(args)?;
             sparse(args)
         }
-        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, all"),
+        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, gpu, all"),
     }
 }
