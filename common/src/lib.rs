@@ -8,6 +8,7 @@ pub mod mesh;
 pub mod particles;
 pub mod projection;
 pub mod rng;
+pub mod wire;
 
 pub use fields::{FieldLevel, RawSlice, Window};
 pub use kernel::{advance, Happiness, Integrator, StepParams, Tally, VerticalMixing};

@@ -1,0 +1,702 @@
+//! The byte format between manager and nodes, and the only module that knows it. Every message
+//! travels in an [`Envelope`]: magic, protocol version, cluster id, run id, then one [`Message`]
+//! (postcard: varint lengths and discriminants, little-endian floats). Identifiers and small
+//! headers are fixed-capacity (heapless); decoding checks the size bound first, never panics,
+//! and rejects foreign magic, versions, clusters and runs with a typed error, so a receiver can
+//! drop and count what is not its own. Golden byte arrays in the tests pin the format: a change
+//! there is a deliberate, versioned act. Encodings are not canonical (postcard accepts overlong
+//! varints), so nothing may hash or compare raw message bytes; compare decoded values.
+
+use serde::{Deserialize, Serialize};
+
+/// First bytes of every envelope.
+pub const MAGIC: [u8; 4] = *b"SHOL";
+/// Protocol version; bump on any change to the encoding of any message.
+pub const VERSION: u16 = 1;
+/// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Capacity of identifiers (cluster and node names).
+pub const IDENT_CAPACITY: usize = 32;
+/// Capacity of short text fields (architecture, version, adapter).
+pub const TEXT_CAPACITY: usize = 64;
+/// Most partitions one node can be assigned.
+pub const MAX_PARTITIONS_PER_NODE: usize = 64;
+
+pub type Ident = heapless::String<IDENT_CAPACITY>;
+pub type Text = heapless::String<TEXT_CAPACITY>;
+
+/// Makes an identifier, refusing names longer than [`IDENT_CAPACITY`] bytes.
+pub fn ident(s: &str) -> Result<Ident, WireError> {
+    Ident::try_from(s).map_err(|_| WireError::TooLong {
+        what: "identifier",
+        max: IDENT_CAPACITY,
+    })
+}
+
+/// Makes a short text field, cutting it at [`TEXT_CAPACITY`] bytes on a character boundary.
+pub fn text(s: &str) -> Text {
+    let mut cut = s.len().min(TEXT_CAPACITY);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Text::try_from(&s[..cut]).unwrap_or_default()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub magic: [u8; 4],
+    pub version: u16,
+    pub cluster: Ident,
+    pub run: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub header: Header,
+    pub message: Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Hello(Hello),
+    Assignment(Assignment),
+    Topology(Topology),
+    FieldSlice(FieldSlice),
+    ParticleBatch(ParticleBatch),
+    StepSummary(StepSummary),
+    Snapshot(Snapshot),
+    Control(Control),
+}
+
+impl Message {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Assignment(_) => "assignment",
+            Message::Topology(_) => "topology",
+            Message::FieldSlice(_) => "field slice",
+            Message::ParticleBatch(_) => "particle batch",
+            Message::StepSummary(_) => "step summary",
+            Message::Snapshot(_) => "snapshot",
+            Message::Control(_) => "control",
+        }
+    }
+}
+
+/// What a node can do, carried by its hello and its liveliness token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub arch: Text,
+    pub version: Text,
+    pub cores: u16,
+    pub memory_mib: u32,
+    /// The GPU adapter in use, if any.
+    pub gpu: Option<Text>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: Ident,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub node: Ident,
+    pub partitions: heapless::Vec<u32, MAX_PARTITIONS_PER_NODE>,
+}
+
+/// A partition's part of the mesh: the global numbers of its owned elements and its halo,
+/// each halo element's owning partition, and the nodes they touch. Local indices are positions
+/// in `owned` followed by `halo`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Topology {
+    pub partition: u32,
+    pub owned: Vec<u32>,
+    pub halo: Vec<u32>,
+    pub halo_owner: Vec<u32>,
+    pub nodes: Vec<u32>,
+}
+
+/// One partition's field values at one time index: per layer for its owned then halo elements
+/// (layer-major), per node (and level) for `nodes` of its topology. Empty vectors mean absent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldSlice {
+    pub partition: u32,
+    pub time_index: u32,
+    /// Seconds on the run clock.
+    pub time: f64,
+    pub n_layers: u16,
+    pub u: Vec<f32>,
+    pub v: Vec<f32>,
+    pub ww: Vec<f32>,
+    pub zeta: Vec<f32>,
+    pub kh: Vec<f32>,
+    pub temp: Vec<f32>,
+}
+
+/// Particles moving from one partition to another after `step`, structure of arrays, in id
+/// order. An empty batch still travels: it tells the receiver that nothing more is coming.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParticleBatch {
+    pub from: u32,
+    pub to: u32,
+    pub step: u32,
+    pub id: Vec<u32>,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub z: Vec<f64>,
+    pub element: Vec<u32>,
+    pub status: Vec<u8>,
+    pub release_time: Vec<f64>,
+    pub happiness: Vec<f32>,
+}
+
+impl ParticleBatch {
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+/// A partition's account of one step: counts (conservation is checked against them) and
+/// reductions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub partition: u32,
+    pub step: u32,
+    pub active: u64,
+    pub pending: u64,
+    pub exited: u64,
+    pub bad_field: u64,
+    pub outside_mesh: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub happy: u64,
+    pub max_happiness: f32,
+    pub happiest: u32,
+}
+
+/// Output view of a partition's particles at one time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub partition: u32,
+    pub step: u32,
+    pub time: f64,
+    pub id: Vec<u32>,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub z: Vec<f32>,
+    pub sigma: Vec<f32>,
+    pub status: Vec<u8>,
+    pub element: Vec<u32>,
+    pub age: Vec<f32>,
+    pub happiness: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Start,
+    Continue,
+    Stop,
+    /// Return to the checkpoint taken after this step.
+    RollBack {
+        to_step: u32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub step: u32,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("message of {size} bytes exceeds the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("not a shoal message (magic {found:02x?})")]
+    ForeignMagic { found: [u8; 4] },
+    #[error("protocol version {found}, this build speaks {VERSION}")]
+    Version { found: u16 },
+    #[error("message for cluster `{found}`, not this one")]
+    ForeignCluster { found: Ident },
+    #[error("message for run {found:#x}, not this one")]
+    ForeignRun { found: u64 },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("inconsistent {kind}: {why}")]
+    Inconsistent {
+        kind: &'static str,
+        why: &'static str,
+    },
+    #[error("{what} longer than {max} bytes")]
+    TooLong { what: &'static str, max: usize },
+}
+
+/// Who a receiver is: messages for anyone else are refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub cluster: Ident,
+    pub run: u64,
+}
+
+impl Endpoint {
+    pub fn envelope(&self, message: Message) -> Envelope {
+        Envelope {
+            header: Header {
+                magic: MAGIC,
+                version: VERSION,
+                cluster: self.cluster.clone(),
+                run: self.run,
+            },
+            message,
+        }
+    }
+}
+
+/// Encodes an envelope.
+pub fn encode(env: &Envelope) -> Result<Vec<u8>, WireError> {
+    let bytes = postcard::to_allocvec(env).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes bytes from the network for `me`. Never panics; every refusal is a [`WireError`].
+pub fn decode(bytes: &[u8], me: &Endpoint) -> Result<Envelope, WireError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    // The magic first, so foreign traffic is named as such rather than as malformed.
+    if bytes.len() < 4 || bytes[..4] != MAGIC {
+        let mut found = [0u8; 4];
+        let n = bytes.len().min(4);
+        found[..n].copy_from_slice(&bytes[..n]);
+        return Err(WireError::ForeignMagic { found });
+    }
+    // Peek at the version before committing to this version's layout of the rest.
+    let (version, _) = postcard::take_from_bytes::<u16>(&bytes[4..])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version != VERSION {
+        return Err(WireError::Version { found: version });
+    }
+    let (env, rest) = postcard::take_from_bytes::<Envelope>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    if env.header.cluster != me.cluster {
+        return Err(WireError::ForeignCluster {
+            found: env.header.cluster,
+        });
+    }
+    if env.header.run != me.run {
+        return Err(WireError::ForeignRun {
+            found: env.header.run,
+        });
+    }
+    check(&env.message)?;
+    Ok(env)
+}
+
+/// Structure-of-arrays messages must have arrays of one length.
+fn check(m: &Message) -> Result<(), WireError> {
+    let same = |lens: &[usize]| lens.windows(2).all(|w| w[0] == w[1]);
+    let bad = |kind, why| Err(WireError::Inconsistent { kind, why });
+    match m {
+        Message::ParticleBatch(b) => {
+            if !same(&[
+                b.id.len(),
+                b.x.len(),
+                b.y.len(),
+                b.z.len(),
+                b.element.len(),
+                b.status.len(),
+                b.release_time.len(),
+                b.happiness.len(),
+            ]) {
+                return bad("particle batch", "arrays differ in length");
+            }
+            if b.id.windows(2).any(|w| w[0] >= w[1]) {
+                return bad("particle batch", "ids are not in increasing order");
+            }
+        }
+        Message::Snapshot(s) => {
+            if !same(&[
+                s.id.len(),
+                s.x.len(),
+                s.y.len(),
+                s.z.len(),
+                s.sigma.len(),
+                s.status.len(),
+                s.element.len(),
+                s.age.len(),
+                s.happiness.len(),
+            ]) {
+                return bad("snapshot", "arrays differ in length");
+            }
+        }
+        Message::Topology(t) => {
+            if t.halo.len() != t.halo_owner.len() {
+                return bad("topology", "halo and halo_owner differ in length");
+            }
+        }
+        Message::FieldSlice(f) => {
+            if f.u.len() != f.v.len() || (!f.ww.is_empty() && f.ww.len() != f.u.len()) {
+                return bad("field slice", "u, v and ww differ in length");
+            }
+            if f.n_layers == 0 || f.u.len() % f.n_layers as usize != 0 {
+                return bad(
+                    "field slice",
+                    "velocity length is not a multiple of the layers",
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{philox4x32_10, unit_open};
+
+    /// A deterministic source of arbitrary values for the property tests.
+    struct Gen(u32, u32);
+    impl Gen {
+        fn u32(&mut self) -> u32 {
+            self.1 += 1;
+            philox4x32_10([self.0, self.1, 0, 0], [0xface, 0xfeed])[0]
+        }
+        fn len(&mut self, max: u32) -> usize {
+            (self.u32() % (max + 1)) as usize
+        }
+        fn f64(&mut self) -> f64 {
+            (unit_open(self.u32()) - 0.5) * 1e7
+        }
+        fn f32s(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.f64() as f32).collect()
+        }
+        fn f64s(&mut self, n: usize) -> Vec<f64> {
+            (0..n).map(|_| self.f64()).collect()
+        }
+        fn u32s(&mut self, n: usize) -> Vec<u32> {
+            (0..n).map(|_| self.u32()).collect()
+        }
+        fn name(&mut self) -> Ident {
+            let n = self.len(IDENT_CAPACITY as u32);
+            let s: String = (0..n)
+                .map(|_| (b'a' + (self.u32() % 26) as u8) as char)
+                .collect();
+            ident(&s).unwrap()
+        }
+        fn message(&mut self, kind: u32) -> Message {
+            match kind % 8 {
+                0 => Message::Hello(Hello {
+                    node: self.name(),
+                    capabilities: Capabilities {
+                        arch: text("aarch64"),
+                        version: text("0.1.0"),
+                        cores: self.u32() as u16,
+                        memory_mib: self.u32(),
+                        gpu: if self.u32() % 2 == 0 {
+                            None
+                        } else {
+                            Some(text("V3D 4.2.14.0 (Vulkan)"))
+                        },
+                    },
+                }),
+                1 => {
+                    let n = self.len(MAX_PARTITIONS_PER_NODE as u32);
+                    Message::Assignment(Assignment {
+                        node: self.name(),
+                        partitions: heapless::Vec::from_slice(&self.u32s(n)).unwrap(),
+                    })
+                }
+                2 => {
+                    let (a, b, c) = (self.len(500), self.len(100), self.len(600));
+                    Message::Topology(Topology {
+                        partition: self.u32(),
+                        owned: self.u32s(a),
+                        halo: self.u32s(b),
+                        halo_owner: self.u32s(b),
+                        nodes: self.u32s(c),
+                    })
+                }
+                3 => {
+                    let nl = 1 + self.len(20);
+                    let ne = self.len(50);
+                    let nn = self.len(50);
+                    Message::FieldSlice(FieldSlice {
+                        partition: self.u32(),
+                        time_index: self.u32(),
+                        time: self.f64(),
+                        n_layers: nl as u16,
+                        u: self.f32s(ne * nl),
+                        v: self.f32s(ne * nl),
+                        ww: self.f32s(ne * nl),
+                        zeta: self.f32s(nn),
+                        kh: self.f32s(nn * (nl + 1)),
+                        temp: vec![],
+                    })
+                }
+                4 => {
+                    let n = self.len(300);
+                    let mut id = self.u32s(n);
+                    id.sort_unstable();
+                    id.dedup();
+                    let n = id.len();
+                    Message::ParticleBatch(ParticleBatch {
+                        from: self.u32(),
+                        to: self.u32(),
+                        step: self.u32(),
+                        id,
+                        x: self.f64s(n),
+                        y: self.f64s(n),
+                        z: self.f64s(n),
+                        element: self.u32s(n),
+                        status: (0..n).map(|_| self.u32() as u8 % 5).collect(),
+                        release_time: self.f64s(n),
+                        happiness: self.f32s(n),
+                    })
+                }
+                5 => Message::StepSummary(StepSummary {
+                    partition: self.u32(),
+                    step: self.u32(),
+                    active: self.u32() as u64 * 7,
+                    pending: 0,
+                    exited: self.u32() as u64,
+                    bad_field: 1,
+                    outside_mesh: 2,
+                    sent: 3,
+                    received: 4,
+                    happy: 5,
+                    max_happiness: self.f64() as f32,
+                    happiest: self.u32(),
+                }),
+                6 => {
+                    let n = self.len(200);
+                    Message::Snapshot(Snapshot {
+                        partition: self.u32(),
+                        step: self.u32(),
+                        time: self.f64(),
+                        id: self.u32s(n),
+                        x: self.f64s(n),
+                        y: self.f64s(n),
+                        z: self.f32s(n),
+                        sigma: self.f32s(n),
+                        status: vec![0; n],
+                        element: self.u32s(n),
+                        age: self.f32s(n),
+                        happiness: self.f32s(n),
+                    })
+                }
+                _ => Message::Control(Control {
+                    step: self.u32(),
+                    command: [
+                        Command::Start,
+                        Command::Continue,
+                        Command::Stop,
+                        Command::RollBack { to_step: 17 },
+                    ][self.len(3)]
+                    .clone(),
+                }),
+            }
+        }
+    }
+
+    fn me() -> Endpoint {
+        Endpoint {
+            cluster: ident("field-station").unwrap(),
+            run: 0x5eed_0001,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for case in 0..800u32 {
+            let mut g = Gen(case, 0);
+            let env = me().envelope(g.message(case));
+            let bytes = encode(&env).unwrap();
+            assert_eq!(
+                decode(&bytes, &me()).unwrap(),
+                env,
+                "case {case} ({})",
+                env.message.kind()
+            );
+        }
+    }
+
+    /// Layout: magic, version (varint), cluster (length + bytes), run (varint: 0x5eed0001 is
+    /// 81 80 b4 f7 05), message discriminant, then the message's fields in order.
+    #[test]
+    fn golden_bytes_pin_the_format() {
+        let hello = me().envelope(Message::Hello(Hello {
+            node: ident("pi-4").unwrap(),
+            capabilities: Capabilities {
+                arch: text("aarch64"),
+                version: text("0.1.0"),
+                cores: 4,
+                memory_mib: 3796,
+                gpu: None,
+            },
+        }));
+        let golden_hello: &[u8] = &[
+            b'S', b'H', b'O', b'L', 1, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
+            b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
+            0x1d, 0,
+        ];
+        assert_eq!(encode(&hello).unwrap(), golden_hello);
+        let control = me().envelope(Message::Control(Control {
+            step: 300,
+            command: Command::RollBack { to_step: 299 },
+        }));
+        let golden_control: &[u8] = &[
+            b'S', b'H', b'O', b'L', 1, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 3, 0xab, 0x02,
+        ];
+        assert_eq!(encode(&control).unwrap(), golden_control);
+        assert_eq!(decode(golden_control, &me()).unwrap(), control);
+    }
+
+    #[test]
+    fn a_particle_batch_costs_little_more_than_its_payload() {
+        let n = 1000;
+        let b = ParticleBatch {
+            from: 1,
+            to: 2,
+            step: 3,
+            id: (0..n).collect(),
+            x: vec![1.5; n as usize],
+            y: vec![2.5; n as usize],
+            z: vec![-3.0; n as usize],
+            element: vec![77; n as usize],
+            status: vec![0; n as usize],
+            release_time: vec![0.0; n as usize],
+            happiness: vec![0.5; n as usize],
+        };
+        // ids (varint), 4 f64 arrays, element (varint), status, happiness.
+        let payload = n as usize * (4 + 4 * 8 + 4 + 1 + 4);
+        let bytes = encode(&me().envelope(Message::ParticleBatch(b))).unwrap();
+        assert!(
+            (bytes.len() as f64) < 1.1 * payload as f64,
+            "{} bytes for {payload} of payload",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn foreign_and_malformed_bytes_are_refused_by_name() {
+        let env = me().envelope(Message::Control(Control {
+            step: 1,
+            command: Command::Stop,
+        }));
+        let bytes = encode(&env).unwrap();
+        assert!(matches!(
+            decode(b"GET / HTTP/1.1", &me()),
+            Err(WireError::ForeignMagic { .. })
+        ));
+        assert!(matches!(
+            decode(&[], &me()),
+            Err(WireError::ForeignMagic { .. })
+        ));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        assert_eq!(decode(&v2, &me()), Err(WireError::Version { found: 2 }));
+        let other = Endpoint {
+            cluster: ident("elsewhere").unwrap(),
+            run: me().run,
+        };
+        assert!(matches!(
+            decode(
+                &encode(&other.envelope(env.message.clone())).unwrap(),
+                &me()
+            ),
+            Err(WireError::ForeignCluster { .. })
+        ));
+        let later = Endpoint {
+            cluster: me().cluster,
+            run: 7,
+        };
+        assert_eq!(
+            decode(
+                &encode(&later.envelope(env.message.clone())).unwrap(),
+                &me()
+            ),
+            Err(WireError::ForeignRun { found: 7 })
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode(&trailing, &me()),
+            Err(WireError::Malformed(_))
+        ));
+        let bad = me().envelope(Message::ParticleBatch(ParticleBatch {
+            from: 0,
+            to: 1,
+            step: 0,
+            id: vec![1, 2],
+            x: vec![0.0],
+            y: vec![],
+            z: vec![],
+            element: vec![],
+            status: vec![],
+            release_time: vec![],
+            happiness: vec![],
+        }));
+        assert!(matches!(
+            decode(&encode(&bad).unwrap(), &me()),
+            Err(WireError::Inconsistent { .. })
+        ));
+        assert!(ident(&"x".repeat(IDENT_CAPACITY + 1)).is_err());
+    }
+
+    #[test]
+    fn the_decoder_never_panics_on_truncated_flipped_or_random_bytes() {
+        for case in 0..200u32 {
+            let mut g = Gen(case + 10_000, 0);
+            let bytes = encode(&me().envelope(g.message(case))).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(&bytes[..cut], &me()).is_err(),
+                    "truncation at {cut} accepted"
+                );
+            }
+            for k in 0..bytes.len().min(64) {
+                let mut flipped = bytes.clone();
+                flipped[k] ^= 1 << (g.u32() % 8);
+                // Whatever is accepted survives a re-encoding unchanged. (Bytes need not match:
+                // postcard accepts overlong varints such as d6 00 for 0x56.)
+                if let Ok(env) = decode(&flipped, &me()) {
+                    assert_eq!(
+                        decode(&encode(&env).unwrap(), &me()).unwrap(),
+                        env,
+                        "case {case}, byte {k}"
+                    );
+                }
+            }
+            let random: Vec<u8> = (0..g.len(2000)).map(|_| g.u32() as u8).collect();
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&[1, 0]);
+            with_magic.extend_from_slice(&random);
+            let _ = decode(&random, &me());
+            let _ = decode(&with_magic, &me());
+        }
+    }
+}
