@@ -140,55 +140,127 @@ fn sample_weighted(
     e: u32,
     w: &[f64; 3],
 ) -> Sample {
-    let (a, b, wt) = (br.a, br.b, br.wt);
+    let pos = column_position(mesh, br, x, y, z, e, w);
+    pos.sample(velocity_at(mesh, br, &pos))
+}
+
+/// Where a point sits in its element and water column: the first half of [`sample`].
+#[derive(Clone, Copy, Debug, Default)]
+struct ColumnPosition {
+    e: usize,
+    dx: f32,
+    dy: f32,
+    k: usize,
+    k1: usize,
+    wk: f32,
+    zeta: f64,
+    depth: f64,
+    sigma: f64,
+}
+
+impl ColumnPosition {
+    #[inline(always)]
+    fn sample(&self, vel: [f64; 3]) -> Sample {
+        Sample {
+            u: vel[0],
+            v: vel[1],
+            w: vel[2],
+            zeta: self.zeta,
+            depth: self.depth,
+            sigma: self.sigma,
+        }
+    }
+}
+
+#[inline(always)]
+fn column_position(
+    mesh: &Mesh,
+    br: &Bracket,
+    x: f64,
+    y: f64,
+    z: f64,
+    e: u32,
+    w: &[f64; 3],
+) -> ColumnPosition {
     let e = e as usize;
     let g = &mesh.geometry[e];
     let (dx, dy) = (x - g.xc, y - g.yc);
-    let (zeta, depth) = water_column(mesh, a, b, wt, e, w);
+    let (zeta, depth) = water_column(mesh, br.a, br.b, br.wt, e, w);
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
     let (k, wk) = match mesh.vertical.even_layers {
-        Some((first, step)) => {
+        Some((first, _)) => {
             // Same answer as the search, by arithmetic: sigma = first + (k + wk) * step.
-            let f = ((sigma - first) / step).clamp(0.0, (nl - 1) as f64);
+            let f = ((sigma - first) * mesh.vertical.inv_layer_step).clamp(0.0, (nl - 1) as f64);
             let k = (f as usize).min(nl - 2);
             (k, f - k as f64)
         }
         None => sigma_bracket(&mesh.vertical.siglay_elem[e * nl..(e + 1) * nl], sigma),
     };
-    let k1 = (k + 1).min(nl - 1);
-    let (dxf, dyf, wkf) = (dx as f32, dy as f32, wk as f32);
-    // Blend the two layers' coefficient blocks (4-wide f32), evaluate at the offset, and leave
-    // the time interpolation to f64 so slowly varying flows integrate exactly.
-    let at = |lvl: &FieldLevel| -> [f64; 3] {
-        let (top, bot) = (&lvl.coef[e * nl + k], &lvl.coef[e * nl + k1]);
-        let mut r = [0f32; 4];
-        for j in 0..4 {
-            let c0 = top[j] + (bot[j] - top[j]) * wkf;
-            let cx = top[4 + j] + (bot[4 + j] - top[4 + j]) * wkf;
-            let cy = top[8 + j] + (bot[8 + j] - top[8 + j]) * wkf;
-            r[j] = c0 + cx * dxf + cy * dyf;
-        }
-        [r[0] as f64, r[1] as f64, r[2] as f64]
-    };
-    let va = at(a);
-    let vel = if wt == 0.0 {
-        va
-    } else {
-        let vb = at(b);
-        [
-            lerp(va[0], vb[0], wt),
-            lerp(va[1], vb[1], wt),
-            lerp(va[2], vb[2], wt),
-        ]
-    };
-    Sample {
-        u: vel[0],
-        v: vel[1],
-        w: vel[2],
+    ColumnPosition {
+        e,
+        dx: dx as f32,
+        dy: dy as f32,
+        k,
+        k1: (k + 1).min(nl - 1),
+        wk: wk as f32,
         zeta,
         depth,
         sigma,
+    }
+}
+
+/// The second half of [`sample`]: blend the two layers' coefficient blocks (4-wide f32),
+/// evaluate at the offset, and leave the time interpolation to f64 so slowly varying flows
+/// integrate exactly. Short, so that a loop over particles keeps many loads in flight.
+#[inline(always)]
+fn velocity_at(mesh: &Mesh, br: &Bracket, p: &ColumnPosition) -> [f64; 3] {
+    let nl = mesh.vertical.n_layers;
+    let at = |lvl: &FieldLevel| -> [f64; 3] {
+        let (top, bot) = (&lvl.coef[p.e * nl + p.k], &lvl.coef[p.e * nl + p.k1]);
+        let mut r = [0f32; 4];
+        for j in 0..4 {
+            let c0 = top[j] + (bot[j] - top[j]) * p.wk;
+            let cx = top[4 + j] + (bot[4 + j] - top[4 + j]) * p.wk;
+            let cy = top[8 + j] + (bot[8 + j] - top[8 + j]) * p.wk;
+            r[j] = c0 + cx * p.dx + cy * p.dy;
+        }
+        [r[0] as f64, r[1] as f64, r[2] as f64]
+    };
+    let va = at(br.a);
+    if br.wt == 0.0 {
+        return va;
+    }
+    let vb = at(br.b);
+    let wt = br.wt;
+    [
+        lerp(va[0], vb[0], wt),
+        lerp(va[1], vb[1], wt),
+        lerp(va[2], vb[2], wt),
+    ]
+}
+
+/// [`sample`] for a batch of points, in two passes: first every point's column position (the
+/// geometry and surface loads), then every point's coefficient blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn sample_batch(
+    mesh: &Mesh,
+    br: &Bracket,
+    n: usize,
+    x: &[f64; BATCH],
+    y: &[f64; BATCH],
+    z: &[f64; BATCH],
+    e: &[u32; BATCH],
+    w: &[[f64; 3]; BATCH],
+    out: &mut [Sample; BATCH],
+) {
+    let mut pos = [ColumnPosition::default(); BATCH];
+    for j in 0..n {
+        pos[j] = column_position(mesh, br, x[j], y[j], z[j], e[j], &w[j]);
+    }
+    for j in 0..n {
+        out[j] = pos[j].sample(velocity_at(mesh, br, &pos[j]));
     }
 }
 
@@ -585,9 +657,11 @@ fn advance_batch(
     }
     let mut s1 = [Sample::default(); BATCH];
     let br = window.at(t);
+    let mut w0 = [[0.0; 3]; BATCH];
     for j in 0..n {
-        s1[j] = sample_in(mesh, &br, x0[j], y0[j], z0[j], e0[j]);
+        w0[j] = mesh.geometry[e0[j] as usize].weights(x0[j], y0[j]);
     }
+    sample_batch(mesh, &br, n, &x0, &y0, &z0, &e0, &w0, &mut s1);
     let mut xn = [0.0; BATCH];
     let mut yn = [0.0; BATCH];
     let mut zn = [0.0; BATCH];
@@ -620,8 +694,8 @@ fn advance_batch(
                     zs[j] = z0[j] + frac * (prev[j].w + ws);
                     (es[j], ws3[j]) = stage_element(mesh, es[j], xs[j], ys[j]);
                 }
+                sample_batch(mesh, &br, n, &xs, &ys, &zs, &es, &ws3, &mut prev);
                 for j in 0..n {
-                    prev[j] = sample_weighted(mesh, &br, xs[j], ys[j], zs[j], es[j], &ws3[j]);
                     acc[j].0 += weight * prev[j].u;
                     acc[j].1 += weight * prev[j].v;
                     acc[j].2 += weight * prev[j].w;

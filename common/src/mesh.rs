@@ -102,6 +102,8 @@ pub struct Vertical {
     /// When every element has the same evenly spaced layer centres: (first centre, spacing),
     /// so kernels find a layer by arithmetic instead of a search.
     pub even_layers: Option<(f64, f64)>,
+    /// 1 / spacing of `even_layers`, so the kernel multiplies instead of dividing.
+    pub inv_layer_step: f64,
 }
 
 impl Vertical {
@@ -716,6 +718,7 @@ fn build_vertical(
         siglev_node,
         siglay_elem,
         even_layers,
+        inv_layer_step: even_layers.map(|(_, step)| 1.0 / step).unwrap_or(0.0),
     })
 }
 
