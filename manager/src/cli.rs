@@ -119,6 +119,15 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Show how a run's mesh and release would split over N nodes (METIS), with halos.
+    Partition {
+        config: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        parts: usize,
+        /// Halo rings (default: max speed x dt / smallest edge, plus one).
+        #[arg(long)]
+        rings: Option<usize>,
+    },
     /// Measure tracking speed and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -262,6 +271,14 @@ where
                     device: None,
                 },
             )?;
+        }
+        Command::Partition {
+            config: path,
+            parts,
+            rings,
+        } => {
+            let cfg = config::RunConfig::from_path(&path)?;
+            print!("{}", crate::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
     }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod fvcom;
 pub mod inspect;
 pub mod output;
+pub mod partition;
 pub mod plot;
 pub mod release;
 pub mod run;

@@ -1,0 +1,294 @@
+//! Splitting the mesh among nodes: METIS k-way on the element dual graph (elements joined
+//! across shared edges), weighted by initial particles per element plus one, so that both
+//! particles and mesh work are balanced; then halo rings around each part. METIS runs with a
+//! fixed seed, so the same mesh and release give the same partition on every run.
+
+use anyhow::{anyhow, bail, Result};
+use shoal_common::mesh::{is_element, Mesh};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partitioning {
+    pub n_parts: usize,
+    /// The part owning each element (the mesh's own element numbering).
+    pub part_of: Vec<u32>,
+    /// Weight of each part.
+    pub part_weight: Vec<u64>,
+    /// Dual-graph edges whose ends lie in different parts.
+    pub edge_cut: u64,
+    /// Heaviest part over the mean part weight (1.0 is perfect).
+    pub imbalance: f64,
+}
+
+/// Splits `mesh` into `n_parts`, with `weights[e]` the work of element `e` (at least 1).
+pub fn partition(mesh: &Mesh, weights: &[u32], n_parts: usize) -> Result<Partitioning> {
+    let ne = mesh.n_elements();
+    if weights.len() != ne {
+        bail!("partition: {} weights for {ne} elements", weights.len());
+    }
+    if n_parts == 0 || n_parts > ne {
+        bail!("partition: cannot split {ne} elements into {n_parts} parts");
+    }
+    let mut part = vec![0 as metis::Idx; ne];
+    if n_parts > 1 {
+        let mut xadj = Vec::with_capacity(ne + 1);
+        let mut adjncy = Vec::with_capacity(3 * ne);
+        xadj.push(0 as metis::Idx);
+        for row in &mesh.nbe {
+            for &n in row {
+                if is_element(n) {
+                    adjncy.push(n as metis::Idx);
+                }
+            }
+            xadj.push(adjncy.len() as metis::Idx);
+        }
+        let vwgt: Vec<metis::Idx> = weights.iter().map(|w| (*w).max(1) as metis::Idx).collect();
+        // METIS keeps its random state in process globals: concurrent calls race and make the
+        // result depend on timing. One call at a time, each reseeded, is reproducible.
+        static METIS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = METIS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        metis::Graph::new(1, n_parts as metis::Idx, &xadj, &adjncy)
+            .map_err(|e| anyhow!("partition: {e}"))?
+            .set_vwgt(&vwgt)
+            .set_option(metis::option::Seed(17))
+            .part_kway(&mut part)
+            .map_err(|e| {
+                anyhow!("METIS failed to partition {ne} elements into {n_parts} parts: {e}")
+            })?;
+    }
+    let part_of: Vec<u32> = part.iter().map(|p| *p as u32).collect();
+    let mut part_weight = vec![0u64; n_parts];
+    for (e, p) in part_of.iter().enumerate() {
+        part_weight[*p as usize] += weights[e].max(1) as u64;
+    }
+    let mut edge_cut = 0;
+    for (e, row) in mesh.nbe.iter().enumerate() {
+        for &n in row {
+            if is_element(n) && (n as usize) > e && part_of[n as usize] != part_of[e] {
+                edge_cut += 1;
+            }
+        }
+    }
+    let mean = part_weight.iter().sum::<u64>() as f64 / n_parts as f64;
+    let imbalance = *part_weight.iter().max().unwrap() as f64 / mean;
+    Ok(Partitioning {
+        n_parts,
+        part_of,
+        part_weight,
+        edge_cut,
+        imbalance,
+    })
+}
+
+/// Elements of other parts within `rings` rings around part `p`, where a ring is every element
+/// sharing a node with the previous one: a particle may cross a vertex as well as an edge.
+/// Sorted by element number.
+pub fn halo(mesh: &Mesh, part_of: &[u32], p: u32, rings: usize) -> Vec<u32> {
+    let ne = mesh.n_elements();
+    // Elements around each node (CSR).
+    let mut start = vec![0u32; mesh.n_nodes() + 1];
+    for t in &mesh.nv {
+        for &n in t {
+            start[n as usize + 1] += 1;
+        }
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let mut fill = start.clone();
+    let mut around = vec![0u32; start[mesh.n_nodes()] as usize];
+    for (e, t) in mesh.nv.iter().enumerate() {
+        for &n in t {
+            around[fill[n as usize] as usize] = e as u32;
+            fill[n as usize] += 1;
+        }
+    }
+    let mut in_set = vec![false; ne];
+    let mut frontier: Vec<u32> = (0..ne as u32)
+        .filter(|&e| part_of[e as usize] == p)
+        .collect();
+    for &e in &frontier {
+        in_set[e as usize] = true;
+    }
+    let mut halo = Vec::new();
+    for _ in 0..rings {
+        let mut next = Vec::new();
+        for &e in &frontier {
+            for &n in &mesh.nv[e as usize] {
+                for &m in &around[start[n as usize] as usize..start[n as usize + 1] as usize] {
+                    if !in_set[m as usize] {
+                        in_set[m as usize] = true;
+                        next.push(m);
+                    }
+                }
+            }
+        }
+        halo.extend_from_slice(&next);
+        frontier = next;
+    }
+    halo.sort_unstable();
+    halo
+}
+
+/// Rings needed so that one step's RK4 stages stay in the halo: the farthest a particle moves
+/// in a step over the smallest element edge, plus one.
+pub fn default_rings(max_speed: f64, dt: f64, smallest_edge: f64) -> usize {
+    ((max_speed.abs() * dt / smallest_edge.max(1e-9)).ceil() as usize + 1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_common::MeshInput;
+
+    fn grid(n: usize) -> Mesh {
+        let mut m = MeshInput::default();
+        for j in 0..=n {
+            for i in 0..=n {
+                m.x.push(i as f64 * 100.0);
+                m.y.push(j as f64 * 100.0);
+                m.h.push(10.0);
+            }
+        }
+        let id = |i: usize, j: usize| (j * (n + 1) + i) as i64;
+        for j in 0..n {
+            for i in 0..n {
+                m.nv.push([id(i, j), id(i + 1, j), id(i + 1, j + 1)]);
+                m.nv.push([id(i, j), id(i + 1, j + 1), id(i, j + 1)]);
+            }
+        }
+        m.n_layers = 1;
+        Mesh::build(m).unwrap().0
+    }
+
+    #[test]
+    fn parts_are_balanced_connected_and_reproducible() {
+        let mesh = grid(40);
+        let ne = mesh.n_elements();
+        // Particles crowd one corner: weights must pull parts toward it.
+        let weights: Vec<u32> = (0..ne)
+            .map(|e| {
+                if mesh.geometry[e].xc < 1000.0 && mesh.geometry[e].yc < 1000.0 {
+                    50
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let p = partition(&mesh, &weights, 4).unwrap();
+        assert_eq!(p.part_of.len(), ne);
+        assert!(p.part_weight.iter().all(|w| *w > 0));
+        assert!(p.imbalance < 1.1, "imbalance {}", p.imbalance);
+        // A 40 x 40 grid cut in four needs about two cuts across it: a few hundred edges at most.
+        assert!(
+            p.edge_cut > 0 && p.edge_cut < 400,
+            "edge cut {}",
+            p.edge_cut
+        );
+        for _ in 0..3 {
+            assert_eq!(partition(&mesh, &weights, 4).unwrap(), p);
+        }
+        let one = partition(&mesh, &weights, 1).unwrap();
+        assert!(one.part_of.iter().all(|p| *p == 0) && one.edge_cut == 0);
+        assert!(partition(&mesh, &weights, 0).is_err());
+        assert!(partition(&mesh, &weights[1..], 2).is_err());
+    }
+
+    #[test]
+    fn halo_rings_grow_and_never_include_owned_elements() {
+        let mesh = grid(30);
+        let p = partition(&mesh, &vec![1; mesh.n_elements()], 3).unwrap();
+        let mut last = 0;
+        for rings in 1..4 {
+            let h = halo(&mesh, &p.part_of, 1, rings);
+            assert!(h.len() > last, "ring {rings} added nothing");
+            assert!(h.iter().all(|e| p.part_of[*e as usize] != 1));
+            last = h.len();
+        }
+        // Every element sharing a node with part 1 is in its first ring.
+        let h1 = halo(&mesh, &p.part_of, 1, 1);
+        for (e, t) in mesh.nv.iter().enumerate() {
+            if p.part_of[e] == 1 {
+                continue;
+            }
+            let touches = (0..mesh.n_elements())
+                .any(|o| p.part_of[o] == 1 && mesh.nv[o].iter().any(|n| t.contains(n)));
+            assert_eq!(
+                touches,
+                h1.binary_search(&(e as u32)).is_ok(),
+                "element {e}"
+            );
+        }
+        assert_eq!(default_rings(1.5, 60.0, 100.0), 2);
+        assert_eq!(default_rings(0.0, 60.0, 100.0), 1);
+    }
+}
+
+/// `shoal partition`: how the run's mesh and release would split over `parts` nodes.
+pub fn report(
+    cfg: &crate::config::RunConfig,
+    parts: usize,
+    rings: Option<usize>,
+) -> Result<String> {
+    use std::fmt::Write;
+    let (reader, mesh, _) = crate::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    let start = cfg.start.unwrap_or(reader.times[0]);
+    let points = match &cfg.release_file {
+        Some(p) => crate::release::read_csv(p, &mesh, start)?,
+        None => crate::release::generate(cfg, &mesh, start)?,
+    };
+    let placed = crate::release::place(&points, &mesh);
+    let mut weights = vec![1u32; mesh.n_elements()];
+    for (e, s) in placed
+        .particles
+        .element
+        .iter()
+        .zip(&placed.particles.status)
+    {
+        if *s != shoal_common::status::OUTSIDE_MESH {
+            weights[*e as usize] += 1;
+        }
+    }
+    let first = reader.read_slice(0, start)?;
+    let max_speed = first
+        .u
+        .iter()
+        .zip(&first.v)
+        .map(|(u, v)| (*u as f64).hypot(*v as f64))
+        .filter(|s| s.is_finite())
+        .fold(0.0, f64::max);
+    let rings = rings.unwrap_or_else(|| default_rings(max_speed, cfg.dt, mesh.smallest_edge()));
+    let p = partition(&mesh, &weights, parts)?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{} elements, {} particles released in the mesh, {parts} parts",
+        mesh.n_elements(),
+        placed.particles.len() - placed.outside
+    )?;
+    writeln!(
+        out,
+        "edge cut {} (of {} interior edges), imbalance {:.3}",
+        p.edge_cut,
+        mesh.nbe
+            .iter()
+            .flatten()
+            .filter(|n| is_element(**n))
+            .count()
+            / 2,
+        p.imbalance
+    )?;
+    writeln!(out, "halo: {rings} rings (max speed {max_speed:.2} m/s x dt {} s over smallest edge {:.1} m, plus one)", cfg.dt, mesh.smallest_edge())?;
+    for k in 0..parts {
+        let owned = p.part_of.iter().filter(|q| **q == k as u32).count();
+        let h = halo(&mesh, &p.part_of, k as u32, rings);
+        writeln!(
+            out,
+            "  part {k}: {owned} elements, weight {}, halo {} elements",
+            p.part_weight[k],
+            h.len()
+        )?;
+    }
+    Ok(out)
+}
