@@ -292,3 +292,60 @@ pub fn choose_device(device: Device, unsupported: Option<String>) -> Result<Choi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorting_reorders_without_losing_or_changing_particles() {
+        let mut p = Particles::default();
+        for i in 0..1000u32 {
+            let e = (i * 7919) % 97;
+            let s = if i % 13 == 0 {
+                status::EXITED
+            } else {
+                status::ACTIVE
+            };
+            p.push(i, i as f64, -(i as f64), -0.01 * i as f64, e, s, 0.0);
+        }
+        let before = p.clone();
+        let mut part = Partition::new(p);
+        part.sort_by_element();
+        let q = &part.particles;
+        // Active particles come first, in element order (the rest in any order), and every
+        // particle is intact.
+        let keys: Vec<(bool, u32)> = (0..q.len())
+            .map(|i| {
+                if q.status[i] == status::ACTIVE {
+                    (false, q.element[i])
+                } else {
+                    (true, 0)
+                }
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+        for i in 0..q.len() {
+            let j = q.id[i] as usize;
+            assert_eq!(
+                (q.x[i], q.y[i], q.z[i], q.element[i], q.status[i]),
+                (
+                    before.x[j],
+                    before.y[j],
+                    before.z[j],
+                    before.element[j],
+                    before.status[j]
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_depend_only_on_the_particle_count() {
+        assert_eq!(chunk_size(10), 64);
+        assert_eq!(chunk_size(64 * 1000), 1000);
+        assert_eq!(chunk_size(10_000_000), 4096);
+        assert_eq!("gpu".parse::<Device>(), Ok(Device::Gpu));
+        assert!("tpu".parse::<Device>().is_err());
+    }
+}
