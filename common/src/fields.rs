@@ -58,7 +58,62 @@ fn node_major(src: &[f32], n_nodes: usize, per_node: usize) -> Vec<f32> {
     out
 }
 
+/// One element's linear reconstruction of an element-centred value: `[value, d/dx, d/dy]`, the
+/// gradient from FVCOM's least-squares weights over its edge neighbours. `value(e)` reads the
+/// value at element `e` (mesh numbering). The one place this arithmetic lives, so that a node
+/// reconstructing its own elements from a partial slice gets the very bits of a whole slice.
+#[inline]
+pub fn reconstruct(mesh: &Mesh, e: usize, value: impl Fn(usize) -> f32) -> [f32; 3] {
+    let u0 = value(e);
+    let nb = mesh.nbe[e];
+    let (a1, a2) = (&mesh.a1u[e], &mesh.a2u[e]);
+    let (mut gx, mut gy) = (a1[0] * u0, a2[0] * u0);
+    for j in 0..3 {
+        if is_element(nb[j]) {
+            let un = value(nb[j] as usize);
+            gx += a1[j + 1] * un;
+            gy += a2[j + 1] * un;
+        }
+    }
+    // A missing neighbour value (fill, NaN) degrades the element to a constant value rather
+    // than poisoning it; a missing own value stays NaN and the kernel quarantines particles
+    // that meet it.
+    if !(gx.is_finite() && gy.is_finite()) {
+        gx = 0.0;
+        gy = 0.0;
+    }
+    [u0, gx, gy]
+}
+
+/// The time indices `lo..=hi` whose levels bracket the run-clock span `[t0, t1]`, given the
+/// run-clock time of each index: the last at or before `t0` and the first at or after `t1`.
+pub fn span(times: &[f64], t0: f64, t1: f64) -> (usize, usize) {
+    let lo = (0..times.len())
+        .rev()
+        .find(|&i| times[i] <= t0 + 1e-9)
+        .unwrap_or(0);
+    let hi = (0..times.len())
+        .find(|&i| times[i] >= t1 - 1e-9)
+        .unwrap_or(times.len().saturating_sub(1))
+        .max(lo);
+    (lo, hi)
+}
+
 impl FieldLevel {
+    /// A level with no element present: coefficients zero (pages untouched until written),
+    /// free surface NaN so that any sample in an element not yet filled is non-finite and the
+    /// kernel quarantines the particle without moving it. Node fields NaN.
+    pub fn absent(mesh: &Mesh, time: f64, temp: bool, kh: bool) -> FieldLevel {
+        let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
+        FieldLevel {
+            time,
+            coef: vec![[0.0f32; N_COEF]; ne * nl],
+            zeta_elem: vec![[f32::NAN; 3]; ne],
+            temp: temp.then(|| vec![f32::NAN; nn * nl]),
+            kh: kh.then(|| vec![f32::NAN; nn * (nl + 1)]),
+        }
+    }
+
     pub fn from_slice(mesh: &Mesh, raw: &RawSlice) -> Result<FieldLevel, FieldError> {
         let ne = mesh.n_elements();
         let nn = mesh.n_nodes();
@@ -95,24 +150,7 @@ impl FieldLevel {
                 // Slices come in the file's element order; the mesh stores its own.
                 let file = &mesh.file_element;
                 for e in 0..ne {
-                    let u0 = layer[file[e] as usize];
-                    let nb = mesh.nbe[e];
-                    let (a1, a2) = (&mesh.a1u[e], &mesh.a2u[e]);
-                    let (mut gx, mut gy) = (a1[0] * u0, a2[0] * u0);
-                    for j in 0..3 {
-                        if is_element(nb[j]) {
-                            let un = layer[file[nb[j] as usize] as usize];
-                            gx += a1[j + 1] * un;
-                            gy += a2[j + 1] * un;
-                        }
-                    }
-                    // A missing neighbour value (fill, NaN) degrades the element to a constant
-                    // value rather than poisoning it; a missing own value stays NaN and the
-                    // kernel quarantines particles that meet it.
-                    if !(gx.is_finite() && gy.is_finite()) {
-                        gx = 0.0;
-                        gy = 0.0;
-                    }
+                    let [u0, gx, gy] = reconstruct(mesh, e, |el| layer[file[el] as usize]);
                     let block = &mut coef[e * nl + k];
                     block[c] = u0;
                     block[4 + c] = gx;

@@ -548,13 +548,23 @@ impl Tally {
         self
     }
 
-    fn count(&mut self, s: u8) {
+    #[inline]
+    fn add(&mut self, params: &StepParams, id: u32, s: u8, hp: f32) {
         match s {
             status::ACTIVE => self.active += 1,
             status::PENDING => self.pending += 1,
             status::EXITED => self.exited += 1,
             status::BAD_FIELD => self.bad_field += 1,
             _ => self.outside_mesh += 1,
+        }
+        if let (Some(h), status::ACTIVE) = (params.happiness, s) {
+            if hp as f64 >= h.threshold {
+                self.happy += 1;
+            }
+            if hp > self.max_happiness || (hp == self.max_happiness && id < self.happiest) {
+                self.max_happiness = hp;
+                self.happiest = id;
+            }
         }
     }
 }
@@ -591,7 +601,39 @@ pub fn advance(
     params: &StepParams,
     t: f64,
     step: u32,
+    p: ParticlesMut,
+) -> Tally {
+    advance_touching(mesh, window, params, t, step, p, &mut ())
+}
+
+/// Told of every element whose field values a step reads beyond the particle's own starting
+/// element: each RK stage's element and the element it ends in. A node that holds only part of
+/// the fields uses it to learn which elements a quarantined particle needed; `()` ignores it
+/// and costs nothing.
+pub trait Touch {
+    fn touch(&mut self, element: u32);
+}
+
+impl Touch for () {
+    #[inline(always)]
+    fn touch(&mut self, _: u32) {}
+}
+
+impl Touch for Vec<u32> {
+    fn touch(&mut self, element: u32) {
+        self.push(element);
+    }
+}
+
+/// [`advance`], telling `touched` of the elements read (see [`Touch`]).
+pub fn advance_touching<T: Touch>(
+    mesh: &Mesh,
+    window: Window,
+    params: &StepParams,
+    t: f64,
+    step: u32,
     mut p: ParticlesMut,
+    touched: &mut T,
 ) -> Tally {
     let mut tally = Tally::empty();
     let dt = params.dt;
@@ -605,35 +647,38 @@ pub fn advance(
             batch[nb] = i;
             nb += 1;
             if nb == BATCH {
-                advance_batch(mesh, window, params, t, step, &mut p, &batch);
+                advance_batch(mesh, window, params, t, step, &mut p, &batch, touched);
                 nb = 0;
             }
         }
     }
-    advance_batch(mesh, window, params, t, step, &mut p, &batch[..nb]);
+    advance_batch(mesh, window, params, t, step, &mut p, &batch[..nb], touched);
     for i in 0..p.id.len() {
         let s = p.status[i];
-        tally.count(s);
         if let (Some(h), status::ACTIVE) = (params.happiness, s) {
             let temp = temperature_at(mesh, window, t + dt, p.x[i], p.y[i], p.z[i], p.element[i]);
-            let hp = temp.map(|tp| h.of(tp)).unwrap_or(0.0);
-            p.happiness[i] = hp;
-            if hp as f64 >= h.threshold {
-                tally.happy += 1;
-            }
-            let id = p.id[i];
-            if hp > tally.max_happiness || (hp == tally.max_happiness && id < tally.happiest) {
-                tally.max_happiness = hp;
-                tally.happiest = id;
-            }
+            p.happiness[i] = temp.map(|tp| h.of(tp)).unwrap_or(0.0);
         }
+        tally.add(params, p.id[i], s, p.happiness[i]);
+    }
+    tally
+}
+
+/// The tally of particles as they stand (the counts and reductions [`advance`] returns for
+/// them after a step), for a node that re-stepped some of them.
+pub fn tally_of(params: &StepParams, id: &[u32], state: &[u8], happiness: &[f32]) -> Tally {
+    let mut tally = Tally::empty();
+    for i in 0..id.len() {
+        tally.add(params, id[i], state[i], happiness[i]);
     }
     tally
 }
 
 /// One step for the active particles at indices `batch` of `p`. Each particle's arithmetic is
 /// exactly that of a particle stepped alone; only the interleaving differs.
-fn advance_batch(
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn advance_batch<T: Touch>(
     mesh: &Mesh,
     window: Window,
     params: &StepParams,
@@ -641,6 +686,7 @@ fn advance_batch(
     step: u32,
     p: &mut ParticlesMut,
     batch: &[usize],
+    touched: &mut T,
 ) {
     let n = batch.len();
     let dt = params.dt;
@@ -693,6 +739,7 @@ fn advance_batch(
                     ys[j] = y0[j] + frac * prev[j].v;
                     zs[j] = z0[j] + frac * (prev[j].w + ws);
                     (es[j], ws3[j]) = stage_element(mesh, es[j], xs[j], ys[j]);
+                    touched.touch(es[j]);
                 }
                 sample_batch(mesh, &br, n, &xs, &ys, &zs, &es, &ws3, &mut prev);
                 for j in 0..n {
@@ -722,7 +769,7 @@ fn advance_batch(
             &mut p.status[i],
         );
         finish_one(
-            mesh, window, params, t, step, id, start, advected, &end, x, y, z, e, st,
+            mesh, window, params, t, step, id, start, advected, &end, x, y, z, e, st, touched,
         );
     }
 }
@@ -731,7 +778,7 @@ fn advance_batch(
 /// with land reflection and open-boundary exits, and reflect it into the water column.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn finish_one(
+fn finish_one<T: Touch>(
     mesh: &Mesh,
     window: Window,
     params: &StepParams,
@@ -746,6 +793,7 @@ fn finish_one(
     z: &mut f64,
     element: &mut u32,
     state: &mut u8,
+    touched: &mut T,
 ) {
     let dt = params.dt;
     let (x0, y0, z0, e0) = start;
@@ -781,8 +829,14 @@ fn finish_one(
             y: ya,
             element: e,
         } => {
+            touched.touch(e);
             let w = mesh.geometry[e as usize].weights(xa, ya);
             let (zeta, depth) = water_column(mesh, end.a, end.b, end.wt, e as usize, &w);
+            if !zeta.is_finite() {
+                // No free surface where it lands: quarantined, like a non-finite velocity.
+                *state = status::BAD_FIELD;
+                return;
+            }
             *x = xa;
             *y = ya;
             *z = reflect_vertical(zn, zeta, depth);

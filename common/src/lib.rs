@@ -4,6 +4,7 @@
 
 pub mod fields;
 pub mod kernel;
+pub mod keys;
 pub mod mesh;
 pub mod particles;
 pub mod projection;

@@ -113,7 +113,9 @@ impl Vertical {
 }
 
 /// What a reader (or the synthetic generator) hands to [`Mesh::build`]. Indices are 0-based.
-#[derive(Clone, Debug, Default)]
+/// It travels to the nodes in a run's specification: building it gives every node the very
+/// mesh the manager built (same element order, same coefficients).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MeshInput {
     pub x: Vec<f64>,
     pub y: Vec<f64>,

@@ -85,6 +85,57 @@ impl Particles {
         self.happiness.push(0.0);
     }
 
+    /// Particle `i` of `other`, appended.
+    pub fn push_from(&mut self, other: &Particles, i: usize) {
+        self.id.push(other.id[i]);
+        self.x.push(other.x[i]);
+        self.y.push(other.y[i]);
+        self.z.push(other.z[i]);
+        self.element.push(other.element[i]);
+        self.status.push(other.status[i]);
+        self.release_time.push(other.release_time[i]);
+        self.happiness.push(other.happiness[i]);
+    }
+
+    /// Writes particle `i` of `other` over particle `j`.
+    pub fn set_from(&mut self, j: usize, other: &Particles, i: usize) {
+        self.id[j] = other.id[i];
+        self.x[j] = other.x[i];
+        self.y[j] = other.y[i];
+        self.z[j] = other.z[i];
+        self.element[j] = other.element[i];
+        self.status[j] = other.status[i];
+        self.release_time[j] = other.release_time[i];
+        self.happiness[j] = other.happiness[i];
+    }
+
+    /// Every particle of `other`, appended.
+    pub fn extend(&mut self, other: &Particles) {
+        self.id.extend_from_slice(&other.id);
+        self.x.extend_from_slice(&other.x);
+        self.y.extend_from_slice(&other.y);
+        self.z.extend_from_slice(&other.z);
+        self.element.extend_from_slice(&other.element);
+        self.status.extend_from_slice(&other.status);
+        self.release_time.extend_from_slice(&other.release_time);
+        self.happiness.extend_from_slice(&other.happiness);
+    }
+
+    /// Removes the particles at `indices` (strictly increasing) in O(len(indices)): each hole is
+    /// filled from the end, so the order of the rest changes.
+    pub fn remove_sorted(&mut self, indices: &[usize]) {
+        for &i in indices.iter().rev() {
+            self.id.swap_remove(i);
+            self.x.swap_remove(i);
+            self.y.swap_remove(i);
+            self.z.swap_remove(i);
+            self.element.swap_remove(i);
+            self.status.swap_remove(i);
+            self.release_time.swap_remove(i);
+            self.happiness.swap_remove(i);
+        }
+    }
+
     /// Splits into views of at most `chunk` particles each.
     pub fn chunks_mut(&mut self, chunk: usize) -> Vec<ParticlesMut<'_>> {
         let chunk = chunk.max(1);
@@ -127,6 +178,16 @@ impl Particles {
             });
         }
         out
+    }
+
+    /// Sorts by id (the order particles travel in).
+    pub fn sort_by_id(&mut self) {
+        if self.id.windows(2).all(|w| w[0] < w[1]) {
+            return;
+        }
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| self.id[i as usize]);
+        self.permute(&order, &mut Vec::new());
     }
 
     /// Reorders every array by `order` (a permutation of indices), using `scratch` so that no

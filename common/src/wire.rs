@@ -7,12 +7,14 @@
 //! there is a deliberate, versioned act. Encodings are not canonical (postcard accepts overlong
 //! varints), so nothing may hash or compare raw message bytes; compare decoded values.
 
+use crate::kernel::StepParams;
+use crate::mesh::MeshInput;
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -66,6 +68,10 @@ pub enum Message {
     StepSummary(StepSummary),
     Snapshot(Snapshot),
     Control(Control),
+    RunSpec(Box<RunSpec>),
+    FieldRequest(FieldRequest),
+    Ready(Ready),
+    Failure(Failure),
 }
 
 impl Message {
@@ -79,6 +85,10 @@ impl Message {
             Message::StepSummary(_) => "step summary",
             Message::Snapshot(_) => "snapshot",
             Message::Control(_) => "control",
+            Message::RunSpec(_) => "run specification",
+            Message::FieldRequest(_) => "field request",
+            Message::Ready(_) => "ready",
+            Message::Failure(_) => "failure",
         }
     }
 }
@@ -118,8 +128,11 @@ pub struct Topology {
     pub nodes: Vec<u32>,
 }
 
-/// One partition's field values at one time index: per layer for its owned then halo elements
-/// (layer-major), per node (and level) for `nodes` of its topology. Empty vectors mean absent.
+/// One partition's field values at one time index, in mesh numbering. `u`, `v`, `ww` hold
+/// `n_layers` values per element of `elements`, element-major; `zeta` one per node of `nodes`,
+/// `temp` `n_layers` and `kh` `n_layers + 1` per node. Empty `elements` and `nodes` mean the
+/// partition's topology (owned then halo elements, its nodes); an on-demand reply names them.
+/// Empty value vectors mean the variable is absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldSlice {
     pub partition: u32,
@@ -127,12 +140,55 @@ pub struct FieldSlice {
     /// Seconds on the run clock.
     pub time: f64,
     pub n_layers: u16,
+    pub elements: Vec<u32>,
+    pub nodes: Vec<u32>,
     pub u: Vec<f32>,
     pub v: Vec<f32>,
     pub ww: Vec<f32>,
     pub zeta: Vec<f32>,
     pub kh: Vec<f32>,
     pub temp: Vec<f32>,
+}
+
+/// A node's request for field values its halo lacks (invariant 5): the reply is a
+/// [`FieldSlice`] holding these elements, their edge neighbours and their nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldRequest {
+    pub partition: u32,
+    pub time_index: u32,
+    pub elements: Vec<u32>,
+}
+
+/// Everything a node needs to step a run besides fields and particles: the mesh as the manager
+/// read it (building it gives the same [`crate::Mesh`]), the step parameters, the run clock of
+/// every time index, and the owner of every element (mesh numbering).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub mesh: MeshInput,
+    pub params: StepParams,
+    pub times: Vec<f64>,
+    pub n_steps: u32,
+    pub duration: f64,
+    pub n_particles: u32,
+    pub n_parts: u32,
+    pub part_of: Vec<u32>,
+    pub sort_every: u32,
+    pub temp: bool,
+    pub kh: bool,
+}
+
+/// A partition has its topology, fields and particles and can hear its neighbours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub partition: u32,
+    pub node: Ident,
+}
+
+/// A partition cannot go on: the manager stops the run and says why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub partition: u32,
+    pub reason: String,
 }
 
 /// Particles moving from one partition to another after `step`, structure of arrays, in id
@@ -153,6 +209,37 @@ pub struct ParticleBatch {
 }
 
 impl ParticleBatch {
+    /// The batch carrying `p` (sorted by id first) from partition `from` to `to` after `step`.
+    pub fn of(from: u32, to: u32, step: u32, mut p: crate::Particles) -> ParticleBatch {
+        p.sort_by_id();
+        ParticleBatch {
+            from,
+            to,
+            step,
+            id: p.id,
+            x: p.x,
+            y: p.y,
+            z: p.z,
+            element: p.element,
+            status: p.status,
+            release_time: p.release_time,
+            happiness: p.happiness,
+        }
+    }
+
+    pub fn into_particles(self) -> crate::Particles {
+        crate::Particles {
+            id: self.id,
+            x: self.x,
+            y: self.y,
+            z: self.z,
+            element: self.element,
+            status: self.status,
+            release_time: self.release_time,
+            happiness: self.happiness,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.id.len()
     }
@@ -177,6 +264,12 @@ pub struct StepSummary {
     pub happy: u64,
     pub max_happiness: f32,
     pub happiest: u32,
+    /// Partitions sent a batch this step (every neighbour, empty or not, then any other
+    /// partition a particle reached), with the number of particles in each.
+    pub sent_to: Vec<u32>,
+    pub sent_counts: Vec<u32>,
+    /// Messages this partition's agent dropped as foreign or malformed so far.
+    pub dropped: u64,
 }
 
 /// Output view of a partition's particles at one time.
@@ -211,6 +304,10 @@ pub enum Command {
 pub struct Control {
     pub step: u32,
     pub command: Command,
+    /// The partitions whose batches of `step` the receiver must merge before going on.
+    pub expect: Vec<u32>,
+    /// Send a snapshot once they are merged.
+    pub snapshot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -272,6 +369,15 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, WireError> {
 
 /// Decodes bytes from the network for `me`. Never panics; every refusal is a [`WireError`].
 pub fn decode(bytes: &[u8], me: &Endpoint) -> Result<Envelope, WireError> {
+    decode_for(bytes, &me.cluster, Some(me.run))
+}
+
+/// [`decode`] for a member of `cluster` that is in no run yet (an assignment names the run).
+pub fn decode_any_run(bytes: &[u8], cluster: &Ident) -> Result<Envelope, WireError> {
+    decode_for(bytes, cluster, None)
+}
+
+fn decode_for(bytes: &[u8], cluster: &Ident, run: Option<u64>) -> Result<Envelope, WireError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(WireError::TooLarge {
             size: bytes.len(),
@@ -299,12 +405,12 @@ pub fn decode(bytes: &[u8], me: &Endpoint) -> Result<Envelope, WireError> {
             rest.len()
         )));
     }
-    if env.header.cluster != me.cluster {
+    if env.header.cluster != *cluster {
         return Err(WireError::ForeignCluster {
             found: env.header.cluster,
         });
     }
-    if env.header.run != me.run {
+    if run.is_some_and(|r| r != env.header.run) {
         return Err(WireError::ForeignRun {
             found: env.header.run,
         });
@@ -359,11 +465,38 @@ fn check(m: &Message) -> Result<(), WireError> {
             if f.u.len() != f.v.len() || (!f.ww.is_empty() && f.ww.len() != f.u.len()) {
                 return bad("field slice", "u, v and ww differ in length");
             }
-            if f.n_layers == 0 || f.u.len() % f.n_layers as usize != 0 {
+            let nl = f.n_layers as usize;
+            if nl == 0 || f.u.len() % nl != 0 {
                 return bad(
                     "field slice",
                     "velocity length is not a multiple of the layers",
                 );
+            }
+            if !f.elements.is_empty() && f.u.len() != f.elements.len() * nl {
+                return bad("field slice", "velocities do not match its elements");
+            }
+            let nn = f.zeta.len();
+            if (!f.nodes.is_empty() && nn != f.nodes.len())
+                || (!f.temp.is_empty() && f.temp.len() != nn * nl)
+                || (!f.kh.is_empty() && f.kh.len() != nn * (nl + 1))
+            {
+                return bad("field slice", "node values do not match its nodes");
+            }
+        }
+        Message::StepSummary(s) => {
+            if s.sent_to.len() != s.sent_counts.len() {
+                return bad("step summary", "sent_to and sent_counts differ in length");
+            }
+        }
+        Message::RunSpec(r) => {
+            if r.part_of.len() != r.mesh.nv.len() {
+                return bad("run specification", "part_of does not cover the elements");
+            }
+            if r.part_of.iter().any(|p| *p >= r.n_parts) {
+                return bad("run specification", "an element's owner is not a partition");
+            }
+            if r.times.is_empty() {
+                return bad("run specification", "no time slices");
             }
         }
         _ => {}
@@ -406,7 +539,7 @@ mod tests {
             ident(&s).unwrap()
         }
         fn message(&mut self, kind: u32) -> Message {
-            match kind % 8 {
+            match kind % 12 {
                 0 => Message::Hello(Hello {
                     node: self.name(),
                     capabilities: Capabilities {
@@ -442,11 +575,14 @@ mod tests {
                     let nl = 1 + self.len(20);
                     let ne = self.len(50);
                     let nn = self.len(50);
+                    let explicit = self.u32() % 2 == 0;
                     Message::FieldSlice(FieldSlice {
                         partition: self.u32(),
                         time_index: self.u32(),
                         time: self.f64(),
                         n_layers: nl as u16,
+                        elements: if explicit { self.u32s(ne) } else { vec![] },
+                        nodes: if explicit { self.u32s(nn) } else { vec![] },
                         u: self.f32s(ne * nl),
                         v: self.f32s(ne * nl),
                         ww: self.f32s(ne * nl),
@@ -488,6 +624,9 @@ mod tests {
                     happy: 5,
                     max_happiness: self.f64() as f32,
                     happiest: self.u32(),
+                    sent_to: vec![1, 2, 9],
+                    sent_counts: vec![0, 40, 1],
+                    dropped: self.u32() as u64,
                 }),
                 6 => {
                     let n = self.len(200);
@@ -506,15 +645,74 @@ mod tests {
                         happiness: self.f32s(n),
                     })
                 }
-                _ => Message::Control(Control {
-                    step: self.u32(),
-                    command: [
-                        Command::Start,
-                        Command::Continue,
-                        Command::Stop,
-                        Command::RollBack { to_step: 17 },
-                    ][self.len(3)]
-                    .clone(),
+                7 => {
+                    let n = self.len(10);
+                    Message::Control(Control {
+                        step: self.u32(),
+                        command: [
+                            Command::Start,
+                            Command::Continue,
+                            Command::Stop,
+                            Command::RollBack { to_step: 17 },
+                        ][self.len(3)]
+                        .clone(),
+                        expect: self.u32s(n),
+                        snapshot: self.u32() % 2 == 0,
+                    })
+                }
+                8 => {
+                    let nl = 1 + self.len(5);
+                    let nt = 1 + self.len(20);
+                    Message::RunSpec(Box::new(RunSpec {
+                        mesh: MeshInput {
+                            x: self.f64s(3),
+                            y: self.f64s(3),
+                            h: self.f32s(3),
+                            nv: vec![[0, 1, 2]],
+                            nbe: Some(vec![[-1, -1, -1]]),
+                            a1u: None,
+                            a2u: None,
+                            siglay: self.f32s(nl),
+                            siglev: self.f32s(nl + 1),
+                            n_layers: nl,
+                            open_boundary_nodes: vec![1],
+                            projection: None,
+                        },
+                        params: StepParams {
+                            dt: self.f64(),
+                            integrator: crate::kernel::Integrator::Rk4,
+                            horizontal_kh: 0.1,
+                            vertical_mixing: crate::kernel::VerticalMixing::Constant(1e-3),
+                            sinking_speed: 0.0,
+                            seed: self.u32() as u64,
+                            happiness: None,
+                        },
+                        times: self.f64s(nt),
+                        n_steps: self.u32(),
+                        duration: self.f64(),
+                        n_particles: self.u32(),
+                        n_parts: 1,
+                        part_of: vec![0],
+                        sort_every: 8,
+                        temp: true,
+                        kh: false,
+                    }))
+                }
+                9 => {
+                    let n = self.len(100);
+                    Message::FieldRequest(FieldRequest {
+                        partition: self.u32(),
+                        time_index: self.u32(),
+                        elements: self.u32s(n),
+                    })
+                }
+                10 => Message::Ready(Ready {
+                    partition: self.u32(),
+                    node: self.name(),
+                }),
+                _ => Message::Failure(Failure {
+                    partition: self.u32(),
+                    reason: format!("{}: no field", self.name()),
                 }),
             }
         }
@@ -529,7 +727,7 @@ mod tests {
 
     #[test]
     fn every_message_round_trips() {
-        for case in 0..800u32 {
+        for case in 0..1200u32 {
             let mut g = Gen(case, 0);
             let env = me().envelope(g.message(case));
             let bytes = encode(&env).unwrap();
@@ -557,7 +755,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 1, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 2, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -566,10 +764,14 @@ mod tests {
         let control = me().envelope(Message::Control(Control {
             step: 300,
             command: Command::RollBack { to_step: 299 },
+            expect: vec![1, 200],
+            snapshot: true,
         }));
+        // ... 7 (control), step 300, 3 (roll back) to 299, expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 1, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
-            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 3, 0xab, 0x02,
+            b'S', b'H', b'O', b'L', 2, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 3, 0xab, 0x02, 2,
+            1, 0xc8, 0x01, 1,
         ];
         assert_eq!(encode(&control).unwrap(), golden_control);
         assert_eq!(decode(golden_control, &me()).unwrap(), control);
@@ -606,6 +808,8 @@ mod tests {
         let env = me().envelope(Message::Control(Control {
             step: 1,
             command: Command::Stop,
+            expect: vec![],
+            snapshot: false,
         }));
         let bytes = encode(&env).unwrap();
         assert!(matches!(
@@ -616,9 +820,10 @@ mod tests {
             decode(&[], &me()),
             Err(WireError::ForeignMagic { .. })
         ));
-        let mut v2 = bytes.clone();
-        v2[4] = 2;
-        assert_eq!(decode(&v2, &me()), Err(WireError::Version { found: 2 }));
+        let mut v1 = bytes.clone();
+        v1[4] = 1;
+        assert_eq!(decode(&v1, &me()), Err(WireError::Version { found: 1 }));
+        assert_eq!(decode_any_run(&bytes, &me().cluster).unwrap(), env);
         let other = Endpoint {
             cluster: ident("elsewhere").unwrap(),
             run: me().run,
@@ -693,7 +898,7 @@ mod tests {
             }
             let random: Vec<u8> = (0..g.len(2000)).map(|_| g.u32() as u8).collect();
             let mut with_magic = MAGIC.to_vec();
-            with_magic.extend_from_slice(&[1, 0]);
+            with_magic.extend_from_slice(&[VERSION as u8, 0]);
             with_magic.extend_from_slice(&random);
             let _ = decode(&random, &me());
             let _ = decode(&with_magic, &me());

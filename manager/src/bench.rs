@@ -243,7 +243,8 @@ fn sparse(args: &BenchArgs) -> Result<()> {
             &RunOptions {
                 quiet: true,
                 threads: Some(threads),
-                device: None,
+                direct: true,
+                ..Default::default()
             },
         )?;
         let whole = rep.particle_steps as f64 / rep.wall.as_secs_f64();

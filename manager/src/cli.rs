@@ -32,6 +32,15 @@ enum Command {
         /// auto, cpu or gpu (overrides run.device).
         #[arg(long)]
         device: Option<shoal_node::Device>,
+        /// Use the running `shoal-node --cluster NAME` agents (overrides cluster.name).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// In-process node agents, or the nodes to wait for (overrides cluster.nodes).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Step in this process alone, without the fabric (the one-machine path).
+        #[arg(long, conflicts_with = "cluster")]
+        direct: bool,
     },
     /// Write synthetic FVCOM output with an analytic flow.
     Synth {
@@ -166,6 +175,9 @@ where
             quiet,
             threads,
             device,
+            cluster,
+            nodes,
+            direct,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
             run::run(
@@ -174,6 +186,9 @@ where
                     quiet,
                     threads,
                     device,
+                    cluster,
+                    nodes,
+                    direct,
                 },
             )?;
         }
@@ -267,8 +282,7 @@ where
                 &dir,
                 &RunOptions {
                     quiet,
-                    threads: None,
-                    device: None,
+                    ..Default::default()
                 },
             )?;
         }

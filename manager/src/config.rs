@@ -23,6 +23,27 @@ pub struct RunFile {
     pub behaviour: BehaviourSection,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// Where the run's node agents come from.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// In-process node agents for the embedded default (0 or absent: one per core); with a
+    /// named cluster, the nodes to wait for (absent: whoever joined by the end of the wait).
+    pub nodes: Option<usize>,
+    /// A cluster of running `shoal-node --cluster NAME` agents; absent: the embedded default.
+    pub name: Option<String>,
+    /// How long to wait for nodes before giving up, seconds (default 30).
+    pub wait_seconds: Option<f64>,
+    /// Halo rings around each partition (default from max speed x dt / smallest edge).
+    pub halo_rings: Option<usize>,
+    /// Mesh partitions (default one per node; a node may own several).
+    pub partitions: Option<usize>,
+    /// A zenoh JSON5 configuration file (endpoints, routers, scouting).
+    pub zenoh_config: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -126,8 +147,20 @@ pub struct RunConfig {
     pub output: PathBuf,
     pub output_interval: f64,
     pub seed: u64,
+    pub cluster: ClusterConfig,
     /// The configuration text, recorded in the output's global attributes.
     pub source_text: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    /// 0: one per core (embedded) or whoever joins (named cluster).
+    pub nodes: usize,
+    pub name: Option<String>,
+    pub wait_seconds: f64,
+    pub halo_rings: Option<usize>,
+    pub partitions: Option<usize>,
+    pub zenoh_config: Option<PathBuf>,
 }
 
 fn duration_value(v: &toml::Value, key: &str) -> Result<f64> {
@@ -226,6 +259,33 @@ impl RunConfig {
                 bail!("key `behaviour.stop_when_happy_share`: must be in (0, 1]");
             }
         }
+        let c = &file.cluster;
+        if let Some(n) = &c.name {
+            if !shoal_common::keys::is_chunk(n) || n.len() > shoal_common::wire::IDENT_CAPACITY {
+                bail!(
+                    "key `cluster.name`: `{n}` must be at most {} letters, digits, `-`, `_` or `.`",
+                    shoal_common::wire::IDENT_CAPACITY
+                );
+            }
+        }
+        let wait_seconds = c.wait_seconds.unwrap_or(30.0);
+        if !(wait_seconds > 0.0 && wait_seconds.is_finite()) {
+            bail!("key `cluster.wait_seconds`: must be a positive number of seconds");
+        }
+        if c.partitions == Some(0) {
+            bail!("key `cluster.partitions`: at least one");
+        }
+        if c.halo_rings == Some(0) {
+            bail!("key `cluster.halo_rings`: at least one ring");
+        }
+        let cluster = ClusterConfig {
+            nodes: c.nodes.unwrap_or(0),
+            name: c.name.clone(),
+            wait_seconds,
+            halo_rings: c.halo_rings,
+            partitions: c.partitions,
+            zenoh_config: c.zenoh_config.as_deref().map(resolve),
+        };
         if file.release.file.is_none() && file.release.generate.is_none() {
             bail!("key `release`: give `release.file` (CSV) or a `[release.generate]` table");
         }
@@ -261,6 +321,7 @@ impl RunConfig {
             output: resolve(file.output.file.as_deref().unwrap_or("trajectories.nc")),
             output_interval,
             seed: file.seed.unwrap_or(0),
+            cluster,
             source_text: text.to_string(),
         })
     }

@@ -46,6 +46,8 @@ pub struct FvcomReader {
     pub time_source: Vec<String>,
     /// Things the user should know (missing variables, repairs).
     pub warnings: Vec<String>,
+    /// The mesh as read, before [`Mesh::build`]: what nodes build their copy from.
+    pub mesh_input: shoal_common::MeshInput,
 }
 
 fn open(path: &Path) -> Result<netcdf::File> {
@@ -402,7 +404,7 @@ impl FvcomReader {
         }
 
         let (mesh, notes) =
-            Mesh::build(mesh_input).map_err(|e| anyhow!("{}: {e}", p0.display()))?;
+            Mesh::build(mesh_input.clone()).map_err(|e| anyhow!("{}: {e}", p0.display()))?;
         Ok((
             FvcomReader {
                 sources,
@@ -412,6 +414,7 @@ impl FvcomReader {
                 coordinates,
                 time_source,
                 warnings,
+                mesh_input,
             },
             mesh,
             notes,

@@ -1,11 +1,12 @@
 //! shoal-manager: the `shoal` CLI's library. Reads FVCOM NetCDF ([`fvcom`]), writes synthetic
-//! FVCOM ([`synth`]) and CF trajectories ([`output`]), and drives runs ([`run`]). The node's
-//! per-partition work is called directly, in-process.
+//! FVCOM ([`synth`]) and CF trajectories ([`output`]), and drives runs ([`run`]): on the zenoh
+//! fabric ([`fabric`]) with in-process or remote node agents, or alone in this process.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fabric;
 pub mod fvcom;
 pub mod inspect;
 pub mod output;

@@ -21,6 +21,12 @@ pub struct RunOptions {
     pub threads: Option<usize>,
     /// Overrides `run.device`.
     pub device: Option<shoal_node::Device>,
+    /// Step in this process without the fabric (the one-machine path).
+    pub direct: bool,
+    /// Overrides `cluster.name`: use the running nodes of this cluster.
+    pub cluster: Option<String>,
+    /// Overrides `cluster.nodes`.
+    pub nodes: Option<usize>,
 }
 
 /// Where the particles are stepped.
@@ -75,6 +81,13 @@ pub struct RunReport {
     pub threads: usize,
     /// The device used and why.
     pub device: String,
+    /// Node agents and mesh partitions (0 on the one-machine path).
+    pub nodes: usize,
+    pub partitions: usize,
+    /// Element values served on demand beyond the halos.
+    pub halo_served: u64,
+    /// Messages dropped as foreign or malformed, by the manager and in-process nodes.
+    pub dropped: u64,
 }
 
 /// The field levels covering a time span, read on demand and dropped when passed.
@@ -183,12 +196,39 @@ fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
     a
 }
 
-pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
-    let say = |s: String| {
-        if !opts.quiet {
-            eprintln!("{s}");
-        }
-    };
+/// What every path needs before the first step: the input, the mesh, the release placed, the
+/// step count and the workers.
+pub struct Prepared {
+    pub reader: FvcomReader,
+    pub mesh: Mesh,
+    pub start: f64,
+    pub duration: f64,
+    pub n_steps: u32,
+    pub output_every: u32,
+    pub particles: shoal_common::Particles,
+    pub outside: usize,
+    pub params: StepParams,
+    pub threads: usize,
+    pub pool: std::sync::Arc<rayon::ThreadPool>,
+    pub wall: Instant,
+    /// Whether steps straddle field times (the GPU kernel cannot).
+    pub straddles: bool,
+}
+
+impl Prepared {
+    pub fn n(&self) -> usize {
+        self.particles.len()
+    }
+}
+
+pub fn say(quiet: bool, s: String) {
+    if !quiet {
+        eprintln!("{s}");
+    }
+}
+
+pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
+    let say = |s: String| say(opts.quiet, s);
     let wall = Instant::now();
     let (reader, mesh, notes) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
     for w in &reader.warnings {
@@ -256,7 +296,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             released.outside, points.len(), i
         );
     }
-    let n = points.len();
     let threads = match opts.threads.or(Some(cfg.threads)).filter(|t| *t > 0) {
         Some(t) => t,
         None => std::thread::available_parallelism()
@@ -267,8 +306,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         .num_threads(threads)
         .build()
         .context("starting worker threads")?;
-    let mut partition = Partition::new(released.particles);
-    partition.sort_every = cfg.sort_every;
     let params = step_params(cfg);
     // The GPU kernel handles one field interval per step: every field time inside the run must
     // fall on a step boundary.
@@ -281,16 +318,132 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             let r = t / cfg.dt;
             (r - r.round()).abs() > 1e-9
         });
-    #[cfg(feature = "gpu")]
-    let unsupported = shoal_node::gpu::unsupported(&mesh, &params, cfg.happiness.is_some())
-        .or_else(|| straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
-    #[cfg(not(feature = "gpu"))]
-    let unsupported = straddles.then(String::new);
-    let device = opts.device.unwrap_or(cfg.device);
-    let choice =
-        shoal_node::choose_device(device, unsupported).map_err(|e| anyhow!("run.device: {e}"))?;
-    say(format!("device: {}", choice.reason));
+    Ok(Prepared {
+        reader,
+        mesh,
+        start,
+        duration,
+        n_steps,
+        output_every,
+        particles: released.particles,
+        outside: released.outside,
+        params,
+        threads,
+        pool: std::sync::Arc::new(pool),
+        wall,
+        straddles,
+    })
+}
 
+/// The trajectory file of a run.
+pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWriter> {
+    TrajectoryWriter::create(
+        &cfg.output,
+        prep.n(),
+        prep.start,
+        prep.mesh.projection,
+        cfg.happiness.is_some(),
+        &config_attributes(cfg),
+    )
+}
+
+pub fn progress_bar(quiet: bool, n_steps: u32) -> ProgressBar {
+    if quiet || n_steps < 2 {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n_steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Whether the run stops at this step's tally for the happiness condition.
+pub fn happy_stop(cfg: &RunConfig, tally: &Tally) -> bool {
+    match cfg.stop_when_happy_share {
+        Some(share) if tally.active > 0 => tally.happy as f64 >= share * tally.active as f64,
+        _ => false,
+    }
+}
+
+/// The happiness verdict at the end of a run.
+pub fn closing(cfg: &RunConfig, last: &Tally, ecstatic: bool, quiet: bool) {
+    if ecstatic {
+        println!("All particles are ecstatic!");
+    }
+    if cfg.happiness.is_some() {
+        say(
+            quiet,
+            format!(
+                "happiest particle: {} with happiness {:.3}; {} of {} active are happy",
+                last.happiest, last.max_happiness, last.happy, last.active
+            ),
+        );
+    }
+}
+
+/// Runs `cfg`: on the embedded fabric (in-process node agents over zenoh on loopback) or a
+/// named cluster, or in this process alone when asked (`--direct`) or when the GPU steps it.
+pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
+    let prep = prepare(cfg, opts)?;
+    #[cfg(feature = "gpu")]
+    let unsupported = shoal_node::gpu::unsupported(&prep.mesh, &prep.params, cfg.happiness.is_some())
+        .or_else(|| prep.straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
+    #[cfg(not(feature = "gpu"))]
+    let unsupported = prep.straddles.then(String::new);
+    let device = opts.device.unwrap_or(cfg.device);
+    let named = opts.cluster.is_some() || cfg.cluster.name.is_some();
+    if named && device == shoal_node::Device::Gpu {
+        bail!("run.device = \"gpu\" steps in this process; a named cluster's nodes step on their own CPUs");
+    }
+    let choice = if named {
+        shoal_node::choose_device(shoal_node::Device::Cpu, None)
+    } else {
+        shoal_node::choose_device(device, unsupported)
+    }
+    .map_err(|e| anyhow!("run.device: {e}"))?;
+    say(opts.quiet, format!("device: {}", choice.reason));
+    #[cfg(feature = "gpu")]
+    let on_gpu = choice.gpu.is_some();
+    #[cfg(not(feature = "gpu"))]
+    let on_gpu = false;
+    if opts.direct || on_gpu {
+        run_direct(cfg, opts, prep, choice)
+    } else {
+        crate::fabric::run(cfg, opts, prep, choice.reason)
+    }
+}
+
+/// The one-machine path: one partition stepped in this process.
+fn run_direct(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    prep: Prepared,
+    choice: shoal_node::Choice,
+) -> Result<RunReport> {
+    let say = |s: String| say(opts.quiet, s);
+    let Prepared {
+        reader,
+        mesh,
+        start,
+        duration,
+        n_steps,
+        output_every,
+        particles,
+        outside,
+        params,
+        threads,
+        pool,
+        wall,
+        ..
+    } = prep;
+    let n = particles.len();
+    let mut partition = Partition::new(particles);
+    partition.sort_every = cfg.sort_every;
     let mut writer = TrajectoryWriter::create(
         &cfg.output,
         n,
@@ -299,22 +452,11 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         cfg.happiness.is_some(),
         &config_attributes(cfg),
     )?;
+    let _ = &reader;
     let mut fields = FieldWindow::new(start);
     let mut kernel = Duration::ZERO;
     let mut output = Duration::ZERO;
-    let progress = if opts.quiet || n_steps < 2 {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(n_steps as u64);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
-            )
-            .unwrap()
-            .progress_chars("=> "),
-        );
-        pb
-    };
+    let progress = progress_bar(opts.quiet, n_steps);
     say(format!(
         "run: {n} particles, {n_steps} steps of {} s from {}, {threads} threads",
         cfg.dt,
@@ -362,12 +504,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             }
             last = tally;
             steps_done = s + 1;
-            let happy_stop = match cfg.stop_when_happy_share {
-                Some(share) if tally.active > 0 => {
-                    tally.happy as f64 >= share * tally.active as f64
-                }
-                _ => false,
-            };
+            let happy_stop = happy_stop(cfg, &tally);
             if (s + 1) % output_every == 0 || s + 1 == n_steps || happy_stop {
                 let o = Instant::now();
                 writer.write(t1, &[worker.snapshot(&mesh, fields.window(), t1)?])?;
@@ -391,15 +528,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     })?;
     progress.finish_and_clear();
     writer.close()?;
-    if ecstatic {
-        println!("All particles are ecstatic!");
-    }
-    if let Some(_) = cfg.happiness {
-        say(format!(
-            "happiest particle: {} with happiness {:.3}; {} of {} active are happy",
-            last.happiest, last.max_happiness, last.happy, last.active
-        ));
-    }
+    closing(cfg, &last, ecstatic, opts.quiet);
     let report = RunReport {
         n_particles: n,
         steps: steps_done,
@@ -410,9 +539,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         output,
         last,
         ecstatic,
-        outside: released.outside,
+        outside,
         threads,
         device: choice.reason.clone(),
+        nodes: 0,
+        partitions: 1,
+        halo_served: 0,
+        dropped: 0,
     };
     say(format!(
         "done: {} steps in {:.2} s ({:.2} M particle-steps/s overall, kernel {:.2} s, fields {:.2} s, output {:.2} s); active {}, exited {}, bad field {}, outside mesh {}; wrote {}",

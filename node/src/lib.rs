@@ -7,8 +7,11 @@ use rayon::prelude::*;
 use shoal_common::kernel::{advance, observe, release_due, StepParams, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
 
+pub mod agent;
+pub mod fields;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod net;
 
 /// Particles per rayon task: large enough to amortise scheduling, small enough that every
 /// thread gets several tasks. Depends only on the particle count, never on the thread count.
@@ -63,10 +66,27 @@ impl Partition {
         t: f64,
         step: u32,
     ) -> Tally {
+        self.prepare();
+        self.advance_all(mesh, window, params, t, step)
+    }
+
+    /// The first half of [`Partition::step`]: re-sorts by host element when due.
+    pub fn prepare(&mut self) {
         if self.sort_every > 0 && self.steps_since_sort >= self.sort_every {
             self.sort_by_element();
         }
         self.steps_since_sort = self.steps_since_sort.saturating_add(1);
+    }
+
+    /// The second half of [`Partition::step`]: advances every particle in rayon chunks.
+    pub fn advance_all(
+        &mut self,
+        mesh: &Mesh,
+        window: Window,
+        params: &StepParams,
+        t: f64,
+        step: u32,
+    ) -> Tally {
         let n = self.particles.len();
         self.particles
             .chunks_mut(chunk_size(n))

@@ -1,0 +1,831 @@
+//! The node agent: joins a cluster over zenoh, takes partitions from a manager and steps them.
+//!
+//! A node declares a liveliness token carrying its capabilities and a queryable for its
+//! assignment. Once assigned, each of its partitions runs bulk-synchronously: pull the run's
+//! specification, the partition's topology, its particles and field slices; then every step
+//! advance with the shared kernels, fetch on demand the field values of elements outside the
+//! halo that a particle reached (invariant 5), send migrants straight to the owning partition's
+//! inbox (every neighbour gets a batch, empty or not), report the step's summary to the manager
+//! and wait for its control, then merge every expected batch before the next step.
+
+use crate::fields::PartialFields;
+use crate::net::{ask, bytes, Dropped, Fabric};
+use crate::Partition;
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::fields::span;
+use shoal_common::kernel::{advance_touching, tally_of, Tally};
+use shoal_common::keys::{self, RunKeys};
+use shoal_common::wire::{
+    self, Capabilities, Command, Control, Endpoint, FieldRequest, Hello, Ident, Message,
+    ParticleBatch, Ready, RunSpec, StepSummary, Topology,
+};
+use shoal_common::{status, Mesh, Particles};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zenoh::qos::CongestionControl;
+use zenoh::sample::SampleKind;
+use zenoh::{Session, Wait};
+
+/// How long a node waits for one answer it cannot go on without (specification, topology, a
+/// field slice) before giving the run up.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// How long a step's summary may wait for the manager's control: the slowest partition's step.
+const STEP_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+
+pub struct NodeOptions {
+    pub cluster: Ident,
+    /// The node's name: a key chunk, unique in the cluster.
+    pub name: String,
+    pub fabric: Fabric,
+    pub quiet: bool,
+    /// Worker threads for stepping; `None`: rayon's global pool.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// What this machine offers, for the hello and the token.
+pub fn capabilities() -> Capabilities {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| (kib / 1024) as u32)
+        .unwrap_or(0);
+    Capabilities {
+        arch: wire::text(std::env::consts::ARCH),
+        version: wire::text(env!("CARGO_PKG_VERSION")),
+        cores: cores.min(u16::MAX as usize) as u16,
+        memory_mib,
+        gpu: None,
+    }
+}
+
+/// A node's default name: the host name, made a key chunk, and the process id.
+pub fn default_name() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "node".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(20)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+struct Log {
+    prefix: String,
+    quiet: bool,
+}
+
+impl Log {
+    fn say(&self, s: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}: {}", self.prefix, s.as_ref());
+        }
+    }
+}
+
+/// Serves assignments until `stop` is set: the `shoal-node` main loop, also run in threads by
+/// the embedded default. Returns the number of messages dropped.
+pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result<u64> {
+    if !keys::is_chunk(&opts.name) {
+        bail!(
+            "node name `{}`: use letters, digits, `-`, `_` and `.` only",
+            opts.name
+        );
+    }
+    let log = Arc::new(Log {
+        prefix: format!("node {}", opts.name),
+        quiet: opts.quiet,
+    });
+    let dropped = Arc::new(Dropped::default());
+    let hello = Hello {
+        node: wire::ident(&opts.name).map_err(|e| anyhow!("node name: {e}"))?,
+        capabilities: capabilities(),
+    };
+    let cluster_ep = Endpoint {
+        cluster: opts.cluster.clone(),
+        run: 0,
+    };
+    let hello_bytes = bytes(&cluster_ep, Message::Hello(hello.clone()))?;
+    let (tx, rx) = mpsc::channel::<(u64, Vec<u32>)>();
+    let cluster = opts.cluster.clone();
+    let name = opts.name.clone();
+    let (d, l, hb) = (dropped.clone(), log.clone(), hello_bytes.clone());
+    let quiet = opts.quiet;
+    let _assign = session
+        .declare_queryable(keys::assign(&opts.cluster, &opts.name))
+        .callback(move |q| {
+            let Some(p) = q.payload() else {
+                d.note(
+                    "assignment",
+                    &wire::WireError::Malformed("empty".into()),
+                    quiet,
+                );
+                let _ = q.reply_err("an assignment was expected").wait();
+                return;
+            };
+            match wire::decode_any_run(&p.to_bytes(), &cluster) {
+                Ok(env) => match env.message {
+                    Message::Assignment(a) if a.node.as_str() == name => {
+                        l.say(format!(
+                            "assigned partitions {:?} of run {:016x}",
+                            a.partitions, env.header.run
+                        ));
+                        let _ = tx.send((env.header.run, a.partitions.to_vec()));
+                        let _ = q.reply(q.key_expr().clone(), hb.clone()).wait();
+                    }
+                    other => {
+                        d.note(
+                            "assignment",
+                            &wire::WireError::Malformed(format!(
+                                "a {} for someone else",
+                                other.kind()
+                            )),
+                            quiet,
+                        );
+                        let _ = q.reply_err("not an assignment for this node").wait();
+                    }
+                },
+                Err(e) => {
+                    d.note("assignment", &e, quiet);
+                    let _ = q.reply_err(format!("refused: {e}")).wait();
+                }
+            }
+        })
+        .wait()
+        .map_err(|e| anyhow!("declaring the assignment queryable: {e}"))?;
+    let _token = session
+        .liveliness()
+        .declare_token(keys::node_token(&opts.cluster, &opts.name, &hello_bytes))
+        .wait()
+        .map_err(|e| anyhow!("declaring the liveliness token: {e}"))?;
+    log.say(format!(
+        "joined cluster `{}` ({} on {}, {} cores); waiting for a manager",
+        opts.cluster, hello.capabilities.version, hello.capabilities.arch, hello.capabilities.cores
+    ));
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((run, partitions)) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let me = Endpoint {
+            cluster: opts.cluster.clone(),
+            run,
+        };
+        let t = Instant::now();
+        let pool = opts.pool.clone();
+        match run_assignment(
+            session,
+            &me,
+            &opts.name,
+            &partitions,
+            &dropped,
+            &log,
+            stop,
+            pool,
+        ) {
+            Ok(steps) => log.say(format!(
+                "run {run:016x} done: {steps} steps in {:.2} s",
+                t.elapsed().as_secs_f64()
+            )),
+            Err(e) => log.say(format!("run {run:016x} abandoned: {e:#}")),
+        }
+    }
+    log.say("leaving the cluster");
+    Ok(dropped.get())
+}
+
+/// Runs this node's partitions of one run, each in its own thread, and returns the steps done.
+#[allow(clippy::too_many_arguments)]
+fn run_assignment(
+    session: &Session,
+    me: &Endpoint,
+    node: &str,
+    partitions: &[u32],
+    dropped: &Arc<Dropped>,
+    log: &Arc<Log>,
+    stop: &AtomicBool,
+    pool: Option<Arc<rayon::ThreadPool>>,
+) -> Result<u32> {
+    let abandon = Arc::new(AtomicBool::new(false));
+    // The run ends for this node if its manager goes away.
+    let a = abandon.clone();
+    let _watch = session
+        .liveliness()
+        .declare_subscriber(keys::manager_token(&me.cluster, me.run))
+        .callback(move |s| {
+            if s.kind() == SampleKind::Delete {
+                a.store(true, Ordering::Relaxed);
+            }
+        })
+        .wait()
+        .map_err(|e| anyhow!("watching the manager: {e}"))?;
+    let keys = RunKeys::new(&me.cluster, me.run);
+    let spec = match ask(
+        session,
+        &keys.spec(),
+        None,
+        me,
+        dropped,
+        PATIENCE,
+        &abandon,
+        log.quiet,
+    )? {
+        Message::RunSpec(s) => s,
+        other => bail!("expected the run specification, got a {}", other.kind()),
+    };
+    let (mesh, _) = Mesh::build(spec.mesh.clone()).map_err(|e| anyhow!("run mesh: {e}"))?;
+    let (mesh, spec) = (Arc::new(mesh), Arc::new(*spec));
+    log.say(format!(
+        "mesh of {} elements; {} particles in {} partitions, {} steps",
+        mesh.n_elements(),
+        spec.n_particles,
+        spec.n_parts,
+        spec.n_steps
+    ));
+    let steps = std::thread::scope(|sc| {
+        let handles: Vec<_> = partitions
+            .iter()
+            .map(|&p| {
+                let (mesh, spec, abandon) = (mesh.clone(), spec.clone(), abandon.clone());
+                let dropped = dropped.clone();
+                let pool = pool.clone();
+                let log = Log {
+                    prefix: format!("{} partition {p}", log.prefix),
+                    quiet: log.quiet,
+                };
+                sc.spawn(move || {
+                    let r = PartitionAgent::new(
+                        session,
+                        me,
+                        node,
+                        p,
+                        &mesh,
+                        &spec,
+                        dropped.clone(),
+                        log,
+                    )
+                    .and_then(|mut a| {
+                        a.pool = pool;
+                        a.run(&abandon, stop)
+                    });
+                    if let Err(e) = &r {
+                        // The others cannot finish without this one; tell the manager why,
+                        // unless the manager is gone.
+                        if !abandon.swap(true, Ordering::Relaxed) {
+                            tell_failure(session, me, p, &format!("{e:#}"), &dropped);
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut steps = 0;
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(s)) => steps = s,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow!("a partition thread panicked"));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(steps),
+        }
+    })?;
+    Ok(steps)
+}
+
+/// Tells the manager that partition `p` failed, without waiting long for it to listen.
+fn tell_failure(session: &Session, me: &Endpoint, p: u32, reason: &str, dropped: &Dropped) {
+    let m = Message::Failure(wire::Failure {
+        partition: p,
+        reason: reason.to_string(),
+    });
+    if let Ok(b) = bytes(me, m) {
+        let never = AtomicBool::new(false);
+        let keys = RunKeys::new(&me.cluster, me.run);
+        let _ = ask(
+            session,
+            &keys.sync(p),
+            Some(&b),
+            me,
+            dropped,
+            Duration::from_secs(5),
+            &never,
+            true,
+        );
+    }
+}
+
+/// One batch off the network: (sender, step, particles).
+type Arrival = (u32, u32, ParticleBatch);
+
+struct PartitionAgent<'a> {
+    session: &'a Session,
+    me: &'a Endpoint,
+    node: Ident,
+    p: u32,
+    keys: RunKeys,
+    mesh: &'a Mesh,
+    spec: &'a RunSpec,
+    topo: Topology,
+    topo_elements: Vec<u32>,
+    neighbours: Vec<u32>,
+    part: Partition,
+    fields: PartialFields,
+    dropped: Arc<Dropped>,
+    log: Log,
+    inbox: mpsc::Receiver<Arrival>,
+    _subscriber: zenoh::pubsub::Subscriber<()>,
+    publishers: HashMap<u32, zenoh::pubsub::Publisher<'a>>,
+    /// Batches that arrived for a later step than the one being merged.
+    early: Vec<Arrival>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl<'a> PartitionAgent<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        session: &'a Session,
+        me: &'a Endpoint,
+        node: &str,
+        p: u32,
+        mesh: &'a Mesh,
+        spec: &'a RunSpec,
+        dropped: Arc<Dropped>,
+        log: Log,
+    ) -> Result<Self> {
+        let keys = RunKeys::new(&me.cluster, me.run);
+        let never = AtomicBool::new(false);
+        let get = |key: String| {
+            ask(
+                session, &key, None, me, &dropped, PATIENCE, &never, log.quiet,
+            )
+        };
+        let topo = match get(keys.topology(p))? {
+            Message::Topology(t) if t.partition == p => t,
+            other => bail!("expected partition {p}'s topology, got a {}", other.kind()),
+        };
+        let (ne, nn) = (mesh.n_elements() as u32, mesh.n_nodes() as u32);
+        if topo.owned.iter().chain(&topo.halo).any(|&e| e >= ne)
+            || topo.nodes.iter().any(|&n| n >= nn)
+        {
+            bail!("partition {p}'s topology names elements or nodes outside the mesh");
+        }
+        let mut particles = match get(keys.particles(p))? {
+            Message::ParticleBatch(b) if b.to == p => b.into_particles(),
+            other => bail!("expected partition {p}'s particles, got a {}", other.kind()),
+        };
+        if particles.element.iter().any(|&e| e >= ne) {
+            bail!("partition {p}'s particles name elements outside the mesh");
+        }
+        particles.sort_by_id();
+        let mut neighbours: Vec<u32> = topo.halo_owner.clone();
+        neighbours.sort_unstable();
+        neighbours.dedup();
+        neighbours.retain(|&n| n != p);
+        let mut topo_elements = topo.owned.clone();
+        topo_elements.extend_from_slice(&topo.halo);
+
+        let (tx, inbox) = mpsc::channel::<Arrival>();
+        let (me2, prefix, quiet) = (me.clone(), keys.clone(), log.quiet);
+        let d = dropped.clone();
+        let subscriber = session
+            .declare_subscriber(keys.inboxes(p))
+            .callback(move |sample| {
+                let key = sample.key_expr().as_str();
+                let from = prefix.numbers("inbox", key).and_then(|v| v.get(1).copied());
+                match wire::decode(&sample.payload().to_bytes(), &me2) {
+                    Ok(env) => match (env.message, from) {
+                        (Message::ParticleBatch(b), Some(f)) if b.from == f && b.to == p => {
+                            let _ = tx.send((f, b.step, b));
+                        }
+                        (m, _) => d.note(
+                            "inbox message",
+                            &wire::WireError::Malformed(format!(
+                                "a {} that is not a batch for this inbox",
+                                m.kind()
+                            )),
+                            quiet,
+                        ),
+                    },
+                    Err(e) => d.note("inbox message", &e, quiet),
+                }
+            })
+            .wait()
+            .map_err(|e| anyhow!("declaring the inbox: {e}"))?;
+        let mut part = Partition::new(particles);
+        part.sort_every = spec.sort_every;
+        let mut agent = PartitionAgent {
+            session,
+            me,
+            node: wire::ident(node).map_err(|e| anyhow!("{e}"))?,
+            p,
+            keys,
+            mesh,
+            spec,
+            topo,
+            topo_elements,
+            neighbours: neighbours.clone(),
+            part,
+            fields: PartialFields::default(),
+            dropped,
+            log,
+            inbox,
+            _subscriber: subscriber,
+            publishers: HashMap::new(),
+            early: Vec::new(),
+            pool: None,
+        };
+        for n in neighbours {
+            agent.publisher(n)?;
+        }
+        Ok(agent)
+    }
+
+    /// The publisher toward partition `to`'s inbox, declared once; it is ready when `to`'s
+    /// subscriber is known here, so nothing sent on it is lost for want of a route.
+    fn publisher(&mut self, to: u32) -> Result<&zenoh::pubsub::Publisher<'a>> {
+        if !self.publishers.contains_key(&to) {
+            let pubr = self
+                .session
+                .declare_publisher(self.keys.inbox(to, self.p))
+                .congestion_control(CongestionControl::Block)
+                .wait()
+                .map_err(|e| anyhow!("declaring a publisher to partition {to}: {e}"))?;
+            let deadline = Instant::now() + PATIENCE;
+            while !pubr
+                .matching_status()
+                .wait()
+                .map(|m| m.matching())
+                .unwrap_or(false)
+            {
+                if Instant::now() > deadline {
+                    bail!("partition {to}'s inbox never appeared");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.publishers.insert(to, pubr);
+        }
+        Ok(&self.publishers[&to])
+    }
+
+    fn sync(&self, m: Message, abandon: &AtomicBool) -> Result<Control> {
+        let b = bytes(self.me, m)?;
+        match ask(
+            self.session,
+            &self.keys.sync(self.p),
+            Some(&b),
+            self.me,
+            &self.dropped,
+            STEP_PATIENCE,
+            abandon,
+            self.log.quiet,
+        )? {
+            Message::Control(c) => Ok(c),
+            other => bail!("expected a control, got a {}", other.kind()),
+        }
+    }
+
+    /// Makes sure the levels bracketing `[t0, t1]` are held, asking for the missing slices.
+    fn cover(&mut self, t0: f64, t1: f64, abandon: &AtomicBool) -> Result<()> {
+        let (lo, hi) = span(&self.spec.times, t0, t1);
+        self.fields.drop_before(lo as u32);
+        if self
+            .fields
+            .indices()
+            .first()
+            .is_some_and(|&f| f != lo as u32)
+        {
+            self.fields = PartialFields::default();
+        }
+        for idx in lo..=hi {
+            let idx = idx as u32;
+            if self.fields.has(idx) {
+                continue;
+            }
+            let slice = match ask(
+                self.session,
+                &self.keys.field(self.p, idx),
+                None,
+                self.me,
+                &self.dropped,
+                PATIENCE,
+                abandon,
+                self.log.quiet,
+            )? {
+                Message::FieldSlice(f) if f.time_index == idx => f,
+                other => bail!("expected field slice {idx}, got a {}", other.kind()),
+            };
+            let time = self.spec.times[idx as usize];
+            self.fields
+                .open(self.mesh, idx, time, self.spec.temp, self.spec.kh);
+            self.fields
+                .fill(self.mesh, &slice, &self.topo_elements, &self.topo.nodes)
+                .with_context(|| format!("field slice {idx}"))?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the values of `elements` at every level held.
+    fn fetch(&mut self, elements: Vec<u32>, abandon: &AtomicBool) -> Result<()> {
+        self.fields.fetched += elements.len() as u64;
+        for idx in self.fields.indices() {
+            let req = bytes(
+                self.me,
+                Message::FieldRequest(FieldRequest {
+                    partition: self.p,
+                    time_index: idx,
+                    elements: elements.clone(),
+                }),
+            )?;
+            let slice = match ask(
+                self.session,
+                &self.keys.halo(self.p),
+                Some(&req),
+                self.me,
+                &self.dropped,
+                PATIENCE,
+                abandon,
+                self.log.quiet,
+            )? {
+                Message::FieldSlice(f) if f.time_index == idx && !f.elements.is_empty() => f,
+                other => bail!("expected halo values, got a {}", other.kind()),
+            };
+            self.fields
+                .fill(self.mesh, &slice, &slice.elements, &slice.nodes)
+                .with_context(|| format!("halo values at time index {idx}"))?;
+        }
+        Ok(())
+    }
+
+    /// Steps every particle from `t`; particles quarantined for want of field values are
+    /// stepped again once those are fetched, until none lacks anything.
+    fn step(&mut self, s: u32, t: f64, t1: f64, abandon: &AtomicBool) -> Result<Tally> {
+        let mut params = self.spec.params;
+        params.dt = t1 - t;
+        let before;
+        let tally = {
+            let (part, mesh, window) = (&mut self.part, self.mesh, self.fields.window());
+            let mut work = || {
+                part.prepare();
+                let before = part.particles.status.clone();
+                (before, part.advance_all(mesh, window, &params, t, s))
+            };
+            let (b, tally) = match &self.pool {
+                Some(pool) => pool.install(work),
+                None => work(),
+            };
+            before = b;
+            tally
+        };
+        let p = &self.part.particles;
+        let mut suspects: Vec<usize> = (0..p.len())
+            .filter(|&i| before[i] == status::ACTIVE && p.status[i] == status::BAD_FIELD)
+            .collect();
+        if suspects.is_empty() {
+            return Ok(tally);
+        }
+        loop {
+            // Quarantined particles kept their starting state: step them again.
+            let mut again = Particles::with_capacity(suspects.len());
+            for &i in &suspects {
+                again.push_from(&self.part.particles, i);
+                let last = again.len() - 1;
+                again.status[last] = status::ACTIVE;
+            }
+            let mut touched: Vec<u32> = Vec::new();
+            let n = again.len();
+            let view = again.chunks_mut(n).pop().expect("at least one particle");
+            advance_touching(
+                self.mesh,
+                self.fields.window(),
+                &params,
+                t,
+                s,
+                view,
+                &mut touched,
+            );
+            for (k, &i) in suspects.iter().enumerate() {
+                self.part.particles.set_from(i, &again, k);
+            }
+            let missing: BTreeSet<u32> = touched
+                .into_iter()
+                .filter(|&e| !self.fields.present(e))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            self.fetch(missing.into_iter().collect(), abandon)?;
+            let p = &self.part.particles;
+            suspects.retain(|&i| p.status[i] == status::BAD_FIELD);
+        }
+        let p = &self.part.particles;
+        Ok(tally_of(&params, &p.id, &p.status, &p.happiness))
+    }
+
+    /// Takes out the particles whose element another partition owns, by destination.
+    fn emigrants(&mut self) -> BTreeMap<u32, Particles> {
+        let p = &self.part.particles;
+        let part_of = &self.spec.part_of;
+        let leaving: Vec<usize> = (0..p.len())
+            .filter(|&i| {
+                p.status[i] != status::OUTSIDE_MESH && part_of[p.element[i] as usize] != self.p
+            })
+            .collect();
+        let mut out: BTreeMap<u32, Particles> = BTreeMap::new();
+        for &i in &leaving {
+            out.entry(part_of[p.element[i] as usize])
+                .or_default()
+                .push_from(p, i);
+        }
+        self.part.particles.remove_sorted(&leaving);
+        out
+    }
+
+    /// Waits for the batches of `step` from every partition in `expect`, merging them; returns
+    /// the particles received.
+    fn merge(&mut self, step: u32, expect: &[u32], abandon: &AtomicBool) -> Result<u64> {
+        let mut waiting: BTreeSet<u32> = expect.iter().copied().collect();
+        let mut received = 0u64;
+        // Batches that came early first, then the inbox.
+        let mut pending: Vec<Arrival> = std::mem::take(&mut self.early);
+        let deadline = Instant::now() + STEP_PATIENCE;
+        loop {
+            for (from, at, b) in pending.drain(..) {
+                if at > step {
+                    self.early.push((from, at, b));
+                } else if at == step && waiting.remove(&from) {
+                    received += b.len() as u64;
+                    self.part.particles.extend(&b.into_particles());
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(received);
+            }
+            match self.inbox.recv_timeout(Duration::from_millis(250)) {
+                Ok(a) => pending.push(a),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if abandon.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        bail!("step {step}: still waiting for partitions {waiting:?}");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the inbox closed"),
+            }
+        }
+    }
+
+    fn snapshot(&self, step: u32, t: f64, abandon: &AtomicBool) -> Result<()> {
+        let (particles, mesh, window) = (&self.part.particles, self.mesh, self.fields.window());
+        let view = || crate::snapshot_of(particles, mesh, window, t);
+        let s = match &self.pool {
+            Some(pool) => pool.install(view),
+            None => view(),
+        };
+        let m = Message::Snapshot(wire::Snapshot {
+            partition: self.p,
+            step,
+            time: t,
+            id: s.id,
+            x: s.x,
+            y: s.y,
+            z: s.z,
+            sigma: s.sigma,
+            status: s.status,
+            element: s.element,
+            age: s.age,
+            happiness: s.happiness,
+        });
+        let b = bytes(self.me, m)?;
+        ask(
+            self.session,
+            &self.keys.snapshot(self.p),
+            Some(&b),
+            self.me,
+            &self.dropped,
+            PATIENCE,
+            abandon,
+            self.log.quiet,
+        )?;
+        Ok(())
+    }
+
+    /// The bulk-synchronous loop; returns the steps done.
+    fn run(&mut self, abandon: &AtomicBool, stop: &AtomicBool) -> Result<u32> {
+        let spec = self.spec;
+        let dt = spec.params.dt;
+        let ready = Message::Ready(Ready {
+            partition: self.p,
+            node: self.node.clone(),
+        });
+        let start = self.sync(ready, abandon)?;
+        if !matches!(start.command, Command::Start | Command::Stop) {
+            bail!("expected the start, got {:?}", start.command);
+        }
+        self.cover(0.0, dt.min(spec.duration.max(0.0)), abandon)?;
+        {
+            let (part, mesh, window) = (&mut self.part, self.mesh, self.fields.window());
+            match &self.pool {
+                Some(pool) => pool.install(|| part.release(mesh, window, 0.0)),
+                None => part.release(mesh, window, 0.0),
+            }
+        }
+        if start.snapshot {
+            self.snapshot(0, 0.0, abandon)?;
+        }
+        if start.command == Command::Stop {
+            return Ok(0);
+        }
+        self.log.say(format!(
+            "{} particles, neighbours {:?}",
+            self.part.particles.len(),
+            self.neighbours
+        ));
+        let mut received = 0u64;
+        let mut s = 0u32;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                bail!("stopped");
+            }
+            let t = s as f64 * dt;
+            let t1 = ((s + 1) as f64 * dt).min(spec.duration);
+            self.cover(t, t1, abandon)?;
+            let tally = self.step(s, t, t1, abandon)?;
+            let mut out = self.emigrants();
+            for &n in &self.neighbours {
+                out.entry(n).or_default();
+            }
+            let mut sent_to = Vec::with_capacity(out.len());
+            let mut sent_counts = Vec::with_capacity(out.len());
+            for (to, batch) in out {
+                sent_to.push(to);
+                sent_counts.push(batch.len() as u32);
+                let b = bytes(
+                    self.me,
+                    Message::ParticleBatch(ParticleBatch::of(self.p, to, s, batch)),
+                )?;
+                self.publisher(to)?
+                    .put(b)
+                    .wait()
+                    .map_err(|e| anyhow!("sending to partition {to}: {e}"))?;
+            }
+            let summary = StepSummary {
+                partition: self.p,
+                step: s,
+                active: tally.active,
+                pending: tally.pending,
+                exited: tally.exited,
+                bad_field: tally.bad_field,
+                outside_mesh: tally.outside_mesh,
+                sent: sent_counts.iter().map(|&c| c as u64).sum(),
+                received,
+                happy: tally.happy,
+                max_happiness: tally.max_happiness,
+                happiest: tally.happiest,
+                sent_to,
+                sent_counts,
+                dropped: self.dropped.get(),
+            };
+            let control = self.sync(Message::StepSummary(summary), abandon)?;
+            if control.step != s {
+                bail!("control for step {}, expected {s}", control.step);
+            }
+            received = self.merge(s, &control.expect, abandon)?;
+            if control.snapshot {
+                self.snapshot(s + 1, t1, abandon)?;
+            }
+            s += 1;
+            match control.command {
+                Command::Continue => {}
+                Command::Stop => break,
+                other => bail!("step {s}: cannot {other:?}"),
+            }
+        }
+        self.log.say(format!(
+            "stopped after {s} steps; fetched {} halo element values on demand",
+            self.fields.fetched
+        ));
+        Ok(s)
+    }
+}

@@ -1,0 +1,271 @@
+//! zenoh plumbing shared by the node agent and the manager: session configuration, and asking
+//! one question (a `get`) for one decoded answer, dropping and counting what does not decode.
+
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::wire::{decode, encode, Endpoint, Message, WireError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use zenoh::query::ConsolidationMode;
+use zenoh::{Config, Session, Wait};
+
+/// How a session finds the others.
+#[derive(Clone, Debug, Default)]
+pub struct Fabric {
+    /// A zenoh JSON5 configuration file (mode, connect/listen endpoints, routers, scouting).
+    pub config_file: Option<std::path::PathBuf>,
+    /// Endpoints to listen on, replacing the file's (e.g. `tcp/127.0.0.1:0`).
+    pub listen: Option<Vec<String>>,
+    /// Endpoints to connect to, added to the file's.
+    pub connect: Vec<String>,
+    /// Multicast scouting on the LAN; `None` keeps the file's (zenoh's default: on).
+    pub multicast: Option<bool>,
+}
+
+fn json_list(v: &[String]) -> String {
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+impl Fabric {
+    /// Loopback only: what the embedded default uses.
+    pub fn loopback(connect: Vec<String>) -> Fabric {
+        Fabric {
+            config_file: None,
+            listen: Some(vec!["tcp/127.0.0.1:0".into()]),
+            connect,
+            multicast: Some(false),
+        }
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let mut c = match &self.config_file {
+            Some(p) => Config::from_file(p)
+                .map_err(|e| anyhow!("{}: not a zenoh configuration: {e}", p.display()))?,
+            None => Config::default(),
+        };
+        let set = |c: &mut Config, key: &str, v: &str| {
+            c.insert_json5(key, v)
+                .map_err(|e| anyhow!("zenoh configuration {key} = {v}: {e}"))
+        };
+        if self.config_file.is_none() {
+            set(&mut c, "mode", "\"peer\"")?;
+        }
+        if let Some(l) = &self.listen {
+            set(&mut c, "listen/endpoints", &json_list(l))?;
+        }
+        if !self.connect.is_empty() {
+            let mut all: Vec<String> = c
+                .get_json("connect/endpoints")
+                .ok()
+                .and_then(|j| serde_json_list(&j))
+                .unwrap_or_default();
+            all.extend(self.connect.iter().cloned());
+            set(&mut c, "connect/endpoints", &json_list(&all))?;
+        }
+        if let Some(m) = self.multicast {
+            set(
+                &mut c,
+                "scouting/multicast/enabled",
+                if m { "true" } else { "false" },
+            )?;
+        }
+        Ok(c)
+    }
+
+    pub fn open(&self) -> Result<Session> {
+        let c = self.config()?;
+        zenoh::open(c)
+            .wait()
+            .map_err(|e| anyhow!("opening the zenoh session: {e}"))
+    }
+}
+
+/// A JSON list of strings, as zenoh prints connect endpoints (no JSON library needed).
+fn serde_json_list(j: &str) -> Option<Vec<String>> {
+    let inner = j.trim().strip_prefix('[')?.strip_suffix(']')?;
+    Some(
+        inner
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
+/// Checks that a configuration file parses, naming it when it does not.
+pub fn check_config_file(p: &Path) -> Result<()> {
+    Config::from_file(p)
+        .map(|_| ())
+        .map_err(|e| anyhow!("{}: not a zenoh configuration: {e}", p.display()))
+}
+
+/// A TCP port on loopback that nobody listens on right now, for a session that others in this
+/// process must find (zenoh does not report the port it picked for `:0` on loopback).
+pub fn free_loopback_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Counts what an agent refused: bytes that were not a message for it.
+#[derive(Debug, Default)]
+pub struct Dropped(pub AtomicU64);
+
+impl Dropped {
+    pub fn note(&self, what: &str, e: &WireError, quiet: bool) {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        // Say so for the first few and then every thousandth, never flood the log.
+        if !quiet && (n <= 3 || n % 1000 == 0) {
+            eprintln!("dropped {what}: {e} ({n} dropped so far)");
+        }
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub fn bytes(me: &Endpoint, m: Message) -> Result<Vec<u8>> {
+    encode(&me.envelope(m)).map_err(|e| anyhow!("encoding: {e}"))
+}
+
+/// Asks `key` once and returns the first answer that decodes for `me`. Retries while nobody
+/// answers (a queryable not declared yet), until `patience` runs out; answers that do not
+/// decode are dropped and counted. A reply the answerer marks as an error is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn ask(
+    session: &Session,
+    key: &str,
+    payload: Option<&[u8]>,
+    me: &Endpoint,
+    dropped: &Dropped,
+    patience: Duration,
+    abandon: &AtomicBool,
+    quiet: bool,
+) -> Result<Message> {
+    ask_decoding(
+        session,
+        key,
+        payload,
+        &|b| decode(b, me),
+        dropped,
+        patience,
+        abandon,
+        quiet,
+    )
+}
+
+/// [`ask`] for an answer from a node in no run yet (its hello).
+pub fn ask_any_run(
+    session: &Session,
+    key: &str,
+    payload: &[u8],
+    cluster: &Endpoint,
+    dropped: &Dropped,
+    patience: Duration,
+    abandon: &AtomicBool,
+) -> Result<Message> {
+    let dec = |b: &[u8]| shoal_common::wire::decode_any_run(b, &cluster.cluster);
+    ask_decoding(
+        session,
+        key,
+        Some(payload),
+        &dec,
+        dropped,
+        patience,
+        abandon,
+        true,
+    )
+}
+
+type Decoder<'a> = &'a dyn Fn(&[u8]) -> Result<shoal_common::wire::Envelope, WireError>;
+
+#[allow(clippy::too_many_arguments)]
+fn ask_decoding(
+    session: &Session,
+    key: &str,
+    payload: Option<&[u8]>,
+    decode: Decoder,
+    dropped: &Dropped,
+    patience: Duration,
+    abandon: &AtomicBool,
+    quiet: bool,
+) -> Result<Message> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut get = session
+            .get(key)
+            .consolidation(ConsolidationMode::None)
+            .timeout(left.max(Duration::from_millis(500)));
+        if let Some(p) = payload {
+            get = get.payload(p.to_vec());
+        }
+        let replies = get.wait().map_err(|e| anyhow!("asking {key}: {e}"))?;
+        loop {
+            match replies.recv_timeout(Duration::from_millis(250)) {
+                Ok(Some(reply)) => match reply.result() {
+                    Ok(sample) => match decode(&sample.payload().to_bytes()) {
+                        Ok(env) => return Ok(env.message),
+                        Err(e) => dropped.note(&format!("reply on {key}"), &e, quiet),
+                    },
+                    Err(err) => {
+                        bail!(
+                            "{key}: {}",
+                            String::from_utf8_lossy(&err.payload().to_bytes())
+                        )
+                    }
+                },
+                Ok(None) => {
+                    if abandon.load(Ordering::Relaxed) {
+                        bail!("abandoned while waiting on {key}");
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no answer on {key} within {} s", patience.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Decodes a query's payload for `me`, counting it as dropped when it does not decode.
+pub fn query_message(
+    q: &zenoh::query::Query,
+    me: &Endpoint,
+    dropped: &Dropped,
+    quiet: bool,
+) -> Option<Message> {
+    let key = q.key_expr().as_str().to_string();
+    let Some(p) = q.payload() else {
+        dropped.note(
+            &format!("query on {key}"),
+            &WireError::Malformed("no payload".into()),
+            quiet,
+        );
+        let _ = q.reply_err("a shoal message was expected").wait();
+        return None;
+    };
+    match decode(&p.to_bytes(), me) {
+        Ok(env) => Some(env.message),
+        Err(e) => {
+            dropped.note(&format!("query on {key}"), &e, quiet);
+            let _ = q.reply_err(format!("refused: {e}")).wait();
+            None
+        }
+    }
+}
+
+pub fn reply(q: &zenoh::query::Query, me: &Endpoint, m: Message) -> Result<()> {
+    let b = bytes(me, m)?;
+    q.reply(q.key_expr().clone(), b)
+        .wait()
+        .map_err(|e| anyhow!("replying on {}: {e}", q.key_expr()))
+        .context("reply")
+}
