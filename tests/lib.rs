@@ -37,9 +37,18 @@ pub fn run_quiet(cfg: &RunConfig, threads: usize) -> Result<RunReport> {
         &RunOptions {
             quiet: true,
             threads: Some(threads),
-            device: None,
+            ..Default::default()
         },
     )
+}
+
+/// A TCP port on loopback nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A trajectory file read back whole; arrays are trajectory-major `[p * n_time + t]`.

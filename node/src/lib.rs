@@ -8,6 +8,7 @@ use shoal_common::kernel::{advance, observe, release_due, StepParams, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
 
 pub mod agent;
+pub mod cli;
 pub mod fields;
 #[cfg(feature = "gpu")]
 pub mod gpu;

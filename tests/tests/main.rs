@@ -6,6 +6,7 @@ mod bad_input;
 mod boundaries;
 mod determinism;
 mod diffusion;
+mod fabric;
 mod gpu;
 mod output;
 mod reader;

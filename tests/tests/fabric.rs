@@ -1,0 +1,383 @@
+//! The distributed runtime, for real: in-process node agents and separate `shoal-node`
+//! processes on zenoh over loopback, compared value by value with the one-machine path.
+
+use shoal_common::wire::{self, Command, Control, Endpoint, Message};
+use shoal_manager::run::{run, RunOptions, RunReport};
+use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_tests::*;
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zenoh::Wait;
+
+/// A rotating, diffusing, temperature-seeking release over a 30 x 30 mesh.
+fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> String) {
+    let dir = scratch(name);
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 30,
+        ny: 30,
+        kh: true,
+        temp: true,
+        duration: 4.0 * 3600.0,
+        ..Default::default()
+    };
+    synth_file(&dir, "f.nc", &o);
+    let (cx, cy) = o.centre();
+    let toml = move |out: &str, extra: &str| {
+        format!(
+            "seed=11\n[input]\nfiles=['f.nc']\n[release.generate]\ncount=3000\ncentre=[{cx},{cy}]\nradius=5000.0\nz=-3.0\n[run]\nduration='3h'\ndt='60s'\nsort_every=4\n[diffusion]\nhorizontal_kh=2.0\nvertical='file'\n[behaviour]\npreferred_temperature=15.0\n[output]\nfile='{out}'\ninterval='20min'\n{extra}"
+        )
+    };
+    (dir, toml)
+}
+
+fn run_with(dir: &Path, toml: &str, opts: RunOptions) -> RunReport {
+    let cfg = config(dir, toml).unwrap();
+    run(
+        &cfg,
+        &RunOptions {
+            quiet: true,
+            ..opts
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn one_to_four_in_process_nodes_match_the_direct_path_bit_for_bit() {
+    let (dir, toml) = setup("fabric_nodes");
+    let direct = run_with(
+        &dir,
+        &toml("direct.nc", ""),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(direct.nodes, 0);
+    for nodes in 1..=4 {
+        let out = format!("nodes{nodes}.nc");
+        let r = run_with(
+            &dir,
+            &toml(&out, ""),
+            RunOptions {
+                nodes: Some(nodes),
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.nodes, r.partitions), (nodes, nodes));
+        assert_eq!(r.last, direct.last, "{nodes} nodes");
+        files_bit_identical(&dir.join("direct.nc"), &dir.join(&out), false).unwrap();
+    }
+    // Particles really crossed partitions: the run moved them far.
+    let o = Output::read(&dir.join("direct.nc")).unwrap();
+    let moved = (0..o.n_traj)
+        .filter(|&p| {
+            let (a, b) = (o.at(p, 0), o.at(p, o.n_time - 1));
+            (o.x[a] - o.x[b]).hypot(o.y[a] - o.y[b]) > 2000.0
+        })
+        .count();
+    assert!(moved > 2000, "{moved}");
+}
+
+#[test]
+fn a_one_ring_halo_fetches_on_demand_and_matches_a_wide_halo() {
+    let (dir, toml) = setup("fabric_halo");
+    // Long steps and strong diffusion carry particles several elements per step; a snapshot
+    // every step checks that every particle is in exactly one partition at every step.
+    let fast = |out: &str, rings: usize| {
+        toml(out, &format!("[cluster]\nhalo_rings={rings}\n"))
+            .replace("dt='60s'", "dt='10min'")
+            .replace("interval='20min'", "interval='10min'")
+            .replace("horizontal_kh=2.0", "horizontal_kh=30.0")
+    };
+    let opts = || RunOptions {
+        nodes: Some(3),
+        ..Default::default()
+    };
+    let thin = run_with(&dir, &fast("thin.nc", 1), opts());
+    let wide = run_with(&dir, &fast("wide.nc", 8), opts());
+    run_with(
+        &dir,
+        &fast("direct.nc", 1),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    assert!(thin.halo_served > 0, "a one-ring halo never fetched");
+    assert_eq!(wide.halo_served, 0, "an eight-ring halo needed fetches");
+    assert_eq!(thin.steps, 18);
+    files_bit_identical(&dir.join("thin.nc"), &dir.join("wide.nc"), false).unwrap();
+    files_bit_identical(&dir.join("thin.nc"), &dir.join("direct.nc"), false).unwrap();
+}
+
+/// A command for `program` that starts with no file descriptors but stdin, stdout and stderr.
+/// Children inherit every descriptor open in this multi-threaded test process at the moment of
+/// the fork, HDF5's locked NetCDF files of other tests included, and would hold their locks.
+fn clean(program: &str) -> Process {
+    let mut c = Process::new("bash");
+    c.args([
+        "-c",
+        r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$@""#,
+        "clean",
+        program,
+    ]);
+    c
+}
+
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn json5(dir: &Path, name: &str, listen: &str, connect: &str) -> std::path::PathBuf {
+    let connect = if connect.is_empty() {
+        String::new()
+    } else {
+        format!("connect: {{ endpoints: [\"{connect}\"] }},")
+    };
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("{{ mode: \"peer\", listen: {{ endpoints: [\"{listen}\"] }}, {connect} scouting: {{ multicast: {{ enabled: false }} }} }}"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
+    let (dir, toml) = setup("fabric_processes");
+    let port = free_port();
+    let manager = format!("tcp/127.0.0.1:{port}");
+    json5(&dir, "manager.json5", &manager, "");
+    let node_cfg = json5(&dir, "node.json5", "tcp/127.0.0.1:0", &manager);
+    let cluster = format!("proc-{}", std::process::id());
+    let mut nodes = Nodes(Vec::new());
+    for k in 0..2 {
+        nodes.0.push(
+            clean(env!("CARGO_BIN_EXE_shoal-node"))
+                .args(["--cluster", &cluster, "--name", &format!("n{k}"), "--quiet"])
+                .arg("--zenoh-config")
+                .arg(&node_cfg)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    std::fs::write(
+        dir.join("proc.toml"),
+        toml(
+            "proc.nc",
+            "[cluster]\nnodes=2\nwait_seconds=60\nzenoh_config='manager.json5'\n",
+        ),
+    )
+    .unwrap();
+    let out = clean(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "proc.toml", "--cluster", &cluster])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "manager failed:\n{log}");
+    assert!(log.contains("2 nodes (n0 "), "{log}");
+    // Ctrl-C: each node leaves cleanly.
+    for c in &mut nodes.0 {
+        let st = Process::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for c in &mut nodes.0 {
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert!(st.success(), "node exited with {st}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node ignored Ctrl-C");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let inproc = run_with(
+        &dir,
+        &toml("inproc.nc", ""),
+        RunOptions {
+            nodes: Some(2),
+            ..Default::default()
+        },
+    );
+    assert_eq!(inproc.partitions, 2);
+    files_bit_identical(&dir.join("proc.nc"), &dir.join("inproc.nc"), false).unwrap();
+}
+
+/// Garbage of every kind a receiver must survive: random bytes, a truncated message, a message
+/// of another protocol version, one for another run.
+fn garbage(cluster: &str, run: u64, k: u64) -> Vec<u8> {
+    let me = Endpoint {
+        cluster: wire::ident(cluster).unwrap(),
+        run,
+    };
+    let control = Message::Control(Control {
+        step: 1,
+        command: Command::Continue,
+        expect: vec![0, 1],
+        snapshot: false,
+    });
+    let good = wire::encode(&me.envelope(control.clone())).unwrap();
+    match k % 4 {
+        0 => (0..(k % 300)).map(|i| (i * 7919 + k) as u8).collect(),
+        1 => good[..good.len() / 2].to_vec(),
+        2 => {
+            let mut v = good.clone();
+            v[4] = wire::VERSION as u8 + 1;
+            v
+        }
+        _ => wire::encode(
+            &Endpoint {
+                cluster: me.cluster.clone(),
+                run: run ^ 1,
+            }
+            .envelope(control),
+        )
+        .unwrap(),
+    }
+}
+
+#[test]
+fn garbage_on_every_key_is_dropped_and_counted_and_the_run_is_unharmed() {
+    let (dir, toml) = setup("fabric_garbage");
+    let port = free_port();
+    let attacker_at = format!("tcp/127.0.0.1:{port}");
+    let attacker_cfg = json5(&dir, "attacker.json5", &attacker_at, "");
+    json5(&dir, "fabric.json5", "tcp/127.0.0.1:0", &attacker_at);
+    let attacker = zenoh::open(zenoh::Config::from_file(&attacker_cfg).unwrap())
+        .wait()
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (d, s) = (done.clone(), sent.clone());
+    let thread = std::thread::spawn(move || {
+        let mut k = 0u64;
+        let mut tokens = Vec::new();
+        while !d.load(Ordering::Relaxed) {
+            // Find the run from the manager's token, the nodes from theirs.
+            let managers: Vec<(String, u64)> = attacker
+                .liveliness()
+                .get("shoal/*/manager/*")
+                .timeout(Duration::from_millis(300))
+                .wait()
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| {
+                    let key = r.result().ok()?.key_expr().as_str().to_string();
+                    let parts: Vec<&str> = key.split('/').collect();
+                    Some((
+                        parts[1].to_string(),
+                        u64::from_str_radix(parts[3], 16).ok()?,
+                    ))
+                })
+                .collect();
+            for (cluster, run) in managers {
+                if tokens.is_empty() {
+                    tokens.push(
+                        attacker
+                            .liveliness()
+                            .declare_token(format!("shoal/{cluster}/node/evil/zz"))
+                            .wait()
+                            .unwrap(),
+                    );
+                }
+                let keys = shoal_common::keys::RunKeys::new(&wire::ident(&cluster).unwrap(), run);
+                let ask = |key: String, k: u64| {
+                    let replies = attacker
+                        .get(key)
+                        .payload(garbage(&cluster, run, k))
+                        .timeout(Duration::from_millis(300))
+                        .wait()
+                        .unwrap();
+                    while replies.recv().is_ok() {}
+                    s.fetch_add(1, Ordering::Relaxed);
+                };
+                for p in 0..3u32 {
+                    for from in 0..3u32 {
+                        attacker
+                            .put(keys.inbox(p, from), garbage(&cluster, run, k))
+                            .wait()
+                            .unwrap();
+                        s.fetch_add(1, Ordering::Relaxed);
+                        k += 1;
+                    }
+                    ask(keys.sync(p), k);
+                    ask(keys.snapshot(p), k + 1);
+                    ask(keys.halo(p), k + 2);
+                    ask(format!("shoal/{cluster}/assign/local-{p}"), k + 3);
+                    k += 4;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let r = run_with(
+        &dir,
+        &toml(
+            "attacked.nc",
+            "[cluster]\nnodes=3\nzenoh_config='fabric.json5'\n",
+        ),
+        RunOptions::default(),
+    );
+    done.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+    run_with(
+        &dir,
+        &toml("direct.nc", ""),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    assert!(sent.load(Ordering::Relaxed) > 20, "the attacker barely ran");
+    assert!(r.dropped > 10, "only {} dropped", r.dropped);
+    files_bit_identical(&dir.join("attacked.nc"), &dir.join("direct.nc"), false).unwrap();
+}
+
+#[test]
+fn a_named_cluster_without_nodes_stops_with_a_clear_error() {
+    let (dir, toml) = setup("fabric_nobody");
+    let cfg = config(
+        &dir,
+        &toml(
+            "x.nc",
+            "[cluster]\nwait_seconds=1.5\nzenoh_config='lonely.json5'\n",
+        ),
+    );
+    json5(&dir, "lonely.json5", "tcp/127.0.0.1:0", "");
+    let cfg = cfg.unwrap();
+    let name = format!("nobody-{}", std::process::id());
+    let e = run(
+        &cfg,
+        &RunOptions {
+            quiet: true,
+            cluster: Some(name.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains(&format!("no node joined cluster `{name}` within 1.5 s"))
+            && msg.contains("shoal-node --cluster"),
+        "{msg}"
+    );
+}
