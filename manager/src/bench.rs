@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// dense, sparse, gpu or all (all: dense and sparse).
+    /// dense, sparse, fabric, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Particles in the dense case.
@@ -204,7 +204,8 @@ fn dense(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn sparse(args: &BenchArgs) -> Result<()> {
+/// The sparse case's input: 80 000 elements, 20 layers, 12 h hourly (written once).
+fn sparse_input(args: &BenchArgs) -> Result<SynthOptions> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let input = args.dir.join("sparse_fvcom.nc");
@@ -228,6 +229,11 @@ fn sparse(args: &BenchArgs) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    Ok(o)
+}
+
+fn sparse(args: &BenchArgs) -> Result<()> {
+    let o = sparse_input(args)?;
     let (cx, cy) = o.centre();
     let toml = format!(
         "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount=100000\ncentre=[{cx},{cy}]\nradius=8000.0\nz=-5.0\n[run]\nduration='12h'\ndt='60s'\n[output]\nfile='sparse_out.nc'\ninterval='1h'\n"
@@ -326,12 +332,145 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.case.as_str() {
         "dense" => dense(args),
         "sparse" => sparse(args),
+        "fabric" => fabric(args),
         #[cfg(feature = "gpu")]
         "gpu" => gpu(args),
         "all" => {
             dense(args)?;
             sparse(args)
         }
-        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, gpu, all"),
+        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, fabric, gpu, all"),
     }
+}
+
+/// Bytes per kind of message: count, postcard bytes, JSON bytes of the same envelopes,
+/// particles carried (batches).
+#[derive(Default, Clone, Copy)]
+struct Traffic {
+    count: u64,
+    postcard: u64,
+    json: u64,
+    particles: u64,
+}
+
+/// The fabric: bytes on the wire (postcard against the raw payload and against JSON), the
+/// overhead of in-process nodes against the one-machine path, and strong scaling.
+fn fabric(args: &BenchArgs) -> Result<()> {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let o = sparse_input(args)?;
+    let (cx, cy) = o.centre();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let write = |name: &str, count: usize, duration: &str, radius: f64| -> Result<RunConfig> {
+        let toml = format!(
+            "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount={count}\ncentre=[{cx},{cy}]\nradius={radius}\nz=-5.0\n[run]\nduration='{duration}'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='{name}.nc'\ninterval='1h'\n"
+        );
+        let p = args.dir.join(format!("{name}.toml"));
+        std::fs::write(&p, toml)?;
+        RunConfig::from_path(&p)
+    };
+
+    // Bytes: every message encoded, seen through the tap, on a 4-node run.
+    let traffic: Arc<Mutex<BTreeMap<&'static str, Traffic>>> = Default::default();
+    let t2 = traffic.clone();
+    shoal_node::net::set_tap(Box::new(move |env, len| {
+        let json = serde_json::to_vec(env).map(|v| v.len()).unwrap_or(0);
+        let particles = match &env.message {
+            shoal_common::wire::Message::ParticleBatch(b) => b.len() as u64,
+            _ => 0,
+        };
+        let mut t = t2.lock().unwrap();
+        let e = t.entry(env.message.kind()).or_default();
+        e.count += 1;
+        e.postcard += len as u64;
+        e.json += json as u64;
+        e.particles += particles;
+    }));
+    let cfg = write("fabric_bytes", 100_000, "2h", 8000.0)?;
+    let rep = run(
+        &cfg,
+        &RunOptions {
+            quiet: true,
+            nodes: Some(4),
+            ..Default::default()
+        },
+    )?;
+    let t = traffic.lock().unwrap().clone();
+    let steps = rep.steps as f64;
+    println!(
+        "fabric bytes: 100 000 particles, 4 in-process nodes, {} steps, 80 000 elements, 20 layers",
+        rep.steps
+    );
+    println!("| message | count | postcard bytes | JSON bytes | JSON / postcard |");
+    println!("|---|---|---|---|---|");
+    for (kind, x) in &t {
+        println!(
+            "| {kind} | {} | {} | {} | {:.2} |",
+            x.count,
+            x.postcard,
+            x.json,
+            x.json as f64 / x.postcard.max(1) as f64
+        );
+    }
+    let get = |k: &str| t.get(k).copied().unwrap_or_default();
+    let (batch, summary, control) = (get("particle batch"), get("step summary"), get("control"));
+    // Batches after the initial hand-out (those come from the manager, one per partition).
+    let raw = 4 + 3 * 8 + 4 + 1 + 8 + 4;
+    let initial = 100_000u64;
+    let migrated = batch.particles - initial;
+    println!(
+        "per step: {:.0} bytes of batches, summaries and controls ({:.0} in JSON); {:.1} migrants per step",
+        (batch.postcard + summary.postcard + control.postcard) as f64 / steps,
+        (batch.json + summary.json + control.json) as f64 / steps,
+        migrated as f64 / steps
+    );
+    println!(
+        "particle batches: {:.1} bytes per particle carried against {raw} of raw payload ({:.3}x); JSON {:.1} bytes ({:.2}x postcard)",
+        batch.postcard as f64 / batch.particles.max(1) as f64,
+        batch.postcard as f64 / (batch.particles.max(1) * raw) as f64,
+        batch.json as f64 / batch.particles.max(1) as f64,
+        batch.json as f64 / batch.postcard.max(1) as f64
+    );
+
+    // Overhead and scaling at 1 M particles.
+    let cfg = write("fabric_1m", args.particles, "1h", 9000.0)?;
+    let direct = run(
+        &cfg,
+        &RunOptions {
+            quiet: true,
+            direct: true,
+            ..Default::default()
+        },
+    )?;
+    let rate = |r: &crate::run::RunReport| r.particle_steps as f64 / r.wall.as_secs_f64();
+    println!(
+        "\nfabric at {} particles, {} steps, {cores} cores (threads = cores on every path):",
+        args.particles, direct.steps
+    );
+    println!("| path | wall (s) | particle-steps/s | speed vs one machine |");
+    println!("|---|---|---|---|");
+    println!(
+        "| one machine (--direct) | {:.2} | {:.2} M | 1.00 |",
+        direct.wall.as_secs_f64(),
+        rate(&direct) / 1e6
+    );
+    for nodes in 1..=4 {
+        let r = run(
+            &cfg,
+            &RunOptions {
+                quiet: true,
+                nodes: Some(nodes),
+                ..Default::default()
+            },
+        )?;
+        println!(
+            "| {nodes} in-process nodes | {:.2} | {:.2} M | {:.3} |",
+            r.wall.as_secs_f64(),
+            rate(&r) / 1e6,
+            direct.wall.as_secs_f64() / r.wall.as_secs_f64()
+        );
+    }
+    Ok(())
 }

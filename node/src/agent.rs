@@ -176,7 +176,7 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
         .wait()
         .map_err(|e| anyhow!("declaring the liveliness token: {e}"))?;
     log.say(format!(
-        "joined cluster `{}` ({} on {}, {} cores); waiting for a manager",
+        "announced in cluster `{}` ({} on {}, {} cores); waiting for a manager",
         opts.cluster, hello.capabilities.version, hello.capabilities.arch, hello.capabilities.cores
     ));
     while !stop.load(Ordering::Relaxed) {

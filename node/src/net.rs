@@ -129,8 +129,23 @@ impl Dropped {
     }
 }
 
+/// Sees every message this process encodes for the fabric, with its encoded size: how
+/// `shoal bench --case fabric` counts bytes on the wire. Unset, it costs one atomic load.
+pub type Tap = dyn Fn(&shoal_common::wire::Envelope, usize) + Send + Sync;
+static TAP: std::sync::OnceLock<Box<Tap>> = std::sync::OnceLock::new();
+
+/// Installs the tap, once per process; false if one is already set.
+pub fn set_tap(tap: Box<Tap>) -> bool {
+    TAP.set(tap).is_ok()
+}
+
 pub fn bytes(me: &Endpoint, m: Message) -> Result<Vec<u8>> {
-    encode(&me.envelope(m)).map_err(|e| anyhow!("encoding: {e}"))
+    let env = me.envelope(m);
+    let b = encode(&env).map_err(|e| anyhow!("encoding: {e}"))?;
+    if let Some(tap) = TAP.get() {
+        tap(&env, b.len());
+    }
+    Ok(b)
 }
 
 /// Asks `key` once and returns the first answer that decodes for `me`. Retries while nobody
