@@ -8,7 +8,7 @@
 
 use crate::config::RunConfig;
 use crate::fvcom::FvcomReader;
-use crate::partition::{default_rings, halo, partition, Partitioning};
+use crate::partition::{default_rings, halo, max_speed, partition, Partitioning};
 use crate::run::{create_writer, happy_stop, progress_bar, say, Prepared, RunOptions, RunReport};
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::keys::{self, RunKeys};
@@ -528,15 +528,8 @@ fn drive(
         Some(r) => r,
         None => {
             let (lo, _) = shoal_common::fields::span(&times, 0.0, 0.0);
-            let first = reader.read_slice(lo, start)?;
-            let max_speed = first
-                .u
-                .iter()
-                .zip(&first.v)
-                .map(|(u, v)| (*u as f64).hypot(*v as f64))
-                .filter(|s| s.is_finite())
-                .fold(0.0, f64::max);
-            default_rings(max_speed, cfg.dt, mesh.smallest_edge())
+            let speed = max_speed(&reader.read_slice(lo, start)?);
+            default_rings(speed, cfg.dt, mesh.smallest_edge())
         }
     };
     let assignment = assign(members, n_parts);
@@ -891,17 +884,7 @@ impl Driver<'_> {
                 }
                 *slot = true;
             }
-            out.push(shoal_node::Snapshot {
-                id: s.id,
-                x: s.x,
-                y: s.y,
-                z: s.z,
-                sigma: s.sigma,
-                status: s.status,
-                element: s.element,
-                age: s.age,
-                happiness: s.happiness,
-            });
+            out.push(shoal_node::Snapshot::from_wire(s));
         }
         if let Some(missing) = seen.iter().position(|s| !s) {
             bail!("particle {missing} is in no partition at step {step}");

@@ -131,6 +131,16 @@ pub fn halo(mesh: &Mesh, part_of: &[u32], p: u32, rings: usize) -> Vec<u32> {
     halo
 }
 
+/// The fastest horizontal speed in a slice, m/s (non-finite values ignored).
+pub fn max_speed(raw: &shoal_common::RawSlice) -> f64 {
+    raw.u
+        .iter()
+        .zip(&raw.v)
+        .map(|(u, v)| (*u as f64).hypot(*v as f64))
+        .filter(|s| s.is_finite())
+        .fold(0.0, f64::max)
+}
+
 /// Rings needed so that one step's RK4 stages stay in the halo: the farthest a particle moves
 /// in a step over the smallest element edge, plus one.
 pub fn default_rings(max_speed: f64, dt: f64, smallest_edge: f64) -> usize {
@@ -250,14 +260,7 @@ pub fn report(
             weights[*e as usize] += 1;
         }
     }
-    let first = reader.read_slice(0, start)?;
-    let max_speed = first
-        .u
-        .iter()
-        .zip(&first.v)
-        .map(|(u, v)| (*u as f64).hypot(*v as f64))
-        .filter(|s| s.is_finite())
-        .fold(0.0, f64::max);
+    let max_speed = max_speed(&reader.read_slice(0, start)?);
     let rings = rings.unwrap_or_else(|| default_rings(max_speed, cfg.dt, mesh.smallest_edge()));
     let p = partition(&mesh, &weights, parts)?;
     let mut out = String::new();

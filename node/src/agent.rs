@@ -491,18 +491,28 @@ impl<'a> PartitionAgent<'a> {
         Ok(&self.publishers[&to])
     }
 
-    fn sync(&self, m: Message, abandon: &AtomicBool) -> Result<Control> {
-        let b = bytes(self.me, m)?;
-        match ask(
+    fn ask(
+        &self,
+        key: &str,
+        payload: Option<&[u8]>,
+        patience: Duration,
+        abandon: &AtomicBool,
+    ) -> Result<Message> {
+        ask(
             self.session,
-            &self.keys.sync(self.p),
-            Some(&b),
+            key,
+            payload,
             self.me,
             &self.dropped,
-            STEP_PATIENCE,
+            patience,
             abandon,
             self.log.quiet,
-        )? {
+        )
+    }
+
+    fn sync(&self, m: Message, abandon: &AtomicBool) -> Result<Control> {
+        let b = bytes(self.me, m)?;
+        match self.ask(&self.keys.sync(self.p), Some(&b), STEP_PATIENCE, abandon)? {
             Message::Control(c) => Ok(c),
             other => bail!("expected a control, got a {}", other.kind()),
         }
@@ -525,16 +535,7 @@ impl<'a> PartitionAgent<'a> {
             if self.fields.has(idx) {
                 continue;
             }
-            let slice = match ask(
-                self.session,
-                &self.keys.field(self.p, idx),
-                None,
-                self.me,
-                &self.dropped,
-                PATIENCE,
-                abandon,
-                self.log.quiet,
-            )? {
+            let slice = match self.ask(&self.keys.field(self.p, idx), None, PATIENCE, abandon)? {
                 Message::FieldSlice(f) if f.time_index == idx => f,
                 other => bail!("expected field slice {idx}, got a {}", other.kind()),
             };
@@ -560,16 +561,7 @@ impl<'a> PartitionAgent<'a> {
                     elements: elements.clone(),
                 }),
             )?;
-            let slice = match ask(
-                self.session,
-                &self.keys.halo(self.p),
-                Some(&req),
-                self.me,
-                &self.dropped,
-                PATIENCE,
-                abandon,
-                self.log.quiet,
-            )? {
+            let slice = match self.ask(&self.keys.halo(self.p), Some(&req), PATIENCE, abandon)? {
                 Message::FieldSlice(f) if f.time_index == idx && !f.elements.is_empty() => f,
                 other => bail!("expected halo values, got a {}", other.kind()),
             };
@@ -703,31 +695,9 @@ impl<'a> PartitionAgent<'a> {
             Some(pool) => pool.install(view),
             None => view(),
         };
-        let m = Message::Snapshot(wire::Snapshot {
-            partition: self.p,
-            step,
-            time: t,
-            id: s.id,
-            x: s.x,
-            y: s.y,
-            z: s.z,
-            sigma: s.sigma,
-            status: s.status,
-            element: s.element,
-            age: s.age,
-            happiness: s.happiness,
-        });
+        let m = Message::Snapshot(s.into_wire(self.p, step, t));
         let b = bytes(self.me, m)?;
-        ask(
-            self.session,
-            &self.keys.snapshot(self.p),
-            Some(&b),
-            self.me,
-            &self.dropped,
-            PATIENCE,
-            abandon,
-            self.log.quiet,
-        )?;
+        self.ask(&self.keys.snapshot(self.p), Some(&b), PATIENCE, abandon)?;
         Ok(())
     }
 
