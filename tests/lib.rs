@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// A fresh directory under the target dir, removed and recreated per test name.
 pub fn scratch(name: &str) -> PathBuf {
+    no_hdf5_locks();
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("shoal-tests"));
@@ -40,6 +41,21 @@ pub fn run_quiet(cfg: &RunConfig, threads: usize) -> Result<RunReport> {
             ..Default::default()
         },
     )
+}
+
+/// HDF5 locks every file it opens with `flock`, which belongs to the open file, not the
+/// process: a child process started by one test (the fabric tests start real `shoal-node`s)
+/// inherits whatever another test's thread has open at that instant and holds its lock until
+/// it closes it, so the other test's next open of that file fails. Tests write their own files
+/// in their own directories, so locks protect nothing here. HDF5 reads this variable at every
+/// open; `./dev test` sets it too, before anything starts.
+fn no_hdf5_locks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
+            std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+        }
+    });
 }
 
 /// A TCP port on loopback nobody listens on now.
