@@ -677,7 +677,6 @@ pub fn tally_of(params: &StepParams, id: &[u32], state: &[u8], happiness: &[f32]
 /// One step for the active particles at indices `batch` of `p`. Each particle's arithmetic is
 /// exactly that of a particle stepped alone; only the interleaving differs.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn advance_batch<T: Touch>(
     mesh: &Mesh,
     window: Window,

@@ -452,7 +452,6 @@ fn run_direct(
         cfg.happiness.is_some(),
         &config_attributes(cfg),
     )?;
-    let _ = &reader;
     let mut fields = FieldWindow::new(start);
     let mut kernel = Duration::ZERO;
     let mut output = Duration::ZERO;

@@ -63,7 +63,7 @@ impl Fabric {
             let mut all: Vec<String> = c
                 .get_json("connect/endpoints")
                 .ok()
-                .and_then(|j| serde_json_list(&j))
+                .and_then(|j| json_string_list(&j))
                 .unwrap_or_default();
             all.extend(self.connect.iter().cloned());
             set(&mut c, "connect/endpoints", &json_list(&all))?;
@@ -87,7 +87,7 @@ impl Fabric {
 }
 
 /// A JSON list of strings, as zenoh prints connect endpoints (no JSON library needed).
-fn serde_json_list(j: &str) -> Option<Vec<String>> {
+fn json_string_list(j: &str) -> Option<Vec<String>> {
     let inner = j.trim().strip_prefix('[')?.strip_suffix(']')?;
     Some(
         inner
