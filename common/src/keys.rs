@@ -5,6 +5,8 @@
 //! |---|---|---|---|
 //! | `node/<node>/<hello hex>` | liveliness token | node | membership; the hex is the node's postcard hello, so the token carries its capabilities |
 //! | `assign/<node>` | queryable | node | the manager's assignment (run id, partitions) |
+//! | `doctor/<node>` | queryable | node | `shoal doctor`'s checkup; the reply is the node's health |
+//! | `pi/<node>` | queryable | node | `shoal pi`'s share of the Monte Carlo samples |
 //! | `manager/<run>` | liveliness token | manager | the run's manager is alive |
 //! | `run/<run>/spec` | queryable | manager | mesh, parameters, element owners |
 //! | `run/<run>/topology/<p>` | queryable | manager | owned and halo elements of partition p |
@@ -59,6 +61,14 @@ pub fn parse_node_token(cluster: &Ident, key: &str) -> Option<(String, Vec<u8>)>
 
 pub fn assign(cluster: &Ident, node: &str) -> String {
     format!("{ROOT}/{cluster}/assign/{node}")
+}
+
+pub fn doctor(cluster: &Ident, node: &str) -> String {
+    format!("{ROOT}/{cluster}/doctor/{node}")
+}
+
+pub fn pi(cluster: &Ident, node: &str) -> String {
+    format!("{ROOT}/{cluster}/pi/{node}")
 }
 
 pub fn manager_token(cluster: &Ident, run: u64) -> String {

@@ -66,6 +66,39 @@ pub fn normal_pair(b0: u32, b1: u32) -> (f64, f64) {
     (r * theta.cos(), r * theta.sin())
 }
 
+/// How many of the Monte Carlo samples `first..first + count` fall inside the quarter circle
+/// x² + y² < 1 of the unit square: `shoal pi`'s kernel. Sample `k` is a pure function of
+/// (seed, k): draw `k / 2` of [`Stream::Sample`] holds two points, and `k` takes the lower or the
+/// upper pair of its words. So any split of the samples over nodes and threads gives the same
+/// total. The test is exact, in integers: with x = (a + ½)/2³², x² + y² < 1 is
+/// (2a + 1)² + (2b + 1)² < 2⁶⁶.
+pub fn quarter_circle_hits(seed: u64, first: u64, count: u64) -> u64 {
+    #[inline(always)]
+    fn inside(a: u32, b: u32) -> u64 {
+        let (a, b) = (2 * a as u128 + 1, 2 * b as u128 + 1);
+        (a * a + b * b < 1u128 << 66) as u64
+    }
+    let draw_of = |j: u64| draw(seed, j as u32, (j >> 32) as u32, Stream::Sample);
+    let end = first.saturating_add(count);
+    let mut k = first;
+    let mut hits = 0;
+    if k < end && k % 2 == 1 {
+        let w = draw_of(k / 2);
+        hits += inside(w[2], w[3]);
+        k += 1;
+    }
+    while k + 1 < end {
+        let w = draw_of(k / 2);
+        hits += inside(w[0], w[1]) + inside(w[2], w[3]);
+        k += 2;
+    }
+    if k < end {
+        let w = draw_of(k / 2);
+        hits += inside(w[0], w[1]);
+    }
+    hits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +145,48 @@ mod tests {
         assert_ne!(draw(1, 5, 9, Stream::Walk), draw(1, 5, 10, Stream::Walk));
         assert_ne!(draw(1, 5, 9, Stream::Walk), draw(2, 5, 9, Stream::Walk));
         assert_eq!(draw(1, 5, 9, Stream::Walk), draw(1, 5, 9, Stream::Walk));
+    }
+
+    #[test]
+    fn pi_samples_split_anywhere_give_the_same_hits() {
+        let (seed, n) = (2026, 100_001u64);
+        let whole = quarter_circle_hits(seed, 0, n);
+        // One sample at a time, straight from the definition.
+        let one_by_one: u64 = (0..n)
+            .map(|k| {
+                let w = draw(seed, (k / 2) as u32, (k / 2 >> 32) as u32, Stream::Sample);
+                let (a, b) = if k % 2 == 0 {
+                    (w[0], w[1])
+                } else {
+                    (w[2], w[3])
+                };
+                let (x, y) = (unit_open(a), unit_open(b));
+                (x * x + y * y < 1.0) as u64
+            })
+            .sum();
+        assert_eq!(whole, one_by_one);
+        for cuts in [[0, 1, 2], [3, 50_000, 50_001], [7, 8, 99_999]] {
+            let mut b = vec![0];
+            b.extend(cuts);
+            b.push(n);
+            let split: u64 = b
+                .windows(2)
+                .map(|w| quarter_circle_hits(seed, w[0], w[1] - w[0]))
+                .sum();
+            assert_eq!(split, whole, "cut at {cuts:?}");
+        }
+        let estimate = 4.0 * whole as f64 / n as f64;
+        let sigma = 4.0
+            * (0.25 * std::f64::consts::PI * (1.0 - 0.25 * std::f64::consts::PI) / n as f64).sqrt();
+        assert!(
+            (estimate - std::f64::consts::PI).abs() < 4.0 * sigma,
+            "{estimate}"
+        );
+        assert_ne!(quarter_circle_hits(seed + 1, 0, n), whole);
+        assert_eq!(
+            quarter_circle_hits(seed, u64::MAX - 1, 5),
+            quarter_circle_hits(seed, u64::MAX - 1, 1)
+        );
+        assert_eq!(quarter_circle_hits(seed, 10, 0), 0);
     }
 }

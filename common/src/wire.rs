@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -72,6 +72,10 @@ pub enum Message {
     FieldRequest(FieldRequest),
     Ready(Ready),
     Failure(Failure),
+    Checkup(Checkup),
+    Health(Box<Health>),
+    PiRequest(PiRequest),
+    PiShare(PiShare),
 }
 
 impl Message {
@@ -89,6 +93,10 @@ impl Message {
             Message::FieldRequest(_) => "field request",
             Message::Ready(_) => "ready",
             Message::Failure(_) => "failure",
+            Message::Checkup(_) => "checkup",
+            Message::Health(_) => "health report",
+            Message::PiRequest(_) => "pi request",
+            Message::PiShare(_) => "pi share",
         }
     }
 }
@@ -189,6 +197,86 @@ pub struct Ready {
 pub struct Failure {
     pub partition: u32,
     pub reason: String,
+}
+
+/// `shoal doctor`'s question to a node. `full` asks for the GPU self-test too (slow the first
+/// time); a quick checkup is a clock reading, answered at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkup {
+    pub full: bool,
+}
+
+/// The GPU as a node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GpuHealth {
+    /// A quick checkup does not look.
+    NotAsked,
+    /// Built without the `gpu` feature.
+    NotBuilt,
+    /// No usable adapter, and why.
+    Absent {
+        why: Text,
+    },
+    /// The self-test (GPU against CPU kernel) failed on this adapter.
+    Failed {
+        adapter: Text,
+        why: Text,
+    },
+    Passed {
+        adapter: Text,
+        max_distance_mm: f32,
+    },
+}
+
+/// Temperature and throttling, from `/sys/class/thermal`, cpufreq and `vcgencmd`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Thermal {
+    /// The hottest thermal zone, milli-degrees Celsius, and its type (`cpu-thermal` on a Pi).
+    pub temperature_mc: Option<i32>,
+    pub zone: Text,
+    /// That zone's lowest passive trip point (where the kernel starts throttling).
+    pub passive_trip_mc: Option<i32>,
+    /// A CPU cooling device is engaged now (cpufreq capped by the thermal governor).
+    pub cooling: bool,
+    pub freq_khz: Option<u32>,
+    pub max_freq_khz: Option<u32>,
+    /// `vcgencmd get_throttled` bits, where the firmware tool exists.
+    pub throttled: Option<u32>,
+}
+
+/// A node's answer to a [`Checkup`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub node: Ident,
+    pub capabilities: Capabilities,
+    /// The node's wall clock as it answered, nanoseconds since the Unix epoch.
+    pub clock_unix_ns: i64,
+    pub uptime_s: u64,
+    /// One-minute load average.
+    pub load: f32,
+    /// Partitions it is stepping now.
+    pub busy: u32,
+    pub gpu: GpuHealth,
+    pub thermal: Thermal,
+}
+
+/// `shoal pi`: count the samples `first..first + count` of the seed's Monte Carlo stream that
+/// fall in the quarter circle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PiRequest {
+    pub seed: u64,
+    pub first: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PiShare {
+    pub node: Ident,
+    pub first: u64,
+    pub count: u64,
+    pub inside: u64,
+    pub seconds: f64,
+    pub threads: u32,
 }
 
 /// Particles moving from one partition to another after `step`, structure of arrays, in id
@@ -499,6 +587,11 @@ fn check(m: &Message) -> Result<(), WireError> {
                 return bad("run specification", "no time slices");
             }
         }
+        Message::PiShare(p) => {
+            if p.inside > p.count {
+                return bad("pi share", "more samples inside than taken");
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -539,7 +632,7 @@ mod tests {
             ident(&s).unwrap()
         }
         fn message(&mut self, kind: u32) -> Message {
-            match kind % 12 {
+            match kind % 16 {
                 0 => Message::Hello(Hello {
                     node: self.name(),
                     capabilities: Capabilities {
@@ -710,10 +803,70 @@ mod tests {
                     partition: self.u32(),
                     node: self.name(),
                 }),
-                _ => Message::Failure(Failure {
+                11 => Message::Failure(Failure {
                     partition: self.u32(),
                     reason: format!("{}: no field", self.name()),
                 }),
+                12 => Message::Checkup(Checkup {
+                    full: self.u32() % 2 == 0,
+                }),
+                13 => {
+                    let some = self.u32() % 2 == 0;
+                    Message::Health(Box::new(Health {
+                        node: self.name(),
+                        capabilities: Capabilities {
+                            arch: text("armv7"),
+                            version: text("0.1.0"),
+                            cores: 4,
+                            memory_mib: self.u32(),
+                            gpu: None,
+                        },
+                        clock_unix_ns: self.u32() as i64 * -1_000_003,
+                        uptime_s: self.u32() as u64,
+                        load: self.f64() as f32,
+                        busy: self.u32(),
+                        gpu: match self.u32() % 5 {
+                            0 => GpuHealth::NotAsked,
+                            1 => GpuHealth::NotBuilt,
+                            2 => GpuHealth::Absent {
+                                why: text("no Vulkan loader"),
+                            },
+                            3 => GpuHealth::Failed {
+                                adapter: text("V3D 7.1"),
+                                why: text("12 m apart"),
+                            },
+                            _ => GpuHealth::Passed {
+                                adapter: text("llvmpipe"),
+                                max_distance_mm: self.f64() as f32,
+                            },
+                        },
+                        thermal: Thermal {
+                            temperature_mc: some.then(|| self.u32() as i32),
+                            zone: text("cpu-thermal"),
+                            passive_trip_mc: some.then_some(80_000),
+                            cooling: some,
+                            freq_khz: some.then(|| self.u32()),
+                            max_freq_khz: Some(2_400_000),
+                            throttled: some.then(|| self.u32()),
+                        },
+                    }))
+                }
+                14 => Message::PiRequest(PiRequest {
+                    seed: self.u32() as u64,
+                    first: (self.u32() as u64) << 20,
+                    count: self.u32() as u64,
+                }),
+                _ => {
+                    let count = self.u32() as u64;
+                    Message::PiShare(PiShare {
+                        node: self.name(),
+                        first: self.u32() as u64,
+                        count,
+                        inside: count / 4 * 3,
+                        seconds: self.f64().abs(),
+                        threads: self.u32() % 64,
+                    })
+                }
             }
         }
     }
@@ -755,7 +908,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 2, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -769,12 +922,23 @@ mod tests {
         }));
         // ... 7 (control), step 300, 3 (roll back) to 299, expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 2, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 3, 0xab, 0x02, 2,
             1, 0xc8, 0x01, 1,
         ];
         assert_eq!(encode(&control).unwrap(), golden_control);
         assert_eq!(decode(golden_control, &me()).unwrap(), control);
+        let pi = me().envelope(Message::PiRequest(PiRequest {
+            seed: 7,
+            first: 300,
+            count: 2,
+        }));
+        // ... 14 (pi request), seed 7, first 300, count 2.
+        let golden_pi: &[u8] = &[
+            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
+        ];
+        assert_eq!(encode(&pi).unwrap(), golden_pi);
     }
 
     #[test]
