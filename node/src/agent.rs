@@ -9,7 +9,8 @@
 //! and wait for its control, then merge every expected batch before the next step.
 
 use crate::fields::PartialFields;
-use crate::net::{ask, bytes, Dropped, Fabric};
+use crate::net::{ask, bytes, reply, Dropped, Fabric};
+use crate::systemd::Notifier;
 use crate::Partition;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::fields::span;
@@ -21,7 +22,7 @@ use shoal_common::wire::{
 };
 use shoal_common::{status, Mesh, Particles};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct NodeOptions {
     pub quiet: bool,
     /// Worker threads for stepping; `None`: rayon's global pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Speak systemd's notification protocol (`shoal-node` does; in-process nodes do not).
+    pub notify: bool,
 }
 
 /// What this machine offers, for the hello and the token.
@@ -170,15 +173,30 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
         })
         .wait()
         .map_err(|e| anyhow!("declaring the assignment queryable: {e}"))?;
+    let busy = Arc::new(AtomicU32::new(0));
+    let _doctor = declare_doctor(session, opts, &hello, &busy, &dropped)?;
+    let _pi = declare_pi(session, opts, &dropped)?;
+    let token_key = keys::node_token(&opts.cluster, &opts.name, &hello_bytes);
     let _token = session
         .liveliness()
-        .declare_token(keys::node_token(&opts.cluster, &opts.name, &hello_bytes))
+        .declare_token(token_key.clone())
         .wait()
         .map_err(|e| anyhow!("declaring the liveliness token: {e}"))?;
     log.say(format!(
         "announced in cluster `{}` ({} on {}, {} cores); waiting for a manager",
         opts.cluster, hello.capabilities.version, hello.capabilities.arch, hello.capabilities.cores
     ));
+    let notifier = opts.notify.then(Notifier::from_env);
+    if let Some(n) = &notifier {
+        n.notify(&format!(
+            "READY=1\nSTATUS=in cluster {} as {}",
+            opts.cluster, opts.name
+        ));
+    }
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let _watchdog = notifier
+        .filter(|n| n.watchdog().is_some())
+        .map(|n| watchdog(session.clone(), n, token_key, watchdog_stop.clone()));
     while !stop.load(Ordering::Relaxed) {
         let Ok((run, partitions)) = rx.recv_timeout(Duration::from_millis(100)) else {
             continue;
@@ -189,7 +207,8 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
         };
         let t = Instant::now();
         let pool = opts.pool.clone();
-        match run_assignment(
+        busy.store(partitions.len() as u32, Ordering::Relaxed);
+        let outcome = run_assignment(
             session,
             &me,
             &opts.name,
@@ -198,7 +217,9 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
             &log,
             stop,
             pool,
-        ) {
+        );
+        busy.store(0, Ordering::Relaxed);
+        match outcome {
             Ok(steps) => log.say(format!(
                 "run {run:016x} done: {steps} steps in {:.2} s",
                 t.elapsed().as_secs_f64()
@@ -207,7 +228,181 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
         }
     }
     log.say("leaving the cluster");
+    watchdog_stop.store(true, Ordering::Relaxed);
+    if opts.notify {
+        Notifier::from_env().notify("STOPPING=1");
+    }
     Ok(dropped.get())
+}
+
+/// Tells systemd the node is alive every half watchdog period, as long as the fabric answers:
+/// the node must find its own liveliness token through its session (zenoh's runtime is up and
+/// serving). When it cannot, the pings stop and systemd restarts the unit.
+fn watchdog(
+    session: Session,
+    n: Notifier,
+    token: String,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let period = n.watchdog()? / 2;
+    std::thread::Builder::new()
+        .name("shoal-watchdog".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    next = Instant::now() + period;
+                    let alive = session
+                        .liveliness()
+                        .get(&token)
+                        .timeout(period.min(Duration::from_secs(5)))
+                        .wait()
+                        .ok()
+                        .is_some_and(|r| {
+                            std::iter::from_fn(|| r.recv().ok()).any(|reply| reply.result().is_ok())
+                        });
+                    if alive {
+                        n.notify("WATCHDOG=1");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50).min(period));
+            }
+        })
+        .ok()
+}
+
+/// Answers `shoal doctor`: a quick checkup at once, a full one (with the GPU self-test, slow the
+/// first time) from its own thread so the fabric's threads never wait on it.
+fn declare_doctor(
+    session: &Session,
+    opts: &NodeOptions,
+    hello: &Hello,
+    busy: &Arc<AtomicU32>,
+    dropped: &Arc<Dropped>,
+) -> Result<zenoh::query::Queryable<()>> {
+    let ep = Endpoint {
+        cluster: opts.cluster.clone(),
+        run: 0,
+    };
+    let (hello, busy, dropped, quiet) = (hello.clone(), busy.clone(), dropped.clone(), opts.quiet);
+    session
+        .declare_queryable(keys::doctor(&opts.cluster, &opts.name))
+        .callback(move |q| {
+            let Some(Message::Checkup(c)) = cluster_query(&q, &ep, &dropped, quiet) else {
+                return;
+            };
+            let (ep, hello, busy) = (ep.clone(), hello.clone(), busy.clone());
+            let answer = move || {
+                let gpu = if c.full {
+                    crate::health::gpu()
+                } else {
+                    wire::GpuHealth::NotAsked
+                };
+                let sys = crate::health::sysfs_root();
+                let health = wire::Health {
+                    node: hello.node,
+                    capabilities: hello.capabilities,
+                    uptime_s: crate::health::uptime_s(),
+                    load: crate::health::load(),
+                    busy: busy.load(Ordering::Relaxed),
+                    gpu,
+                    thermal: crate::health::thermal(
+                        &sys,
+                        c.full.then(crate::health::firmware_throttled).flatten(),
+                    ),
+                    clock_unix_ns: crate::health::clock_unix_ns(),
+                };
+                let _ = reply(&q, &ep, Message::Health(Box::new(health)));
+            };
+            if c.full {
+                let _ = std::thread::Builder::new()
+                    .name("shoal-doctor".into())
+                    .spawn(answer);
+            } else {
+                answer();
+            }
+        })
+        .wait()
+        .map_err(|e| anyhow!("declaring the doctor queryable: {e}"))
+}
+
+/// Answers `shoal pi`: counts its share of the samples on the node's worker threads.
+fn declare_pi(
+    session: &Session,
+    opts: &NodeOptions,
+    dropped: &Arc<Dropped>,
+) -> Result<zenoh::query::Queryable<()>> {
+    let ep = Endpoint {
+        cluster: opts.cluster.clone(),
+        run: 0,
+    };
+    let node = wire::ident(&opts.name).map_err(|e| anyhow!("node name: {e}"))?;
+    let (pool, dropped, quiet) = (opts.pool.clone(), dropped.clone(), opts.quiet);
+    session
+        .declare_queryable(keys::pi(&opts.cluster, &opts.name))
+        .callback(move |q| {
+            let Some(Message::PiRequest(r)) = cluster_query(&q, &ep, &dropped, quiet) else {
+                return;
+            };
+            let (ep, node, pool) = (ep.clone(), node.clone(), pool.clone());
+            let _ = std::thread::Builder::new()
+                .name("shoal-pi".into())
+                .spawn(move || {
+                    let t = Instant::now();
+                    let count = || pi_hits(r.seed, r.first, r.count);
+                    let (inside, threads) = match &pool {
+                        Some(p) => (p.install(count), p.current_num_threads()),
+                        None => (count(), rayon::current_num_threads()),
+                    };
+                    let share = wire::PiShare {
+                        node,
+                        first: r.first,
+                        count: r.count,
+                        inside,
+                        seconds: t.elapsed().as_secs_f64(),
+                        threads: threads as u32,
+                    };
+                    let _ = reply(&q, &ep, Message::PiShare(share));
+                });
+        })
+        .wait()
+        .map_err(|e| anyhow!("declaring the pi queryable: {e}"))
+}
+
+/// [`shoal_common::rng::quarter_circle_hits`] over rayon's threads, in blocks of 2²² samples.
+pub fn pi_hits(seed: u64, first: u64, count: u64) -> u64 {
+    use rayon::prelude::*;
+    const BLOCK: u64 = 1 << 22;
+    (0..count.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let start = b * BLOCK;
+            let n = BLOCK.min(count - start);
+            shoal_common::rng::quarter_circle_hits(seed, first.saturating_add(start), n)
+        })
+        .sum()
+}
+
+/// Decodes a query addressed to the cluster (not to a run), refusing and counting what is not.
+fn cluster_query(
+    q: &zenoh::query::Query,
+    ep: &Endpoint,
+    dropped: &Dropped,
+    quiet: bool,
+) -> Option<Message> {
+    let key = q.key_expr().as_str().to_string();
+    let refuse = |e: wire::WireError| {
+        dropped.note(&format!("query on {key}"), &e, quiet);
+        let _ = q.reply_err(format!("refused: {e}")).wait();
+        None
+    };
+    let Some(p) = q.payload() else {
+        return refuse(wire::WireError::Malformed("no payload".into()));
+    };
+    match wire::decode_any_run(&p.to_bytes(), &ep.cluster) {
+        Ok(env) => Some(env.message),
+        Err(e) => refuse(e),
+    }
 }
 
 /// Runs this node's partitions of one run, each in its own thread, and returns the steps done.

@@ -117,6 +117,7 @@ pub fn main(args: impl Iterator<Item = String>) {
         fabric,
         quiet,
         pool: None,
+        notify: true,
     };
     let session = opts
         .fabric

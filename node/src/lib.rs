@@ -12,7 +12,9 @@ pub mod cli;
 pub mod fields;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod health;
 pub mod net;
+pub mod systemd;
 
 /// Particles per rayon task: large enough to amortise scheduling, small enough that every
 /// thread gets several tasks. Depends only on the particle count, never on the thread count.
@@ -277,6 +279,15 @@ mod probe {
         static S: OnceLock<Result<(f64, f64), String>> = OnceLock::new();
         S.get_or_init(|| selftest::calibrate(ctx, 50_000, 3))
     }
+}
+
+/// The GPU adapter's name and its self-test, once per process: what `shoal doctor` reports.
+#[cfg(feature = "gpu")]
+pub fn gpu_probe() -> Result<(String, gpu::selftest::SelfTest), String> {
+    probe::adapter()
+        .as_ref()
+        .map(|(ctx, st)| (ctx.describe(), st.clone()))
+        .map_err(|e| e.clone())
 }
 
 /// Chooses where to step particles. `unsupported` says why this run cannot use the GPU path, if
