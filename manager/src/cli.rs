@@ -1,5 +1,6 @@
 //! The command line: argument parsing and dispatch, shared by the `shoal` binary and the tests.
 
+use crate::fleet::{self, FleetOptions};
 use crate::run::RunOptions;
 use crate::synth::{Flow, SynthOptions, TimeStyle};
 use crate::{bench, config, demo, inspect, plot, run, synth, timefmt};
@@ -139,6 +140,81 @@ enum Command {
     },
     /// Measure tracking speed and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Check every node on the fabric: architecture, version, cores, memory, GPU self-test,
+    /// temperature and throttling, clock offset. Exits 1 when a problem is flagged.
+    Doctor(FleetArgs),
+    /// Estimate pi by Monte Carlo over every node: the cluster's smoke test. Reproducible: the
+    /// same samples and seed give the same estimate on any cluster.
+    Pi {
+        /// Samples in all (e.g. 1000000000 or 1e9).
+        #[arg(long, default_value = "1e8", value_parser = parse_count)]
+        samples: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+/// Where `doctor` and `pi` find their nodes.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// The running `shoal-node --cluster NAME` agents; without it, in-process nodes.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// In-process nodes (default one per core), or the nodes to wait for (default whoever
+    /// joined within --wait).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// A zenoh JSON5 configuration (endpoints, TLS).
+    #[arg(long, value_name = "FILE")]
+    zenoh_config: Option<PathBuf>,
+    /// An endpoint to connect to, e.g. tcp/10.0.0.2:7447 (repeatable).
+    #[arg(long, value_name = "ENDPOINT")]
+    connect: Vec<String>,
+    /// An endpoint to listen on (repeatable).
+    #[arg(long, value_name = "ENDPOINT")]
+    listen: Vec<String>,
+    /// Seconds to wait for nodes to join.
+    #[arg(long, default_value_t = 5.0)]
+    wait: f64,
+    /// Worker threads of in-process nodes.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl FleetArgs {
+    fn options(self) -> Result<FleetOptions> {
+        if let Some(p) = &self.zenoh_config {
+            shoal_node::net::check_config_file(p)
+                .with_context(|| format!("--zenoh-config {}", p.display()))?;
+        }
+        anyhow::ensure!(
+            self.wait.is_finite() && self.wait >= 0.0,
+            "--wait must be a number of seconds"
+        );
+        Ok(FleetOptions {
+            cluster: self.cluster,
+            nodes: self.nodes,
+            zenoh_config: self.zenoh_config,
+            connect: self.connect,
+            listen: self.listen,
+            wait: self.wait,
+            threads: self.threads,
+        })
+    }
+}
+
+/// A count written out (`1000000`, `1_000_000`) or in scientific notation (`1e9`, `2.5e6`).
+fn parse_count(s: &str) -> std::result::Result<u64, String> {
+    let t = s.replace('_', "");
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n);
+    }
+    match t.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => Ok(x as u64),
+        _ => Err(format!("`{s}` is not a whole number of samples")),
+    }
 }
 
 fn pair(s: &str, what: &str) -> Result<(f64, f64)> {
@@ -295,6 +371,23 @@ where
             print!("{}", crate::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
+        Command::Doctor(args) => {
+            let report = fleet::doctor(&args.options()?)?;
+            print!("{}", report.render());
+            anyhow::ensure!(
+                report.problems.is_empty(),
+                "the doctor found {} problem(s)",
+                report.problems.len()
+            );
+        }
+        Command::Pi {
+            samples,
+            seed,
+            fleet: args,
+        } => {
+            let report = fleet::pi(&args.options()?, samples, seed)?;
+            print!("{}", report.render());
+        }
     }
     Ok(())
 }

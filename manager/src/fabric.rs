@@ -37,13 +37,20 @@ enum Event {
 
 /// A node that joined, as its token describes it.
 #[derive(Clone, Debug)]
-struct Member {
-    name: String,
-    cores: u16,
-    arch: String,
+pub(crate) struct Member {
+    pub name: String,
+    pub cores: u16,
+    pub arch: String,
 }
 
-fn run_id() -> u64 {
+/// A token this manager cannot read, and why: another protocol version, or not a hello.
+#[derive(Clone, Debug)]
+pub(crate) struct Stranger {
+    pub name: String,
+    pub why: wire::WireError,
+}
+
+pub(crate) fn run_id() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -55,8 +62,12 @@ fn run_id() -> u64 {
     x ^ (x >> 31)
 }
 
-/// The nodes whose tokens are up now.
-fn members(session: &Session, cluster: &Ident, dropped: &Dropped) -> Result<Vec<Member>> {
+/// The nodes whose tokens are up now, and the tokens that do not read as a hello.
+pub(crate) fn census(
+    session: &Session,
+    cluster: &Ident,
+    dropped: &Dropped,
+) -> Result<(Vec<Member>, Vec<Stranger>)> {
     let replies = session
         .liveliness()
         .get(keys::node_tokens(cluster))
@@ -64,14 +75,20 @@ fn members(session: &Session, cluster: &Ident, dropped: &Dropped) -> Result<Vec<
         .wait()
         .map_err(|e| anyhow!("listing nodes: {e}"))?;
     let mut out = BTreeMap::new();
+    let mut strangers = BTreeMap::new();
     while let Ok(reply) = replies.recv() {
         let Ok(sample) = reply.result() else { continue };
         let key = sample.key_expr().as_str();
-        let hello = keys::parse_node_token(cluster, key)
-            .ok_or(wire::WireError::Malformed(format!("token {key}")))
-            .and_then(|(name, b)| Ok((name, wire::decode_any_run(&b, cluster)?)));
-        match hello {
-            Ok((name, env)) => match env.message {
+        let Some((name, b)) = keys::parse_node_token(cluster, key) else {
+            dropped.note(
+                "node token",
+                &wire::WireError::Malformed(format!("token {key}")),
+                true,
+            );
+            continue;
+        };
+        let why = match wire::decode_any_run(&b, cluster) {
+            Ok(env) => match env.message {
                 Message::Hello(h) if h.node.as_str() == name => {
                     out.insert(
                         name.clone(),
@@ -81,21 +98,27 @@ fn members(session: &Session, cluster: &Ident, dropped: &Dropped) -> Result<Vec<
                             arch: h.capabilities.arch.to_string(),
                         },
                     );
+                    continue;
                 }
-                other => dropped.note(
-                    "node token",
-                    &wire::WireError::Malformed(format!("a {} in a token", other.kind())),
-                    true,
-                ),
+                other => wire::WireError::Malformed(format!("a {} in a token", other.kind())),
             },
-            Err(e) => dropped.note("node token", &e, true),
-        }
+            Err(e) => e,
+        };
+        dropped.note("node token", &why, true);
+        strangers.insert(name.clone(), Stranger { name, why });
     }
-    Ok(out.into_values().collect())
+    Ok((
+        out.into_values().collect(),
+        strangers.into_values().collect(),
+    ))
+}
+
+fn members(session: &Session, cluster: &Ident, dropped: &Dropped) -> Result<Vec<Member>> {
+    Ok(census(session, cluster, dropped)?.0)
 }
 
 /// Waits for `want` nodes (0: whoever joins, once one has) until `wait` runs out.
-fn wait_for_nodes(
+pub(crate) fn wait_for_nodes(
     session: &Session,
     cluster: &Ident,
     want: usize,
@@ -331,7 +354,7 @@ impl Server<'_> {
 }
 
 /// In-process node agents for the embedded default, each with its own zenoh session.
-struct LocalNodes {
+pub(crate) struct LocalNodes {
     stop: Arc<AtomicBool>,
     handles: Vec<std::thread::JoinHandle<Result<u64>>>,
 }
@@ -352,6 +375,7 @@ impl LocalNodes {
                 fabric: fabric.clone(),
                 quiet: std::env::var_os("SHOAL_NODE_LOG").is_none(),
                 pool: Some(pool.clone()),
+                notify: false,
             };
             let stop = stop.clone();
             handles.push(
@@ -382,6 +406,105 @@ impl LocalNodes {
     }
 }
 
+/// Where a manager joins the fabric: a named cluster of running nodes, or the embedded default's
+/// own in-process nodes on loopback.
+pub(crate) struct FleetSpec<'a> {
+    /// The cluster's name; `None`: the embedded default.
+    pub name: Option<&'a str>,
+    /// Embedded: in-process nodes to start (at least one). Named: nodes to wait for (0: whoever
+    /// joins).
+    pub nodes: usize,
+    pub zenoh_config: Option<std::path::PathBuf>,
+    /// Endpoints to connect to and listen on, besides the configuration's (named clusters).
+    pub connect: Vec<String>,
+    pub listen: Vec<String>,
+    /// The in-process nodes' worker threads.
+    pub pool: Arc<rayon::ThreadPool>,
+}
+
+/// The manager's session, its cluster and, for the embedded default, its in-process nodes.
+pub(crate) struct Fleet {
+    pub session: Session,
+    pub cluster: Ident,
+    pub dropped: Arc<Dropped>,
+    want: usize,
+    local: Option<LocalNodes>,
+}
+
+impl Fleet {
+    pub fn join(spec: &FleetSpec) -> Result<Fleet> {
+        let base = spec.zenoh_config.clone();
+        let (cluster, fabric, local) = match spec.name {
+            Some(n) => {
+                if !keys::is_chunk(n) {
+                    bail!("cluster `{n}`: use letters, digits, `-`, `_` and `.` only");
+                }
+                let cluster = wire::ident(n).map_err(|e| anyhow!("cluster `{n}`: {e}"))?;
+                let fabric = Fabric {
+                    config_file: base,
+                    connect: spec.connect.clone(),
+                    listen: (!spec.listen.is_empty()).then(|| spec.listen.clone()),
+                    ..Default::default()
+                };
+                (cluster, fabric, None)
+            }
+            None => {
+                let cluster = wire::ident(&format!("embedded-{:08x}", run_id() as u32))
+                    .expect("a short name");
+                let ep = format!("tcp/127.0.0.1:{}", free_loopback_port()?);
+                let mut m = Fabric::loopback(vec![]);
+                m.listen = Some(vec![ep.clone()]);
+                m.config_file = base.clone();
+                let mut n = Fabric::loopback(vec![ep]);
+                n.config_file = base;
+                (cluster, m, Some(n))
+            }
+        };
+        let session = fabric.open()?;
+        let local = match local {
+            Some(f) => Some(LocalNodes::start(
+                spec.nodes.max(1),
+                &cluster,
+                &f,
+                &spec.pool,
+            )?),
+            None => None,
+        };
+        Ok(Fleet {
+            session,
+            cluster,
+            dropped: Arc::new(Dropped::default()),
+            want: if local.is_some() {
+                spec.nodes.max(1)
+            } else {
+                spec.nodes
+            },
+            local,
+        })
+    }
+
+    /// The nodes that joined within `seconds` (all the embedded ones, or as many as asked for).
+    pub fn wait(&self, seconds: f64) -> Result<Vec<Member>> {
+        wait_for_nodes(
+            &self.session,
+            &self.cluster,
+            self.want,
+            Duration::from_secs_f64(seconds),
+            &self.dropped,
+        )
+    }
+
+    /// Stops the in-process nodes and closes the session; returns the messages they dropped.
+    pub fn leave(self) -> Result<u64> {
+        let local = match self.local {
+            Some(l) => l.finish(),
+            None => Ok(0),
+        };
+        let _ = self.session.close().wait();
+        local
+    }
+}
+
 /// Runs `cfg` on the fabric.
 pub fn run(
     cfg: &RunConfig,
@@ -396,66 +519,36 @@ pub fn run(
         .map(|n| n.get())
         .unwrap_or(1);
     let run = run_id();
-    let cluster = match &named {
-        Some(n) => {
-            if !keys::is_chunk(n) {
-                bail!("cluster `{n}`: use letters, digits, `-`, `_` and `.` only");
-            }
-            wire::ident(n).map_err(|e| anyhow!("cluster `{n}`: {e}"))?
-        }
-        None => wire::ident(&format!("embedded-{:08x}", run as u32)).expect("short"),
+    let nodes = match &named {
+        None => opts
+            .nodes
+            .or((cfg.cluster.nodes > 0).then_some(cfg.cluster.nodes))
+            .unwrap_or(cores),
+        Some(_) => opts.nodes.unwrap_or(cfg.cluster.nodes),
     };
-    let base = cfg.cluster.zenoh_config.clone();
-    let (manager_fabric, local) = match &named {
-        None => {
-            let ep = format!("tcp/127.0.0.1:{}", free_loopback_port()?);
-            let mut m = Fabric::loopback(vec![]);
-            m.listen = Some(vec![ep.clone()]);
-            m.config_file = base.clone();
-            let mut n = Fabric::loopback(vec![ep]);
-            n.config_file = base;
-            let count = opts
-                .nodes
-                .or((cfg.cluster.nodes > 0).then_some(cfg.cluster.nodes))
-                .unwrap_or(cores)
-                .max(1);
-            (m, Some((n, count)))
-        }
-        Some(_) => (
-            Fabric {
-                config_file: base,
-                ..Default::default()
-            },
-            None,
-        ),
-    };
-    let session = manager_fabric.open()?;
-    let dropped = Arc::new(Dropped::default());
-    let local_nodes = match &local {
-        Some((f, n)) => Some(LocalNodes::start(*n, &cluster, f, &prep.pool)?),
-        None => None,
-    };
-    let want = match &local {
-        Some((_, n)) => *n,
-        None => opts.nodes.unwrap_or(cfg.cluster.nodes),
-    };
+    let fleet = Fleet::join(&FleetSpec {
+        name: named.as_deref(),
+        nodes,
+        zenoh_config: cfg.cluster.zenoh_config.clone(),
+        connect: Vec::new(),
+        listen: Vec::new(),
+        pool: prep.pool.clone(),
+    })?;
     let result = (|| {
-        let members = wait_for_nodes(
-            &session,
-            &cluster,
-            want,
-            Duration::from_secs_f64(cfg.cluster.wait_seconds),
-            &dropped,
-        )?;
+        let members = fleet.wait(cfg.cluster.wait_seconds)?;
         drive(
-            cfg, opts, prep, &session, &cluster, run, &members, &dropped, device,
+            cfg,
+            opts,
+            prep,
+            &fleet.session,
+            &fleet.cluster,
+            run,
+            &members,
+            &fleet.dropped,
+            device,
         )
     })();
-    let local_dropped = match local_nodes {
-        Some(l) => l.finish(),
-        None => Ok(0),
-    };
-    let _ = session.close().wait();
+    let local_dropped = fleet.leave();
     let mut report = result?;
     report.dropped += local_dropped?;
     if report.dropped > 0 {

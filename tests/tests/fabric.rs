@@ -118,7 +118,7 @@ fn a_one_ring_halo_fetches_on_demand_and_matches_a_wide_halo() {
 /// A command for `program` that starts with no file descriptors but stdin, stdout and stderr.
 /// Children inherit every descriptor open in this multi-threaded test process at the moment of
 /// the fork, HDF5's locked NetCDF files of other tests included, and would hold their locks.
-fn clean(program: &str) -> Process {
+pub(crate) fn clean(program: &str) -> Process {
     let mut c = Process::new("bash");
     c.args([
         "-c",
@@ -129,7 +129,7 @@ fn clean(program: &str) -> Process {
     c
 }
 
-struct Nodes(Vec<Child>);
+pub(crate) struct Nodes(pub Vec<Child>);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -140,7 +140,7 @@ impl Drop for Nodes {
     }
 }
 
-fn json5(dir: &Path, name: &str, listen: &str, connect: &str) -> std::path::PathBuf {
+pub(crate) fn json5(dir: &Path, name: &str, listen: &str, connect: &str) -> std::path::PathBuf {
     let connect = if connect.is_empty() {
         String::new()
     } else {

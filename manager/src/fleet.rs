@@ -1,0 +1,586 @@
+//! The fleet's own checks. `shoal doctor` lists every node on the fabric (id, architecture,
+//! version, cores, memory, GPU adapter and self-test, temperature and throttling, clock offset)
+//! and flags what needs a person: mismatched versions, nodes that are hot or throttled, clocks
+//! that disagree, GPUs that fail their self-test, nodes that do not answer. `shoal pi` is the
+//! cluster's smoke test, as MPI users run their C pi example: a Monte Carlo estimate of pi with
+//! the samples spread over every node in proportion to its cores. Sample k is a pure function of
+//! (seed, k), so the estimate is the same on any cluster, any split, any thread count.
+
+use crate::fabric::{census, Fleet, FleetSpec, Member};
+use anyhow::{anyhow, bail, Result};
+use shoal_common::keys;
+use shoal_common::wire::{self, Checkup, Endpoint, GpuHealth, Health, Message, PiRequest, PiShare};
+use shoal_node::health::throttle_words;
+use shoal_node::net::{ask_any_run, bytes};
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where `doctor` and `pi` look for nodes.
+#[derive(Clone, Debug, Default)]
+pub struct FleetOptions {
+    /// The cluster of running `shoal-node`s; `None`: in-process nodes (the embedded default).
+    pub cluster: Option<String>,
+    /// Embedded: nodes to start (default one per core). Named: nodes to wait for (default
+    /// whoever has joined).
+    pub nodes: Option<usize>,
+    pub zenoh_config: Option<std::path::PathBuf>,
+    pub connect: Vec<String>,
+    pub listen: Vec<String>,
+    /// How long to wait for nodes to join, seconds.
+    pub wait: f64,
+    /// Worker threads of the in-process nodes.
+    pub threads: Option<usize>,
+}
+
+/// A node is hot at its zone's passive trip point, or at this temperature where there is none
+/// (the Pi firmware's soft limit).
+pub const HOT_MC: i32 = 80_000;
+/// Clocks further apart than this are flagged.
+pub const CLOCK_TOLERANCE_S: f64 = 0.1;
+/// Quick checkups per node for the clock offset; the one with the shortest round trip counts.
+const CLOCK_PROBES: usize = 5;
+
+fn join(o: &FleetOptions) -> Result<(Fleet, Vec<Member>)> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = o.threads.unwrap_or(cores).max(1);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shoal-worker-{i}"))
+            .build()
+            .map_err(|e| anyhow!("starting {threads} worker threads: {e}"))?,
+    );
+    let nodes = match &o.cluster {
+        None => o.nodes.unwrap_or(cores),
+        Some(_) => o.nodes.unwrap_or(0),
+    };
+    let fleet = Fleet::join(&FleetSpec {
+        name: o.cluster.as_deref(),
+        nodes,
+        zenoh_config: o.zenoh_config.clone(),
+        connect: o.connect.clone(),
+        listen: o.listen.clone(),
+        pool,
+    })?;
+    match fleet.wait(o.wait) {
+        Ok(m) => Ok((fleet, m)),
+        Err(e) => {
+            let _ = fleet.leave();
+            Err(e)
+        }
+    }
+}
+
+fn cluster_endpoint(fleet: &Fleet) -> Endpoint {
+    Endpoint {
+        cluster: fleet.cluster.clone(),
+        run: 0,
+    }
+}
+
+/// One node as the doctor found it.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    pub name: String,
+    /// The full checkup's answer, or why there is none.
+    pub health: Result<Health, String>,
+    /// Node clock minus manager clock, seconds, and its uncertainty (half the round trip).
+    pub clock_offset: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DoctorReport {
+    pub cluster: String,
+    pub nodes: Vec<NodeReport>,
+    /// Tokens this manager cannot read, and why (another protocol version, most likely).
+    pub strangers: Vec<(String, String)>,
+    /// What needs a person: (node, problem).
+    pub problems: Vec<(String, String)>,
+}
+
+/// Asks every node for a full checkup and times a few quick ones for its clock.
+pub fn doctor(o: &FleetOptions) -> Result<DoctorReport> {
+    let (fleet, members) = join(o)?;
+    let result = examine(&fleet, &members);
+    let left = fleet.leave();
+    let report = result?;
+    left?;
+    Ok(report)
+}
+
+fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
+    let ep = cluster_endpoint(fleet);
+    let never = AtomicBool::new(false);
+    let ask = |name: &str, full: bool, patience: Duration| -> Result<Health> {
+        let q = bytes(&ep, Message::Checkup(Checkup { full }))?;
+        match ask_any_run(
+            &fleet.session,
+            &keys::doctor(&fleet.cluster, name),
+            &q,
+            &ep,
+            &fleet.dropped,
+            patience,
+            &never,
+        )? {
+            Message::Health(h) if h.node.as_str() == name => Ok(*h),
+            Message::Health(h) => bail!("answered as `{}`", h.node),
+            other => bail!("answered with a {}", other.kind()),
+        }
+    };
+    let nodes: Vec<NodeReport> = std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let ask = &ask;
+                s.spawn(move || {
+                    // The clock first, while nothing else runs on the node.
+                    let mut best: Option<(f64, f64)> = None;
+                    for _ in 0..CLOCK_PROBES {
+                        let t0 = shoal_node::health::clock_unix_ns();
+                        let sent = Instant::now();
+                        let Ok(h) = ask(&m.name, false, Duration::from_secs(5)) else {
+                            break;
+                        };
+                        let rtt = sent.elapsed().as_secs_f64();
+                        let mid = t0 as f64 * 1e-9 + rtt / 2.0;
+                        let offset = h.clock_unix_ns as f64 * 1e-9 - mid;
+                        if best.map_or(true, |(_, r)| rtt / 2.0 < r) {
+                            best = Some((offset, rtt / 2.0));
+                        }
+                    }
+                    NodeReport {
+                        name: m.name.clone(),
+                        health: ask(&m.name, true, Duration::from_secs(120))
+                            .map_err(|e| format!("{e:#}")),
+                        clock_offset: best,
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a checkup thread panicked")))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let (_, strangers) = census(&fleet.session, &fleet.cluster, &fleet.dropped)?;
+    let strangers: Vec<(String, String)> = strangers
+        .into_iter()
+        .map(|s| (s.name, s.why.to_string()))
+        .collect();
+    let problems = problems(&nodes, &strangers, env!("CARGO_PKG_VERSION"));
+    Ok(DoctorReport {
+        cluster: fleet.cluster.to_string(),
+        nodes,
+        strangers,
+        problems,
+    })
+}
+
+/// What needs a person, node by node.
+pub fn problems(
+    nodes: &[NodeReport],
+    strangers: &[(String, String)],
+    version: &str,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, why) in strangers {
+        out.push((name.clone(), format!("cannot be read: {why}")));
+    }
+    for n in nodes {
+        let mut flag = |s: String| out.push((n.name.clone(), s));
+        let h = match &n.health {
+            Ok(h) => h,
+            Err(e) => {
+                flag(format!("no checkup: {e}"));
+                continue;
+            }
+        };
+        if h.capabilities.version.as_str() != version {
+            flag(format!(
+                "version {}, this manager {version}",
+                h.capabilities.version
+            ));
+        }
+        let t = &h.thermal;
+        if let Some(mc) = t.temperature_mc {
+            let limit = t.passive_trip_mc.unwrap_or(HOT_MC);
+            if mc >= limit {
+                flag(format!(
+                    "hot: {:.1} °C in {} (throttling starts at {:.1} °C)",
+                    mc as f64 / 1000.0,
+                    t.zone,
+                    limit as f64 / 1000.0
+                ));
+            }
+        }
+        if t.cooling {
+            flag("throttled: the thermal governor caps the CPU frequency".into());
+        }
+        if let Some(bits) = t.throttled {
+            let (now, since) = throttle_words(bits);
+            if !now.is_empty() {
+                flag(format!("throttled now: {}", now.join(", ")));
+            }
+            if !since.is_empty() {
+                flag(format!("throttled since boot: {}", since.join(", ")));
+            }
+        }
+        if let GpuHealth::Failed { adapter, why } = &h.gpu {
+            flag(format!("GPU self-test failed on {adapter}: {why}"));
+        }
+        match n.clock_offset {
+            Some((off, err)) if off.abs() - err > CLOCK_TOLERANCE_S => flag(format!(
+                "clock off by {} (is time sync running?)",
+                seconds(off)
+            )),
+            None => flag("no clock reading".into()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn seconds(s: f64) -> String {
+    if s.abs() < 1.0 {
+        format!("{:+.1} ms", s * 1e3)
+    } else {
+        format!("{s:+.3} s")
+    }
+}
+
+impl DoctorReport {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "cluster `{}`: {} node{} (manager shoal {}, protocol {}, {})",
+            self.cluster,
+            self.nodes.len(),
+            if self.nodes.len() == 1 { "" } else { "s" },
+            env!("CARGO_PKG_VERSION"),
+            wire::VERSION,
+            std::env::consts::ARCH
+        );
+        let mut rows = vec![[
+            "node", "arch", "version", "cores", "memory", "load", "temp", "freq", "clock", "gpu",
+        ]
+        .map(String::from)];
+        for n in &self.nodes {
+            let clock = n
+                .clock_offset
+                .map(|(o, e)| format!("{} ±{:.1} ms", seconds(o), e * 1e3))
+                .unwrap_or_else(|| "-".into());
+            let row = match &n.health {
+                Err(_) => [
+                    n.name.clone(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    "?".into(),
+                    clock,
+                    "no answer".into(),
+                ],
+                Ok(h) => {
+                    let c = &h.capabilities;
+                    let t = &h.thermal;
+                    [
+                        n.name.clone(),
+                        c.arch.to_string(),
+                        c.version.to_string(),
+                        c.cores.to_string(),
+                        format!("{:.1} GiB", c.memory_mib as f64 / 1024.0),
+                        format!("{:.2}{}", h.load, if h.busy > 0 { " busy" } else { "" }),
+                        t.temperature_mc
+                            .map(|m| format!("{:.1} °C", m as f64 / 1000.0))
+                            .unwrap_or_else(|| "no sensor".into()),
+                        match (t.freq_khz, t.max_freq_khz) {
+                            (Some(f), Some(m)) => format!("{}/{} MHz", f / 1000, m / 1000),
+                            (Some(f), None) => format!("{} MHz", f / 1000),
+                            _ => "-".into(),
+                        },
+                        clock,
+                        match &h.gpu {
+                            GpuHealth::NotAsked => "not asked".into(),
+                            GpuHealth::NotBuilt => "none (built without GPU support)".into(),
+                            GpuHealth::Absent { why } => format!("none: {why}"),
+                            GpuHealth::Failed { adapter, .. } => {
+                                format!("{adapter}: self-test FAILED")
+                            }
+                            GpuHealth::Passed {
+                                adapter,
+                                max_distance_mm,
+                            } => format!("{adapter}: self-test passed ({max_distance_mm:.2} mm)"),
+                        },
+                    ]
+                }
+            };
+            rows.push(row);
+        }
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for r in &rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:<w$}"))
+                .collect();
+            let _ = writeln!(s, "  {}", line.join("  ").trim_end());
+        }
+        for (name, why) in &self.strangers {
+            let _ = writeln!(s, "  {name}: unreadable token ({why})");
+        }
+        if self.problems.is_empty() {
+            let _ = writeln!(s, "no problems found");
+        } else {
+            let _ = writeln!(s, "{} problem(s):", self.problems.len());
+            for (name, p) in &self.problems {
+                let _ = writeln!(s, "  {name}: {p}");
+            }
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PiReport {
+    pub seed: u64,
+    pub samples: u64,
+    pub inside: u64,
+    /// Each node's answer, with its architecture and cores, in sample order.
+    pub shares: Vec<(PiShare, String, u16)>,
+    pub seconds: f64,
+}
+
+impl PiReport {
+    pub fn estimate(&self) -> f64 {
+        4.0 * self.inside as f64 / self.samples as f64
+    }
+    /// One standard error of the estimate.
+    pub fn sigma(&self) -> f64 {
+        let p = std::f64::consts::FRAC_PI_4;
+        4.0 * (p * (1.0 - p) / self.samples as f64).sqrt()
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pi over {} node{}: {} samples, seed {}",
+            self.shares.len(),
+            if self.shares.len() == 1 { "" } else { "s" },
+            self.samples,
+            self.seed
+        );
+        for (p, arch, cores) in &self.shares {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<8} {:>3} cores  samples {:>14}..{:<14}  inside {:>13}  {:>7.3} s  {:>8.1} M/s",
+                p.node.as_str(),
+                arch,
+                cores,
+                p.first,
+                p.first + p.count,
+                p.inside,
+                p.seconds,
+                p.count as f64 / p.seconds.max(1e-9) / 1e6
+            );
+        }
+        let _ = writeln!(
+            s,
+            "pi ≈ {:.10}  (error {:+.2e}, one standard error {:.1e}; {:.2} s, {:.1} M samples/s)",
+            self.estimate(),
+            self.estimate() - std::f64::consts::PI,
+            self.sigma(),
+            self.seconds,
+            self.samples as f64 / self.seconds.max(1e-9) / 1e6
+        );
+        s
+    }
+}
+
+/// Splits `samples` over `cores` in proportion, as contiguous ranges in order.
+pub fn shares(samples: u64, cores: &[u16]) -> Vec<(u64, u64)> {
+    let total: u128 = cores.iter().map(|&c| c.max(1) as u128).sum();
+    let mut out = Vec::with_capacity(cores.len());
+    let (mut first, mut acc) = (0u64, 0u128);
+    for &c in cores {
+        acc += c.max(1) as u128;
+        let end = (samples as u128 * acc / total) as u64;
+        out.push((first, end - first));
+        first = end;
+    }
+    out
+}
+
+/// Runs the Monte Carlo estimate of pi over every node.
+pub fn pi(o: &FleetOptions, samples: u64, seed: u64) -> Result<PiReport> {
+    if samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let (fleet, members) = join(o)?;
+    let result = spread_pi(&fleet, &members, samples, seed);
+    let left = fleet.leave();
+    let report = result?;
+    left?;
+    Ok(report)
+}
+
+fn spread_pi(fleet: &Fleet, members: &[Member], samples: u64, seed: u64) -> Result<PiReport> {
+    let ep = cluster_endpoint(fleet);
+    let cores: Vec<u16> = members.iter().map(|m| m.cores).collect();
+    let plan = shares(samples, &cores);
+    let never = AtomicBool::new(false);
+    // Generous: a Pi core counts tens of millions of samples a second.
+    let patience = Duration::from_secs(60 + samples / 2_000_000);
+    let t = Instant::now();
+    let answers = std::thread::scope(|s| {
+        let handles: Vec<_> = members
+            .iter()
+            .zip(&plan)
+            .map(|(m, &(first, count))| {
+                let (ep, never) = (&ep, &never);
+                s.spawn(move || -> Result<PiShare> {
+                    let q = bytes(ep, Message::PiRequest(PiRequest { seed, first, count }))?;
+                    match ask_any_run(
+                        &fleet.session,
+                        &keys::pi(&fleet.cluster, &m.name),
+                        &q,
+                        ep,
+                        &fleet.dropped,
+                        patience,
+                        never,
+                    )? {
+                        Message::PiShare(p)
+                            if p.node.as_str() == m.name && p.first == first && p.count == count =>
+                        {
+                            Ok(p)
+                        }
+                        Message::PiShare(p) => bail!(
+                            "node {}: answered for {} samples from {} as `{}`, not {count} from {first}",
+                            m.name,
+                            p.count,
+                            p.first,
+                            p.node
+                        ),
+                        other => bail!("node {}: answered with a {}", m.name, other.kind()),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a pi thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let seconds = t.elapsed().as_secs_f64();
+    let inside = answers.iter().map(|p| p.inside).sum();
+    Ok(PiReport {
+        seed,
+        samples,
+        inside,
+        shares: answers
+            .into_iter()
+            .zip(members)
+            .map(|(p, m)| (p, m.arch.clone(), m.cores))
+            .collect(),
+        seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_samples_in_proportion_to_cores() {
+        let s = shares(1000, &[4, 4, 2]);
+        assert_eq!(s, vec![(0, 400), (400, 400), (800, 200)]);
+        let s = shares(7, &[1, 1, 1]);
+        assert_eq!(s.iter().map(|x| x.1).sum::<u64>(), 7);
+        assert!(s.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        let s = shares(u64::MAX, &[3, 1]);
+        assert_eq!(s[0].0, 0);
+        assert_eq!(s[0].1 + s[1].1, u64::MAX);
+        assert_eq!(s[0].0 + s[0].1, s[1].0);
+    }
+
+    fn healthy(name: &str) -> NodeReport {
+        NodeReport {
+            name: name.into(),
+            health: Ok(Health {
+                node: wire::ident(name).unwrap(),
+                capabilities: wire::Capabilities {
+                    arch: wire::text("aarch64"),
+                    version: wire::text(env!("CARGO_PKG_VERSION")),
+                    cores: 4,
+                    memory_mib: 3796,
+                    gpu: None,
+                },
+                clock_unix_ns: 0,
+                uptime_s: 100,
+                load: 0.5,
+                busy: 0,
+                gpu: GpuHealth::Absent {
+                    why: wire::text("no Vulkan loader"),
+                },
+                thermal: wire::Thermal {
+                    temperature_mc: Some(52_000),
+                    zone: wire::text("cpu-thermal"),
+                    passive_trip_mc: Some(80_000),
+                    ..Default::default()
+                },
+            }),
+            clock_offset: Some((0.002, 0.001)),
+        }
+    }
+
+    #[test]
+    fn the_doctor_flags_versions_heat_throttling_clocks_and_silence() {
+        let v = env!("CARGO_PKG_VERSION");
+        assert!(problems(&[healthy("a")], &[], v).is_empty());
+        let mut hot = healthy("hot");
+        let mut old = healthy("old");
+        let mut late = healthy("late");
+        let mut volts = healthy("volts");
+        if let Ok(h) = &mut hot.health {
+            h.thermal.temperature_mc = Some(80_500);
+        }
+        if let Ok(h) = &mut old.health {
+            h.capabilities.version = wire::text("0.0.9");
+        }
+        late.clock_offset = Some((-2.5, 0.001));
+        if let Ok(h) = &mut volts.health {
+            h.thermal.throttled = Some(0x50005);
+            h.thermal.passive_trip_mc = None;
+            h.thermal.temperature_mc = Some(79_000);
+        }
+        let mut silent = healthy("silent");
+        silent.health = Err("no answer within 120 s".into());
+        let strangers = [(
+            "new".to_string(),
+            "protocol version 4, this build speaks 3".to_string(),
+        )];
+        let p = problems(&[hot, old, late, volts, silent], &strangers, v);
+        let text: Vec<String> = p.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+        assert_eq!(
+            text,
+            [
+                "new: cannot be read: protocol version 4, this build speaks 3",
+                "hot: hot: 80.5 °C in cpu-thermal (throttling starts at 80.0 °C)",
+                &format!("old: version 0.0.9, this manager {v}"),
+                "late: clock off by -2.500 s (is time sync running?)",
+                "volts: throttled now: under-voltage, throttled",
+                "volts: throttled since boot: under-voltage, throttled",
+                "silent: no checkup: no answer within 120 s",
+            ]
+        );
+    }
+}
