@@ -161,34 +161,7 @@ for pid in "${NODE_PIDS[@]}"; do
 done
 
 # --- Compare the two outputs, every variable, NaN equal to NaN. ---
-"$PYTHON" - "$DIR/inproc.nc" "$DIR/netns.nc" <<'EOF'
-import sys
-import numpy as np
-from netCDF4 import Dataset
-
-a, b = (Dataset(p) for p in sys.argv[1:3])
-for d in (a, b):
-    d.set_auto_mask(False)
-names = sorted(set(a.variables) | set(b.variables))
-bad = []
-for n in names:
-    if n not in a.variables or n not in b.variables:
-        bad.append(f"{n} (missing in one file)")
-        continue
-    x, y = a.variables[n][...], b.variables[n][...]
-    if x.shape != y.shape or x.dtype != y.dtype:
-        bad.append(f"{n} (shape/type {x.shape} {x.dtype} vs {y.shape} {y.dtype})")
-    else:
-        same = x == y
-        if x.dtype.kind == "f":
-            same |= np.isnan(x) & np.isnan(y)
-        if not same.all():
-            bad.append(f"{n} ({np.count_nonzero(~same)} values differ)")
-if bad:
-    print("netns: output differs from the in-process run: " + ", ".join(bad))
-    sys.exit(1)
-print(f"netns: output identical to the in-process run ({len(names)} variables)")
-EOF
+"$PYTHON" scripts/compare_nc.py netns "$DIR/inproc.nc" "$DIR/netns.nc"
 
 echo "netns: $((after - before)) bytes on the wire for $STEPS steps (${#NODES[@]} nodes, manager run ${run_s}s)"
 echo "netns: elapsed $(since "$start")s"
