@@ -70,7 +70,8 @@ trap cleanup EXIT
 
 # qemu-user runs the aarch64 binary against the cross C library.
 QEMU=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
-"${QEMU[@]}" "$NODE_A64" | tee "$DIR/a64-report.log" | grep -q "on aarch64" ||
+"${QEMU[@]}" "$NODE_A64" >"$DIR/a64-report.log" 2>&1 && cat "$DIR/a64-report.log"
+grep -q "on aarch64" "$DIR/a64-report.log" ||
     { echo "qemu-e2e: the aarch64 node does not report aarch64" >&2; exit 1; }
 
 "$BIN/shoal" synth --flow rotation -o "$DIR/f.nc" --nx 24 --ny 24 --duration 4h --interval 1h \
