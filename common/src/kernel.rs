@@ -860,3 +860,156 @@ pub fn observe(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u
     let (zeta, depth) = column_at(mesh, window, t, x, y, e);
     (z - zeta, ((z - zeta) / depth).clamp(-1.0, 0.0))
 }
+
+/// Flows with known answers on an in-memory mesh, so the numerics are checked wherever the
+/// crate's tests run: natively, and as aarch64 and armv7 binaries under qemu-user in CI.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::{FieldLevel, RawSlice, Window};
+    use crate::mesh::{tests::grid_mesh, Mesh};
+    use crate::particles::{status, Particles};
+
+    const X0: f64 = 400_000.0;
+    const Y0: f64 = 4_500_000.0;
+
+    /// A 60 x 60 grid of 200 m squares at UTM-sized offsets, and a steady level of the flow
+    /// `uv(x, y)` sampled at element centroids.
+    fn steady(uv: impl Fn(f64, f64) -> (f64, f64)) -> (Mesh, FieldLevel) {
+        let input = grid_mesh(60, 60, 200.0, X0, Y0);
+        let centroid =
+            |t: &[i64; 3], c: &[f64]| t.iter().map(|&n| c[n as usize]).sum::<f64>() / 3.0;
+        let (u, v): (Vec<f32>, Vec<f32>) = input
+            .nv
+            .iter()
+            .map(|t| {
+                let (u, v) = uv(centroid(t, &input.x), centroid(t, &input.y));
+                (u as f32, v as f32)
+            })
+            .unzip();
+        let nn = input.x.len();
+        let (mesh, _) = Mesh::build(input).unwrap();
+        let raw = RawSlice {
+            time: 0.0,
+            u,
+            v,
+            zeta: vec![0.0; nn],
+            ..Default::default()
+        };
+        let level = FieldLevel::from_slice(&mesh, &raw).unwrap();
+        (mesh, level)
+    }
+
+    fn release(mesh: &Mesh, points: &[(f64, f64)]) -> Particles {
+        let mut p = Particles::default();
+        for (i, &(x, y)) in points.iter().enumerate() {
+            let e = mesh.locate(x, y, None).expect("inside the mesh");
+            p.push(i as u32, x, y, -1.0, e, status::ACTIVE, 0.0);
+        }
+        p
+    }
+
+    fn params(dt: f64, kh: f64) -> StepParams {
+        StepParams {
+            dt,
+            integrator: Integrator::Rk4,
+            horizontal_kh: kh,
+            vertical_mixing: VerticalMixing::None,
+            sinking_speed: 0.0,
+            seed: 99,
+            happiness: None,
+        }
+    }
+
+    /// Steps every particle `steps` times in chunks of `chunk`.
+    fn run(
+        mesh: &Mesh,
+        level: &FieldLevel,
+        p: &mut Particles,
+        prm: &StepParams,
+        steps: u32,
+        chunk: usize,
+    ) {
+        let levels = std::slice::from_ref(level);
+        for s in 0..steps {
+            let t = s as f64 * prm.dt;
+            for c in p.chunks_mut(chunk) {
+                advance(mesh, Window { levels }, prm, t, s, c);
+            }
+        }
+    }
+
+    #[test]
+    fn a_uniform_current_carries_every_particle_exactly_its_distance() {
+        let (u, v) = (0.3f32 as f64, -0.2f32 as f64);
+        let (mesh, level) = steady(|_, _| (u, v));
+        let start: Vec<(f64, f64)> = (0..50)
+            .map(|i| {
+                (
+                    X0 + 1000.0 + 150.0 * i as f64,
+                    Y0 + 6000.0 + 97.0 * i as f64,
+                )
+            })
+            .collect();
+        let mut p = release(&mesh, &start);
+        run(&mesh, &level, &mut p, &params(60.0, 0.0), 100, 16);
+        for (i, &(x, y)) in start.iter().enumerate() {
+            assert_eq!(p.status[i], status::ACTIVE);
+            assert!(
+                (p.x[i] - (x + u * 6000.0)).abs() < 1e-6,
+                "x {} vs {}",
+                p.x[i],
+                x + u * 6000.0
+            );
+            assert!(
+                (p.y[i] - (y + v * 6000.0)).abs() < 1e-6,
+                "y {} vs {}",
+                p.y[i],
+                y + v * 6000.0
+            );
+        }
+    }
+
+    #[test]
+    fn solid_body_rotation_comes_back_to_the_start_within_a_centimetre() {
+        let (cx, cy) = (X0 + 6000.0, Y0 + 6000.0);
+        let omega = std::f64::consts::TAU / (6.0 * 3600.0);
+        let (mesh, level) = steady(|x, y| (-omega * (y - cy), omega * (x - cx)));
+        let start: Vec<(f64, f64)> = (0..64)
+            .map(|i| {
+                let (r, a) = (1000.0 + 55.0 * i as f64, i as f64 * 2.399_963);
+                (cx + r * a.cos(), cy + r * a.sin())
+            })
+            .collect();
+        let mut p = release(&mesh, &start);
+        // One revolution: 360 steps of 60 s.
+        run(&mesh, &level, &mut p, &params(60.0, 0.0), 360, 64);
+        for (i, &(x, y)) in start.iter().enumerate() {
+            let d = (p.x[i] - x).hypot(p.y[i] - y);
+            assert!(d < 0.01, "particle {i} ends {d} m from its start");
+        }
+    }
+
+    #[test]
+    fn the_random_walk_spreads_as_2kt_and_ignores_chunking() {
+        let (mesh, level) = steady(|_, _| (0.0, 0.0));
+        let (cx, cy) = (X0 + 6000.0, Y0 + 6000.0);
+        let n = 4000;
+        let start = vec![(cx, cy); n];
+        let (kh, dt, steps) = (0.5, 60.0, 60);
+        let mut a = release(&mesh, &start);
+        let mut b = a.clone();
+        run(&mesh, &level, &mut a, &params(dt, kh), steps, 4000);
+        run(&mesh, &level, &mut b, &params(dt, kh), steps, 7);
+        assert_eq!((&a.x, &a.y), (&b.x, &b.y), "chunking changed a random walk");
+        let var = |v: &[f64], c: f64| v.iter().map(|x| (x - c) * (x - c)).sum::<f64>() / n as f64;
+        let expect = 2.0 * kh * dt * steps as f64;
+        for (axis, got) in [("x", var(&a.x, cx)), ("y", var(&a.y, cy))] {
+            // 4000 samples: the variance's standard error is about 2.2 %.
+            assert!(
+                (got / expect - 1.0).abs() < 0.08,
+                "{axis} variance {got} vs 2Kt {expect}"
+            );
+        }
+    }
+}
