@@ -426,7 +426,7 @@ package_flavour() { # $1 = flavour, $2 = dir with binaries, $3... = binary names
         if [ -n "$prebuilt" ]; then
             echo "build: prebuilt binaries packaged from $src (profile and flags as built there)"
         else
-            echo "build: cargo --profile deploy (lto = fat, codegen-units = 1, strip, panic = unwind)"
+            echo "build: cargo --profile deploy (lto = fat, codegen-units = 1, opt-level 3 for the workspace and rayon, \"z\" for the other dependencies, strip, panic = unwind)"
             echo "rustflags: $RUSTFLAGS_USED" | sed "s#$ROOT#<workspace>#g; s#${CARGO_HOME:-$HOME/.cargo}#<cargo home>#g"
             echo "link: ${LINKFLAGS_USED:-default}" | sed "s#-B[^ ]*/gcc-ld#-B<rustc sysroot>/lib/rustlib/$host_triple/bin/gcc-ld#"
         fi
