@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -66,7 +66,9 @@ pub enum Message {
     FieldSlice(FieldSlice),
     ParticleBatch(ParticleBatch),
     StepSummary(StepSummary),
-    Snapshot(Snapshot),
+    /// A partition's whole particle state after a step (`from` the partition, `to` unused), sent
+    /// when the manager asks for it: the output and the checkpoint are made from it.
+    Snapshot(ParticleBatch),
     Control(Control),
     RunSpec(Box<RunSpec>),
     FieldRequest(FieldRequest),
@@ -169,12 +171,14 @@ pub struct FieldRequest {
 
 /// Everything a node needs to step a run besides fields and particles: the mesh as the manager
 /// read it (building it gives the same [`crate::Mesh`]), the step parameters, the run clock of
-/// every time index, and the owner of every element (mesh numbering).
+/// every time index, and the owner of every element (mesh numbering). A run resumed from a
+/// checkpoint (after a node or the manager was lost) starts at `first_step`, not 0.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub mesh: MeshInput,
     pub params: StepParams,
     pub times: Vec<f64>,
+    pub first_step: u32,
     pub n_steps: u32,
     pub duration: f64,
     pub n_particles: u32,
@@ -334,6 +338,82 @@ impl ParticleBatch {
     pub fn is_empty(&self) -> bool {
         self.id.is_empty()
     }
+
+    /// Checks what decoding cannot know: that every particle is one of the run's
+    /// `n_particles`, has a known status, and sits in one of the mesh's `n_elements`. (Array
+    /// lengths and increasing ids are checked by [`decode`].) A receiver indexes its mesh with
+    /// these elements, so a batch must pass this before it is merged.
+    pub fn check_against(&self, n_elements: usize, n_particles: usize) -> Result<(), WireError> {
+        let bad = |why| {
+            Err(WireError::Inconsistent {
+                kind: "particle batch",
+                why,
+            })
+        };
+        if self.id.last().is_some_and(|&i| i as usize >= n_particles) {
+            return bad("a particle id beyond the run's particles");
+        }
+        if self.element.iter().any(|&e| e as usize >= n_elements) {
+            return bad("an element outside the mesh");
+        }
+        if self
+            .status
+            .iter()
+            .any(|s| !crate::status::FLAG_VALUES.contains(s))
+        {
+            return bad("an unknown status");
+        }
+        Ok(())
+    }
+}
+
+/// First bytes of a checkpoint file.
+pub const CHECKPOINT_MAGIC: [u8; 4] = *b"SHCK";
+/// Version of the checkpoint layout; bump on any change to [`Checkpoint`].
+pub const CHECKPOINT_VERSION: u16 = 1;
+
+/// Everything a run needs to go on from the end of step `step`: every particle's state (`from`
+/// and `to` unused), how many time records the output holds by then, and the hash of the
+/// configuration and input it belongs to. The manager writes one at every output time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub magic: [u8; 4],
+    pub version: u16,
+    pub run_hash: u64,
+    pub step: u32,
+    pub records: u32,
+    pub particles: ParticleBatch,
+}
+
+/// Encodes a checkpoint (no size bound: it is a local file, not a message).
+pub fn encode_checkpoint(c: &Checkpoint) -> Result<Vec<u8>, WireError> {
+    postcard::to_allocvec(c).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes a checkpoint file's bytes: magic and version first, then the layout, then the
+/// particle arrays as [`decode`] checks a batch. Never panics.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, WireError> {
+    if bytes.len() < 4 || bytes[..4] != CHECKPOINT_MAGIC {
+        let mut found = [0u8; 4];
+        let n = bytes.len().min(4);
+        found[..n].copy_from_slice(&bytes[..n]);
+        return Err(WireError::ForeignMagic { found });
+    }
+    let (version, _) = postcard::take_from_bytes::<u16>(&bytes[4..])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if version != CHECKPOINT_VERSION {
+        return Err(WireError::Version { found: version });
+    }
+    let (c, rest) = postcard::take_from_bytes::<Checkpoint>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    check(&Message::ParticleBatch(c.particles.clone()))?;
+    Ok(c)
 }
 
 /// A partition's account of one step: counts (conservation is checked against them) and
@@ -360,32 +440,11 @@ pub struct StepSummary {
     pub dropped: u64,
 }
 
-/// Output view of a partition's particles at one time.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub partition: u32,
-    pub step: u32,
-    pub time: f64,
-    pub id: Vec<u32>,
-    pub x: Vec<f64>,
-    pub y: Vec<f64>,
-    pub z: Vec<f32>,
-    pub sigma: Vec<f32>,
-    pub status: Vec<u8>,
-    pub element: Vec<u32>,
-    pub age: Vec<f32>,
-    pub happiness: Vec<f32>,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     Start,
     Continue,
     Stop,
-    /// Return to the checkpoint taken after this step.
-    RollBack {
-        to_step: u32,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -394,7 +453,7 @@ pub struct Control {
     pub command: Command,
     /// The partitions whose batches of `step` the receiver must merge before going on.
     pub expect: Vec<u32>,
-    /// Send a snapshot once they are merged.
+    /// Send the partition's state (a [`Message::Snapshot`]) once they are merged.
     pub snapshot: bool,
 }
 
@@ -512,7 +571,7 @@ fn check(m: &Message) -> Result<(), WireError> {
     let same = |lens: &[usize]| lens.windows(2).all(|w| w[0] == w[1]);
     let bad = |kind, why| Err(WireError::Inconsistent { kind, why });
     match m {
-        Message::ParticleBatch(b) => {
+        Message::ParticleBatch(b) | Message::Snapshot(b) => {
             if !same(&[
                 b.id.len(),
                 b.x.len(),
@@ -527,21 +586,6 @@ fn check(m: &Message) -> Result<(), WireError> {
             }
             if b.id.windows(2).any(|w| w[0] >= w[1]) {
                 return bad("particle batch", "ids are not in increasing order");
-            }
-        }
-        Message::Snapshot(s) => {
-            if !same(&[
-                s.id.len(),
-                s.x.len(),
-                s.y.len(),
-                s.z.len(),
-                s.sigma.len(),
-                s.status.len(),
-                s.element.len(),
-                s.age.len(),
-                s.happiness.len(),
-            ]) {
-                return bad("snapshot", "arrays differ in length");
             }
         }
         Message::Topology(t) => {
@@ -585,6 +629,9 @@ fn check(m: &Message) -> Result<(), WireError> {
             }
             if r.times.is_empty() {
                 return bad("run specification", "no time slices");
+            }
+            if r.first_step > r.n_steps {
+                return bad("run specification", "it starts after its last step");
             }
         }
         Message::PiShare(p) => {
@@ -722,33 +769,27 @@ mod tests {
                     dropped: self.u32() as u64,
                 }),
                 6 => {
-                    let n = self.len(200);
-                    Message::Snapshot(Snapshot {
-                        partition: self.u32(),
+                    let n = self.len(200) as u32;
+                    Message::Snapshot(ParticleBatch {
+                        from: self.u32(),
+                        to: u32::MAX,
                         step: self.u32(),
-                        time: self.f64(),
-                        id: self.u32s(n),
-                        x: self.f64s(n),
-                        y: self.f64s(n),
-                        z: self.f32s(n),
-                        sigma: self.f32s(n),
-                        status: vec![0; n],
-                        element: self.u32s(n),
-                        age: self.f32s(n),
-                        happiness: self.f32s(n),
+                        id: (0..n).map(|i| i * 3).collect(),
+                        x: self.f64s(n as usize),
+                        y: self.f64s(n as usize),
+                        z: self.f64s(n as usize),
+                        element: self.u32s(n as usize),
+                        status: vec![0; n as usize],
+                        release_time: self.f64s(n as usize),
+                        happiness: self.f32s(n as usize),
                     })
                 }
                 7 => {
                     let n = self.len(10);
                     Message::Control(Control {
                         step: self.u32(),
-                        command: [
-                            Command::Start,
-                            Command::Continue,
-                            Command::Stop,
-                            Command::RollBack { to_step: 17 },
-                        ][self.len(3)]
-                        .clone(),
+                        command: [Command::Start, Command::Continue, Command::Stop][self.len(2)]
+                            .clone(),
                         expect: self.u32s(n),
                         snapshot: self.u32() % 2 == 0,
                     })
@@ -781,6 +822,7 @@ mod tests {
                             happiness: None,
                         },
                         times: self.f64s(nt),
+                        first_step: 0,
                         n_steps: self.u32(),
                         duration: self.f64(),
                         n_particles: self.u32(),
@@ -908,7 +950,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -916,15 +958,15 @@ mod tests {
         assert_eq!(encode(&hello).unwrap(), golden_hello);
         let control = me().envelope(Message::Control(Control {
             step: 300,
-            command: Command::RollBack { to_step: 299 },
+            command: Command::Stop,
             expect: vec![1, 200],
             snapshot: true,
         }));
-        // ... 7 (control), step 300, 3 (roll back) to 299, expect [1, 200], snapshot true.
+        // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
-            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 3, 0xab, 0x02, 2,
-            1, 0xc8, 0x01, 1,
+            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
+            0x01, 1,
         ];
         assert_eq!(encode(&control).unwrap(), golden_control);
         assert_eq!(decode(golden_control, &me()).unwrap(), control);
@@ -935,7 +977,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 3, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);
@@ -1066,6 +1108,67 @@ mod tests {
             with_magic.extend_from_slice(&random);
             let _ = decode(&random, &me());
             let _ = decode(&with_magic, &me());
+        }
+    }
+
+    fn batch(ids: Vec<u32>, element: Vec<u32>, status: Vec<u8>) -> ParticleBatch {
+        let n = ids.len();
+        ParticleBatch {
+            from: 0,
+            to: 1,
+            step: 2,
+            id: ids,
+            x: vec![1.0; n],
+            y: vec![2.0; n],
+            z: vec![-1.0; n],
+            element,
+            status,
+            release_time: vec![0.0; n],
+            happiness: vec![0.0; n],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_checked_against_the_mesh_and_the_run() {
+        assert!(batch(vec![0, 5], vec![3, 9], vec![0, 1])
+            .check_against(10, 6)
+            .is_ok());
+        let refused = |b: ParticleBatch| b.check_against(10, 6).unwrap_err().to_string();
+        assert!(refused(batch(vec![0, 5], vec![3, 10], vec![0, 0])).contains("outside the mesh"));
+        assert!(refused(batch(vec![0, 6], vec![3, 3], vec![0, 0])).contains("particle id"));
+        assert!(refused(batch(vec![1], vec![3], vec![200])).contains("unknown status"));
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_refuses_other_bytes() {
+        let c = Checkpoint {
+            magic: CHECKPOINT_MAGIC,
+            version: CHECKPOINT_VERSION,
+            run_hash: 0xdead_beef_0123,
+            step: 40,
+            records: 3,
+            particles: batch(vec![0, 1, 7], vec![1, 2, 3], vec![0, 2, 4]),
+        };
+        let bytes = encode_checkpoint(&c).unwrap();
+        assert_eq!(decode_checkpoint(&bytes).unwrap(), c);
+        for cut in 0..bytes.len() {
+            assert!(decode_checkpoint(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(matches!(
+            decode_checkpoint(b"CDF\x01...."),
+            Err(WireError::ForeignMagic { .. })
+        ));
+        let mut later = bytes.clone();
+        later[4] = 9;
+        assert_eq!(
+            decode_checkpoint(&later),
+            Err(WireError::Version { found: 9 })
+        );
+        let mut g = Gen(5, 0);
+        for k in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[k] ^= 1 << (g.u32() % 8);
+            let _ = decode_checkpoint(&flipped);
         }
     }
 }

@@ -42,6 +42,10 @@ enum Command {
         /// Step in this process alone, without the fabric (the one-machine path).
         #[arg(long, conflicts_with = "cluster")]
         direct: bool,
+        /// Go on from the checkpoint beside the output file (`<output>.checkpoint`) after the
+        /// manager was stopped or lost, with whatever nodes there are now.
+        #[arg(long)]
+        resume: bool,
     },
     /// Write synthetic FVCOM output with an analytic flow.
     Synth {
@@ -254,6 +258,7 @@ where
             cluster,
             nodes,
             direct,
+            resume,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
             run::run(
@@ -265,6 +270,7 @@ where
                     cluster,
                     nodes,
                     direct,
+                    resume,
                 },
             )?;
         }

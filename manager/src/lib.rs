@@ -1,20 +1,16 @@
-//! shoal-manager: the `shoal` CLI's library. Reads FVCOM NetCDF ([`fvcom`]), writes synthetic
-//! FVCOM ([`synth`]) and CF trajectories ([`output`]), and drives runs ([`run`]): on the zenoh
-//! fabric ([`fabric`]) with in-process or remote node agents, or alone in this process; checks
-//! the fleet ([`fleet`]: `shoal doctor`, `shoal pi`).
+//! shoal-manager: the `shoal` CLI's library, in folders that follow the data: [`input`] (FVCOM
+//! reader, run configuration, release), [`run`] (preparation, the one schedule, and the two ways
+//! of stepping it: in this process or on the zenoh fabric), [`output`] (trajectory writer,
+//! checkpoints, plots) and [`tools`] (synth, bench, inspect, demo, doctor and pi).
 
-pub mod bench;
 pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod fabric;
-pub mod fleet;
-pub mod fvcom;
-pub mod inspect;
+pub mod input;
 pub mod output;
-pub mod partition;
-pub mod plot;
-pub mod release;
 pub mod run;
-pub mod synth;
-pub mod timefmt;
+pub mod tools;
+
+// The modules by their short names, as the crate's users and its own code name them.
+pub use input::{config, fvcom, release, timefmt};
+pub use output::plot;
+pub use run::partition;
+pub use tools::{bench, demo, fleet, inspect, synth};

@@ -33,8 +33,26 @@ use zenoh::{Session, Wait};
 /// How long a node waits for one answer it cannot go on without (specification, topology, a
 /// field slice) before giving the run up.
 const PATIENCE: Duration = Duration::from_secs(120);
-/// How long a step's summary may wait for the manager's control: the slowest partition's step.
-const STEP_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+/// How long a step's summary may wait for the manager's control, and a merge for its batches:
+/// the slowest partition's step. A manager that dies is noticed sooner, by its token; one that
+/// lives gives up on a silent partition after its own, shorter patience and starts over
+/// without it.
+const STEP_PATIENCE: Duration = Duration::from_secs(3600);
+/// How long a node looks for the manager's token of a run it was just assigned.
+const MANAGER_LOOKUP: Duration = Duration::from_secs(3);
+
+/// A fault the tests inject into node processes, from `SHOAL_TEST_FAULT`: `kill:STEP` makes the
+/// process kill itself with SIGKILL as a partition starts step STEP (a power cut as the fabric
+/// sees it); `panic:STEP` makes the partition thread that reaches step STEP panic.
+fn injected_fault(kind: &str, step: u32) -> bool {
+    std::env::var("SHOAL_TEST_FAULT")
+        .ok()
+        .and_then(|v| {
+            let (k, s) = v.split_once(':')?;
+            Some(k == kind && s.parse::<u32>().ok()? == step)
+        })
+        .unwrap_or(false)
+}
 
 pub struct NodeOptions {
     pub cluster: Ident,
@@ -430,6 +448,16 @@ fn run_assignment(
         })
         .wait()
         .map_err(|e| anyhow!("watching the manager: {e}"))?;
+    // An assignment can wait in the queue while this node finishes an earlier run; by then its
+    // manager may have started over (a new run id) or gone. The watch above sees a token that
+    // goes from now on; this sees one that went before.
+    if !manager_present(session, me) {
+        bail!(
+            "the manager of run {:016x} is gone (no token within {} s)",
+            me.run,
+            MANAGER_LOOKUP.as_secs()
+        );
+    }
     let keys = RunKeys::new(&me.cluster, me.run);
     let spec = match ask(
         session,
@@ -465,19 +493,32 @@ fn run_assignment(
                     quiet: log.quiet,
                 };
                 sc.spawn(move || {
-                    let r = PartitionAgent::new(
-                        session,
-                        me,
-                        node,
-                        p,
-                        &mesh,
-                        &spec,
-                        dropped.clone(),
-                        log,
-                    )
-                    .and_then(|mut a| {
-                        a.pool = pool;
-                        a.run(&abandon, stop)
+                    // A panic is this partition's failure, reported by name like an error,
+                    // never left for the manager to time out on.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        PartitionAgent::new(
+                            session,
+                            me,
+                            node,
+                            p,
+                            &mesh,
+                            &spec,
+                            dropped.clone(),
+                            log,
+                            &abandon,
+                        )
+                        .and_then(|mut a| {
+                            a.pool = pool;
+                            a.run(&abandon, stop)
+                        })
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "no message".into());
+                        Err(anyhow!("partition {p} on node {node} panicked: {what}"))
                     });
                     if let Err(e) = &r {
                         // The others cannot finish without this one; tell the manager why,
@@ -511,6 +552,17 @@ fn run_assignment(
     Ok(steps)
 }
 
+/// Whether the manager of `me`'s run has its token up.
+fn manager_present(session: &Session, me: &Endpoint) -> bool {
+    session
+        .liveliness()
+        .get(keys::manager_token(&me.cluster, me.run))
+        .timeout(MANAGER_LOOKUP)
+        .wait()
+        .ok()
+        .is_some_and(|r| std::iter::from_fn(|| r.recv().ok()).any(|reply| reply.result().is_ok()))
+}
+
 /// Tells the manager that partition `p` failed, without waiting long for it to listen.
 fn tell_failure(session: &Session, me: &Endpoint, p: u32, reason: &str, dropped: &Dropped) {
     let m = Message::Failure(wire::Failure {
@@ -531,6 +583,21 @@ fn tell_failure(session: &Session, me: &Endpoint, p: u32, reason: &str, dropped:
             true,
         );
     }
+}
+
+/// Refuses a batch holding a particle whose element partition `p` does not own (outside-mesh
+/// particles keep their nearest element and go with the release, so they are exempt).
+fn owned_by(b: &ParticleBatch, p: u32, part_of: &[u32]) -> Result<(), wire::WireError> {
+    let foreign = b.element.iter().zip(&b.status).any(|(&e, &s)| {
+        s != status::OUTSIDE_MESH && part_of.get(e as usize).is_none_or(|&o| o != p)
+    });
+    if foreign {
+        return Err(wire::WireError::Inconsistent {
+            kind: "particle batch",
+            why: "a particle in an element another partition owns",
+        });
+    }
+    Ok(())
 }
 
 /// One batch off the network: (sender, step, particles).
@@ -570,12 +637,12 @@ impl<'a> PartitionAgent<'a> {
         spec: &'a RunSpec,
         dropped: Arc<Dropped>,
         log: Log,
+        abandon: &AtomicBool,
     ) -> Result<Self> {
         let keys = RunKeys::new(&me.cluster, me.run);
-        let never = AtomicBool::new(false);
         let get = |key: String| {
             ask(
-                session, &key, None, me, &dropped, PATIENCE, &never, log.quiet,
+                session, &key, None, me, &dropped, PATIENCE, abandon, log.quiet,
             )
         };
         let topo = match get(keys.topology(p))? {
@@ -588,14 +655,16 @@ impl<'a> PartitionAgent<'a> {
         {
             bail!("partition {p}'s topology names elements or nodes outside the mesh");
         }
-        let mut particles = match get(keys.particles(p))? {
-            Message::ParticleBatch(b) if b.to == p => b.into_particles(),
+        let particles = match get(keys.particles(p))? {
+            Message::ParticleBatch(b) if b.to == p => b,
             other => bail!("expected partition {p}'s particles, got a {}", other.kind()),
         };
-        if particles.element.iter().any(|&e| e >= ne) {
-            bail!("partition {p}'s particles name elements outside the mesh");
-        }
-        particles.sort_by_id();
+        let owned = |b: &ParticleBatch| owned_by(b, p, &spec.part_of);
+        particles
+            .check_against(ne as usize, spec.n_particles as usize)
+            .and_then(|_| owned(&particles))
+            .map_err(|e| anyhow!("partition {p}'s particles: {e}"))?;
+        let particles = particles.into_particles();
         let mut neighbours: Vec<u32> = topo.halo_owner.clone();
         neighbours.sort_unstable();
         neighbours.dedup();
@@ -606,6 +675,7 @@ impl<'a> PartitionAgent<'a> {
         let (tx, inbox) = mpsc::channel::<Arrival>();
         let (me2, prefix, quiet) = (me.clone(), keys.clone(), log.quiet);
         let d = dropped.clone();
+        let (n_particles, part_of) = (spec.n_particles as usize, spec.part_of.clone());
         let subscriber = session
             .declare_subscriber(keys.inboxes(p))
             .callback(move |sample| {
@@ -614,7 +684,17 @@ impl<'a> PartitionAgent<'a> {
                 match wire::decode(&sample.payload().to_bytes(), &me2) {
                     Ok(env) => match (env.message, from) {
                         (Message::ParticleBatch(b), Some(f)) if b.from == f && b.to == p => {
-                            let _ = tx.send((f, b.step, b));
+                            // Merging indexes the mesh with these elements: check them first,
+                            // and that each lands in this partition, as a migrant must.
+                            match b
+                                .check_against(part_of.len(), n_particles)
+                                .and_then(|_| owned_by(&b, p, &part_of))
+                            {
+                                Ok(()) => {
+                                    let _ = tx.send((f, b.step, b));
+                                }
+                                Err(e) => d.note("inbox batch", &e, quiet),
+                            }
                         }
                         (m, _) => d.note(
                             "inbox message",
@@ -654,14 +734,18 @@ impl<'a> PartitionAgent<'a> {
             pool: None,
         };
         for n in neighbours {
-            agent.publisher(n)?;
+            agent.publisher(n, abandon)?;
         }
         Ok(agent)
     }
 
     /// The publisher toward partition `to`'s inbox, declared once; it is ready when `to`'s
     /// subscriber is known here, so nothing sent on it is lost for want of a route.
-    fn publisher(&mut self, to: u32) -> Result<&zenoh::pubsub::Publisher<'a>> {
+    fn publisher(
+        &mut self,
+        to: u32,
+        abandon: &AtomicBool,
+    ) -> Result<&zenoh::pubsub::Publisher<'a>> {
         if !self.publishers.contains_key(&to) {
             let pubr = self
                 .session
@@ -677,7 +761,13 @@ impl<'a> PartitionAgent<'a> {
                 .unwrap_or(false)
             {
                 if Instant::now() > deadline {
-                    bail!("partition {to}'s inbox never appeared");
+                    bail!(
+                        "partition {to}'s inbox did not appear within {} s",
+                        PATIENCE.as_secs()
+                    );
+                }
+                if abandon.load(Ordering::Relaxed) {
+                    bail!("abandoned while waiting for partition {to}'s inbox");
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -883,15 +973,11 @@ impl<'a> PartitionAgent<'a> {
         }
     }
 
-    fn snapshot(&self, step: u32, t: f64, abandon: &AtomicBool) -> Result<()> {
-        let (particles, mesh, window) = (&self.part.particles, self.mesh, self.fields.window());
-        let view = || crate::snapshot_of(particles, mesh, window, t);
-        let s = match &self.pool {
-            Some(pool) => pool.install(view),
-            None => view(),
-        };
-        let m = Message::Snapshot(s.into_wire(self.p, step, t));
-        let b = bytes(self.me, m)?;
+    /// Sends the partition's whole state after `step` to the manager, which writes the output
+    /// and the checkpoint from it.
+    fn snapshot(&self, step: u32, abandon: &AtomicBool) -> Result<()> {
+        let state = ParticleBatch::of(self.p, u32::MAX, step, self.part.particles.clone());
+        let b = bytes(self.me, Message::Snapshot(state))?;
         self.ask(&self.keys.snapshot(self.p), Some(&b), PATIENCE, abandon)?;
         Ok(())
     }
@@ -908,16 +994,20 @@ impl<'a> PartitionAgent<'a> {
         if !matches!(start.command, Command::Start | Command::Stop) {
             bail!("expected the start, got {:?}", start.command);
         }
-        self.cover(0.0, dt.min(spec.duration.max(0.0)), abandon)?;
+        // A run resumed from a checkpoint starts at its step; releases due then are done again
+        // (a no-op for those the step before released).
+        let first = spec.first_step;
+        let t0 = first as f64 * dt;
+        self.cover(t0, (t0 + dt).min(spec.duration.max(t0)), abandon)?;
         {
             let (part, mesh, window) = (&mut self.part, self.mesh, self.fields.window());
             match &self.pool {
-                Some(pool) => pool.install(|| part.release(mesh, window, 0.0)),
-                None => part.release(mesh, window, 0.0),
+                Some(pool) => pool.install(|| part.release(mesh, window, t0)),
+                None => part.release(mesh, window, t0),
             }
         }
         if start.snapshot {
-            self.snapshot(0, 0.0, abandon)?;
+            self.snapshot(first, abandon)?;
         }
         if start.command == Command::Stop {
             return Ok(0);
@@ -928,10 +1018,17 @@ impl<'a> PartitionAgent<'a> {
             self.neighbours
         ));
         let mut received = 0u64;
-        let mut s = 0u32;
+        let mut s = first;
         loop {
             if stop.load(Ordering::Relaxed) {
                 bail!("stopped");
+            }
+            if injected_fault("kill", s) {
+                // SAFETY: kill(2) on this process; it never returns.
+                unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            }
+            if injected_fault("panic", s) {
+                panic!("injected at step {s} (SHOAL_TEST_FAULT)");
             }
             let t = s as f64 * dt;
             let t1 = ((s + 1) as f64 * dt).min(spec.duration);
@@ -950,7 +1047,7 @@ impl<'a> PartitionAgent<'a> {
                     self.me,
                     Message::ParticleBatch(ParticleBatch::of(self.p, to, s, batch)),
                 )?;
-                self.publisher(to)?
+                self.publisher(to, abandon)?
                     .put(b)
                     .wait()
                     .map_err(|e| anyhow!("sending to partition {to}: {e}"))?;
@@ -978,7 +1075,7 @@ impl<'a> PartitionAgent<'a> {
             }
             received = self.merge(s, &control.expect, abandon)?;
             if control.snapshot {
-                self.snapshot(s + 1, t1, abandon)?;
+                self.snapshot(s + 1, abandon)?;
             }
             s += 1;
             match control.command {

@@ -38,40 +38,6 @@ pub struct Snapshot {
     pub happiness: Vec<f32>,
 }
 
-impl Snapshot {
-    /// The wire form of partition `partition`'s snapshot after `step` steps, at time `time`.
-    pub fn into_wire(self, partition: u32, step: u32, time: f64) -> shoal_common::wire::Snapshot {
-        shoal_common::wire::Snapshot {
-            partition,
-            step,
-            time,
-            id: self.id,
-            x: self.x,
-            y: self.y,
-            z: self.z,
-            sigma: self.sigma,
-            status: self.status,
-            element: self.element,
-            age: self.age,
-            happiness: self.happiness,
-        }
-    }
-
-    pub fn from_wire(s: shoal_common::wire::Snapshot) -> Snapshot {
-        Snapshot {
-            id: s.id,
-            x: s.x,
-            y: s.y,
-            z: s.z,
-            sigma: s.sigma,
-            status: s.status,
-            element: s.element,
-            age: s.age,
-            happiness: s.happiness,
-        }
-    }
-}
-
 pub struct Partition {
     pub particles: Particles,
     /// Re-sort by host element every this many steps (0: never).

@@ -6,7 +6,7 @@
 //! the samples spread over every node in proportion to its cores. Sample k is a pure function of
 //! (seed, k), so the estimate is the same on any cluster, any split, any thread count.
 
-use crate::fabric::{census, Fleet, FleetSpec, Member};
+use crate::run::membership::{census, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys;
 use shoal_common::wire::{self, Checkup, Endpoint, GpuHealth, Health, Message, PiRequest, PiShare};
@@ -66,7 +66,7 @@ fn join(o: &FleetOptions) -> Result<(Fleet, Vec<Member>)> {
         listen: o.listen.clone(),
         pool,
     })?;
-    match fleet.wait(o.wait) {
+    match fleet.wait(o.wait, &Default::default()) {
         Ok(m) => Ok((fleet, m)),
         Err(e) => {
             let _ = fleet.leave();

@@ -2,6 +2,9 @@
 //! writes them), appended one snapshot at a time along an unlimited `time` and synced after each,
 //! so a run that is killed leaves a readable file of everything written so far.
 
+pub mod checkpoint;
+pub mod plot;
+
 use crate::timefmt::format_datetime;
 use anyhow::{Context, Result};
 use shoal_common::{status, TransverseMercator};
@@ -272,6 +275,49 @@ impl TrajectoryWriter {
 
     pub fn snapshots_written(&self) -> usize {
         self.written
+    }
+
+    /// Goes back to `records` time records: the next write overwrites the record after them.
+    /// A run rolled back to a checkpoint writes the same records again, bit for bit.
+    pub fn rewind(&mut self, records: usize) {
+        self.written = records.min(self.written);
+    }
+
+    /// Opens the output of an interrupted run to go on after its first `records` records
+    /// (`--resume`), checking that it is the file that run was writing.
+    pub fn reopen(
+        path: &Path,
+        n: usize,
+        projection: Option<TransverseMercator>,
+        happiness: bool,
+        records: usize,
+    ) -> Result<Self> {
+        let ctx = || format!("reopening output {} to resume", path.display());
+        let file = netcdf::append(path).with_context(ctx)?;
+        let dim = |name: &str| file.dimension(name).map(|d| d.len());
+        let (trajectories, times) = (dim("trajectory"), dim("time"));
+        if trajectories != Some(n) || times.is_none_or(|t| t < records) {
+            anyhow::bail!(
+                "{}: has {trajectories:?} trajectories and {times:?} times, but the checkpoint is of {n} particles after {records} records",
+                path.display()
+            );
+        }
+        if file.variable("lon").is_some() != projection.is_some()
+            || file.variable("happiness").is_some() != happiness
+        {
+            anyhow::bail!(
+                "{}: its variables are not those this configuration writes",
+                path.display()
+            );
+        }
+        Ok(TrajectoryWriter {
+            file,
+            path: path.to_path_buf(),
+            n,
+            written: records,
+            projection,
+            happiness,
+        })
     }
 
     pub fn close(self) -> Result<()> {

@@ -44,6 +44,9 @@ pub struct ClusterSection {
     pub partitions: Option<usize>,
     /// A zenoh JSON5 configuration file (endpoints, routers, scouting).
     pub zenoh_config: Option<String>,
+    /// How long the manager waits for any partition's step summary or state before it gives up
+    /// that partition's node and carries on without it, seconds (default 300).
+    pub patience_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -93,6 +96,9 @@ pub struct RunSection {
     pub sort_every: Option<u32>,
     /// "auto", "cpu" or "gpu".
     pub device: Option<String>,
+    /// A checkpoint every this many steps besides the one at every output time (0 or absent:
+    /// only at output times).
+    pub checkpoint_every: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -138,6 +144,8 @@ pub struct RunConfig {
     pub integrator: Integrator,
     pub threads: usize,
     pub sort_every: u32,
+    /// 0: checkpoints at output times only.
+    pub checkpoint_every: u32,
     pub device: shoal_node::Device,
     pub horizontal_kh: f64,
     pub vertical_mixing: VerticalMixing,
@@ -161,6 +169,7 @@ pub struct ClusterConfig {
     pub halo_rings: Option<usize>,
     pub partitions: Option<usize>,
     pub zenoh_config: Option<PathBuf>,
+    pub patience_seconds: f64,
 }
 
 fn duration_value(v: &toml::Value, key: &str) -> Result<f64> {
@@ -272,6 +281,10 @@ impl RunConfig {
         if !(wait_seconds > 0.0 && wait_seconds.is_finite()) {
             bail!("key `cluster.wait_seconds`: must be a positive number of seconds");
         }
+        let patience_seconds = c.patience_seconds.unwrap_or(300.0);
+        if !(patience_seconds > 0.0 && patience_seconds.is_finite()) {
+            bail!("key `cluster.patience_seconds`: must be a positive number of seconds");
+        }
         if c.partitions == Some(0) {
             bail!("key `cluster.partitions`: at least one");
         }
@@ -285,6 +298,7 @@ impl RunConfig {
             halo_rings: c.halo_rings,
             partitions: c.partitions,
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
+            patience_seconds,
         };
         if file.release.file.is_none() && file.release.generate.is_none() {
             bail!("key `release`: give `release.file` (CSV) or a `[release.generate]` table");
@@ -306,6 +320,7 @@ impl RunConfig {
             integrator: file.run.integrator.unwrap_or_default(),
             threads: file.run.threads.unwrap_or(0),
             sort_every: file.run.sort_every.unwrap_or(8),
+            checkpoint_every: file.run.checkpoint_every.unwrap_or(0),
             device: file
                 .run
                 .device
@@ -359,7 +374,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("```toml\n").expect("README has a toml example") + 8;
         let end = start + readme[start..].find("```").unwrap();
         let cfg = RunConfig::from_str(&readme[start..end], Path::new("/data")).unwrap();

@@ -1,0 +1,6 @@
+//! What a run reads: the FVCOM files, the run configuration, the release, and FVCOM's clock.
+
+pub mod config;
+pub mod fvcom;
+pub mod release;
+pub mod timefmt;

@@ -1,0 +1,106 @@
+//! Stepping in this process alone: one partition on the CPU (rayon) or the GPU (wgpu). The
+//! one-machine path (`--direct`) and the GPU's; the fabric's results are checked against it.
+
+use super::prepare::FieldWindow;
+use super::schedule::Stepper;
+use anyhow::{anyhow, Result};
+use shoal_common::kernel::{StepParams, Tally};
+use shoal_common::{Mesh, Particles};
+use shoal_node::Partition;
+use std::sync::Arc;
+
+/// Where the particles are stepped.
+enum Worker {
+    Cpu(Partition),
+    #[cfg(feature = "gpu")]
+    Gpu(shoal_node::gpu::GpuPartition),
+}
+
+pub struct Direct<'a> {
+    mesh: &'a Mesh,
+    params: StepParams,
+    duration: f64,
+    sort_every: u32,
+    pool: Arc<rayon::ThreadPool>,
+    choice: &'a shoal_node::Choice,
+    worker: Option<Worker>,
+}
+
+impl<'a> Direct<'a> {
+    pub fn new(
+        prep: &'a super::prepare::Prepared,
+        sort_every: u32,
+        choice: &'a shoal_node::Choice,
+    ) -> Self {
+        Direct {
+            mesh: &prep.mesh,
+            params: prep.params,
+            duration: prep.duration,
+            sort_every,
+            pool: prep.pool.clone(),
+            choice,
+            worker: None,
+        }
+    }
+
+    fn state(&mut self) -> Result<Particles> {
+        match self.worker.as_mut() {
+            Some(Worker::Cpu(p)) => Ok(p.particles.clone()),
+            #[cfg(feature = "gpu")]
+            Some(Worker::Gpu(g)) => g
+                .download(self.mesh)
+                .map(|p| p.clone())
+                .map_err(|e| anyhow!("GPU readback: {e}")),
+            None => Err(anyhow!("no particles to read: the run has not begun")),
+        }
+    }
+}
+
+impl Stepper for Direct<'_> {
+    fn begin(
+        &mut self,
+        from: u32,
+        particles: &Particles,
+        fields: &mut FieldWindow,
+        gather: bool,
+    ) -> Result<Option<Particles>> {
+        let dt = self.params.dt;
+        let t0 = (from as f64 * dt).min(self.duration.max(0.0));
+        fields.cover(t0, (t0 + dt).min(self.duration.max(t0)))?;
+        let mut part = Partition::new(particles.clone());
+        part.sort_every = self.sort_every;
+        let (mesh, window) = (self.mesh, fields.window());
+        self.pool.install(|| part.release(mesh, window, t0));
+        self.worker = Some(match self.choice {
+            #[cfg(feature = "gpu")]
+            shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(
+                shoal_node::gpu::GpuPartition::new(ctx.clone(), mesh, part.particles)
+                    .map_err(|e| anyhow!("GPU setup: {e}"))?,
+            ),
+            _ => Worker::Cpu(part),
+        });
+        gather.then(|| self.state()).transpose()
+    }
+
+    fn step(&mut self, s: u32, fields: &mut FieldWindow) -> Result<Tally> {
+        let dt = self.params.dt;
+        let t = s as f64 * dt;
+        let t1 = ((s + 1) as f64 * dt).min(self.duration);
+        let mut p = self.params;
+        p.dt = t1 - t;
+        fields.cover(t, t1)?;
+        let (mesh, window) = (self.mesh, fields.window());
+        match self.worker.as_mut() {
+            Some(Worker::Cpu(part)) => Ok(self.pool.install(|| part.step(mesh, window, &p, t, s))),
+            #[cfg(feature = "gpu")]
+            Some(Worker::Gpu(g)) => g
+                .step(mesh, window, &p, t, s)
+                .map_err(|e| anyhow!("GPU step {s}: {e}")),
+            None => Err(anyhow!("step {s} before the run began")),
+        }
+    }
+
+    fn end_step(&mut self, _s: u32, _stop: bool, gather: bool) -> Result<Option<Particles>> {
+        gather.then(|| self.state()).transpose()
+    }
+}

@@ -1,0 +1,1011 @@
+//! Stepping on the zenoh fabric: the manager's side of the node agents' protocol. It partitions
+//! the mesh with METIS (weighted by where the particles are), assigns partitions by cores,
+//! serves the specification, topologies, particles and field slices (reading only the slice
+//! asked for, caching the current levels), and steps bulk-synchronously: gather every
+//! partition's summary, check that every migrant arrived, answer each with its control (whose
+//! batches to merge, stop or go on, send your state), gather states when the schedule asks.
+//!
+//! Each begin is an epoch with its own run id, its own liveliness token and its own keys. A
+//! node lost mid-run (token gone, a partition failed or panicked, silent past the patience)
+//! makes the current call fail with [`NodeLost`]; the schedule then begins again from its
+//! checkpoint, which here is a new epoch on the nodes that are left. Dropping an epoch's token
+//! tells its survivors to abandon it, and every message of an old epoch is refused as a foreign
+//! run. Every key is spelled in `shoal_common::keys`.
+
+use super::membership::{run_id, Fleet, FleetSpec, Member};
+use super::prepare::{FieldWindow, Prepared};
+use super::schedule::{self, NodeLost, Plan, Stepper};
+use super::{say, RunOptions, RunReport};
+use crate::config::RunConfig;
+use crate::fvcom::FvcomReader;
+use crate::output::checkpoint::{CheckpointFile, Saved};
+use crate::output::TrajectoryWriter;
+use crate::partition::{default_rings, halo, max_speed, partition, Partitioning};
+use anyhow::{anyhow, bail, Result};
+use shoal_common::keys::{self, RunKeys};
+use shoal_common::mesh::is_element;
+use shoal_common::wire::{
+    self, Assignment, Command, Control, Endpoint, FieldRequest, FieldSlice, Message, ParticleBatch,
+    RunSpec, StepSummary, Topology,
+};
+use shoal_common::{status, Mesh, Particles, RawSlice, StepParams, Tally};
+use shoal_node::net::{bytes, query_message, reply, Dropped};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use zenoh::liveliness::LivelinessToken;
+use zenoh::query::{Query, Queryable};
+use zenoh::sample::SampleKind;
+use zenoh::{Session, Wait};
+
+/// What the manager's main loop hears, tagged with the epoch's run id where it has one.
+enum Event {
+    Sync(u64, Message, Query),
+    State(u64, ParticleBatch, Query),
+    Lost(String),
+}
+
+/// Runs the schedule on the fabric: the embedded default's in-process nodes or a named cluster.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    prep: &Prepared,
+    plan: &Plan,
+    fields: &mut FieldWindow,
+    writer: &mut TrajectoryWriter,
+    file: &CheckpointFile,
+    start: Saved,
+) -> Result<RunReport> {
+    let named = opts.cluster.clone().or_else(|| cfg.cluster.name.clone());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let nodes = match &named {
+        None => opts
+            .nodes
+            .or((cfg.cluster.nodes > 0).then_some(cfg.cluster.nodes))
+            .unwrap_or(cores),
+        Some(_) => opts.nodes.unwrap_or(cfg.cluster.nodes),
+    };
+    let fleet = Fleet::join(&FleetSpec {
+        name: named.as_deref(),
+        nodes,
+        zenoh_config: cfg.cluster.zenoh_config.clone(),
+        connect: Vec::new(),
+        listen: Vec::new(),
+        pool: prep.pool.clone(),
+    })?;
+    let from = start.step;
+    let stats = Arc::new(ServerStats::default());
+    let result = std::thread::scope(|sc| -> Result<RunReport> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let server = Server {
+            reader: &prep.reader,
+            mesh: &prep.mesh,
+            origin: prep.start,
+            epoch: None,
+            cache: HashMap::new(),
+            stats: stats.clone(),
+        };
+        let d = fleet.dropped.clone();
+        let server_thread = sc.spawn(move || server.serve(job_rx, &d));
+        let mut stepper = FabricStepper::new(cfg, prep, plan, &fleet, jobs)?;
+        let out = schedule::drive(
+            cfg,
+            plan,
+            &mut stepper,
+            fields,
+            writer,
+            file,
+            start,
+            prep.wall,
+        );
+        let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
+        // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
+        drop(stepper);
+        let _ = server_thread.join();
+        let out = out?;
+        let mut report = schedule::report(plan, &out, prep.wall, from);
+        report.nodes = members;
+        report.partitions = n_parts;
+        Ok(report)
+    });
+    let local_dropped = fleet.leave();
+    let mut report = result?;
+    report.halo_served = stats.halo_served.load(Ordering::Relaxed);
+    report.fields = Duration::from_nanos(stats.read_nanos.load(Ordering::Relaxed));
+    report.dropped += local_dropped?;
+    Ok(report)
+}
+
+/// The manager's side of one run on the fabric, across its epochs.
+struct FabricStepper<'a> {
+    cfg: &'a RunConfig,
+    mesh: &'a Mesh,
+    reader: &'a FvcomReader,
+    fleet: &'a Fleet,
+    params: StepParams,
+    /// The run clock of every time index.
+    times: Vec<f64>,
+    origin: f64,
+    n: usize,
+    n_steps: u32,
+    duration: f64,
+    quiet: bool,
+    patience: Duration,
+    jobs: mpsc::Sender<Job>,
+    events: mpsc::Receiver<Event>,
+    event_tx: mpsc::Sender<Event>,
+    _watch: zenoh::pubsub::Subscriber<()>,
+    /// Nodes this run has lost: never given work again in it.
+    lost: BTreeSet<String>,
+    /// The current epoch.
+    epoch: Option<Epoch<'a>>,
+    members: Vec<Member>,
+    n_parts: usize,
+}
+
+/// One epoch: a run id, its nodes and partitions, its queryables and token.
+struct Epoch<'a> {
+    me: Endpoint,
+    assignment: Vec<Vec<u32>>,
+    part_of: Vec<u32>,
+    /// Syncs that came while states were being gathered (a partition that sent its state goes
+    /// straight on to its next step).
+    deferred: VecDeque<(Message, Query)>,
+    /// The summaries of the step in progress, answered by `end_step`.
+    pending: Vec<(StepSummary, Query)>,
+    expect: Vec<Vec<u32>>,
+    /// Particles sent by the previous step of this epoch (none before its first).
+    sent_before: Option<u64>,
+    _queryables: Vec<Queryable<()>>,
+    _token: LivelinessToken,
+    _session: std::marker::PhantomData<&'a Session>,
+}
+
+impl<'a> FabricStepper<'a> {
+    fn new(
+        cfg: &'a RunConfig,
+        prep: &'a Prepared,
+        plan: &Plan,
+        fleet: &'a Fleet,
+        jobs: mpsc::Sender<Job>,
+    ) -> Result<Self> {
+        let (event_tx, events) = mpsc::channel::<Event>();
+        let tx = Mutex::new(event_tx.clone());
+        let cluster = fleet.cluster.clone();
+        // One watch for the whole run: which node's token went is checked against the epoch's.
+        let watch = fleet
+            .session
+            .liveliness()
+            .declare_subscriber(keys::node_tokens(&fleet.cluster))
+            .callback(move |s| {
+                if s.kind() == SampleKind::Delete {
+                    if let Some((name, _)) = keys::parse_node_token(&cluster, s.key_expr().as_str())
+                    {
+                        let _ = tx.lock().map(|t| t.send(Event::Lost(name)));
+                    }
+                }
+            })
+            .wait()
+            .map_err(|e| anyhow!("watching nodes: {e}"))?;
+        Ok(FabricStepper {
+            cfg,
+            mesh: &prep.mesh,
+            reader: &prep.reader,
+            fleet,
+            params: prep.params,
+            times: prep.reader.times.iter().map(|t| t - prep.start).collect(),
+            origin: prep.start,
+            n: plan.n,
+            n_steps: plan.n_steps,
+            duration: plan.duration,
+            quiet: plan.quiet,
+            patience: Duration::from_secs_f64(cfg.cluster.patience_seconds),
+            jobs,
+            events,
+            event_tx,
+            _watch: watch,
+            lost: BTreeSet::new(),
+            epoch: None,
+            members: Vec::new(),
+            n_parts: 0,
+        })
+    }
+
+    fn session(&self) -> &'a Session {
+        &self.fleet.session
+    }
+
+    fn node_of(&self, p: u32) -> String {
+        let e = self.epoch.as_ref();
+        e.and_then(|e| e.assignment.iter().position(|a| a.contains(&p)))
+            .map(|i| self.members[i].name.clone())
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Strikes `nodes` off for the rest of the run and says why, as the error the schedule
+    /// recovers from.
+    fn lose(&mut self, nodes: &[String], why: String) -> anyhow::Error {
+        self.lost.extend(nodes.iter().cloned());
+        anyhow::Error::new(NodeLost(why))
+    }
+
+    /// The next event of the current epoch, until `deadline`; a node lost, a partition failed,
+    /// or the deadline passed is a [`NodeLost`] naming who and what.
+    fn next(&mut self, what: &str, deadline: Instant, waiting: &BTreeSet<u32>) -> Result<Event> {
+        let run = self.epoch.as_ref().map(|e| e.me.run).unwrap_or(0);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(500)))
+            {
+                Ok(Event::Lost(name)) if self.members.iter().any(|m| m.name == name) => {
+                    let parts: Vec<u32> = self.parts_of(&name);
+                    return Err(self.lose(
+                        &[name.clone()],
+                        format!("node {name} (partitions {parts:?}) left the cluster while the run waited for {what}"),
+                    ));
+                }
+                Ok(Event::Lost(_)) => continue,
+                Ok(Event::Sync(r, Message::Failure(f), q)) if r == run => {
+                    let _ = q.reply_err("recovering without you").wait();
+                    let node = self.node_of(f.partition);
+                    return Err(self.lose(
+                        &[node.clone()],
+                        format!(
+                            "partition {} on node {node} failed: {}",
+                            f.partition, f.reason
+                        ),
+                    ));
+                }
+                Ok(Event::Sync(r, _, q)) | Ok(Event::State(r, _, q)) if r != run => {
+                    let _ = q.reply_err(format!("run {r:016x} is over")).wait();
+                }
+                Ok(e) => return Ok(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        let mut nodes: Vec<String> =
+                            waiting.iter().map(|&p| self.node_of(p)).collect();
+                        nodes.sort();
+                        nodes.dedup();
+                        return Err(self.lose(
+                            &nodes,
+                            format!(
+                                "no {what} from partitions {waiting:?} (nodes {}) within {} s",
+                                nodes.join(", "),
+                                self.patience.as_secs_f64()
+                            ),
+                        ));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the fabric closed"),
+            }
+        }
+    }
+
+    fn parts_of(&self, name: &str) -> Vec<u32> {
+        let i = self.members.iter().position(|m| m.name == name);
+        match (i, self.epoch.as_ref()) {
+            (Some(i), Some(e)) => e.assignment[i].clone(),
+            _ => vec![],
+        }
+    }
+
+    /// Every partition's sync message for one phase, with the queries to answer.
+    fn gather_sync<T>(
+        &mut self,
+        what: &str,
+        pick: impl Fn(Message) -> std::result::Result<(u32, T), Message>,
+    ) -> Result<Vec<(T, Query)>> {
+        let deadline = Instant::now() + self.patience;
+        let mut got: BTreeMap<u32, (T, Query)> = BTreeMap::new();
+        while got.len() < self.n_parts {
+            let deferred = self.epoch.as_mut().and_then(|e| e.deferred.pop_front());
+            let event = match deferred {
+                Some((m, q)) => Event::Sync(self.run(), m, q),
+                None => {
+                    let waiting = (0..self.n_parts as u32)
+                        .filter(|p| !got.contains_key(p))
+                        .collect();
+                    self.next(what, deadline, &waiting)?
+                }
+            };
+            match event {
+                Event::Sync(_, Message::Failure(f), q) => {
+                    // A deferred failure: the same as one heard now.
+                    let _ = q.reply_err("recovering without you").wait();
+                    let node = self.node_of(f.partition);
+                    return Err(self.lose(
+                        &[node.clone()],
+                        format!(
+                            "partition {} on node {node} failed: {}",
+                            f.partition, f.reason
+                        ),
+                    ));
+                }
+                Event::Sync(_, m, q) => match pick(m) {
+                    Ok((p, v)) if (p as usize) < self.n_parts => {
+                        // A retry replaces the query it repeats.
+                        got.insert(p, (v, q));
+                    }
+                    Ok((p, _)) => {
+                        let _ = q.reply_err(format!("no partition {p}")).wait();
+                    }
+                    Err(m) => {
+                        let _ = q
+                            .reply_err(format!("a {} while waiting for {what}", m.kind()))
+                            .wait();
+                    }
+                },
+                Event::State(_, _, q) => {
+                    let _ = q
+                        .reply_err(format!("a state while waiting for {what}"))
+                        .wait();
+                }
+                Event::Lost(_) => unreachable!("handled by next"),
+            }
+        }
+        Ok(got.into_values().collect())
+    }
+
+    fn run(&self) -> u64 {
+        self.epoch.as_ref().map(|e| e.me.run).unwrap_or(0)
+    }
+
+    /// Every partition's state after `step`, checked (each particle of the run exactly once,
+    /// each in its partition's own elements) and joined in id order. A malformed or foreign
+    /// state is refused and counted, and the partition's own is still awaited.
+    fn gather_states(&mut self, step: u32) -> Result<Particles> {
+        let deadline = Instant::now() + self.patience;
+        let (ne, n) = (self.mesh.n_elements(), self.n);
+        let mut got: BTreeMap<u32, ParticleBatch> = BTreeMap::new();
+        while got.len() < self.n_parts {
+            let waiting = (0..self.n_parts as u32)
+                .filter(|p| !got.contains_key(p))
+                .collect();
+            match self.next("particle states", deadline, &waiting)? {
+                Event::State(_, b, q) if b.step == step && (b.from as usize) < self.n_parts => {
+                    let part_of = &self.epoch.as_ref().expect("an epoch").part_of;
+                    let owned = b.element.iter().zip(&b.status).all(|(&e, &s)| {
+                        s == status::OUTSIDE_MESH
+                            || part_of.get(e as usize).is_some_and(|&o| o == b.from)
+                    });
+                    match b.check_against(ne, n) {
+                        Ok(()) if owned => {
+                            let me = self.epoch.as_ref().expect("an epoch").me.clone();
+                            reply(
+                                &q,
+                                &me,
+                                Message::Control(Control {
+                                    step,
+                                    command: Command::Continue,
+                                    expect: vec![],
+                                    snapshot: false,
+                                }),
+                            )?;
+                            got.insert(b.from, b);
+                        }
+                        r => {
+                            let why = r.err().unwrap_or(wire::WireError::Inconsistent {
+                                kind: "particle state",
+                                why: "a particle outside its partition",
+                            });
+                            self.fleet.dropped.note("particle state", &why, self.quiet);
+                            let _ = q.reply_err(format!("refused: {why}")).wait();
+                        }
+                    }
+                }
+                Event::State(_, _, q) => {
+                    let _ = q.reply_err("not the state expected").wait();
+                }
+                Event::Sync(_, m, q) => {
+                    if let Some(e) = self.epoch.as_mut() {
+                        e.deferred.push_back((m, q));
+                    }
+                }
+                Event::Lost(_) => unreachable!("handled by next"),
+            }
+        }
+        let mut seen = vec![false; n];
+        let mut all = Particles::with_capacity(n);
+        for (p, b) in got {
+            for &id in &b.id {
+                let slot = &mut seen[id as usize];
+                if *slot {
+                    bail!("particle {id} is in two partitions at step {step}");
+                }
+                *slot = true;
+            }
+            let _ = p;
+            all.extend(&b.into_particles());
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            bail!("particle {missing} is in no partition at step {step}");
+        }
+        all.sort_by_id();
+        Ok(all)
+    }
+}
+
+impl Drop for FabricStepper<'_> {
+    fn drop(&mut self) {
+        // Its queryables and token go with it: the nodes of the last epoch are free.
+        self.epoch = None;
+    }
+}
+/// Partitions to nodes in proportion to their cores: each partition goes to the node with the
+/// lowest load per core after taking it.
+fn assign(members: &[Member], n_parts: usize) -> Vec<Vec<u32>> {
+    let mut load = vec![Vec::new(); members.len()];
+    for p in 0..n_parts {
+        let best = (0..members.len())
+            .min_by(|&a, &b| {
+                let la = (load[a].len() + 1) as f64 / members[a].cores as f64;
+                let lb = (load[b].len() + 1) as f64 / members[b].cores as f64;
+                la.partial_cmp(&lb).unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .unwrap_or(0);
+        load[best].push(p as u32);
+    }
+    load
+}
+
+/// The topology of partition `p`: owned elements, halo, halo owners, nodes touched.
+fn topology(mesh: &Mesh, part_of: &[u32], p: u32, rings: usize) -> Topology {
+    let owned: Vec<u32> = (0..mesh.n_elements() as u32)
+        .filter(|&e| part_of[e as usize] == p)
+        .collect();
+    let halo = halo(mesh, part_of, p, rings);
+    let halo_owner = halo.iter().map(|&e| part_of[e as usize]).collect();
+    let nodes = nodes_of(mesh, owned.iter().chain(&halo));
+    Topology {
+        partition: p,
+        owned,
+        halo,
+        halo_owner,
+        nodes,
+    }
+}
+
+fn nodes_of<'a>(mesh: &Mesh, elements: impl Iterator<Item = &'a u32>) -> Vec<u32> {
+    let mut nodes: Vec<u32> = elements.flat_map(|&e| mesh.nv[e as usize]).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+}
+
+/// Field values of `elements` and `nodes` from a slice in the file's layout, in mesh numbering.
+#[allow(clippy::too_many_arguments)]
+fn field_slice(
+    mesh: &Mesh,
+    raw: &RawSlice,
+    partition: u32,
+    time_index: u32,
+    elements: &[u32],
+    nodes: &[u32],
+    explicit: bool,
+) -> FieldSlice {
+    let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
+    let per_element = |f: &[f32]| -> Vec<f32> {
+        let mut out = Vec::with_capacity(elements.len() * nl);
+        for &e in elements {
+            let fe = mesh.file_element[e as usize] as usize;
+            out.extend((0..nl).map(|k| f[k * ne + fe]));
+        }
+        out
+    };
+    let per_node = |f: &[f32], levels: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(nodes.len() * levels);
+        for &n in nodes {
+            out.extend((0..levels).map(|k| f[k * nn + n as usize]));
+        }
+        out
+    };
+    FieldSlice {
+        partition,
+        time_index,
+        time: raw.time,
+        n_layers: nl as u16,
+        elements: if explicit { elements.to_vec() } else { vec![] },
+        nodes: if explicit { nodes.to_vec() } else { vec![] },
+        u: per_element(&raw.u),
+        v: per_element(&raw.v),
+        ww: raw.ww.as_deref().map(per_element).unwrap_or_default(),
+        zeta: nodes.iter().map(|&n| raw.zeta[n as usize]).collect(),
+        kh: raw
+            .kh
+            .as_deref()
+            .map(|k| per_node(k, nl + 1))
+            .unwrap_or_default(),
+        temp: raw
+            .temp
+            .as_deref()
+            .map(|t| per_node(t, nl))
+            .unwrap_or_default(),
+    }
+}
+
+/// Serves what nodes pull: specification, topologies, initial particles, field slices and
+/// on-demand halo values. One thread, since NetCDF reads are serialized anyway.
+struct Server<'a> {
+    reader: &'a FvcomReader,
+    mesh: &'a Mesh,
+    origin: f64,
+    /// What the current epoch serves; queries of earlier epochs are refused.
+    epoch: Option<Served>,
+    cache: HashMap<usize, Arc<RawSlice>>,
+    stats: Arc<ServerStats>,
+}
+
+/// One epoch's answers, made by the stepper and handed to the server thread.
+struct Served {
+    me: Endpoint,
+    keys: RunKeys,
+    spec: Vec<u8>,
+    topologies: Vec<Topology>,
+    topo_bytes: Vec<Vec<u8>>,
+    particles: Vec<Vec<u8>>,
+}
+
+/// What the server thread is given: a new epoch to serve, or a query of some epoch's.
+enum Job {
+    Epoch(Box<Served>),
+    Query(u64, &'static str, Query),
+}
+
+#[derive(Default)]
+struct ServerStats {
+    halo_served: AtomicU64,
+    read_nanos: AtomicU64,
+}
+
+impl Server<'_> {
+    /// Answers jobs until the stepper hangs up.
+    fn serve(mut self, jobs: mpsc::Receiver<Job>, dropped: &Dropped) {
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Epoch(e) => self.epoch = Some(*e),
+                Job::Query(run, what, q) => {
+                    let current = self.epoch.as_ref().is_some_and(|e| e.me.run == run);
+                    let r = if current {
+                        self.answer(what, &q, dropped)
+                    } else {
+                        Err(anyhow!("run {run:016x} is over"))
+                    };
+                    if let Err(e) = r {
+                        let _ = q.reply_err(format!("{e:#}")).wait();
+                    }
+                }
+            }
+        }
+    }
+
+    fn slice(&mut self, idx: usize) -> Result<Arc<RawSlice>> {
+        if let Some(r) = self.cache.get(&idx) {
+            return Ok(r.clone());
+        }
+        let t = Instant::now();
+        let raw = Arc::new(self.reader.read_slice(idx, self.origin)?);
+        self.stats
+            .read_nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        // Keep the few levels around the current step.
+        if self.cache.len() >= 4 {
+            if let Some(&old) = self.cache.keys().min() {
+                self.cache.remove(&old);
+            }
+        }
+        self.cache.insert(idx, raw.clone());
+        Ok(raw)
+    }
+
+    fn answer(&mut self, what: &str, q: &Query, dropped: &Dropped) -> Result<()> {
+        let key = q.key_expr().as_str().to_string();
+        let Some(ep) = self.epoch.as_ref() else {
+            bail!("{key}: no run is being served");
+        };
+        let n_parts = ep.topologies.len() as u32;
+        let nums = ep.keys.numbers(what, &key);
+        let part = |i: usize| -> Result<u32> {
+            nums.as_ref()
+                .and_then(|v| v.get(i).copied())
+                .filter(|&p| i > 0 || p < n_parts)
+                .ok_or_else(|| anyhow!("{key}: no such partition or index"))
+        };
+        let b = match what {
+            "spec" => ep.spec.clone(),
+            "topology" => ep.topo_bytes[part(0)? as usize].clone(),
+            "particles" => ep.particles[part(0)? as usize].clone(),
+            "field" => {
+                let (p, idx) = (part(0)?, part(1)? as usize);
+                if idx >= self.reader.times.len() {
+                    bail!("{key}: no time index {idx}");
+                }
+                let t = ep.topologies[p as usize].clone();
+                let me = ep.me.clone();
+                let raw = self.slice(idx)?;
+                let elements: Vec<u32> = t.owned.iter().chain(&t.halo).copied().collect();
+                let f = field_slice(self.mesh, &raw, p, idx as u32, &elements, &t.nodes, false);
+                bytes(&me, Message::FieldSlice(f))?
+            }
+            "halo" => {
+                let Some(Message::FieldRequest(FieldRequest {
+                    partition,
+                    time_index,
+                    elements,
+                })) = query_message(q, &ep.me, dropped, true)
+                else {
+                    return Ok(());
+                };
+                let me = ep.me.clone();
+                let ne = self.mesh.n_elements() as u32;
+                if partition >= n_parts
+                    || time_index as usize >= self.reader.times.len()
+                    || elements.is_empty()
+                    || elements.iter().any(|&e| e >= ne)
+                {
+                    bail!(
+                        "{key}: the request names no element, partition or time index of this run"
+                    );
+                }
+                let mut with: Vec<u32> = elements.clone();
+                for &e in &elements {
+                    with.extend(self.mesh.nbe[e as usize].iter().filter(|&&n| is_element(n)));
+                }
+                with.sort_unstable();
+                with.dedup();
+                let nodes = nodes_of(self.mesh, with.iter());
+                let raw = self.slice(time_index as usize)?;
+                self.stats
+                    .halo_served
+                    .fetch_add(elements.len() as u64, Ordering::Relaxed);
+                let f = field_slice(self.mesh, &raw, partition, time_index, &with, &nodes, true);
+                bytes(&me, Message::FieldSlice(f))?
+            }
+            _ => bail!("{key}: not served"),
+        };
+        q.reply(q.key_expr().clone(), b)
+            .wait()
+            .map_err(|e| anyhow!("replying on {key}: {e}"))
+    }
+}
+
+impl Stepper for FabricStepper<'_> {
+    fn begin(
+        &mut self,
+        from: u32,
+        particles: &Particles,
+        _fields: &mut FieldWindow,
+        gather: bool,
+    ) -> Result<Option<Particles>> {
+        // The previous epoch ends here: its token goes and its nodes abandon it.
+        self.epoch = None;
+        let members = self.fleet.wait(self.cfg.cluster.wait_seconds, &self.lost)?;
+        let cluster = self.fleet.cluster.clone();
+        let run = run_id();
+        let me = Endpoint {
+            cluster: cluster.clone(),
+            run,
+        };
+        let keys = RunKeys::new(&cluster, run);
+        let (mesh, cfg) = (self.mesh, self.cfg);
+        let ne = mesh.n_elements();
+
+        // Partition: METIS on the dual graph, weighted by where the particles are now.
+        let n_parts = cfg.cluster.partitions.unwrap_or(members.len()).clamp(1, ne);
+        let mut weights = vec![1u32; ne];
+        for (e, s) in particles.element.iter().zip(&particles.status) {
+            if *s != status::OUTSIDE_MESH {
+                weights[*e as usize] += 1;
+            }
+        }
+        let parts = if n_parts == 1 {
+            Partitioning {
+                n_parts: 1,
+                part_of: vec![0; ne],
+                part_weight: vec![weights.iter().map(|&w| w as u64).sum()],
+                edge_cut: 0,
+                imbalance: 1.0,
+            }
+        } else {
+            partition(mesh, &weights, n_parts)?
+        };
+        let t0 = from as f64 * cfg.dt;
+        let rings = match cfg.cluster.halo_rings {
+            Some(r) => r,
+            None => {
+                let (lo, _) = shoal_common::fields::span(&self.times, t0, t0);
+                let speed = max_speed(&self.reader.read_slice(lo, self.origin)?);
+                default_rings(speed, cfg.dt, mesh.smallest_edge())
+            }
+        };
+        let assignment = assign(&members, n_parts);
+        say(
+            self.quiet,
+            format!(
+                "fabric: cluster `{cluster}`, run {run:016x} from step {from}: {} nodes ({}), {n_parts} partitions, edge cut {}, imbalance {:.3}, halo {rings} rings",
+                members.len(),
+                members
+                    .iter()
+                    .zip(&assignment)
+                    .map(|(m, a)| format!("{} {} x{} cores: {:?}", m.name, m.arch, m.cores, a))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                parts.edge_cut,
+                parts.imbalance
+            ),
+        );
+        let topologies: Vec<Topology> = (0..n_parts as u32)
+            .map(|p| topology(mesh, &parts.part_of, p, rings))
+            .collect();
+        let mut split: Vec<Particles> = vec![Particles::default(); n_parts];
+        for i in 0..particles.len() {
+            let owner = parts.part_of[particles.element[i] as usize] as usize;
+            split[owner].push_from(particles, i);
+        }
+        let particle_bytes = split
+            .into_iter()
+            .enumerate()
+            .map(|(p, ps)| {
+                bytes(
+                    &me,
+                    Message::ParticleBatch(ParticleBatch::of(u32::MAX, p as u32, from, ps)),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let spec = RunSpec {
+            mesh: self.reader.mesh_input.clone(),
+            params: self.params,
+            times: self.times.clone(),
+            first_step: from,
+            n_steps: self.n_steps,
+            duration: self.duration,
+            n_particles: self.n as u32,
+            n_parts: n_parts as u32,
+            part_of: parts.part_of.clone(),
+            sort_every: cfg.sort_every,
+            temp: self.reader.layout.temp,
+            kh: self.reader.layout.kh,
+        };
+        let served = Served {
+            me: me.clone(),
+            keys: keys.clone(),
+            spec: bytes(&me, Message::RunSpec(Box::new(spec)))?,
+            topo_bytes: topologies
+                .iter()
+                .map(|t| bytes(&me, Message::Topology(t.clone())))
+                .collect::<Result<_>>()?,
+            topologies,
+            particles: particle_bytes,
+        };
+        self.jobs
+            .send(Job::Epoch(Box::new(served)))
+            .map_err(|_| anyhow!("the data server stopped"))?;
+
+        // Queryables: data requests go to the server thread, syncs and states to this one.
+        let session = self.session();
+        let mut queryables = Vec::new();
+        for what in ["spec", "topology/*", "particles/*", "field/*/*", "halo/*"] {
+            let tx = Mutex::new(self.jobs.clone());
+            let name: &'static str = what.split('/').next().unwrap_or(what);
+            queryables.push(
+                session
+                    .declare_queryable(keys.all(what))
+                    .callback(move |q| {
+                        let _ = tx.lock().map(|t| t.send(Job::Query(run, name, q)));
+                    })
+                    .wait()
+                    .map_err(|e| anyhow!("declaring {what}: {e}"))?,
+            );
+        }
+        for what in ["sync/*", "snapshot/*"] {
+            let (tx, me, d) = (
+                Mutex::new(self.event_tx.clone()),
+                me.clone(),
+                self.fleet.dropped.clone(),
+            );
+            let state = what.starts_with("snapshot");
+            queryables.push(
+                session
+                    .declare_queryable(keys.all(what))
+                    .callback(move |q| {
+                        let Some(m) = query_message(&q, &me, &d, true) else {
+                            return;
+                        };
+                        let Ok(tx) = tx.lock() else { return };
+                        let _ = match (state, m) {
+                            (true, Message::Snapshot(s)) => tx.send(Event::State(run, s, q)),
+                            (
+                                false,
+                                m @ (Message::Ready(_)
+                                | Message::StepSummary(_)
+                                | Message::Failure(_)),
+                            ) => tx.send(Event::Sync(run, m, q)),
+                            (_, m) => {
+                                d.note(
+                                    "query",
+                                    &wire::WireError::Malformed(format!(
+                                        "a {} on {}",
+                                        m.kind(),
+                                        q.key_expr()
+                                    )),
+                                    true,
+                                );
+                                let _ = q.reply_err("unexpected message").wait();
+                                Ok(())
+                            }
+                        };
+                    })
+                    .wait()
+                    .map_err(|e| anyhow!("declaring {what}: {e}"))?,
+            );
+        }
+        let token = session
+            .liveliness()
+            .declare_token(keys::manager_token(&cluster, run))
+            .wait()
+            .map_err(|e| anyhow!("declaring the manager token: {e}"))?;
+        self.epoch = Some(Epoch {
+            me: me.clone(),
+            assignment: assignment.clone(),
+            part_of: parts.part_of,
+            deferred: VecDeque::new(),
+            pending: Vec::new(),
+            expect: Vec::new(),
+            sent_before: None,
+            _queryables: queryables,
+            _token: token,
+            _session: std::marker::PhantomData,
+        });
+        self.members = members.clone();
+        self.n_parts = n_parts;
+
+        // Hand out the partitions.
+        let never = AtomicBool::new(false);
+        for (m, parts) in members.iter().zip(&assignment) {
+            let a = Assignment {
+                node: wire::ident(&m.name).map_err(|e| anyhow!("{e}"))?,
+                partitions: parts
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow!("node {} would get too many partitions", m.name))?,
+            };
+            let b = bytes(&me, Message::Assignment(a))?;
+            let cluster_ep = Endpoint {
+                cluster: cluster.clone(),
+                run: 0,
+            };
+            let answer = shoal_node::net::ask_any_run(
+                session,
+                &keys::assign(&cluster, &m.name),
+                &b,
+                &cluster_ep,
+                &self.fleet.dropped,
+                Duration::from_secs(30),
+                &never,
+            );
+            match answer {
+                Ok(Message::Hello(_)) => {}
+                Ok(other) => {
+                    let why = format!(
+                        "node {} answered its assignment with a {}",
+                        m.name,
+                        other.kind()
+                    );
+                    return Err(self.lose(&[m.name.clone()], why));
+                }
+                Err(e) => {
+                    let why = format!("assigning partitions {parts:?} to node {}: {e:#}", m.name);
+                    return Err(self.lose(&[m.name.clone()], why));
+                }
+            }
+        }
+        let ready = self.gather_sync("every partition to be ready", |m| match m {
+            Message::Ready(r) => Ok((r.partition, ())),
+            m => Err(m),
+        })?;
+        let start = Control {
+            step: from,
+            command: if from >= self.n_steps {
+                Command::Stop
+            } else {
+                Command::Start
+            },
+            expect: vec![],
+            snapshot: gather,
+        };
+        for (_, q) in ready {
+            reply(&q, &me, Message::Control(start.clone()))?;
+        }
+        if gather {
+            return Ok(Some(self.gather_states(from)?));
+        }
+        Ok(None)
+    }
+
+    fn step(&mut self, s: u32, _fields: &mut FieldWindow) -> Result<Tally> {
+        let sums = self.gather_sync("step summaries", |m| match m {
+            Message::StepSummary(x) if x.step == s => Ok((x.partition, x)),
+            m => Err(m),
+        })?;
+        let mut tally = Tally::empty();
+        let (mut sent, mut received) = (0u64, 0u64);
+        let mut expect: Vec<Vec<u32>> = vec![Vec::new(); self.n_parts];
+        for (x, _) in &sums {
+            tally = tally.merge(tally_of_summary(x));
+            sent += x.sent;
+            received += x.received;
+            let mut counted = 0u64;
+            for (&to, &c) in x.sent_to.iter().zip(&x.sent_counts) {
+                let slot = expect.get_mut(to as usize).ok_or_else(|| {
+                    anyhow!(
+                        "partition {} sent to partition {to}, which does not exist",
+                        x.partition
+                    )
+                })?;
+                slot.push(x.partition);
+                counted += c as u64;
+            }
+            if counted != x.sent {
+                bail!(
+                    "step {s}: partition {} says it sent {} particles but its batches hold {counted}",
+                    x.partition,
+                    x.sent
+                );
+            }
+        }
+        let epoch = self.epoch.as_mut().expect("an epoch");
+        // Conservation: every migrant of the step before arrived.
+        if let Some(before) = epoch.sent_before {
+            if received != before {
+                bail!(
+                    "step {s}: {received} particles arrived of the {before} sent at step {}",
+                    s - 1
+                );
+            }
+        }
+        epoch.sent_before = Some(sent);
+        epoch.pending = sums;
+        epoch.expect = expect;
+        Ok(tally)
+    }
+
+    fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>> {
+        let epoch = self.epoch.as_mut().expect("an epoch");
+        let me = epoch.me.clone();
+        for (x, q) in std::mem::take(&mut epoch.pending) {
+            let c = Control {
+                step: s,
+                command: if stop {
+                    Command::Stop
+                } else {
+                    Command::Continue
+                },
+                expect: std::mem::take(&mut epoch.expect[x.partition as usize]),
+                snapshot: gather,
+            };
+            reply(&q, &me, Message::Control(c))?;
+        }
+        if gather {
+            return Ok(Some(self.gather_states(s + 1)?));
+        }
+        Ok(None)
+    }
+}
+
+fn tally_of_summary(x: &StepSummary) -> Tally {
+    Tally {
+        active: x.active,
+        pending: x.pending,
+        exited: x.exited,
+        bad_field: x.bad_field,
+        outside_mesh: x.outside_mesh,
+        happy: x.happy,
+        max_happiness: x.max_happiness,
+        happiest: x.happiest,
+    }
+}

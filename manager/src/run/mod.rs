@@ -1,0 +1,252 @@
+//! A run, from configuration to trajectory file: [`prepare`] reads and places everything, the one
+//! [`schedule`] steps, writes, checkpoints and recovers, and a [`schedule::Stepper`] moves the
+//! particles: [`direct`] in this process (CPU or GPU), [`fabric`] on node agents over zenoh
+//! (in-process ones for the embedded default, or a named cluster's), found by [`membership`]
+//! and split by [`partition`].
+
+pub mod direct;
+pub mod fabric;
+pub mod fault;
+pub mod membership;
+pub mod partition;
+pub mod prepare;
+pub mod schedule;
+
+pub use prepare::{prepare, step_params, FieldWindow, Prepared};
+
+use crate::config::RunConfig;
+use crate::output::checkpoint::{run_hash, CheckpointFile, Saved};
+use crate::output::TrajectoryWriter;
+use anyhow::{anyhow, bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use shoal_common::kernel::Tally;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub quiet: bool,
+    pub threads: Option<usize>,
+    /// Overrides `run.device`.
+    pub device: Option<shoal_node::Device>,
+    /// Step in this process without the fabric (the one-machine path).
+    pub direct: bool,
+    /// Overrides `cluster.name`: use the running nodes of this cluster.
+    pub cluster: Option<String>,
+    /// Overrides `cluster.nodes`.
+    pub nodes: Option<usize>,
+    /// Go on from the checkpoint beside the output file.
+    pub resume: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub n_particles: usize,
+    /// The last step done (the run's step count, or fewer after a happiness stop).
+    pub steps: u32,
+    /// Particle-steps done by this process (a resumed run counts from its checkpoint).
+    pub particle_steps: u64,
+    pub wall: Duration,
+    pub kernel: Duration,
+    pub fields: Duration,
+    pub output: Duration,
+    pub checkpoint: Duration,
+    pub last: Tally,
+    pub ecstatic: bool,
+    pub outside: usize,
+    pub threads: usize,
+    /// The device used and why.
+    pub device: String,
+    /// Node agents and mesh partitions at the end (0 nodes on the one-machine path).
+    pub nodes: usize,
+    pub partitions: usize,
+    /// Element values served on demand beyond the halos.
+    pub halo_served: u64,
+    /// Messages dropped as foreign or malformed, by the manager and in-process nodes.
+    pub dropped: u64,
+    /// Times the run rolled back to a checkpoint after losing a node, and how long each took
+    /// from the fault's detection to stepping again.
+    pub recoveries: u32,
+    pub recovery_times: Vec<Duration>,
+}
+
+pub fn say(quiet: bool, s: String) {
+    if !quiet {
+        eprintln!("{s}");
+    }
+}
+
+pub fn progress_bar(quiet: bool, n_steps: u32) -> ProgressBar {
+    if quiet || n_steps < 2 {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n_steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Whether the run stops at this step's tally for the happiness condition.
+pub fn happy_stop(cfg: &RunConfig, tally: &Tally) -> bool {
+    match cfg.stop_when_happy_share {
+        Some(share) if tally.active > 0 => tally.happy as f64 >= share * tally.active as f64,
+        _ => false,
+    }
+}
+
+/// The happiness verdict at the end of a run.
+pub fn closing(cfg: &RunConfig, last: &Tally, ecstatic: bool, quiet: bool) {
+    if ecstatic {
+        println!("All particles are ecstatic!");
+    }
+    if cfg.happiness.is_some() {
+        say(
+            quiet,
+            format!(
+                "happiest particle: {} with happiness {:.3}; {} of {} active are happy",
+                last.happiest, last.max_happiness, last.happy, last.active
+            ),
+        );
+    }
+}
+
+/// Runs `cfg`: on the embedded fabric (in-process node agents over zenoh on loopback) or a
+/// named cluster, or in this process alone when asked (`--direct`) or when the GPU steps it.
+/// With `resume`, goes on from the checkpoint beside the output file.
+pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
+    let prep = prepare(cfg, opts)?;
+    #[cfg(feature = "gpu")]
+    let unsupported = shoal_node::gpu::unsupported(&prep.mesh, &prep.params, cfg.happiness.is_some())
+        .or_else(|| prep.straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
+    #[cfg(not(feature = "gpu"))]
+    let unsupported = prep.straddles.then(String::new);
+    let device = opts.device.unwrap_or(cfg.device);
+    let named = opts.cluster.is_some() || cfg.cluster.name.is_some();
+    if named && device == shoal_node::Device::Gpu {
+        bail!("run.device = \"gpu\" steps in this process; a named cluster's nodes step on their own CPUs");
+    }
+    let choice = if named {
+        shoal_node::choose_device(shoal_node::Device::Cpu, None)
+    } else {
+        shoal_node::choose_device(device, unsupported)
+    }
+    .map_err(|e| anyhow!("run.device: {e}"))?;
+    say(opts.quiet, format!("device: {}", choice.reason));
+    #[cfg(feature = "gpu")]
+    let on_gpu = choice.gpu.is_some();
+    #[cfg(not(feature = "gpu"))]
+    let on_gpu = false;
+
+    let n = prep.n();
+    let file = CheckpointFile::beside(&cfg.output, run_hash(cfg, &prep.reader)?);
+    let (start, mut writer) = if opts.resume {
+        let saved = file.load(n)?;
+        say(
+            opts.quiet,
+            format!(
+                "resume: from the checkpoint after step {} of {} ({} output records) in {}",
+                saved.step,
+                prep.n_steps,
+                saved.records,
+                file.path().display()
+            ),
+        );
+        let w = TrajectoryWriter::reopen(
+            &cfg.output,
+            n,
+            prep.mesh.projection,
+            cfg.happiness.is_some(),
+            saved.records as usize,
+        )?;
+        (saved, w)
+    } else {
+        let saved = Saved {
+            step: 0,
+            records: 0,
+            particles: prep.particles.clone(),
+        };
+        (saved, prepare::create_writer(cfg, &prep)?)
+    };
+    let from = start.step;
+    say(
+        opts.quiet,
+        format!(
+            "run: {n} particles, {} steps of {} s from {}, {} threads",
+            prep.n_steps,
+            cfg.dt,
+            crate::timefmt::format_datetime(prep.start + from as f64 * cfg.dt),
+            prep.threads
+        ),
+    );
+    let plan = schedule::Plan {
+        n,
+        n_steps: prep.n_steps,
+        dt: cfg.dt,
+        duration: prep.duration,
+        output_every: prep.output_every,
+        checkpoint_every: cfg.checkpoint_every,
+        quiet: opts.quiet,
+        pool: prep.pool.clone(),
+    };
+    let mut fields = FieldWindow::new(&prep.reader, &prep.mesh, prep.start);
+    let mut report = if opts.direct || on_gpu {
+        let mut stepper = direct::Direct::new(&prep, cfg.sort_every, &choice);
+        let out = schedule::drive(
+            cfg,
+            &plan,
+            &mut stepper,
+            &mut fields,
+            &mut writer,
+            &file,
+            start,
+            prep.wall,
+        )?;
+        schedule::report(&plan, &out, prep.wall, from)
+    } else {
+        fabric::run(
+            cfg,
+            opts,
+            &prep,
+            &plan,
+            &mut fields,
+            &mut writer,
+            &file,
+            start,
+        )?
+    };
+    writer.close()?;
+    // The run is complete: its checkpoint has nothing left to give.
+    file.remove()?;
+    report.fields += fields.read_time;
+    report.threads = prep.threads;
+    report.device = choice.reason.clone();
+    report.outside = prep.outside;
+    let last = report.last;
+    say(
+        opts.quiet,
+        format!(
+            "done: {} steps in {:.2} s ({:.2} M particle-steps/s overall; fields {:.2} s, output {:.2} s, checkpoints {:.2} s); active {}, exited {}, bad field {}, outside mesh {}; {} nodes, {} partitions, {} halo values fetched on demand, {} recoveries, {} foreign or malformed messages dropped; wrote {}",
+            report.steps,
+            report.wall.as_secs_f64(),
+            report.particle_steps as f64 / report.wall.as_secs_f64() / 1e6,
+            report.fields.as_secs_f64(),
+            report.output.as_secs_f64(),
+            report.checkpoint.as_secs_f64(),
+            last.active,
+            last.exited,
+            last.bad_field,
+            last.outside_mesh,
+            report.nodes,
+            report.partitions,
+            report.halo_served,
+            report.recoveries,
+            report.dropped,
+            cfg.output.display()
+        ),
+    );
+    Ok(report)
+}

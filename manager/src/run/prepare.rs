@@ -1,0 +1,288 @@
+//! What every run does before its first step: read the mesh and the time axis, place the
+//! release, work out the steps and the output cadence, start the worker threads; and the window
+//! of field levels that the schedule and the one-machine stepper read through.
+
+use super::{say, RunOptions};
+use crate::config::RunConfig;
+use crate::fvcom::FvcomReader;
+use crate::output::TrajectoryWriter;
+use crate::release;
+use crate::timefmt::format_datetime;
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::kernel::{StepParams, VerticalMixing};
+use shoal_common::{FieldLevel, Mesh, Particles, Window};
+use shoal_node::Snapshot;
+use std::time::{Duration, Instant};
+
+/// The field levels covering a time span, read on demand and dropped when passed. It holds the
+/// reader and mesh it reads for, so a stepper or the schedule only names the span.
+pub struct FieldWindow<'a> {
+    reader: &'a FvcomReader,
+    mesh: &'a Mesh,
+    pub levels: Vec<FieldLevel>,
+    first: usize,
+    origin: f64,
+    pub read_time: Duration,
+}
+
+impl<'a> FieldWindow<'a> {
+    pub fn new(reader: &'a FvcomReader, mesh: &'a Mesh, origin: f64) -> Self {
+        FieldWindow {
+            reader,
+            mesh,
+            levels: Vec::new(),
+            first: 0,
+            origin,
+            read_time: Duration::ZERO,
+        }
+    }
+
+    pub fn mesh(&self) -> &'a Mesh {
+        self.mesh
+    }
+
+    /// Makes sure the levels bracket [t0, t1] (run clock seconds).
+    pub fn cover(&mut self, t0: f64, t1: f64) -> Result<()> {
+        let times = &self.reader.times;
+        let rel = |i: usize| times[i] - self.origin;
+        let lo = (0..times.len())
+            .rev()
+            .find(|&i| rel(i) <= t0 + 1e-9)
+            .unwrap_or(0);
+        let hi = (0..times.len())
+            .find(|&i| rel(i) >= t1 - 1e-9)
+            .unwrap_or(times.len() - 1)
+            .max(lo);
+        if !self.levels.is_empty() && (lo < self.first || lo > self.first + self.levels.len()) {
+            self.levels.clear();
+        }
+        if self.levels.is_empty() {
+            self.first = lo;
+        }
+        let drop = lo - self.first;
+        self.levels.drain(..drop.min(self.levels.len()));
+        self.first = lo;
+        let start = Instant::now();
+        while self.first + self.levels.len() <= hi {
+            let idx = self.first + self.levels.len();
+            let raw = self.reader.read_slice(idx, self.origin)?;
+            let level = FieldLevel::from_slice(self.mesh, &raw)
+                .map_err(|e| anyhow!("time slice {idx}: {e}"))?;
+            self.levels.push(level);
+        }
+        self.read_time += start.elapsed();
+        Ok(())
+    }
+
+    pub fn window(&self) -> Window<'_> {
+        Window {
+            levels: &self.levels,
+        }
+    }
+
+    /// The output view of `particles` at `t`: what the trajectory file records. Every path
+    /// observes through the same levels (those bracketing `t` alone), so every path writes the
+    /// same bits.
+    pub fn observe(&mut self, particles: &Particles, t: f64) -> Result<Snapshot> {
+        self.cover(t, t)?;
+        Ok(shoal_node::snapshot_of(
+            particles,
+            self.mesh,
+            self.window(),
+            t,
+        ))
+    }
+}
+
+pub fn step_params(cfg: &RunConfig) -> StepParams {
+    StepParams {
+        dt: cfg.dt,
+        integrator: cfg.integrator,
+        horizontal_kh: cfg.horizontal_kh,
+        vertical_mixing: cfg.vertical_mixing,
+        sinking_speed: cfg.sinking_speed,
+        seed: cfg.seed,
+        happiness: cfg.happiness,
+    }
+}
+
+pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
+    let mut a = vec![
+        ("shoal_config".to_string(), cfg.source_text.clone()),
+        (
+            "shoal_input_files".to_string(),
+            cfg.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("shoal_dt_seconds".to_string(), cfg.dt.to_string()),
+        (
+            "shoal_integrator".to_string(),
+            format!("{:?}", cfg.integrator).to_lowercase(),
+        ),
+        ("shoal_seed".to_string(), cfg.seed.to_string()),
+        (
+            "shoal_horizontal_kh".to_string(),
+            cfg.horizontal_kh.to_string(),
+        ),
+        (
+            "shoal_vertical_mixing".to_string(),
+            format!("{:?}", cfg.vertical_mixing),
+        ),
+        (
+            "shoal_output_interval_seconds".to_string(),
+            cfg.output_interval.to_string(),
+        ),
+    ];
+    if let Some(h) = cfg.happiness {
+        a.push(("shoal_happiness".to_string(), format!("{h:?}")));
+    }
+    a
+}
+
+/// What every path needs before the first step: the input, the mesh, the release placed, the
+/// step count and the workers.
+pub struct Prepared {
+    pub reader: FvcomReader,
+    pub mesh: Mesh,
+    pub start: f64,
+    pub duration: f64,
+    pub n_steps: u32,
+    pub output_every: u32,
+    pub particles: shoal_common::Particles,
+    pub outside: usize,
+    pub params: StepParams,
+    pub threads: usize,
+    pub pool: std::sync::Arc<rayon::ThreadPool>,
+    pub wall: Instant,
+    /// Whether steps straddle field times (the GPU kernel cannot).
+    pub straddles: bool,
+}
+
+impl Prepared {
+    pub fn n(&self) -> usize {
+        self.particles.len()
+    }
+}
+
+pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
+    let say = |s: String| say(opts.quiet, s);
+    let wall = Instant::now();
+    let (reader, mesh, notes) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    for w in &reader.warnings {
+        eprintln!("warning: {w}");
+    }
+    for n in &notes {
+        say(format!("mesh: {n}"));
+    }
+    say(format!(
+        "mesh: {} nodes, {} elements, {} layers, {:?} coordinates; {} time slices {} .. {}",
+        mesh.n_nodes(),
+        mesh.n_elements(),
+        mesh.vertical.n_layers,
+        reader.coordinates,
+        reader.times.len(),
+        format_datetime(reader.times[0]),
+        format_datetime(*reader.times.last().unwrap())
+    ));
+    if cfg.happiness.is_some() && !reader.layout.temp {
+        bail!(
+            "{}: behaviour.preferred_temperature needs variable `temp`, which the input lacks",
+            reader.path(0).display()
+        );
+    }
+    if cfg.vertical_mixing == VerticalMixing::FromFile && !reader.layout.kh {
+        bail!(
+            "{}: diffusion.vertical = \"file\" needs variable `kh`, which the input lacks",
+            reader.path(0).display()
+        );
+    }
+    let (first, last) = (reader.times[0], *reader.times.last().unwrap());
+    let start = cfg.start.unwrap_or(first);
+    if start < first - 1e-6 || start > last {
+        bail!(
+            "run.start {} is outside the input's time span {} .. {}",
+            format_datetime(start),
+            format_datetime(first),
+            format_datetime(last)
+        );
+    }
+    let duration = cfg.duration.unwrap_or(last - start);
+    if start + duration > last + 1e-6 {
+        bail!(
+            "the run would end at {} but the input ends at {} ({})",
+            format_datetime(start + duration),
+            format_datetime(last),
+            reader.path(reader.time_source.len() - 1).display()
+        );
+    }
+    let n_steps = ((duration / cfg.dt) - 1e-9).ceil().max(0.0) as u32;
+    let output_every = (cfg.output_interval / cfg.dt).round().max(1.0) as u32;
+
+    let points = match &cfg.release_file {
+        Some(p) => release::read_csv(p, &mesh, start)?,
+        None => release::generate(cfg, &mesh, start)?,
+    };
+    if points.is_empty() {
+        bail!("the release has no particles");
+    }
+    let released = release::place(&points, &mesh);
+    if released.outside > 0 {
+        let (i, x, y) = released.first_outside.unwrap();
+        eprintln!(
+            "warning: {} of {} release points lie outside the mesh (the first is point {} at x={x:.1}, y={y:.1}); they stay in the output with status outside_mesh",
+            released.outside, points.len(), i
+        );
+    }
+    let threads = match opts.threads.or(Some(cfg.threads)).filter(|t| *t > 0) {
+        Some(t) => t,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting worker threads")?;
+    let params = step_params(cfg);
+    // The GPU kernel handles one field interval per step: every field time inside the run must
+    // fall on a step boundary.
+    let straddles = reader
+        .times
+        .iter()
+        .map(|t| t - start)
+        .filter(|t| *t > 0.0 && *t < duration)
+        .any(|t| {
+            let r = t / cfg.dt;
+            (r - r.round()).abs() > 1e-9
+        });
+    Ok(Prepared {
+        reader,
+        mesh,
+        start,
+        duration,
+        n_steps,
+        output_every,
+        particles: released.particles,
+        outside: released.outside,
+        params,
+        threads,
+        pool: std::sync::Arc::new(pool),
+        wall,
+        straddles,
+    })
+}
+
+/// The trajectory file of a run.
+pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWriter> {
+    TrajectoryWriter::create(
+        &cfg.output,
+        prep.n(),
+        prep.start,
+        prep.mesh.projection,
+        cfg.happiness.is_some(),
+        &config_attributes(cfg),
+    )
+}

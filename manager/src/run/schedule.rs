@@ -1,0 +1,263 @@
+//! The one schedule every run follows, whoever steps the particles: release, step, check that
+//! every particle is accounted for, decide whether to stop, observe and write at output times,
+//! checkpoint, and, when a stepper loses a node, roll back to the last checkpoint and go on.
+//! Recovery is a state of this loop, not a copy of it: the stepper begins again from the
+//! checkpoint's step with the checkpoint's particles, the output is rewound to the records the
+//! checkpoint had, and by invariant 1 the steps taken again give the same bits.
+
+use super::prepare::FieldWindow;
+use super::{closing, happy_stop, progress_bar, say, RunReport};
+use crate::config::RunConfig;
+use crate::output::checkpoint::{CheckpointFile, Saved};
+use crate::output::TrajectoryWriter;
+use anyhow::{bail, Result};
+use shoal_common::{Particles, Tally};
+use std::time::{Duration, Instant};
+
+/// A stepper lost a node (its token went, one of its partitions failed or panicked, or it fell
+/// silent past the manager's patience). The stepper has already struck the node off for the
+/// rest of the run; the schedule rolls back and begins again with the others.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NodeLost(pub String);
+
+/// A run gives up after this many recoveries: a fleet that keeps failing needs a person.
+pub const MAX_RECOVERIES: u32 = 16;
+
+/// One way of stepping every particle of a run: in this process, or on the fabric's nodes.
+pub trait Stepper {
+    /// Takes every particle as it is after step `from` (the release, or a checkpoint), gets
+    /// ready to step from there and releases the particles due then. With `gather`, returns
+    /// every particle's state after that release.
+    fn begin(
+        &mut self,
+        from: u32,
+        particles: &Particles,
+        fields: &mut FieldWindow,
+        gather: bool,
+    ) -> Result<Option<Particles>>;
+
+    /// Advances every particle through step `s` (from `s * dt`); returns the run-wide tally.
+    fn step(&mut self, s: u32, fields: &mut FieldWindow) -> Result<Tally>;
+
+    /// Closes step `s`: `stop` ends the run there; with `gather`, returns every particle's
+    /// state after it.
+    fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>>;
+}
+
+/// How the schedule runs: the step count and cadences, in steps.
+pub struct Plan {
+    pub n: usize,
+    pub n_steps: u32,
+    pub dt: f64,
+    pub duration: f64,
+    pub output_every: u32,
+    /// 0: checkpoints at output times only.
+    pub checkpoint_every: u32,
+    pub quiet: bool,
+    /// The worker threads that observe the particles for the output.
+    pub pool: std::sync::Arc<rayon::ThreadPool>,
+}
+
+impl Plan {
+    fn time(&self, s: u32) -> f64 {
+        (s as f64 * self.dt).min(self.duration)
+    }
+}
+
+/// What the schedule measured, for the run report.
+pub struct Outcome {
+    pub steps: u32,
+    pub last: Tally,
+    pub ecstatic: bool,
+    pub kernel: Duration,
+    pub output: Duration,
+    pub checkpoint: Duration,
+    pub recoveries: u32,
+    /// From each fault's detection to the run stepping again.
+    pub recovery_times: Vec<Duration>,
+}
+
+/// Runs `plan` from `start` (the release, never written, or a checkpoint loaded for `--resume`)
+/// to the end or the happiness stop, writing through `writer` and checkpointing to `file`.
+pub fn drive(
+    cfg: &RunConfig,
+    plan: &Plan,
+    stepper: &mut dyn Stepper,
+    fields: &mut FieldWindow,
+    writer: &mut TrajectoryWriter,
+    file: &CheckpointFile,
+    start: Saved,
+    wall: Instant,
+) -> Result<Outcome> {
+    let mut out = Outcome {
+        steps: start.step,
+        last: Tally::empty(),
+        ecstatic: false,
+        kernel: Duration::ZERO,
+        output: Duration::ZERO,
+        checkpoint: Duration::ZERO,
+        recoveries: 0,
+        recovery_times: Vec::new(),
+    };
+    let mut ck = start;
+    let first = ck.step;
+    let progress = progress_bar(plan.quiet, plan.n_steps);
+    let mut fault: Option<(anyhow::Error, Instant)> = None;
+    // Each pass of this loop begins (or begins again) from the checkpoint `ck`.
+    'run: loop {
+        if let Some((e, at)) = fault.take() {
+            if e.downcast_ref::<NodeLost>().is_none() {
+                return Err(e);
+            }
+            out.recoveries += 1;
+            if out.recoveries > MAX_RECOVERIES {
+                bail!(
+                    "{e:#}; gave up after {MAX_RECOVERIES} recoveries (the checkpoint at step {} is kept in {})",
+                    ck.step,
+                    file.path().display()
+                );
+            }
+            eprintln!(
+                "warning: {e:#}; rolling back to the checkpoint after step {} ({} records) and going on",
+                ck.step, ck.records
+            );
+            writer.rewind(ck.records as usize);
+            progress.set_position(ck.step as u64);
+            fault = Some((e, at));
+        }
+        let fresh = ck.records == 0;
+        let began = stepper.begin(ck.step, &ck.particles, fields, fresh);
+        let state = match began {
+            Ok(s) => s,
+            Err(e) => {
+                let at = fault.map(|f| f.1).unwrap_or_else(Instant::now);
+                fault = Some((e, at));
+                continue 'run;
+            }
+        };
+        if let Some((_, at)) = fault.take() {
+            let took = at.elapsed();
+            say(
+                plan.quiet,
+                format!("recovered in {:.2} s", took.as_secs_f64()),
+            );
+            out.recovery_times.push(took);
+        }
+        if fresh {
+            let Some(state) = state else {
+                bail!("the stepper gave no state at the start");
+            };
+            let t0 = plan.time(ck.step);
+            let o = Instant::now();
+            writer.write(t0, &[plan.pool.install(|| fields.observe(&state, t0))?])?;
+            out.output += o.elapsed();
+            ck = save(file, ck.step, writer, state, &mut out)?;
+        }
+        let mut s = ck.step;
+        while s < plan.n_steps {
+            let k = Instant::now();
+            let tally = match stepper.step(s, fields) {
+                Ok(t) => t,
+                Err(e) => {
+                    fault = Some((e, Instant::now()));
+                    continue 'run;
+                }
+            };
+            out.kernel += k.elapsed();
+            if tally.total() != plan.n as u64 {
+                bail!(
+                    "particle count mismatch at step {s}: {} accounted for, {} released",
+                    tally.total(),
+                    plan.n
+                );
+            }
+            let happy = happy_stop(cfg, &tally);
+            let stop = s + 1 == plan.n_steps || happy;
+            let write = (s + 1) % plan.output_every == 0 || stop;
+            let checkpoint =
+                write || (plan.checkpoint_every > 0 && (s + 1) % plan.checkpoint_every == 0);
+            let state = match stepper.end_step(s, stop, write || checkpoint) {
+                Ok(st) => st,
+                Err(e) => {
+                    fault = Some((e, Instant::now()));
+                    continue 'run;
+                }
+            };
+            if let Some(state) = state {
+                let t1 = plan.time(s + 1);
+                if write {
+                    let o = Instant::now();
+                    writer.write(t1, &[plan.pool.install(|| fields.observe(&state, t1))?])?;
+                    out.output += o.elapsed();
+                }
+                ck = save(file, s + 1, writer, state, &mut out)?;
+            }
+            out.last = tally;
+            out.steps = s + 1;
+            if progress.length().is_some() {
+                let rate =
+                    (s + 1 - first) as f64 * plan.n as f64 / wall.elapsed().as_secs_f64().max(1e-9);
+                progress.set_message(format!(
+                    "{:.2} M particle-steps/s, {} active",
+                    rate / 1e6,
+                    tally.active
+                ));
+                progress.set_position((s + 1) as u64);
+            }
+            s += 1;
+            if happy {
+                out.ecstatic = true;
+                break;
+            }
+        }
+        break;
+    }
+    progress.finish_and_clear();
+    closing(cfg, &out.last, out.ecstatic, plan.quiet);
+    Ok(out)
+}
+
+/// Writes the checkpoint after `step` and returns it as the one to roll back to.
+fn save(
+    file: &CheckpointFile,
+    step: u32,
+    writer: &TrajectoryWriter,
+    particles: Particles,
+    out: &mut Outcome,
+) -> Result<Saved> {
+    let c = Instant::now();
+    let saved = Saved {
+        step,
+        records: writer.snapshots_written() as u32,
+        particles,
+    };
+    file.save(&saved)?;
+    out.checkpoint += c.elapsed();
+    Ok(saved)
+}
+
+/// The report every path gives, from the schedule's outcome.
+pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport {
+    RunReport {
+        n_particles: plan.n,
+        steps: out.steps,
+        particle_steps: (out.steps - from.min(out.steps)) as u64 * plan.n as u64,
+        wall: wall.elapsed(),
+        kernel: out.kernel,
+        fields: Duration::ZERO,
+        output: out.output,
+        checkpoint: out.checkpoint,
+        last: out.last,
+        ecstatic: out.ecstatic,
+        outside: 0,
+        threads: 0,
+        device: String::new(),
+        nodes: 0,
+        partitions: 1,
+        halo_served: 0,
+        dropped: 0,
+        recoveries: out.recoveries,
+        recovery_times: out.recovery_times.clone(),
+    }
+}
