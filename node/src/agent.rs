@@ -441,6 +441,9 @@ fn run_assignment(
     let _watch = session
         .liveliness()
         .declare_subscriber(keys::manager_token(&me.cluster, me.run))
+        // With history, the subscriber learns of the token that is already up, and so is told
+        // when it goes; without, zenoh says nothing of a token declared before it subscribed.
+        .history(true)
         .callback(move |s| {
             if s.kind() == SampleKind::Delete {
                 a.store(true, Ordering::Relaxed);

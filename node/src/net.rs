@@ -246,6 +246,11 @@ fn ask_decoding(
         if Instant::now() >= deadline {
             bail!("no answer on {key} within {} s", patience.as_secs());
         }
+        // Nobody answered: the queryable may be gone with its run, so look at `abandon` here
+        // too, not only while a get is pending.
+        if abandon.load(Ordering::Relaxed) {
+            bail!("abandoned while waiting on {key}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use zenoh::Wait;
 
 /// A rotating, diffusing, temperature-seeking release over a 30 x 30 mesh.
-fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> String) {
+pub(crate) fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> String) {
     let dir = scratch(name);
     let o = SynthOptions {
         flow: Flow::Rotation,
@@ -34,7 +34,7 @@ fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> String) {
     (dir, toml)
 }
 
-fn run_with(dir: &Path, toml: &str, opts: RunOptions) -> RunReport {
+pub(crate) fn run_with(dir: &Path, toml: &str, opts: RunOptions) -> RunReport {
     let cfg = config(dir, toml).unwrap();
     run(
         &cfg,

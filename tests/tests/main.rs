@@ -7,6 +7,7 @@ mod boundaries;
 mod determinism;
 mod diffusion;
 mod fabric;
+mod faults;
 mod fleet;
 mod gpu;
 mod output;

@@ -181,6 +181,8 @@ impl<'a> FabricStepper<'a> {
             .session
             .liveliness()
             .declare_subscriber(keys::node_tokens(&fleet.cluster))
+            // With history, tokens up before this watch are watched too (see node::agent).
+            .history(true)
             .callback(move |s| {
                 if s.kind() == SampleKind::Delete {
                     if let Some((name, _)) = keys::parse_node_token(&cluster, s.key_expr().as_str())

@@ -67,6 +67,8 @@ pub struct RunReport {
     /// from the fault's detection to stepping again.
     pub recoveries: u32,
     pub recovery_times: Vec<Duration>,
+    /// What each recovery recovered from, as the warning said it.
+    pub faults: Vec<String>,
 }
 
 pub fn say(quiet: bool, s: String) {

@@ -76,6 +76,7 @@ pub struct Outcome {
     pub recoveries: u32,
     /// From each fault's detection to the run stepping again.
     pub recovery_times: Vec<Duration>,
+    pub faults: Vec<String>,
 }
 
 /// Runs `plan` from `start` (the release, never written, or a checkpoint loaded for `--resume`)
@@ -99,6 +100,7 @@ pub fn drive(
         checkpoint: Duration::ZERO,
         recoveries: 0,
         recovery_times: Vec::new(),
+        faults: Vec::new(),
     };
     let mut ck = start;
     let first = ck.step;
@@ -118,6 +120,7 @@ pub fn drive(
                     file.path().display()
                 );
             }
+            out.faults.push(format!("{e:#}"));
             eprintln!(
                 "warning: {e:#}; rolling back to the checkpoint after step {} ({} records) and going on",
                 ck.step, ck.records
@@ -259,5 +262,6 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         dropped: 0,
         recoveries: out.recoveries,
         recovery_times: out.recovery_times.clone(),
+        faults: out.faults.clone(),
     }
 }

@@ -1,0 +1,248 @@
+//! Faults, for real: `shoal-node` processes killed with SIGKILL mid-run, a partition that panics,
+//! a manager process killed mid-run and while it writes a checkpoint, then `--resume`. Every
+//! finished file must equal the one-machine run value by value, and the survivors must take
+//! the next run without being restarted.
+
+use crate::fabric::{clean, json5, run_with, setup, Nodes};
+use shoal_manager::run::{RunOptions, RunReport};
+use shoal_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output as ProcessOutput, Stdio};
+use std::time::{Duration, Instant};
+
+/// A named cluster on loopback: the manager listens on a fixed port, nodes connect to it.
+struct Station {
+    dir: PathBuf,
+    cluster: String,
+    node_cfg: PathBuf,
+    nodes: Nodes,
+}
+
+impl Station {
+    fn new(dir: &Path, tag: &str) -> Station {
+        let manager = format!("tcp/127.0.0.1:{}", free_port());
+        json5(dir, "manager.json5", &manager, "");
+        let node_cfg = json5(dir, "node.json5", "tcp/127.0.0.1:0", &manager);
+        Station {
+            dir: dir.to_path_buf(),
+            cluster: format!("{tag}-{}", std::process::id()),
+            node_cfg,
+            nodes: Nodes(Vec::new()),
+        }
+    }
+
+    /// Starts `shoal-node --name NAME` with `SHOAL_TEST_FAULT` set to `fault` when given.
+    fn start(&mut self, name: &str, fault: Option<&str>) -> usize {
+        let mut c = clean(env!("CARGO_BIN_EXE_shoal-node"));
+        c.args(["--cluster", &self.cluster, "--name", name]);
+        // Node logs on stderr only when asked, for debugging.
+        if std::env::var_os("SHOAL_TEST_NODE_LOGS").is_none() {
+            c.arg("--quiet");
+        }
+        c.arg("--zenoh-config")
+            .arg(&self.node_cfg)
+            .stdin(Stdio::null())
+            .env_remove("SHOAL_TEST_FAULT");
+        if let Some(f) = fault {
+            c.env("SHOAL_TEST_FAULT", f);
+        }
+        self.nodes.0.push(c.spawn().unwrap());
+        self.nodes.0.len() - 1
+    }
+
+    fn node(&mut self, i: usize) -> &mut Child {
+        &mut self.nodes.0[i]
+    }
+
+    /// A run file for `out` that waits for `nodes` nodes of this station.
+    fn toml(&self, toml: &dyn Fn(&str, &str) -> String, name: &str, out: &str, nodes: usize) {
+        let extra = format!(
+            "[cluster]\nnodes={nodes}\nwait_seconds=60\npatience_seconds=60\nzenoh_config='manager.json5'\n"
+        );
+        std::fs::write(self.dir.join(name), toml(out, &extra)).unwrap();
+    }
+
+    /// The manager in this test's process.
+    fn run(&self, name: &str) -> RunReport {
+        let cfg = shoal_manager::config::RunConfig::from_path(&self.dir.join(name)).unwrap();
+        shoal_manager::run::run(
+            &cfg,
+            &RunOptions {
+                quiet: true,
+                cluster: Some(self.cluster.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// The manager as its own process, with a fault to inject and more arguments.
+    fn manager(&self, name: &str, fault: Option<&str>, args: &[&str]) -> ProcessOutput {
+        let mut c = clean(env!("CARGO_BIN_EXE_shoal"));
+        c.args(["run", name, "--cluster", &self.cluster])
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("SHOAL_TEST_FAULT");
+        if let Some(f) = fault {
+            c.env("SHOAL_TEST_FAULT", f);
+        }
+        c.output().unwrap()
+    }
+}
+
+/// Waits for a child to end and says how: exit code, or the signal that killed it.
+fn ended(c: &mut Child, within: Duration) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return match st.signal() {
+                Some(sig) => format!("signal {sig}"),
+                None => format!("exit {}", st.code().unwrap_or(-1)),
+            };
+        }
+        if Instant::now() > deadline {
+            return "still running".into();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn killed(out: &ProcessOutput) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9)
+}
+
+/// Distinct steps in `1..n` drawn from a seeded generator (a 64-bit LCG), in draw order.
+fn seeded_steps(seed: u64, n: u32, count: usize) -> Vec<u32> {
+    let mut x = seed;
+    let mut out = Vec::new();
+    while out.len() < count {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let s = 1 + ((x >> 33) % (n as u64 - 1)) as u32;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn direct(dir: &Path, toml: &dyn Fn(&str, &str) -> String) -> PathBuf {
+    run_with(
+        dir,
+        &toml("direct.nc", ""),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    dir.join("direct.nc")
+}
+
+#[test]
+fn a_node_killed_mid_run_changes_no_byte_and_the_survivors_take_the_next_run() {
+    let (dir, toml) = setup("faults_node_kill");
+    let direct = direct(&dir, &toml);
+    let mut station = Station::new(&dir, "kill");
+    station.start("a", None);
+    station.start("b", None);
+    // The setup's run is 180 steps with horizontal and vertical random walks.
+    let steps = seeded_steps(0x5eed_2026, 180, 3);
+    for (i, &k) in steps.iter().enumerate() {
+        let victim = format!("v{i}");
+        let v = station.start(&victim, Some(&format!("kill:{k}")));
+        let out = format!("killed{i}.nc");
+        station.toml(&toml, "kill.toml", &out, 3);
+        let r = station.run("kill.toml");
+        assert_eq!(ended(station.node(v), Duration::from_secs(10)), "signal 9");
+        assert_eq!(r.recoveries, 1, "killed at step {k}: {:?}", r.faults);
+        assert!(
+            r.faults[0].contains(&format!("node {victim}")),
+            "{:?}",
+            r.faults
+        );
+        assert_eq!((r.steps, r.nodes), (180, 2));
+        files_bit_identical(&direct, &dir.join(&out), false)
+            .unwrap_or_else(|e| panic!("node killed at step {k}: {e:#}"));
+        // The survivors take the next run as they are.
+        let next = format!("after{i}.nc");
+        station.toml(&toml, "next.toml", &next, 2);
+        let r = station.run("next.toml");
+        assert_eq!((r.recoveries, r.nodes), (0, 2));
+        files_bit_identical(&direct, &dir.join(&next), false).unwrap();
+    }
+}
+
+#[test]
+fn a_panicking_partition_is_named_and_recovered_like_a_lost_node() {
+    let (dir, toml) = setup("faults_panic");
+    let direct = direct(&dir, &toml);
+    let mut station = Station::new(&dir, "panic");
+    station.start("a", None);
+    station.start("b", None);
+    let p = station.start("p", Some("panic:50"));
+    station.toml(&toml, "panic.toml", "panic.nc", 3);
+    let r = station.run("panic.toml");
+    assert_eq!(r.recoveries, 1, "{:?}", r.faults);
+    let fault = &r.faults[0];
+    assert!(
+        fault.contains("on node p") && fault.contains("panicked") && fault.contains("partition"),
+        "{fault}"
+    );
+    files_bit_identical(&direct, &dir.join("panic.nc"), false).unwrap();
+    // The node whose partition panicked lives on, and the others take the next run.
+    assert_eq!(ended(station.node(p), Duration::ZERO), "still running");
+    station.toml(&toml, "next.toml", "next.nc", 2);
+    let r = station.run("next.toml");
+    assert_eq!(r.recoveries, 0);
+    files_bit_identical(&direct, &dir.join("next.nc"), false).unwrap();
+}
+
+#[test]
+fn a_killed_manager_resumes_from_its_checkpoint_with_the_nodes_there_now() {
+    let (dir, toml) = setup("faults_manager");
+    let direct = direct(&dir, &toml);
+    let mut station = Station::new(&dir, "resume");
+    station.start("a", None);
+    station.start("b", None);
+    let c = station.start("c", None);
+    let checkpoint = dir.join("m.nc.checkpoint");
+
+    // Killed just after the checkpoint at step 60; resumed with the same three nodes.
+    station.toml(&toml, "m.toml", "m.nc", 3);
+    let out = station.manager("m.toml", Some("checkpoint:60"), &[]);
+    assert!(killed(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(checkpoint.exists());
+    let out = station.manager("m.toml", None, &["--resume"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "resume failed:\n{log}");
+    assert!(log.contains("after step 60 of 180"), "{log}");
+    files_bit_identical(&direct, &dir.join("m.nc"), false).unwrap();
+    assert!(!checkpoint.exists(), "a finished run keeps its checkpoint");
+
+    // Killed inside the write of the checkpoint at step 100 (complete in its temporary file,
+    // not yet in place): the resume goes on from step 80's, with one node fewer.
+    let out = station.manager("m.toml", Some("checkpoint-write:100"), &[]);
+    assert!(killed(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    station.node(c).kill().unwrap();
+    station.toml(&toml, "m2.toml", "m.nc", 2);
+    let out = station.manager("m2.toml", None, &["--resume"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    // The configuration differs in its node count, so its hash does: a refusal names it.
+    assert!(!out.status.success());
+    assert!(log.contains("another configuration or input"), "{log}");
+    let out = station.manager("m.toml", None, &["--resume", "--nodes", "2"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "resume failed:\n{log}");
+    assert!(log.contains("after step 80 of 180"), "{log}");
+    assert!(log.contains("2 nodes"), "{log}");
+    files_bit_identical(&direct, &dir.join("m.nc"), false).unwrap();
+
+    // The nodes abandoned the dead managers' runs on their own and take a new one.
+    station.toml(&toml, "fresh.toml", "fresh.nc", 2);
+    let r = station.run("fresh.toml");
+    assert_eq!(r.recoveries, 0);
+    files_bit_identical(&direct, &dir.join("fresh.nc"), false).unwrap();
+}
