@@ -255,6 +255,38 @@ fn garbage(cluster: &str, run: u64, k: u64) -> Vec<u8> {
     }
 }
 
+/// Particle batches that decode or nearly do, for partition `to`'s inbox as if from `from`,
+/// at some step: one naming an element outside the mesh, one with a duplicate id, one with
+/// arrays of unequal length, one in an element of another partition. A node must drop each.
+fn bad_batch(cluster: &str, run: u64, kind: u64, step: u32, to: u32, from: u32) -> Vec<u8> {
+    let me = Endpoint {
+        cluster: wire::ident(cluster).unwrap(),
+        run,
+    };
+    let mut b = wire::ParticleBatch {
+        from,
+        to,
+        step,
+        id: vec![3, 7],
+        x: vec![0.0; 2],
+        y: vec![0.0; 2],
+        z: vec![-1.0; 2],
+        element: vec![0, 1],
+        status: vec![0; 2],
+        release_time: vec![0.0; 2],
+        happiness: vec![0.0; 2],
+    };
+    match kind % 4 {
+        0 => b.element = vec![5, 1 << 30],
+        1 => b.id = vec![5, 5],
+        2 => b.x = vec![0.0; 3],
+        // Element 0 and 1799 are in opposite corners: no partition owns both.
+        _ => b.element = vec![0, 1799],
+    }
+    // Encoded by hand: `wire::encode` is happy to encode what `decode` refuses.
+    wire::encode(&me.envelope(Message::ParticleBatch(b))).unwrap()
+}
+
 #[test]
 fn garbage_on_every_key_is_dropped_and_counted_and_the_run_is_unharmed() {
     let (dir, toml) = setup("fabric_garbage");
@@ -317,6 +349,12 @@ fn garbage_on_every_key_is_dropped_and_counted_and_the_run_is_unharmed() {
                             .wait()
                             .unwrap();
                         s.fetch_add(1, Ordering::Relaxed);
+                        // Forged batches for every step of the run, so that each reaches a
+                        // merge before the real one if the node would take it.
+                        for step in 0..180 {
+                            let b = bad_batch(&cluster, run, k + step as u64, step, p, from);
+                            attacker.put(keys.inbox(p, from), b).wait().unwrap();
+                        }
                         k += 1;
                     }
                     ask(keys.sync(p), k);
