@@ -3,6 +3,9 @@
 # network namespace, joined by a bridge with 1 ms of delay on every link. The nodes find the
 # manager by zenoh multicast scouting, as they would on a LAN. The trajectories must equal,
 # value by value, those of the embedded (in-process, loopback) run of the same configuration.
+# Then a node's link goes down mid-run for longer than the zenoh lease: the manager must roll
+# back and finish on the other two with the same trajectories, and the node, its link back,
+# must take the next run.
 #
 # Needs root and iproute2 (ip, tc). Run as: sudo scripts/netns-test.sh
 # SHOAL_BIN picks the binaries (default target/release); CI=1 turns "skipped" into a failure;
@@ -117,7 +120,7 @@ seed = 5
 [input]
 files = ["f.nc"]
 [release.generate]
-count = 3000
+count = ${2:-3000}
 z = -2.0
 [run]
 duration = "${RUN_HOURS}h"
@@ -130,6 +133,7 @@ interval = "30min"
 [cluster]
 nodes = ${#NODES[@]}
 wait_seconds = 60
+${3:-}
 EOF
 }
 write_config inproc
@@ -164,4 +168,78 @@ done
 "$PYTHON" scripts/compare_nc.py netns "$DIR/inproc.nc" "$DIR/netns.nc"
 
 echo "netns: $((after - before)) bytes on the wire for $STEPS steps (${#NODES[@]} nodes, manager run ${run_s}s)"
+# --- A node's link down for longer than the lease, mid-run. ---
+# Agents and manager announce a 3 s lease (the default is 10 s) so that the test stays short;
+# a link silent for longer is closed, and with it the node's token.
+LEASE_MS=3000
+DOWN_S=5
+cat >"$DIR/lease.json5" <<EOF
+{ mode: "peer", transport: { link: { tx: { lease: $LEASE_MS } } } }
+EOF
+for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+NODE_PIDS=()
+k=1
+for ns in "${NODES[@]}"; do
+    ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node$k" \
+        --zenoh-config "$DIR/lease.json5" >"$DIR/lease-node$k.log" 2>&1 &
+    NODE_PIDS+=($!)
+    k=$((k + 1))
+done
+# Enough particles that the run outlasts the lease and the roll-back.
+PARTICLES=200000
+write_config linkref $PARTICLES
+write_config linkdown $PARTICLES 'zenoh_config = "lease.json5"'
+write_config linknext $PARTICLES 'zenoh_config = "lease.json5"'
+"$BIN/shoal" run "$DIR/linkref.toml" --nodes ${#NODES[@]} --quiet >"$DIR/linkref.log" 2>&1
+
+VICTIM=${NODES[2]}
+timeout 300 ip netns exec "$MANAGER" "$BIN/shoal" run "$DIR/linkdown.toml" \
+    --cluster "$CLUSTER" --quiet >"$DIR/linkdown.log" 2>&1 &
+manager_pid=$!
+# The first checkpoint is written once every node has its partitions and has released.
+for _ in $(seq 600); do [[ -e "$DIR/linkdown.nc.checkpoint" ]] && break; sleep 0.1; done
+[[ -e "$DIR/linkdown.nc.checkpoint" ]] || { echo "netns: the run never started" >&2; exit 1; }
+sleep 1
+ip -n "$VICTIM" link set "$IFACE" down
+down_at=$EPOCHREALTIME
+detected=""
+for _ in $(seq $((DOWN_S * 10))); do
+    if [[ -z $detected ]] && grep -q "rolling back" "$DIR/linkdown.log"; then
+        detected=$(since "$down_at")
+    fi
+    sleep 0.1
+done
+ip -n "$VICTIM" link set "$IFACE" up
+ip -n "$VICTIM" route replace 224.0.0.0/4 dev "$IFACE"
+if ! wait "$manager_pid"; then
+    echo "netns: the manager failed after the link went down" >&2
+    exit 1
+fi
+grep -q "rolling back" "$DIR/linkdown.log" || {
+    echo "netns: the run finished without noticing the link go down (too short?)" >&2
+    exit 1
+}
+[[ -n $detected ]] || detected=">$DOWN_S"
+recovered=$(sed -n 's/.*recovered in \([0-9.]*\) s.*/\1/p' "$DIR/linkdown.log" | head -1)
+"$PYTHON" scripts/compare_nc.py linkdown "$DIR/linkref.nc" "$DIR/linkdown.nc"
+grep -q "abandoned" "$DIR/lease-node3.log" || {
+    echo "netns: the cut-off node did not abandon its run" >&2
+    exit 1
+}
+# Its link back, the node takes the next run with the others, restarted by nobody.
+if ! timeout 300 ip netns exec "$MANAGER" "$BIN/shoal" run "$DIR/linknext.toml" \
+    --cluster "$CLUSTER" --quiet >"$DIR/linknext.log" 2>&1; then
+    echo "netns: the run after the link came back failed" >&2
+    exit 1
+fi
+if grep -q "rolling back" "$DIR/linknext.log"; then
+    echo "netns: the next run lost a node" >&2
+    exit 1
+fi
+"$PYTHON" scripts/compare_nc.py linknext "$DIR/linkref.nc" "$DIR/linknext.nc"
+for pid in "${NODE_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "netns: a node agent exited" >&2; exit 1; }
+done
+echo "netns: link of $VICTIM down ${DOWN_S}s mid-run (lease ${LEASE_MS} ms): loss seen after ${detected}s, stepping again ${recovered:-?}s later; output identical; the node took the next run"
 echo "netns: elapsed $(since "$start")s"

@@ -436,25 +436,29 @@ fn run_assignment(
     pool: Option<Arc<rayon::ThreadPool>>,
 ) -> Result<u32> {
     let abandon = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicBool::new(false));
     // The run ends for this node if its manager goes away.
-    let a = abandon.clone();
+    let (a, up) = (abandon.clone(), seen.clone());
     let _watch = session
         .liveliness()
         .declare_subscriber(keys::manager_token(&me.cluster, me.run))
         // With history, the subscriber learns of the token that is already up, and so is told
         // when it goes; without, zenoh says nothing of a token declared before it subscribed.
         .history(true)
-        .callback(move |s| {
-            if s.kind() == SampleKind::Delete {
-                a.store(true, Ordering::Relaxed);
-            }
+        .callback(move |s| match s.kind() {
+            SampleKind::Delete => a.store(true, Ordering::Relaxed),
+            SampleKind::Put => up.store(true, Ordering::Relaxed),
         })
         .wait()
         .map_err(|e| anyhow!("watching the manager: {e}"))?;
     // An assignment can wait in the queue while this node finishes an earlier run; by then its
-    // manager may have started over (a new run id) or gone. The watch above sees a token that
-    // goes from now on; this sees one that went before.
-    if !manager_present(session, me) {
+    // manager may have started over (a new run id) or gone. The watch tells of a token that is
+    // up (its history) and of one that goes; a token never seen is a manager already gone.
+    let deadline = Instant::now() + MANAGER_LOOKUP;
+    while !seen.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !seen.load(Ordering::Relaxed) {
         bail!(
             "the manager of run {:016x} is gone (no token within {} s)",
             me.run,
@@ -553,17 +557,6 @@ fn run_assignment(
         }
     })?;
     Ok(steps)
-}
-
-/// Whether the manager of `me`'s run has its token up.
-fn manager_present(session: &Session, me: &Endpoint) -> bool {
-    session
-        .liveliness()
-        .get(keys::manager_token(&me.cluster, me.run))
-        .timeout(MANAGER_LOOKUP)
-        .wait()
-        .ok()
-        .is_some_and(|r| std::iter::from_fn(|| r.recv().ok()).any(|reply| reply.result().is_ok()))
 }
 
 /// Tells the manager that partition `p` failed, without waiting long for it to listen.

@@ -111,8 +111,9 @@ pub fn wait_for_nodes(
             return Ok(m.into_iter().take(want).collect());
         }
         if want == 0 && !m.is_empty() {
-            // Give nodes starting together a moment to appear too.
-            if settled_once {
+            // Give nodes starting together a moment to appear too; a run that lost a node
+            // goes on at once with those that are up.
+            if settled_once || !exclude.is_empty() {
                 return Ok(m);
             }
             settled_once = true;

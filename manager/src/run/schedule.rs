@@ -6,7 +6,7 @@
 //! checkpoint had, and by invariant 1 the steps taken again give the same bits.
 
 use super::prepare::FieldWindow;
-use super::{closing, happy_stop, progress_bar, say, RunReport};
+use super::{closing, happy_stop, progress_bar, RunReport};
 use crate::config::RunConfig;
 use crate::output::checkpoint::{CheckpointFile, Saved};
 use crate::output::TrajectoryWriter;
@@ -141,10 +141,8 @@ pub fn drive(
         };
         if let Some((_, at)) = fault.take() {
             let took = at.elapsed();
-            say(
-                plan.quiet,
-                format!("recovered in {:.2} s", took.as_secs_f64()),
-            );
+            // The end of the warning above, said even when quiet.
+            eprintln!("recovered in {:.2} s", took.as_secs_f64());
             out.recovery_times.push(took);
         }
         if fresh {
