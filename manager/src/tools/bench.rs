@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// dense, sparse, fabric, gpu or all (all: dense and sparse).
+    /// dense, sparse, fabric, checkpoint, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Particles in the dense case.
@@ -333,14 +333,82 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "dense" => dense(args),
         "sparse" => sparse(args),
         "fabric" => fabric(args),
+        "checkpoint" => checkpoint(args),
         #[cfg(feature = "gpu")]
         "gpu" => gpu(args),
         "all" => {
             dense(args)?;
             sparse(args)
         }
-        other => anyhow::bail!("--case: `{other}` is not one of dense, sparse, fabric, gpu, all"),
+        other => anyhow::bail!(
+            "--case: `{other}` is not one of dense, sparse, fabric, checkpoint, gpu, all"
+        ),
     }
+}
+
+/// Checkpoints: size, write (atomic: temporary file, fsync, rename, fsync of the directory)
+/// and read time for `--particles` particles, and their share of a whole run of that many
+/// particles at the default cadence (one checkpoint per output time, hourly, plus the start).
+fn checkpoint(args: &BenchArgs) -> Result<()> {
+    use crate::output::checkpoint::{CheckpointFile, Saved};
+    std::fs::create_dir_all(&args.dir)?;
+    let (o, mesh, _) = dense_setup(args.elements, args.layers)?;
+    let particles = dense_particles(&o, &mesh, args.particles);
+    let file = CheckpointFile::beside(&args.dir.join("checkpoint_bench.nc"), 0x5eed);
+    let saved = Saved {
+        step: 60,
+        records: 2,
+        particles,
+    };
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        file.save(&saved)?;
+    }
+    let write = t.elapsed().as_secs_f64() / reps as f64;
+    let size = std::fs::metadata(file.path())?.len();
+    let t = Instant::now();
+    for _ in 0..reps {
+        file.load(args.particles)?;
+    }
+    let read = t.elapsed().as_secs_f64() / reps as f64;
+    file.remove()?;
+    println!(
+        "checkpoint: {} particles, {:.1} MB ({:.1} bytes per particle); write {:.0} ms, read {:.0} ms (mean of {reps})",
+        args.particles,
+        size as f64 / 1e6,
+        size as f64 / args.particles as f64,
+        write * 1e3,
+        read * 1e3
+    );
+    // A whole run at the default cadence: 2 h of 60 s steps, output hourly, on the sparse mesh.
+    let o = sparse_input(args)?;
+    let (cx, cy) = o.centre();
+    let toml = format!(
+        "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount={}\ncentre=[{cx},{cy}]\nradius=8000.0\nz=-5.0\n[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='checkpoint_run.nc'\n",
+        args.particles
+    );
+    let cfg_path = args.dir.join("checkpoint_run.toml");
+    std::fs::write(&cfg_path, toml)?;
+    let cfg = RunConfig::from_path(&cfg_path)?;
+    let rep = run(
+        &cfg,
+        &RunOptions {
+            quiet: true,
+            direct: true,
+            ..Default::default()
+        },
+    )?;
+    println!(
+        "checkpoint: a {}-particle run of {} steps (direct, {} threads) took {:.2} s, of which 3 checkpoints {:.2} s ({:.1} %)",
+        args.particles,
+        rep.steps,
+        rep.threads,
+        rep.wall.as_secs_f64(),
+        rep.checkpoint.as_secs_f64(),
+        100.0 * rep.checkpoint.as_secs_f64() / rep.wall.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Bytes per kind of message: count, postcard bytes, JSON bytes of the same envelopes,
