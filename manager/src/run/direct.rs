@@ -13,7 +13,7 @@ use std::sync::Arc;
 enum Worker {
     Cpu(Partition),
     #[cfg(feature = "gpu")]
-    Gpu(shoal_node::gpu::GpuPartition),
+    Gpu(Box<shoal_node::gpu::GpuPartition>),
 }
 
 pub struct Direct<'a> {
@@ -49,7 +49,7 @@ impl<'a> Direct<'a> {
             #[cfg(feature = "gpu")]
             Some(Worker::Gpu(g)) => g
                 .download(self.mesh)
-                .map(|p| p.clone())
+                .cloned()
                 .map_err(|e| anyhow!("GPU readback: {e}")),
             None => Err(anyhow!("no particles to read: the run has not begun")),
         }
@@ -73,10 +73,10 @@ impl Stepper for Direct<'_> {
         self.pool.install(|| part.release(mesh, window, t0));
         self.worker = Some(match self.choice {
             #[cfg(feature = "gpu")]
-            shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(
+            shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(Box::new(
                 shoal_node::gpu::GpuPartition::new(ctx.clone(), mesh, part.particles)
                     .map_err(|e| anyhow!("GPU setup: {e}"))?,
-            ),
+            )),
             _ => Worker::Cpu(part),
         });
         gather.then(|| self.state()).transpose()

@@ -14,12 +14,11 @@
 
 use super::membership::{run_id, Fleet, FleetSpec, Member};
 use super::prepare::{FieldWindow, Prepared};
-use super::schedule::{self, NodeLost, Plan, Stepper};
+use super::schedule::{self, Io, NodeLost, Plan, Stepper};
 use super::{say, RunOptions, RunReport};
 use crate::config::RunConfig;
 use crate::fvcom::FvcomReader;
-use crate::output::checkpoint::{CheckpointFile, Saved};
-use crate::output::TrajectoryWriter;
+use crate::output::checkpoint::Saved;
 use crate::partition::{default_rings, halo, max_speed, partition, Partitioning};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys::{self, RunKeys};
@@ -32,7 +31,7 @@ use shoal_common::{status, Mesh, Particles, RawSlice, StepParams, Tally};
 use shoal_node::net::{bytes, query_message, reply, Dropped};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use zenoh::liveliness::LivelinessToken;
 use zenoh::query::{Query, Queryable};
@@ -47,15 +46,12 @@ enum Event {
 }
 
 /// Runs the schedule on the fabric: the embedded default's in-process nodes or a named cluster.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: &RunConfig,
     opts: &RunOptions,
     prep: &Prepared,
     plan: &Plan,
-    fields: &mut FieldWindow,
-    writer: &mut TrajectoryWriter,
-    file: &CheckpointFile,
+    io: &mut Io,
     start: Saved,
 ) -> Result<RunReport> {
     let named = opts.cluster.clone().or_else(|| cfg.cluster.name.clone());
@@ -92,16 +88,7 @@ pub fn run(
         let d = fleet.dropped.clone();
         let server_thread = sc.spawn(move || server.serve(job_rx, &d));
         let mut stepper = FabricStepper::new(cfg, prep, plan, &fleet, jobs)?;
-        let out = schedule::drive(
-            cfg,
-            plan,
-            &mut stepper,
-            fields,
-            writer,
-            file,
-            start,
-            prep.wall,
-        );
+        let out = schedule::drive(cfg, plan, &mut stepper, io, start, prep.wall);
         let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
@@ -174,7 +161,7 @@ impl<'a> FabricStepper<'a> {
         jobs: mpsc::Sender<Job>,
     ) -> Result<Self> {
         let (event_tx, events) = mpsc::channel::<Event>();
-        let tx = Mutex::new(event_tx.clone());
+        let tx = event_tx.clone();
         let cluster = fleet.cluster.clone();
         // One watch for the whole run: which node's token went is checked against the epoch's.
         let watch = fleet
@@ -187,7 +174,7 @@ impl<'a> FabricStepper<'a> {
                 if s.kind() == SampleKind::Delete {
                     if let Some((name, _)) = keys::parse_node_token(&cluster, s.key_expr().as_str())
                     {
-                        let _ = tx.lock().map(|t| t.send(Event::Lost(name)));
+                        let _ = tx.send(Event::Lost(name));
                     }
                 }
             })
@@ -248,7 +235,7 @@ impl<'a> FabricStepper<'a> {
                 Ok(Event::Lost(name)) if self.members.iter().any(|m| m.name == name) => {
                     let parts: Vec<u32> = self.parts_of(&name);
                     return Err(self.lose(
-                        &[name.clone()],
+                        std::slice::from_ref(&name),
                         format!("node {name} (partitions {parts:?}) left the cluster while the run waited for {what}"),
                     ));
                 }
@@ -257,7 +244,7 @@ impl<'a> FabricStepper<'a> {
                     let _ = q.reply_err("recovering without you").wait();
                     let node = self.node_of(f.partition);
                     return Err(self.lose(
-                        &[node.clone()],
+                        std::slice::from_ref(&node),
                         format!(
                             "partition {} on node {node} failed: {}",
                             f.partition, f.reason
@@ -301,7 +288,7 @@ impl<'a> FabricStepper<'a> {
     fn gather_sync<T>(
         &mut self,
         what: &str,
-        pick: impl Fn(Message) -> std::result::Result<(u32, T), Message>,
+        pick: impl Fn(Message) -> std::result::Result<(u32, T), &'static str>,
     ) -> Result<Vec<(T, Query)>> {
         let deadline = Instant::now() + self.patience;
         let mut got: BTreeMap<u32, (T, Query)> = BTreeMap::new();
@@ -322,7 +309,7 @@ impl<'a> FabricStepper<'a> {
                     let _ = q.reply_err("recovering without you").wait();
                     let node = self.node_of(f.partition);
                     return Err(self.lose(
-                        &[node.clone()],
+                        std::slice::from_ref(&node),
                         format!(
                             "partition {} on node {node} failed: {}",
                             f.partition, f.reason
@@ -337,9 +324,9 @@ impl<'a> FabricStepper<'a> {
                     Ok((p, _)) => {
                         let _ = q.reply_err(format!("no partition {p}")).wait();
                     }
-                    Err(m) => {
+                    Err(kind) => {
                         let _ = q
-                            .reply_err(format!("a {} while waiting for {what}", m.kind()))
+                            .reply_err(format!("a {kind} while waiting for {what}"))
                             .wait();
                     }
                 },
@@ -792,13 +779,13 @@ impl Stepper for FabricStepper<'_> {
         let session = self.session();
         let mut queryables = Vec::new();
         for what in ["spec", "topology/*", "particles/*", "field/*/*", "halo/*"] {
-            let tx = Mutex::new(self.jobs.clone());
+            let tx = self.jobs.clone();
             let name: &'static str = what.split('/').next().unwrap_or(what);
             queryables.push(
                 session
                     .declare_queryable(keys.all(what))
                     .callback(move |q| {
-                        let _ = tx.lock().map(|t| t.send(Job::Query(run, name, q)));
+                        let _ = tx.send(Job::Query(run, name, q));
                     })
                     .wait()
                     .map_err(|e| anyhow!("declaring {what}: {e}"))?,
@@ -806,7 +793,7 @@ impl Stepper for FabricStepper<'_> {
         }
         for what in ["sync/*", "snapshot/*"] {
             let (tx, me, d) = (
-                Mutex::new(self.event_tx.clone()),
+                self.event_tx.clone(),
                 me.clone(),
                 self.fleet.dropped.clone(),
             );
@@ -818,7 +805,6 @@ impl Stepper for FabricStepper<'_> {
                         let Some(m) = query_message(&q, &me, &d, true) else {
                             return;
                         };
-                        let Ok(tx) = tx.lock() else { return };
                         let _ = match (state, m) {
                             (true, Message::Snapshot(s)) => tx.send(Event::State(run, s, q)),
                             (
@@ -898,17 +884,17 @@ impl Stepper for FabricStepper<'_> {
                         m.name,
                         other.kind()
                     );
-                    return Err(self.lose(&[m.name.clone()], why));
+                    return Err(self.lose(std::slice::from_ref(&m.name), why));
                 }
                 Err(e) => {
                     let why = format!("assigning partitions {parts:?} to node {}: {e:#}", m.name);
-                    return Err(self.lose(&[m.name.clone()], why));
+                    return Err(self.lose(std::slice::from_ref(&m.name), why));
                 }
             }
         }
         let ready = self.gather_sync("every partition to be ready", |m| match m {
             Message::Ready(r) => Ok((r.partition, ())),
-            m => Err(m),
+            m => Err(m.kind()),
         })?;
         let start = Control {
             step: from,
@@ -932,7 +918,7 @@ impl Stepper for FabricStepper<'_> {
     fn step(&mut self, s: u32, _fields: &mut FieldWindow) -> Result<Tally> {
         let sums = self.gather_sync("step summaries", |m| match m {
             Message::StepSummary(x) if x.step == s => Ok((x.partition, x)),
-            m => Err(m),
+            m => Err(m.kind()),
         })?;
         let mut tally = Tally::empty();
         let (mut sent, mut received) = (0u64, 0u64);

@@ -195,30 +195,17 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         pool: prep.pool.clone(),
     };
     let mut fields = FieldWindow::new(&prep.reader, &prep.mesh, prep.start);
+    let mut io = schedule::Io {
+        fields: &mut fields,
+        writer: &mut writer,
+        checkpoints: &file,
+    };
     let mut report = if opts.direct || on_gpu {
         let mut stepper = direct::Direct::new(&prep, cfg.sort_every, &choice);
-        let out = schedule::drive(
-            cfg,
-            &plan,
-            &mut stepper,
-            &mut fields,
-            &mut writer,
-            &file,
-            start,
-            prep.wall,
-        )?;
+        let out = schedule::drive(cfg, &plan, &mut stepper, &mut io, start, prep.wall)?;
         schedule::report(&plan, &out, prep.wall, from)
     } else {
-        fabric::run(
-            cfg,
-            opts,
-            &prep,
-            &plan,
-            &mut fields,
-            &mut writer,
-            &file,
-            start,
-        )?
+        fabric::run(cfg, opts, &prep, &plan, &mut io, start)?
     };
     writer.close()?;
     // The run is complete: its checkpoint has nothing left to give.

@@ -79,18 +79,30 @@ pub struct Outcome {
     pub faults: Vec<String>,
 }
 
+/// Where the schedule observes, writes and checkpoints: the field levels it observes through
+/// (and the one-machine stepper steps through), the trajectory file and the checkpoint file.
+pub struct Io<'a, 'r> {
+    pub fields: &'a mut FieldWindow<'r>,
+    pub writer: &'a mut TrajectoryWriter,
+    pub checkpoints: &'a CheckpointFile,
+}
+
 /// Runs `plan` from `start` (the release, never written, or a checkpoint loaded for `--resume`)
-/// to the end or the happiness stop, writing through `writer` and checkpointing to `file`.
+/// to the end or the happiness stop, writing and checkpointing through `io`.
 pub fn drive(
     cfg: &RunConfig,
     plan: &Plan,
     stepper: &mut dyn Stepper,
-    fields: &mut FieldWindow,
-    writer: &mut TrajectoryWriter,
-    file: &CheckpointFile,
+    io: &mut Io,
     start: Saved,
     wall: Instant,
 ) -> Result<Outcome> {
+    let Io {
+        fields,
+        writer,
+        checkpoints: file,
+    } = io;
+    let file: &CheckpointFile = file;
     let mut out = Outcome {
         steps: start.step,
         last: Tally::empty(),
@@ -110,7 +122,14 @@ pub fn drive(
     'run: loop {
         if let Some((e, at)) = fault.take() {
             if e.downcast_ref::<NodeLost>().is_none() {
-                return Err(e);
+                if ck.records == 0 {
+                    return Err(e);
+                }
+                return Err(e.context(format!(
+                    "the run stopped; its checkpoint after step {} is kept in {} and `shoal run --resume` goes on from it",
+                    ck.step,
+                    file.path().display()
+                )));
             }
             out.recoveries += 1;
             if out.recoveries > MAX_RECOVERIES {
@@ -175,9 +194,9 @@ pub fn drive(
             }
             let happy = happy_stop(cfg, &tally);
             let stop = s + 1 == plan.n_steps || happy;
-            let write = (s + 1) % plan.output_every == 0 || stop;
-            let checkpoint =
-                write || (plan.checkpoint_every > 0 && (s + 1) % plan.checkpoint_every == 0);
+            let write = (s + 1).is_multiple_of(plan.output_every) || stop;
+            let checkpoint = write
+                || (plan.checkpoint_every > 0 && (s + 1).is_multiple_of(plan.checkpoint_every));
             let state = match stepper.end_step(s, stop, write || checkpoint) {
                 Ok(st) => st,
                 Err(e) => {
