@@ -38,8 +38,9 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// lives gives up on a silent partition after its own, shorter patience and starts over
 /// without it.
 const STEP_PATIENCE: Duration = Duration::from_secs(3600);
-/// How long a node looks for the manager's token of a run it was just assigned.
-const MANAGER_LOOKUP: Duration = Duration::from_secs(3);
+/// How long a node looks for the manager's token of a run it was just assigned (slow nodes,
+/// such as an aarch64 one under qemu in CI, need a few seconds).
+const MANAGER_LOOKUP: Duration = Duration::from_secs(10);
 
 /// A fault the tests inject into node processes, from `SHOAL_TEST_FAULT`: `kill:STEP` makes the
 /// process kill itself with SIGKILL as a partition starts step STEP (a power cut as the fabric
