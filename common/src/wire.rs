@@ -393,27 +393,39 @@ pub fn encode_checkpoint(c: &Checkpoint) -> Result<Vec<u8>, WireError> {
 /// Decodes a checkpoint file's bytes: magic and version first, then the layout, then the
 /// particle arrays as [`decode`] checks a batch. Never panics.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, WireError> {
-    if bytes.len() < 4 || bytes[..4] != CHECKPOINT_MAGIC {
+    let c: Checkpoint = take_versioned(bytes, CHECKPOINT_MAGIC, CHECKPOINT_VERSION)?;
+    check_batch(&c.particles)?;
+    Ok(c)
+}
+
+/// Decodes a `T` that starts with `magic` and a varint `version`: the magic first, so foreign
+/// bytes are named as such rather than as malformed, then the version before committing to this
+/// version's layout of the rest, then the whole, with nothing left over.
+fn take_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    magic: [u8; 4],
+    version: u16,
+) -> Result<T, WireError> {
+    if bytes.len() < 4 || bytes[..4] != magic {
         let mut found = [0u8; 4];
         let n = bytes.len().min(4);
         found[..n].copy_from_slice(&bytes[..n]);
         return Err(WireError::ForeignMagic { found });
     }
-    let (version, _) = postcard::take_from_bytes::<u16>(&bytes[4..])
+    let (found, _) = postcard::take_from_bytes::<u16>(&bytes[4..])
         .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if version != CHECKPOINT_VERSION {
-        return Err(WireError::Version { found: version });
+    if found != version {
+        return Err(WireError::Version { found });
     }
-    let (c, rest) = postcard::take_from_bytes::<Checkpoint>(bytes)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Malformed(format!(
             "{} trailing bytes",
             rest.len()
         )));
     }
-    check(&Message::ParticleBatch(c.particles.clone()))?;
-    Ok(c)
+    Ok(value)
 }
 
 /// A partition's account of one step: counts (conservation is checked against them) and
@@ -531,27 +543,7 @@ fn decode_for(bytes: &[u8], cluster: &Ident, run: Option<u64>) -> Result<Envelop
             max: MAX_MESSAGE_BYTES,
         });
     }
-    // The magic first, so foreign traffic is named as such rather than as malformed.
-    if bytes.len() < 4 || bytes[..4] != MAGIC {
-        let mut found = [0u8; 4];
-        let n = bytes.len().min(4);
-        found[..n].copy_from_slice(&bytes[..n]);
-        return Err(WireError::ForeignMagic { found });
-    }
-    // Peek at the version before committing to this version's layout of the rest.
-    let (version, _) = postcard::take_from_bytes::<u16>(&bytes[4..])
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if version != VERSION {
-        return Err(WireError::Version { found: version });
-    }
-    let (env, rest) = postcard::take_from_bytes::<Envelope>(bytes)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(WireError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
+    let env: Envelope = take_versioned(bytes, MAGIC, VERSION)?;
     if env.header.cluster != *cluster {
         return Err(WireError::ForeignCluster {
             found: env.header.cluster,
@@ -566,28 +558,39 @@ fn decode_for(bytes: &[u8], cluster: &Ident, run: Option<u64>) -> Result<Envelop
     Ok(env)
 }
 
-/// Structure-of-arrays messages must have arrays of one length.
+/// A batch's arrays have one length and its ids increase.
+fn check_batch(b: &ParticleBatch) -> Result<(), WireError> {
+    let lens = [
+        b.id.len(),
+        b.x.len(),
+        b.y.len(),
+        b.z.len(),
+        b.element.len(),
+        b.status.len(),
+        b.release_time.len(),
+        b.happiness.len(),
+    ];
+    let bad = |why| {
+        Err(WireError::Inconsistent {
+            kind: "particle batch",
+            why,
+        })
+    };
+    if lens.windows(2).any(|w| w[0] != w[1]) {
+        return bad("arrays differ in length");
+    }
+    if b.id.windows(2).any(|w| w[0] >= w[1]) {
+        return bad("ids are not in increasing order");
+    }
+    Ok(())
+}
+
+/// What a message's layout alone cannot refuse: structure-of-arrays messages must have arrays
+/// of one length, and lists must agree with each other.
 fn check(m: &Message) -> Result<(), WireError> {
-    let same = |lens: &[usize]| lens.windows(2).all(|w| w[0] == w[1]);
     let bad = |kind, why| Err(WireError::Inconsistent { kind, why });
     match m {
-        Message::ParticleBatch(b) | Message::Snapshot(b) => {
-            if !same(&[
-                b.id.len(),
-                b.x.len(),
-                b.y.len(),
-                b.z.len(),
-                b.element.len(),
-                b.status.len(),
-                b.release_time.len(),
-                b.happiness.len(),
-            ]) {
-                return bad("particle batch", "arrays differ in length");
-            }
-            if b.id.windows(2).any(|w| w[0] >= w[1]) {
-                return bad("particle batch", "ids are not in increasing order");
-            }
-        }
+        Message::ParticleBatch(b) | Message::Snapshot(b) => check_batch(b)?,
         Message::Topology(t) => {
             if t.halo.len() != t.halo_owner.len() {
                 return bad("topology", "halo and halo_owner differ in length");

@@ -222,6 +222,17 @@ impl<'a> FabricStepper<'a> {
         anyhow::Error::new(NodeLost(why))
     }
 
+    /// A partition's failure: its node is lost to the run.
+    fn failed(&mut self, f: wire::Failure, q: Query) -> anyhow::Error {
+        let _ = q.reply_err("recovering without you").wait();
+        let node = self.node_of(f.partition);
+        let why = format!(
+            "partition {} on node {node} failed: {}",
+            f.partition, f.reason
+        );
+        self.lose(std::slice::from_ref(&node), why)
+    }
+
     /// The next event of the current epoch, until `deadline`; a node lost, a partition failed,
     /// or the deadline passed is a [`NodeLost`] naming who and what.
     fn next(&mut self, what: &str, deadline: Instant, waiting: &BTreeSet<u32>) -> Result<Event> {
@@ -241,15 +252,7 @@ impl<'a> FabricStepper<'a> {
                 }
                 Ok(Event::Lost(_)) => continue,
                 Ok(Event::Sync(r, Message::Failure(f), q)) if r == run => {
-                    let _ = q.reply_err("recovering without you").wait();
-                    let node = self.node_of(f.partition);
-                    return Err(self.lose(
-                        std::slice::from_ref(&node),
-                        format!(
-                            "partition {} on node {node} failed: {}",
-                            f.partition, f.reason
-                        ),
-                    ));
+                    return Err(self.failed(f, q));
                 }
                 Ok(Event::Sync(r, _, q)) | Ok(Event::State(r, _, q)) if r != run => {
                     let _ = q.reply_err(format!("run {r:016x} is over")).wait();
@@ -304,18 +307,8 @@ impl<'a> FabricStepper<'a> {
                 }
             };
             match event {
-                Event::Sync(_, Message::Failure(f), q) => {
-                    // A deferred failure: the same as one heard now.
-                    let _ = q.reply_err("recovering without you").wait();
-                    let node = self.node_of(f.partition);
-                    return Err(self.lose(
-                        std::slice::from_ref(&node),
-                        format!(
-                            "partition {} on node {node} failed: {}",
-                            f.partition, f.reason
-                        ),
-                    ));
-                }
+                // A deferred failure: the same as one heard now.
+                Event::Sync(_, Message::Failure(f), q) => return Err(self.failed(f, q)),
                 Event::Sync(_, m, q) => match pick(m) {
                     Ok((p, v)) if (p as usize) < self.n_parts => {
                         // A retry replaces the query it repeats.
