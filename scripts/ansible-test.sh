@@ -9,9 +9,10 @@
 #      checked with systemd-analyze verify but not started;
 #   3. the installed node agents started as their units would (ExecStart, as the service user, in
 #      the working directory), and the installed job run from the manager's namespace with the
-#      installed binary and zenoh configuration (plain TCP, the roles' default; TLS with
-#      SHOAL_ANSIBLE_TLS=1, see ansible/README.md "Known issue"): every node must take part, and
-#      the trajectories must equal, value by value, those of the embedded run of the same job;
+#      installed binary and zenoh configuration (QUIC with mutual TLS and access control, the
+#      roles' default; plain TCP with SHOAL_ANSIBLE_TRANSPORT=tcp): `shoal doctor` from the
+#      manager must see every node authenticated by its certificate, every node must take part,
+#      and the trajectories must equal, value by value, those of the embedded run of the job;
 #   4. a second converge, which must change nothing on any host (changed=0 in the recap).
 #
 # Needs root, iproute2, openssh-server (sshd), openssl, util-linux (setpriv), Python 3 with venv
@@ -29,12 +30,12 @@ VENV=$ROOT/target/ansible-venv
 PYTHON=${PYTHON:-/usr/bin/python3}
 CLUSTER=ansci
 RUNS=${SHOAL_ANSIBLE_RUNS:-1}     # how many times to run the deployed job
-# The fabric's links: the roles' default (TCP), or TLS with mutual authentication.
-if [[ -n "${SHOAL_ANSIBLE_TLS:-}" ]]; then
-    TRANSPORT=TLS EXTRA=(-e shoal_fabric_tls=true)
-else
-    TRANSPORT=TCP EXTRA=()
-fi
+# The fabric's links: the roles' default (QUIC with mutual TLS), or plain TCP.
+case ${SHOAL_ANSIBLE_TRANSPORT:-quic} in
+    quic) TRANSPORT=QUIC EXTRA=() ;;
+    tcp) TRANSPORT=TCP EXTRA=(-e shoal_fabric_transport=tcp) ;;
+    *) echo "ansible-test: SHOAL_ANSIBLE_TRANSPORT is quic or tcp" >&2; exit 2 ;;
+esac
 NET=10.78.0                      # netns-test.sh uses 10.77.0: both can run at once
 SWITCH=shoal-a-sw                # holds the bridge: the host's own network stays untouched
 BRIDGE=shoalabr0
@@ -432,15 +433,36 @@ for run in $(seq "$RUNS"); do
     done
     grep -q -E ": ${#NODES[@]} nodes " <<<"$members" || fail "not ${#NODES[@]} nodes: $members"
     # The links are on the agents' port, between the hosts' own addresses.
-    for h in "${NODES[@]}"; do
-        n=$(ip netns exec "$(ns "$h")" ss -tnH state established "( sport = :7447 or dport = :7447 )" | wc -l)
-        [[ $n -ge $((${#NODES[@]} - 1)) ]] || fail "$h: $n established fabric links, wanted at least $((${#NODES[@]} - 1))"
-    done
+    if [[ $TRANSPORT == TCP ]]; then
+        for h in "${NODES[@]}"; do
+            n=$(ip netns exec "$(ns "$h")" ss -tnH state established "( sport = :7447 or dport = :7447 )" | wc -l)
+            [[ $n -ge $((${#NODES[@]} - 1)) ]] || fail "$h: $n established fabric links, wanted at least $((${#NODES[@]} - 1))"
+        done
+    fi
     for pid in "${PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || fail "an sshd or node agent exited early"
     done
     say "job$([[ $RUNS -gt 1 ]] && echo " $run/$RUNS") on ${#NODES[@]} nodes over $TRANSPORT took ${job_s}s: ${members#fabric: }"
 done
+
+# --- The census as an operator sees it: the doctor, run on the manager with its installed
+# configuration, as the service user. Over QUIC every node's link must carry its certificate's
+# name (and the doctor flags, and exits 1 for, any node or node link without one). ---
+rc=0
+ip netns exec "$(ns mgr)" setpriv --reuid=shoal --regid=shoal --init-groups --inh-caps=-all -- \
+    "$MGR/bin/shoal" doctor --cluster "$CLUSTER" --nodes ${#NODES[@]} --wait 30 \
+    --zenoh-config "$MGR/etc/zenoh-manager.json5" >"$LOGS/doctor.log" 2>&1 || rc=$?
+if [[ $TRANSPORT == QUIC ]]; then
+    [[ $rc -eq 0 ]] || fail "the doctor found problems over QUIC (see $LOGS/doctor.log)"
+    for h in "${NODES[@]}"; do
+        grep -Eq "^  $h .* quic, cert $h " "$LOGS/doctor.log" ||
+            fail "$h is not shown authenticated over QUIC (see $LOGS/doctor.log)"
+    done
+else
+    grep -q "not authenticated: its tcp link" "$LOGS/doctor.log" ||
+        fail "the doctor did not warn of plain TCP links (see $LOGS/doctor.log)"
+fi
+say "doctor: $(grep -c -E ', cert ' "$LOGS/doctor.log" || true) of ${#NODES[@]} nodes authenticated by certificate over $TRANSPORT"
 
 # --- 10. The same job embedded (in-process nodes on loopback): the same trajectories. ---
 sed -e '/^name = /d' -e '/^zenoh_config = /d' \

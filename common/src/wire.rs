@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -262,6 +262,20 @@ pub struct Health {
     pub busy: u32,
     pub gpu: GpuHealth,
     pub thermal: Thermal,
+    /// The node's zenoh id (hex), by which the doctor finds its own link to the node.
+    pub zid: Text,
+    /// Every link the node's session has, as the node sees it.
+    pub links: Vec<PeerLink>,
+}
+
+/// One zenoh link of a node's session: the peer at the other end, the link's protocol (`quic`,
+/// `tcp`), and the common name of the certificate the peer authenticated with, if any (QUIC
+/// with mutual TLS checks it against the cluster CA before the link exists).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerLink {
+    pub peer: Text,
+    pub protocol: Text,
+    pub certificate: Option<Text>,
 }
 
 /// `shoal pi`: count the samples `first..first + count` of the seed's Monte Carlo stream that
@@ -894,6 +908,14 @@ mod tests {
                             max_freq_khz: Some(2_400_000),
                             throttled: some.then(|| self.u32()),
                         },
+                        zid: text("6a1f03c2b94e7d10"),
+                        links: (0..self.u32() % 3)
+                            .map(|k| PeerLink {
+                                peer: text("1b2c3d4e5f607182"),
+                                protocol: text(if k == 0 { "quic" } else { "tcp" }),
+                                certificate: (k == 0).then(|| text(self.name().as_str())),
+                            })
+                            .collect(),
                     }))
                 }
                 14 => Message::PiRequest(PiRequest {

@@ -145,8 +145,16 @@ enum Command {
     /// Measure tracking speed and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Check every node on the fabric: architecture, version, cores, memory, GPU self-test,
-    /// temperature and throttling, clock offset. Exits 1 when a problem is flagged.
-    Doctor(FleetArgs),
+    /// temperature and throttling, clock offset, and how each node authenticated (the link's
+    /// protocol and the name on its certificate). Exits 1 when a problem is flagged.
+    Doctor {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Ask this node by name, whether or not its token reached this manager (repeatable):
+        /// for a node missing from the census. Nodes not named are not examined.
+        #[arg(long = "node", value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Estimate pi by Monte Carlo over every node: the cluster's smoke test. Reproducible: the
     /// same samples and seed give the same estimate on any cluster.
     Pi {
@@ -205,6 +213,7 @@ impl FleetArgs {
             listen: self.listen,
             wait: self.wait,
             threads: self.threads,
+            names: Vec::new(),
         })
     }
 }
@@ -377,8 +386,21 @@ where
             print!("{}", crate::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
-        Command::Doctor(args) => {
-            let report = fleet::doctor(&args.options()?)?;
+        Command::Doctor {
+            fleet: args,
+            names,
+        } => {
+            for n in &names {
+                anyhow::ensure!(
+                    shoal_common::keys::is_chunk(n),
+                    "--node `{n}`: a node name takes letters, digits, `-`, `_` and `.` only"
+                );
+            }
+            let options = FleetOptions {
+                names,
+                ..args.options()?
+            };
+            let report = fleet::doctor(&options)?;
             print!("{}", report.render());
             anyhow::ensure!(
                 report.problems.is_empty(),

@@ -304,6 +304,8 @@ fn declare_doctor(
         run: 0,
     };
     let (hello, busy, dropped, quiet) = (hello.clone(), busy.clone(), dropped.clone(), opts.quiet);
+    // Held by the callback until the queryable is dropped, for the session's links.
+    let links_of = session.clone();
     session
         .declare_queryable(keys::doctor(&opts.cluster, &opts.name))
         .callback(move |q| {
@@ -311,6 +313,10 @@ fn declare_doctor(
                 return;
             };
             let (ep, hello, busy) = (ep.clone(), hello.clone(), busy.clone());
+            let (zid, links) = (
+                wire::text(&links_of.zid().to_string()),
+                crate::net::peer_links(&links_of),
+            );
             let answer = move || {
                 let gpu = if c.full {
                     crate::health::gpu()
@@ -330,6 +336,8 @@ fn declare_doctor(
                         c.full.then(crate::health::firmware_throttled).flatten(),
                     ),
                     clock_unix_ns: crate::health::clock_unix_ns(),
+                    zid,
+                    links,
                 };
                 let _ = reply(&q, &ep, Message::Health(Box::new(health)));
             };

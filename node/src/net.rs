@@ -86,6 +86,37 @@ impl Fabric {
     }
 }
 
+/// This session's links as `shoal doctor` reports them: the peer, the protocol, and the common
+/// name of the certificate the peer showed (verified against the configured CA before the link
+/// was made; none on TCP).
+pub fn peer_links(session: &Session) -> Vec<shoal_common::wire::PeerLink> {
+    use shoal_common::wire::{text, PeerLink};
+    session
+        .info()
+        .links()
+        .wait()
+        .map(|l| PeerLink {
+            peer: text(&l.zid().to_string()),
+            protocol: text(l.dst().protocol().as_str()),
+            certificate: l.auth_identifier().map(text),
+        })
+        .collect()
+}
+
+/// Whether a configuration admits only peers with a certificate of its CA: links limited to
+/// QUIC (or TLS), mutual TLS on, and a root CA named. The ansible roles write such
+/// configurations; the embedded default and a plain `--connect tcp/...` are not.
+pub fn demands_certificates(c: &Config) -> bool {
+    let get = |k: &str| c.get_json(k).unwrap_or_default();
+    let protocols = json_string_list(&get("transport/link/protocols")).unwrap_or_default();
+    let ca = get("transport/link/tls/root_ca_certificate");
+    let ca64 = get("transport/link/tls/root_ca_certificate_base64");
+    !protocols.is_empty()
+        && protocols.iter().all(|p| p == "quic" || p == "tls")
+        && get("transport/link/tls/enable_mtls").trim() == "true"
+        && (!matches!(ca.trim(), "" | "null") || !matches!(ca64.trim(), "" | "null"))
+}
+
 /// A JSON list of strings, as zenoh prints connect endpoints (no JSON library needed).
 fn json_string_list(j: &str) -> Option<Vec<String>> {
     let inner = j.trim().strip_prefix('[')?.strip_suffix(']')?;

@@ -222,6 +222,9 @@ pub struct Fleet {
     pub session: Session,
     pub cluster: Ident,
     pub dropped: Arc<Dropped>,
+    /// The configuration admits only peers with a certificate of the cluster CA (QUIC with
+    /// mutual TLS, as the ansible roles deploy it).
+    pub demands_certificates: bool,
     want: usize,
     local: Option<LocalNodes>,
 }
@@ -246,15 +249,28 @@ impl Fleet {
             None => {
                 let cluster = wire::ident(&format!("embedded-{:08x}", run_id() as u32))
                     .expect("a short name");
-                let ep = format!("tcp/127.0.0.1:{}", free_loopback_port()?);
+                // Loopback TCP; QUIC when the configuration admits only certificate holders
+                // (`shoal bench --case transport` compares the two).
+                let probe = Fabric {
+                    config_file: base.clone(),
+                    ..Default::default()
+                };
+                let scheme = if shoal_node::net::demands_certificates(&probe.config()?) {
+                    "quic"
+                } else {
+                    "tcp"
+                };
+                let ep = format!("{scheme}/127.0.0.1:{}", free_loopback_port()?);
                 let mut m = Fabric::loopback(vec![]);
                 m.listen = Some(vec![ep.clone()]);
                 m.config_file = base.clone();
                 let mut n = Fabric::loopback(vec![ep]);
+                n.listen = Some(vec![format!("{scheme}/127.0.0.1:0")]);
                 n.config_file = base;
                 (cluster, m, Some(n))
             }
         };
+        let demands_certificates = shoal_node::net::demands_certificates(&fabric.config()?);
         let session = fabric.open()?;
         let local = match local {
             Some(f) => Some(LocalNodes::start(
@@ -269,6 +285,7 @@ impl Fleet {
             session,
             cluster,
             dropped: Arc::new(Dropped::default()),
+            demands_certificates,
             want: if local.is_some() {
                 spec.nodes.max(1)
             } else {
@@ -293,6 +310,11 @@ impl Fleet {
     }
 
     /// Stops the in-process nodes and closes the session; returns the messages they dropped.
+    /// Whether the nodes are this process's own (the embedded default).
+    pub fn is_embedded(&self) -> bool {
+        self.local.is_some()
+    }
+
     pub fn leave(self) -> Result<u64> {
         let local = match self.local {
             Some(l) => l.finish(),

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// dense, sparse, fabric, checkpoint, gpu or all (all: dense and sparse).
+    /// dense, sparse, fabric (with transport), transport (TCP against QUIC with mutual TLS),
+    /// checkpoint, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Particles in the dense case.
@@ -332,7 +333,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.case.as_str() {
         "dense" => dense(args),
         "sparse" => sparse(args),
-        "fabric" => fabric(args),
+        "fabric" => {
+            fabric(args)?;
+            transport(args)
+        }
+        "transport" => transport(args),
         "checkpoint" => checkpoint(args),
         #[cfg(feature = "gpu")]
         "gpu" => gpu(args),
@@ -341,7 +346,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             sparse(args)
         }
         other => anyhow::bail!(
-            "--case: `{other}` is not one of dense, sparse, fabric, checkpoint, gpu, all"
+            "--case: `{other}` is not one of dense, sparse, fabric, transport, checkpoint, gpu, all"
         ),
     }
 }
@@ -421,6 +426,172 @@ struct Traffic {
     particles: u64,
 }
 
+/// A run file on the sparse case's input: `count` particles in a disc of `radius` metres.
+fn fabric_config(
+    args: &BenchArgs,
+    (cx, cy): (f64, f64),
+    name: &str,
+    count: usize,
+    duration: &str,
+    radius: f64,
+) -> Result<RunConfig> {
+    let toml = format!(
+        "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount={count}\ncentre=[{cx},{cy}]\nradius={radius}\nz=-5.0\n[run]\nduration='{duration}'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='{name}.nc'\ninterval='1h'\n"
+    );
+    let p = args.dir.join(format!("{name}.toml"));
+    std::fs::write(&p, toml)?;
+    RunConfig::from_path(&p)
+}
+
+/// Bytes the loopback interface has sent since boot (`/proc/net/dev`).
+fn loopback_tx_bytes() -> Result<u64> {
+    let dev = std::fs::read_to_string("/proc/net/dev").context("reading /proc/net/dev")?;
+    dev.lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == "lo").then(|| rest.split_whitespace().nth(8)?.parse().ok())?
+        })
+        .context("/proc/net/dev: no `lo` line")
+}
+
+/// The deployed fabric's costs: the same 4-node run over loopback TCP and over QUIC with mutual
+/// TLS and access control (certificates made by the fabric role's `shoal-pki`, as a converge
+/// makes them), and the time a session takes to open and have its link to a peer.
+fn transport(args: &BenchArgs) -> Result<()> {
+    use shoal_node::net::{free_loopback_port, Fabric};
+    use zenoh::Wait;
+    let o = sparse_input(args)?;
+    let pki = args.dir.join("pki");
+    let tool = std::path::Path::new("ansible/roles/fabric/files/shoal-pki");
+    if !pki.join("hosts/bench.crt").exists() {
+        anyhow::ensure!(
+            tool.exists(),
+            "{}: not found; run the transport bench from the checkout",
+            tool.display()
+        );
+        for step in [
+            vec!["ca", &*pki.to_string_lossy(), "bench"],
+            vec!["host", &*pki.to_string_lossy(), "bench", "IP:127.0.0.1,DNS:localhost"],
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg(tool)
+                .args(&step)
+                .output()
+                .with_context(|| format!("running {}", tool.display()))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{} {}: {}",
+                tool.display(),
+                step[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let pki = pki.canonicalize()?;
+    let (ca, crt, key) = (
+        pki.join("ca.crt"),
+        pki.join("hosts/bench.crt"),
+        pki.join("hosts/bench.key"),
+    );
+    let quic = format!(
+        r#"{{ transport: {{ link: {{ protocols: ["quic"], tls: {{
+  root_ca_certificate: "{ca}", enable_mtls: true, verify_name_on_connect: true,
+  listen_private_key: "{key}", listen_certificate: "{crt}",
+  connect_private_key: "{key}", connect_certificate: "{crt}" }} }} }},
+  access_control: {{ enabled: true, default_permission: "deny",
+    rules: [{{ id: "cluster", flows: ["egress", "ingress"], permission: "allow",
+      messages: ["put", "delete", "declare_subscriber", "query", "reply", "declare_queryable",
+                 "liveliness_token", "liveliness_query", "declare_liveliness_subscriber"],
+      key_exprs: ["shoal/**"] }}],
+    subjects: [{{ id: "hosts", cert_common_names: ["bench"], link_protocols: ["quic"] }}],
+    policies: [{{ rules: ["cluster"], subjects: ["hosts"] }}] }} }}"#,
+        ca = ca.display(),
+        key = key.display(),
+        crt = crt.display()
+    );
+    let transports = [
+        ("TCP", args.dir.join("zenoh-tcp.json5"), r#"{ transport: { link: { protocols: ["tcp"] } } }"#.to_string()),
+        ("QUIC, mutual TLS, access control", args.dir.join("zenoh-quic.json5"), quic),
+    ];
+    let cfg = fabric_config(args, o.centre(), "fabric_transport", 100_000, "2h", 8000.0)?;
+    println!(
+        "\ntransport: 100 000 particles, 4 in-process nodes on loopback, 120 steps, 80 000 elements, {} layers (best of 3)",
+        args.layers
+    );
+    println!("| links | wall (s) | ms per step | loopback bytes per step |");
+    println!("|---|---|---|---|");
+    for (name, path, text) in &transports {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let mut cfg = cfg.clone();
+        cfg.cluster.zenoh_config = Some(path.canonicalize()?);
+        let mut best: Option<(f64, u64, u32)> = None;
+        for _ in 0..3 {
+            let before = loopback_tx_bytes()?;
+            let r = run(
+                &cfg,
+                &RunOptions {
+                    quiet: true,
+                    nodes: Some(4),
+                    ..Default::default()
+                },
+            )?;
+            let bytes = loopback_tx_bytes()? - before;
+            let wall = r.wall.as_secs_f64();
+            if best.map_or(true, |(w, _, _)| wall < w) {
+                best = Some((wall, bytes, r.steps));
+            }
+        }
+        let (wall, bytes, steps) = best.expect("three runs");
+        println!(
+            "| {name} | {wall:.2} | {:.2} | {:.0} |",
+            wall * 1e3 / steps as f64,
+            bytes as f64 / steps as f64
+        );
+    }
+
+    // Connection set-up: a session opens, dials a listening peer, and has its link.
+    println!("\n| links | session open to link up, median (ms) | max (ms) | of |");
+    println!("|---|---|---|---|");
+    for (name, path, _) in &transports {
+        let scheme = if name.starts_with("QUIC") { "quic" } else { "tcp" };
+        let ep = format!("{scheme}/127.0.0.1:{}", free_loopback_port()?);
+        let listener = Fabric {
+            config_file: Some(path.clone()),
+            listen: Some(vec![ep.clone()]),
+            connect: vec![],
+            multicast: Some(false),
+        }
+        .open()?;
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let s = Fabric {
+                config_file: Some(path.clone()),
+                listen: Some(vec![]),
+                connect: vec![ep.clone()],
+                multicast: Some(false),
+            }
+            .open()?;
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while s.info().links().wait().next().is_none() {
+                anyhow::ensure!(Instant::now() < deadline, "{name}: no link within 10 s");
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let _ = s.close().wait();
+        }
+        let _ = listener.close().wait();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {:.1} | {:.1} | {} |",
+            times[times.len() / 2],
+            times[times.len() - 1],
+            times.len()
+        );
+    }
+    Ok(())
+}
+
 /// The fabric: bytes on the wire (postcard against the raw payload and against JSON), the
 /// overhead of in-process nodes against the one-machine path, and strong scaling.
 fn fabric(args: &BenchArgs) -> Result<()> {
@@ -431,13 +602,8 @@ fn fabric(args: &BenchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let write = |name: &str, count: usize, duration: &str, radius: f64| -> Result<RunConfig> {
-        let toml = format!(
-            "seed=1\n[input]\nfiles=['sparse_fvcom.nc']\n[release.generate]\ncount={count}\ncentre=[{cx},{cy}]\nradius={radius}\nz=-5.0\n[run]\nduration='{duration}'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='{name}.nc'\ninterval='1h'\n"
-        );
-        let p = args.dir.join(format!("{name}.toml"));
-        std::fs::write(&p, toml)?;
-        RunConfig::from_path(&p)
+    let write = |name: &str, count: usize, duration: &str, radius: f64| {
+        fabric_config(args, (cx, cy), name, count, duration, radius)
     };
 
     // Bytes: every message encoded, seen through the tap, on a 4-node run.

@@ -1,7 +1,9 @@
 //! The fleet's own checks. `shoal doctor` lists every node on the fabric (id, architecture,
 //! version, cores, memory, GPU adapter and self-test, temperature and throttling, clock offset)
 //! and flags what needs a person: mismatched versions, nodes that are hot or throttled, clocks
-//! that disagree, GPUs that fail their self-test, nodes that do not answer. `shoal pi` is the
+//! that disagree, GPUs that fail their self-test, nodes that do not answer, and nodes that are
+//! not authenticated: each node's link to this manager, with its protocol and the name on the
+//! certificate the node showed, and the node's own links to its peers. `shoal pi` is the
 //! cluster's smoke test, as MPI users run their C pi example: a Monte Carlo estimate of pi with
 //! the samples spread over every node in proportion to its cores. Sample k is a pure function of
 //! (seed, k), so the estimate is the same on any cluster, any split, any thread count.
@@ -9,7 +11,9 @@
 use crate::run::membership::{census, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys;
-use shoal_common::wire::{self, Checkup, Endpoint, GpuHealth, Health, Message, PiRequest, PiShare};
+use shoal_common::wire::{
+    self, Checkup, Endpoint, GpuHealth, Health, Message, PeerLink, PiRequest, PiShare,
+};
 use shoal_node::health::throttle_words;
 use shoal_node::net::{ask_any_run, bytes};
 use std::fmt::Write as _;
@@ -32,6 +36,8 @@ pub struct FleetOptions {
     pub wait: f64,
     /// Worker threads of the in-process nodes.
     pub threads: Option<usize>,
+    /// `doctor`: ask exactly these nodes by name, without waiting for their tokens.
+    pub names: Vec<String>,
 }
 
 /// A node is hot at its zone's passive trip point, or at this temperature where there is none
@@ -43,6 +49,9 @@ pub const CLOCK_TOLERANCE_S: f64 = 0.1;
 const CLOCK_PROBES: usize = 5;
 
 fn join(o: &FleetOptions) -> Result<(Fleet, Vec<Member>)> {
+    if !o.names.is_empty() && o.cluster.is_none() {
+        bail!("--node names nodes of a cluster: give --cluster too");
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -66,6 +75,21 @@ fn join(o: &FleetOptions) -> Result<(Fleet, Vec<Member>)> {
         listen: o.listen.clone(),
         pool,
     })?;
+    if !o.names.is_empty() {
+        // Named: their checkups are sent whether or not a token arrived; a link takes a
+        // moment to come up.
+        std::thread::sleep(Duration::from_secs_f64(o.wait.min(5.0)));
+        let named = o
+            .names
+            .iter()
+            .map(|n| Member {
+                name: n.clone(),
+                cores: 0,
+                arch: String::new(),
+            })
+            .collect();
+        return Ok((fleet, named));
+    }
     match fleet.wait(o.wait, &Default::default()) {
         Ok(m) => Ok((fleet, m)),
         Err(e) => {
@@ -90,6 +114,8 @@ pub struct NodeReport {
     pub health: Result<Health, String>,
     /// Node clock minus manager clock, seconds, and its uncertainty (half the round trip).
     pub clock_offset: Option<(f64, f64)>,
+    /// This manager's link to the node (one with a certificate where there are several).
+    pub link: Option<PeerLink>,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +126,9 @@ pub struct DoctorReport {
     pub strangers: Vec<(String, String)>,
     /// What needs a person: (node, problem).
     pub problems: Vec<(String, String)>,
+    /// Worth knowing, not failing: unauthenticated links on a cluster configured without
+    /// certificates (plain TCP), where they are expected.
+    pub warnings: Vec<(String, String)>,
 }
 
 /// Asks every node for a full checkup and times a few quick ones for its clock.
@@ -139,11 +168,16 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
                 s.spawn(move || {
                     // The clock first, while nothing else runs on the node.
                     let mut best: Option<(f64, f64)> = None;
+                    let mut silent = None;
                     for _ in 0..CLOCK_PROBES {
                         let t0 = shoal_node::health::clock_unix_ns();
                         let sent = Instant::now();
-                        let Ok(h) = ask(&m.name, false, Duration::from_secs(5)) else {
-                            break;
+                        let h = match ask(&m.name, false, Duration::from_secs(5)) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                silent = Some(format!("{e:#}"));
+                                break;
+                            }
                         };
                         let rtt = sent.elapsed().as_secs_f64();
                         let mid = t0 as f64 * 1e-9 + rtt / 2.0;
@@ -152,11 +186,17 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
                             best = Some((offset, rtt / 2.0));
                         }
                     }
+                    // A node that answers no quick checkup is not asked for a full one.
+                    let health = match (best, silent) {
+                        (None, Some(why)) => Err(why),
+                        _ => ask(&m.name, true, Duration::from_secs(120))
+                            .map_err(|e| format!("{e:#}")),
+                    };
                     NodeReport {
                         name: m.name.clone(),
-                        health: ask(&m.name, true, Duration::from_secs(120))
-                            .map_err(|e| format!("{e:#}")),
+                        health,
                         clock_offset: best,
+                        link: None,
                     }
                 })
             })
@@ -171,13 +211,87 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
         .into_iter()
         .map(|s| (s.name, s.why.to_string()))
         .collect();
-    let problems = problems(&nodes, &strangers, env!("CARGO_PKG_VERSION"));
+    let mut nodes = nodes;
+    let mine = shoal_node::net::peer_links(&fleet.session);
+    for n in &mut nodes {
+        if let Ok(h) = &n.health {
+            n.link = link_to(&mine, &h.zid);
+        }
+    }
+    let mut problems = problems(&nodes, &strangers, env!("CARGO_PKG_VERSION"));
+    let mut warnings = Vec::new();
+    // In-process nodes share this process: their loopback links are nobody else's.
+    if !fleet.is_embedded() {
+        let unauthenticated = authentication(&nodes);
+        if fleet.demands_certificates {
+            problems.extend(unauthenticated);
+        } else {
+            warnings.extend(unauthenticated);
+        }
+    }
     Ok(DoctorReport {
         cluster: fleet.cluster.to_string(),
         nodes,
         strangers,
         problems,
+        warnings,
     })
+}
+
+/// This session's link to the peer `zid`: one with a certificate if there is one.
+fn link_to(links: &[PeerLink], zid: &str) -> Option<PeerLink> {
+    let to: Vec<&PeerLink> = links.iter().filter(|l| l.peer.as_str() == zid).collect();
+    to.iter()
+        .find(|l| l.certificate.is_some())
+        .or(to.first())
+        .map(|l| (*l).clone())
+}
+
+/// The nodes that did not authenticate with a certificate: on their link to this manager, or
+/// on any of their own links to peers. With mutual TLS, a certificate name on a link means the
+/// peer's chain was verified against the cluster CA that this configuration names.
+pub fn authentication(nodes: &[NodeReport]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let Ok(h) = &n.health else { continue };
+        match &n.link {
+            None => out.push((
+                n.name.clone(),
+                "no direct link from this manager (reached through another peer)".into(),
+            )),
+            Some(l) if l.certificate.is_none() => out.push((
+                n.name.clone(),
+                format!(
+                    "not authenticated: its {} link to this manager has no certificate",
+                    l.protocol
+                ),
+            )),
+            Some(_) => {}
+        }
+        for l in h.links.iter().filter(|l| l.certificate.is_none()) {
+            out.push((
+                n.name.clone(),
+                format!(
+                    "has a {} link without a certificate, to peer {}",
+                    l.protocol, l.peer
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// How a link reads in the doctor's table.
+fn link_words(l: &Option<PeerLink>) -> String {
+    match l {
+        None => "-".into(),
+        Some(PeerLink {
+            protocol,
+            certificate: Some(cn),
+            ..
+        }) => format!("{protocol}, cert {cn}"),
+        Some(PeerLink { protocol, .. }) => format!("{protocol}, no cert"),
+    }
 }
 
 /// What needs a person, node by node.
@@ -266,7 +380,8 @@ impl DoctorReport {
             std::env::consts::ARCH
         );
         let mut rows = vec![[
-            "node", "arch", "version", "cores", "memory", "load", "temp", "freq", "clock", "gpu",
+            "node", "arch", "version", "cores", "memory", "load", "temp", "freq", "clock", "link",
+            "gpu",
         ]
         .map(String::from)];
         for n in &self.nodes {
@@ -285,6 +400,7 @@ impl DoctorReport {
                     "?".into(),
                     "?".into(),
                     clock,
+                    link_words(&n.link),
                     "no answer".into(),
                 ],
                 Ok(h) => {
@@ -306,6 +422,7 @@ impl DoctorReport {
                             _ => "-".into(),
                         },
                         clock,
+                        link_words(&n.link),
                         match &h.gpu {
                             GpuHealth::NotAsked => "not asked".into(),
                             GpuHealth::NotBuilt => "none (built without GPU support)".into(),
@@ -336,6 +453,9 @@ impl DoctorReport {
         }
         for (name, why) in &self.strangers {
             let _ = writeln!(s, "  {name}: unreadable token ({why})");
+        }
+        for (name, w) in &self.warnings {
+            let _ = writeln!(s, "  warning: {name}: {w}");
         }
         if self.problems.is_empty() {
             let _ = writeln!(s, "no problems found");
@@ -537,9 +657,46 @@ mod tests {
                     passive_trip_mc: Some(80_000),
                     ..Default::default()
                 },
+                zid: wire::text("aa01"),
+                links: vec![quic("bb02", Some("pi4-b"))],
             }),
             clock_offset: Some((0.002, 0.001)),
+            link: Some(quic("aa01", Some(name))),
         }
+    }
+
+    fn quic(peer: &str, cn: Option<&str>) -> PeerLink {
+        PeerLink {
+            peer: wire::text(peer),
+            protocol: wire::text("quic"),
+            certificate: cn.map(wire::text),
+        }
+    }
+
+    #[test]
+    fn the_doctor_flags_nodes_without_a_certificate() {
+        let mut plain = healthy("plain");
+        plain.link = Some(PeerLink {
+            protocol: wire::text("tcp"),
+            ..quic("aa01", None)
+        });
+        let mut routed = healthy("routed");
+        routed.link = None;
+        let mut open = healthy("open");
+        if let Ok(h) = &mut open.health {
+            h.links.push(quic("cc03", None));
+        }
+        let p = authentication(&[healthy("a"), plain, routed, open]);
+        let text: Vec<String> = p.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+        assert_eq!(
+            text,
+            [
+                "plain: not authenticated: its tcp link to this manager has no certificate",
+                "routed: no direct link from this manager (reached through another peer)",
+                "open: has a quic link without a certificate, to peer cc03",
+            ]
+        );
+        assert_eq!(link_words(&healthy("a").link), "quic, cert a");
     }
 
     #[test]
