@@ -340,6 +340,7 @@ write_config quic 3000 'zenoh_config = "quic-manager.json5"'
 runs=0
 quic_start=$EPOCHREALTIME
 while :; do
+    [[ $runs -eq 0 ]] && before=$(wire_bytes)
     if ! timeout 120 ip netns exec "$MANAGER" "$BIN/shoal" run "$DIR/quic.toml" \
         --cluster "$CLUSTER" >"$DIR/quic-run.log" 2>&1; then
         echo "netns: run $((runs + 1)) over QUIC failed" >&2
@@ -347,6 +348,7 @@ while :; do
         exit 1
     fi
     runs=$((runs + 1))
+    [[ $runs -eq 1 ]] && quic_bytes=$(($(wire_bytes) - before))
     if ! grep -q "3 nodes (" "$DIR/quic-run.log" || grep -q "node-shoal-" "$DIR/quic-run.log"; then
         echo "netns: run $runs over QUIC was not on the three nodes" >&2
         grep "fabric:" "$DIR/quic-run.log" >&2
@@ -382,6 +384,7 @@ for ns in "${STRANGERS[@]}"; do
         exit 1
     fi
 done
+echo "netns: QUIC: $quic_bytes bytes on the wire for $STEPS steps (the first run; strangers knocking)"
 echo "netns: QUIC with mutual TLS: nodes joined and checked in ${joined_s}s; $runs runs in ${quic_s}s, each identical to the embedded run; strangers (another CA, no certificate, a revoked name) neither joined nor reached a node"
 
 # --- Over QUIC: a node's link down for longer than the lease, mid-run. ---

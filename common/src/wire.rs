@@ -975,7 +975,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -989,7 +989,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
             0x01, 1,
         ];
@@ -1002,7 +1002,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 4, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);

@@ -386,10 +386,7 @@ where
             print!("{}", crate::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
-        Command::Doctor {
-            fleet: args,
-            names,
-        } => {
+        Command::Doctor { fleet: args, names } => {
             for n in &names {
                 anyhow::ensure!(
                     shoal_common::keys::is_chunk(n),

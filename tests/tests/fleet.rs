@@ -81,6 +81,17 @@ fn doctor_and_pi_over_node_processes() {
         text.contains("n1: hot: 85.0 °C in cpu-thermal (throttling starts at 80.0 °C)"),
         "{text}"
     );
+    // A named cluster on plain TCP: each node's link is shown without a certificate, and
+    // flagged as a warning (its configuration asks for none), not as a problem.
+    for n in ["n0", "n1"] {
+        assert!(
+            text.contains(&format!(
+                "warning: {n}: not authenticated: its tcp link to this manager has no certificate"
+            )),
+            "{text}"
+        );
+    }
+    assert!(text.contains("tcp, no cert"), "{text}");
     assert!(text.contains("1 problem(s)"), "{text}");
     assert!(err.contains("the doctor found 1 problem"), "{err}");
 

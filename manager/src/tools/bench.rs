@@ -471,7 +471,12 @@ fn transport(args: &BenchArgs) -> Result<()> {
         );
         for step in [
             vec!["ca", &*pki.to_string_lossy(), "bench"],
-            vec!["host", &*pki.to_string_lossy(), "bench", "IP:127.0.0.1,DNS:localhost"],
+            vec![
+                "host",
+                &*pki.to_string_lossy(),
+                "bench",
+                "IP:127.0.0.1,DNS:localhost",
+            ],
         ] {
             let out = std::process::Command::new("sh")
                 .arg(tool)
@@ -510,8 +515,16 @@ fn transport(args: &BenchArgs) -> Result<()> {
         crt = crt.display()
     );
     let transports = [
-        ("TCP", args.dir.join("zenoh-tcp.json5"), r#"{ transport: { link: { protocols: ["tcp"] } } }"#.to_string()),
-        ("QUIC, mutual TLS, access control", args.dir.join("zenoh-quic.json5"), quic),
+        (
+            "TCP",
+            args.dir.join("zenoh-tcp.json5"),
+            r#"{ transport: { link: { protocols: ["tcp"] } } }"#.to_string(),
+        ),
+        (
+            "QUIC, mutual TLS, access control",
+            args.dir.join("zenoh-quic.json5"),
+            quic,
+        ),
     ];
     let cfg = fabric_config(args, o.centre(), "fabric_transport", 100_000, "2h", 8000.0)?;
     println!(
@@ -553,7 +566,11 @@ fn transport(args: &BenchArgs) -> Result<()> {
     println!("\n| links | session open to link up, median (ms) | max (ms) | of |");
     println!("|---|---|---|---|");
     for (name, path, _) in &transports {
-        let scheme = if name.starts_with("QUIC") { "quic" } else { "tcp" };
+        let scheme = if name.starts_with("QUIC") {
+            "quic"
+        } else {
+            "tcp"
+        };
         let ep = format!("{scheme}/127.0.0.1:{}", free_loopback_port()?);
         let listener = Fabric {
             config_file: Some(path.clone()),

@@ -222,11 +222,11 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
     let mut warnings = Vec::new();
     // In-process nodes share this process: their loopback links are nobody else's.
     if !fleet.is_embedded() {
-        let unauthenticated = authentication(&nodes);
         if fleet.demands_certificates {
-            problems.extend(unauthenticated);
+            problems.extend(authentication(&nodes, true));
         } else {
-            warnings.extend(unauthenticated);
+            // Expected on plain TCP: one line per node, not one per link.
+            warnings.extend(authentication(&nodes, false));
         }
     }
     Ok(DoctorReport {
@@ -248,9 +248,9 @@ fn link_to(links: &[PeerLink], zid: &str) -> Option<PeerLink> {
 }
 
 /// The nodes that did not authenticate with a certificate: on their link to this manager, or
-/// on any of their own links to peers. With mutual TLS, a certificate name on a link means the
-/// peer's chain was verified against the cluster CA that this configuration names.
-pub fn authentication(nodes: &[NodeReport]) -> Vec<(String, String)> {
+/// (`every_link`) on any of their own links to peers. With mutual TLS, a certificate name on a
+/// link means the peer's chain was verified against the cluster CA this configuration names.
+pub fn authentication(nodes: &[NodeReport], every_link: bool) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for n in nodes {
         let Ok(h) = &n.health else { continue };
@@ -268,7 +268,11 @@ pub fn authentication(nodes: &[NodeReport]) -> Vec<(String, String)> {
             )),
             Some(_) => {}
         }
-        for l in h.links.iter().filter(|l| l.certificate.is_none()) {
+        for l in h
+            .links
+            .iter()
+            .filter(|l| every_link && l.certificate.is_none())
+        {
             out.push((
                 n.name.clone(),
                 format!(
@@ -686,7 +690,9 @@ mod tests {
         if let Ok(h) = &mut open.health {
             h.links.push(quic("cc03", None));
         }
-        let p = authentication(&[healthy("a"), plain, routed, open]);
+        let nodes = [healthy("a"), plain, routed, open];
+        assert_eq!(authentication(&nodes, false).len(), 2);
+        let p = authentication(&nodes, true);
         let text: Vec<String> = p.iter().map(|(n, w)| format!("{n}: {w}")).collect();
         assert_eq!(
             text,
