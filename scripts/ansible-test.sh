@@ -463,6 +463,25 @@ else
         fail "the doctor did not warn of plain TCP links (see $LOGS/doctor.log)"
 fi
 say "doctor: $(grep -c -E ', cert ' "$LOGS/doctor.log" || true) of ${#NODES[@]} nodes authenticated by certificate over $TRANSPORT"
+# The deployed access list, for real: a certificate of the cluster's own CA under a name the
+# inventory does not hold (a revoked Pi) gets a link but no answer from n1, asked by name.
+if [[ $TRANSPORT == QUIC ]]; then
+    sh ansible/roles/fabric/files/shoal-pki host "$DIR/pki" lost-pi "IP:${ADDR[ctl]}" >/dev/null 2>&1 ||
+        fail "could not make the revoked host's certificate"
+    cat >"$DIR/lost-pi.json5" <<EOF
+{ mode: "peer", listen: { endpoints: [] }, connect: { endpoints: ["quic/${ADDR[n1]}:7447"] },
+  scouting: { multicast: { enabled: false } },
+  transport: { link: { protocols: ["quic"], tls: { root_ca_certificate: "$DIR/pki/ca.crt",
+    enable_mtls: true, connect_private_key: "$DIR/pki/hosts/lost-pi.key",
+    connect_certificate: "$DIR/pki/hosts/lost-pi.crt" } } } }
+EOF
+    if ip netns exec "$CTL" "$BIN/shoal" doctor --cluster "$CLUSTER" --node n1 --wait 2 \
+        --zenoh-config "$DIR/lost-pi.json5" >"$LOGS/lost-pi.log" 2>&1; then
+        fail "a certificate whose name is not in the inventory got a checkup from n1"
+    fi
+    grep -q "n1: no checkup" "$LOGS/lost-pi.log" || fail "the revoked host's doctor failed otherwise (see $LOGS/lost-pi.log)"
+    say "a cluster certificate under a name not in the inventory got no answer from n1"
+fi
 
 # --- 10. The same job embedded (in-process nodes on loopback): the same trajectories. ---
 sed -e '/^name = /d' -e '/^zenoh_config = /d' \
