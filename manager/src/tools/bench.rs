@@ -550,7 +550,7 @@ fn transport(args: &BenchArgs) -> Result<()> {
             )?;
             let bytes = loopback_tx_bytes()? - before;
             let wall = r.wall.as_secs_f64();
-            if best.map_or(true, |(w, _, _)| wall < w) {
+            if best.is_none_or(|(w, _, _)| wall < w) {
                 best = Some((wall, bytes, r.steps));
             }
         }

@@ -182,7 +182,7 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
                         let rtt = sent.elapsed().as_secs_f64();
                         let mid = t0 as f64 * 1e-9 + rtt / 2.0;
                         let offset = h.clock_unix_ns as f64 * 1e-9 - mid;
-                        if best.map_or(true, |(_, r)| rtt / 2.0 < r) {
+                        if best.is_none_or(|(_, r)| rtt / 2.0 < r) {
                             best = Some((offset, rtt / 2.0));
                         }
                     }
