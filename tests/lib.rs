@@ -141,8 +141,22 @@ pub fn files_bit_identical(a: &Path, b: &Path, skip_attributes: bool) -> Result<
         "variables differ: {names:?} vs {names_b:?}"
     );
     for n in &names {
-        let va = fa.variable(n).unwrap().get_raw_values(..)?;
-        let vb = fb.variable(n).unwrap().get_raw_values(..)?;
+        let (a_var, b_var) = (fa.variable(n).unwrap(), fb.variable(n).unwrap());
+        if a_var.vartype() == netcdf::types::NcVariableType::String {
+            // Raw values of strings are pointers: compare the strings (1-D variables).
+            let strings = |v: &netcdf::Variable| -> Result<Vec<String>> {
+                (0..v.len()).map(|k| Ok(v.get_string([k])?)).collect()
+            };
+            anyhow::ensure!(
+                strings(&a_var)? == strings(&b_var)?,
+                "string variable `{n}` differs between {} and {}",
+                a.display(),
+                b.display()
+            );
+            continue;
+        }
+        let va = a_var.get_raw_values(..)?;
+        let vb = b_var.get_raw_values(..)?;
         anyhow::ensure!(
             va == vb,
             "variable `{n}` differs between {} and {}",

@@ -10,6 +10,7 @@ mod fabric;
 mod faults;
 mod fleet;
 mod gpu;
+mod larvae;
 mod output;
 mod reader;
 mod real_data;

@@ -80,9 +80,16 @@ fn killed_run_child() {
     };
     let dir = std::path::PathBuf::from(dir);
     let cfg = config(&dir, "[input]\nfiles=['f.nc']\n[release.generate]\ncount=1000\n[run]\nduration='5h'\ndt='60s'\n[output]\nfile='out.nc'\ninterval='10min'\n").unwrap();
-    let mut writer =
-        shoal_manager::output::TrajectoryWriter::create(&cfg.output, 1000, 0.0, None, false, &[])
-            .unwrap();
+    let mut writer = shoal_manager::output::TrajectoryWriter::create(
+        &cfg.output,
+        1000,
+        0.0,
+        None,
+        false,
+        None,
+        &[],
+    )
+    .unwrap();
     let snap = shoal_node::Snapshot {
         id: (0..1000).collect(),
         x: vec![1.0; 1000],

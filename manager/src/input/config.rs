@@ -65,6 +65,19 @@ pub struct ReleaseSection {
     /// CSV with a header `x,y,z` or `lon,lat,z`, optional `release_time`.
     pub file: Option<String>,
     pub generate: Option<GenerateSection>,
+    /// GeoJSON FeatureCollection of named Polygon or MultiPolygon sites.
+    pub polygons: Option<String>,
+    /// Particles per site and release.
+    pub per_polygon: Option<usize>,
+    /// Release depth, metres relative to the surface (0 surface, negative down) ...
+    pub z: Option<f64>,
+    /// ... or drawn uniformly between these two depths.
+    pub z_range: Option<[f64; 2]>,
+    /// Release again every this long (with `until`) ...
+    pub every: Option<toml::Value>,
+    pub until: Option<toml::Value>,
+    /// ... or at these times (datetimes, or seconds after the start).
+    pub times: Option<Vec<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -127,6 +140,34 @@ pub struct BehaviourSection {
 pub struct OutputSection {
     pub file: Option<String>,
     pub interval: Option<toml::Value>,
+    /// `density = { file = "density.nc", cell = 250.0 }`: particle counts on a grid.
+    pub density: Option<DensitySection>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DensitySection {
+    pub file: Option<String>,
+    /// Cell size in metres (the mesh's x/y) ...
+    pub cell: Option<f64>,
+    /// ... or in degrees of lon/lat (geographic meshes).
+    pub cell_degrees: Option<f64>,
+    /// A map per release site.
+    #[serde(default)]
+    pub per_origin: bool,
+}
+
+/// `[release] polygons`: particles drawn in named sites, once or repeatedly.
+#[derive(Debug, Clone)]
+pub struct PolygonRelease {
+    pub file: PathBuf,
+    pub per_polygon: usize,
+    /// Fixed depth, or a range drawn per particle.
+    pub z: (f64, f64),
+    /// Seconds between releases, and the last release time (as written).
+    pub every: Option<(f64, String)>,
+    /// Release times as written; empty: once, at the start.
+    pub times: Vec<String>,
 }
 
 /// The resolved configuration the driver runs.
@@ -136,6 +177,7 @@ pub struct RunConfig {
     pub open_boundary_nodes: Vec<u32>,
     pub release_file: Option<PathBuf>,
     pub generate: Option<GenerateSection>,
+    pub polygons: Option<PolygonRelease>,
     /// Unix seconds; `None` means the first time in the files.
     pub start: Option<f64>,
     /// Seconds; `None` means to the end of the files.
@@ -154,6 +196,7 @@ pub struct RunConfig {
     pub stop_when_happy_share: Option<f64>,
     pub output: PathBuf,
     pub output_interval: f64,
+    pub density: Option<crate::output::density::DensitySpec>,
     pub seed: u64,
     pub cluster: ClusterConfig,
     /// The configuration text, recorded in the output's global attributes.
@@ -170,6 +213,119 @@ pub struct ClusterConfig {
     pub partitions: Option<usize>,
     pub zenoh_config: Option<PathBuf>,
     pub patience_seconds: f64,
+}
+
+fn density_spec(
+    d: &DensitySection,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<crate::output::density::DensitySpec> {
+    let file = d
+        .file
+        .as_deref()
+        .ok_or_else(|| anyhow!("key `output.density.file`: needed (e.g. \"density.nc\")"))?;
+    let (cell, degrees, key) = match (d.cell, d.cell_degrees) {
+        (Some(c), None) => (c, false, "cell"),
+        (None, Some(c)) => (c, true, "cell_degrees"),
+        (Some(_), Some(_)) => bail!("key `output.density.cell_degrees`: give `cell` (metres) or `cell_degrees`, not both"),
+        (None, None) => bail!("key `output.density.cell`: needed, in metres (or `cell_degrees` for a geographic mesh)"),
+    };
+    if !(cell > 0.0 && cell.is_finite()) {
+        bail!("key `output.density.{key}`: must be a positive size");
+    }
+    Ok(crate::output::density::DensitySpec {
+        file: resolve(file),
+        cell,
+        degrees,
+        per_origin: d.per_origin,
+    })
+}
+
+/// A release time as written: a datetime string, or seconds after the start.
+fn time_text(v: &toml::Value, key: &str) -> Result<String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) if f.is_finite() => Ok(f.to_string()),
+        _ => bail!("key `{key}`: expected a time such as \"2024-05-23 06:00:00\" or seconds after the start"),
+    }
+}
+
+/// Checks the polygon release's keys; `None` when `release.polygons` is absent (and then none
+/// of its keys may be given).
+fn polygon_release(
+    r: &ReleaseSection,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<Option<PolygonRelease>> {
+    let Some(path) = &r.polygons else {
+        for (given, key) in [
+            (r.per_polygon.is_some(), "per_polygon"),
+            (r.z.is_some(), "z"),
+            (r.z_range.is_some(), "z_range"),
+            (r.every.is_some(), "every"),
+            (r.until.is_some(), "until"),
+            (r.times.is_some(), "times"),
+        ] {
+            if given {
+                bail!("key `release.{key}`: belongs to a polygon release (`release.polygons`); `[release.generate]` has its own keys");
+            }
+        }
+        return Ok(None);
+    };
+    let per_polygon = match r.per_polygon {
+        Some(n) if n > 0 => n,
+        Some(_) => bail!("key `release.per_polygon`: at least one particle"),
+        None => bail!("key `release.per_polygon`: needed with `release.polygons` (particles per site and release)"),
+    };
+    let z = match (r.z, r.z_range) {
+        (Some(_), Some(_)) => bail!("key `release.z_range`: give `z` or `z_range`, not both"),
+        (Some(z), None) => (z, z),
+        (None, Some([a, b])) => {
+            if !(a.is_finite() && b.is_finite() && a <= b) {
+                bail!("key `release.z_range`: give [a, b] with a <= b, metres (negative down)");
+            }
+            (a, b)
+        }
+        (None, None) => (0.0, 0.0),
+    };
+    if !(z.0.is_finite() && z.1 <= 0.0) {
+        bail!(
+            "key `release.{}`: metres relative to the surface, 0 or negative (down)",
+            if r.z_range.is_some() { "z_range" } else { "z" }
+        );
+    }
+    let every = match (&r.every, &r.until) {
+        (Some(v), Some(u)) => {
+            let s = duration_value(v, "release.every")?;
+            if s <= 0.0 {
+                bail!("key `release.every`: must be a positive duration");
+            }
+            Some((s, time_text(u, "release.until")?))
+        }
+        (Some(_), None) => {
+            bail!("key `release.until`: needed with `release.every` (the last release time)")
+        }
+        (None, Some(_)) => bail!("key `release.every`: needed with `release.until`"),
+        (None, None) => None,
+    };
+    let times = match &r.times {
+        Some(t) if every.is_some() => {
+            let _ = t;
+            bail!("key `release.times`: give `times` or `every` with `until`, not both")
+        }
+        Some(t) if t.is_empty() => bail!("key `release.times`: at least one time"),
+        Some(t) => t
+            .iter()
+            .map(|v| time_text(v, "release.times"))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Ok(Some(PolygonRelease {
+        file: resolve(path),
+        per_polygon,
+        z,
+        every,
+        times,
+    }))
 }
 
 fn duration_value(v: &toml::Value, key: &str) -> Result<f64> {
@@ -300,14 +456,23 @@ impl RunConfig {
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
             patience_seconds,
         };
-        if file.release.file.is_none() && file.release.generate.is_none() {
-            bail!("key `release`: give `release.file` (CSV) or a `[release.generate]` table");
+        let polygons = polygon_release(&file.release, &resolve)?;
+        let ways = [
+            file.release.file.is_some(),
+            file.release.generate.is_some(),
+            polygons.is_some(),
+        ];
+        match ways.iter().filter(|w| **w).count() {
+            0 => bail!("key `release`: give `release.file` (CSV), `release.polygons` (GeoJSON) or a `[release.generate]` table"),
+            1 => {}
+            _ => bail!("key `release`: give only one of `release.file`, `release.polygons` and `[release.generate]`"),
         }
         Ok(RunConfig {
             files: file.input.files.iter().map(|f| resolve(f)).collect(),
             open_boundary_nodes: obc,
             release_file: file.release.file.as_deref().map(resolve),
             generate: file.release.generate.clone(),
+            polygons,
             start: file
                 .run
                 .start
@@ -335,6 +500,12 @@ impl RunConfig {
             stop_when_happy_share: b.stop_when_happy_share,
             output: resolve(file.output.file.as_deref().unwrap_or("trajectories.nc")),
             output_interval,
+            density: file
+                .output
+                .density
+                .as_ref()
+                .map(|d| density_spec(d, &resolve))
+                .transpose()?,
             seed: file.seed.unwrap_or(0),
             cluster,
             source_text: text.to_string(),

@@ -3,4 +3,5 @@
 pub mod config;
 pub mod fvcom;
 pub mod release;
+pub mod sites;
 pub mod timefmt;

@@ -1,8 +1,9 @@
-//! Release points: from a CSV (`x,y,z` or `lon,lat,z`, optional `release_time`) or generated
-//! from the seed (a disc, or the whole mesh by area). Points outside the mesh are kept, flagged
-//! and counted, never silently dropped.
+//! Release points: from a CSV (`x,y,z` or `lon,lat,z`, optional `release_time`), generated
+//! from the seed (a disc, or the whole mesh by area), or drawn in named GeoJSON sites, once or
+//! repeatedly. Points outside the mesh are kept, flagged and counted, never silently dropped
+//! (site points are drawn in the water only).
 
-use crate::config::RunConfig;
+use crate::config::{PolygonRelease, RunConfig};
 use crate::timefmt::parse_datetime;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::rng::{draw, unit_open, Stream};
@@ -24,6 +25,119 @@ pub struct Released {
     pub particles: Particles,
     pub outside: usize,
     pub first_outside: Option<(usize, f64, f64)>,
+}
+
+/// A run's release: its points, and for a polygon release the site of each.
+pub struct Release {
+    pub points: Vec<ReleasePoint>,
+    pub sites: Option<Origins>,
+}
+
+/// Release sites: their names, and the index of each particle's site (particle id order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origins {
+    pub names: Vec<String>,
+    pub origin: Vec<u16>,
+}
+
+/// The release the run file asks for. `duration` is the run's, in seconds: releases after it
+/// are an error.
+pub fn points(cfg: &RunConfig, mesh: &Mesh, start: f64, duration: f64) -> Result<Release> {
+    if let Some(p) = &cfg.release_file {
+        return Ok(Release {
+            points: read_csv(p, mesh, start)?,
+            sites: None,
+        });
+    }
+    if let Some(pr) = &cfg.polygons {
+        return polygons(cfg, pr, mesh, start, duration);
+    }
+    Ok(Release {
+        points: generate(cfg, mesh, start)?,
+        sites: None,
+    })
+}
+
+/// The run-clock seconds of each release of a polygon release.
+pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    if let Some((every, until)) = &pr.every {
+        let last = parse_time(until, start).context("key `release.until`")?;
+        if last < 0.0 {
+            bail!("key `release.until`: {until} is before the run's start");
+        }
+        let n = (last / every + 1e-9).floor() as u64;
+        times.extend((0..=n).map(|k| k as f64 * every));
+    } else if !pr.times.is_empty() {
+        for t in &pr.times {
+            let v = parse_time(t, start).context("key `release.times`")?;
+            if v < 0.0 {
+                bail!("key `release.times`: {t} is before the run's start");
+            }
+            times.push(v);
+        }
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+    } else {
+        times.push(0.0);
+    }
+    if let Some(late) = times.iter().find(|t| **t > duration) {
+        bail!(
+            "key `release.{}`: a release {late} s after the start is after the run's end ({duration} s)",
+            if pr.every.is_some() { "until" } else { "times" }
+        );
+    }
+    Ok(times)
+}
+
+fn polygons(
+    cfg: &RunConfig,
+    pr: &PolygonRelease,
+    mesh: &Mesh,
+    start: f64,
+    duration: f64,
+) -> Result<Release> {
+    let sites = crate::sites::read(&pr.file, mesh.projection.as_ref())?;
+    if sites.len() > u16::MAX as usize {
+        bail!("{}: more than {} sites", pr.file.display(), u16::MAX);
+    }
+    for s in &sites {
+        if !s.touches(mesh) {
+            bail!(
+                "{}: site `{}` has no water: it lies on land or outside the mesh",
+                pr.file.display(),
+                s.name
+            );
+        }
+    }
+    let times = release_times(pr, start, duration)?;
+    let n = times.len() * sites.len() * pr.per_polygon;
+    if n > u32::MAX as usize {
+        bail!("key `release.per_polygon`: {n} particles are more than a run can hold");
+    }
+    let mut points = Vec::with_capacity(n);
+    let mut origin = Vec::with_capacity(n);
+    // Ids run release by release, site by site: particle `id`'s point depends on (seed, id).
+    for &time in &times {
+        for (k, site) in sites.iter().enumerate() {
+            for _ in 0..pr.per_polygon {
+                let id = points.len() as u32;
+                let (x, y, u) = site
+                    .draw(cfg.seed, id, mesh)
+                    .with_context(|| format!("{}", pr.file.display()))?;
+                let z = pr.z.0 + u * (pr.z.1 - pr.z.0);
+                points.push(ReleasePoint { x, y, z, time });
+                origin.push(k as u16);
+            }
+        }
+    }
+    Ok(Release {
+        points,
+        sites: Some(Origins {
+            names: sites.into_iter().map(|s| s.name).collect(),
+            origin,
+        }),
+    })
 }
 
 fn parse_time(s: &str, start: f64) -> Result<f64> {

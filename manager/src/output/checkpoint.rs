@@ -124,8 +124,8 @@ impl CheckpointFile {
     }
 }
 
-/// A hash of what decides a run's trajectories: the configuration as written, and each input
-/// file's name, size, first and last MiB and time axis. It never reads a whole input (FVCOM
+/// A hash of what decides a run's trajectories: the configuration as written, each input
+/// file's name, size, first and last MiB and time axis, and the release's CSV or GeoJSON. It never reads a whole input (FVCOM
 /// files run to gigabytes on a Pi's SD card) yet changes with any re-run, re-cut or re-written
 /// file in practice.
 pub fn run_hash(cfg: &RunConfig, reader: &FvcomReader) -> Result<u64> {
@@ -155,6 +155,15 @@ pub fn run_hash(cfg: &RunConfig, reader: &FvcomReader) -> Result<u64> {
     }
     for t in &reader.times {
         h.write(&t.to_bits().to_le_bytes());
+    }
+    // The release's own files (small): a changed site or point is another run.
+    let release_files = [
+        cfg.release_file.as_deref(),
+        cfg.polygons.as_ref().map(|p| p.file.as_path()),
+    ];
+    for path in release_files.into_iter().flatten() {
+        let text = std::fs::read(path).with_context(|| format!("hashing {}", path.display()))?;
+        h.write(&text);
     }
     Ok(h.0)
 }

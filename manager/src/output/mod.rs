@@ -3,6 +3,7 @@
 //! so a run that is killed leaves a readable file of everything written so far.
 
 pub mod checkpoint;
+pub mod density;
 pub mod plot;
 
 use crate::timefmt::format_datetime;
@@ -11,6 +12,41 @@ use shoal_common::{status, TransverseMercator};
 use shoal_node::Snapshot;
 use std::path::{Path, PathBuf};
 
+/// A new CF-1.8 file (its directory made if need be) with its title and source.
+pub(crate) fn create_cf(path: &Path, title: &str) -> Result<netcdf::FileMut> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = netcdf::create(path)?;
+    f.add_attribute("Conventions", "CF-1.8")?;
+    f.add_attribute("title", title)?;
+    f.add_attribute("source", format!("shoal {}", env!("CARGO_PKG_VERSION")))?;
+    Ok(f)
+}
+
+/// The `origin` dimension and its string coordinate `origin_name`: the release sites.
+pub(crate) fn add_origins(f: &mut netcdf::FileMut, names: &[String]) -> netcdf::Result<()> {
+    f.add_dimension("origin", names.len())?;
+    let mut v = f.add_string_variable("origin_name", &["origin"])?;
+    v.put_attribute("long_name", "release site")?;
+    for (k, name) in names.iter().enumerate() {
+        v.put_string(name, [k])?;
+    }
+    Ok(())
+}
+
+/// The unlimited `time` coordinate, seconds since the run clock's zero (Unix `reference`).
+pub(crate) fn add_time(f: &mut netcdf::FileMut, reference: f64) -> netcdf::Result<()> {
+    let mut v = f.add_variable::<f64>("time", &["time"])?;
+    v.put_attribute("standard_name", "time")?;
+    v.put_attribute(
+        "units",
+        format!("seconds since {}", format_datetime(reference)),
+    )?;
+    v.put_attribute("calendar", "proleptic_gregorian")?;
+    Ok(())
+}
+
 pub struct TrajectoryWriter {
     file: netcdf::FileMut,
     path: PathBuf,
@@ -18,6 +54,8 @@ pub struct TrajectoryWriter {
     written: usize,
     projection: Option<TransverseMercator>,
     happiness: bool,
+    /// The density map written at the same times, when the run asks for one.
+    density: Option<density::DensityWriter>,
 }
 
 impl TrajectoryWriter {
@@ -28,19 +66,12 @@ impl TrajectoryWriter {
         reference: f64,
         projection: Option<TransverseMercator>,
         happiness: bool,
+        origins: Option<&crate::release::Origins>,
         attributes: &[(String, String)],
     ) -> Result<Self> {
         let ctx = || format!("creating output {}", path.display());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(ctx)?;
-        }
-        let mut f = netcdf::create(path).with_context(ctx)?;
-        f.add_attribute("Conventions", "CF-1.8").with_context(ctx)?;
+        let mut f = create_cf(path, "shoal particle trajectories").with_context(ctx)?;
         f.add_attribute("featureType", "trajectory")
-            .with_context(ctx)?;
-        f.add_attribute("title", "shoal particle trajectories")
-            .with_context(ctx)?;
-        f.add_attribute("source", format!("shoal {}", env!("CARGO_PKG_VERSION")))
             .with_context(ctx)?;
         f.add_attribute("time_coverage_start", format_datetime(reference))
             .with_context(ctx)?;
@@ -60,17 +91,33 @@ impl TrajectoryWriter {
             let ids: Vec<i32> = (0..n as i32).collect();
             v.put_values(&ids, ..).with_context(ctx)?;
         }
-        {
-            let mut v = f.add_variable::<f64>("time", &["time"]).with_context(ctx)?;
-            v.put_attribute("standard_name", "time").with_context(ctx)?;
-            v.put_attribute(
-                "units",
-                format!("seconds since {}", format_datetime(reference)),
-            )
-            .with_context(ctx)?;
-            v.put_attribute("calendar", "proleptic_gregorian")
+        if let Some(o) = origins {
+            // The release site of each particle, and the sites' names as a string coordinate
+            // of their own dimension (CF's flag attributes too, for tools that read those).
+            add_origins(&mut f, &o.names).with_context(ctx)?;
+            let mut v = f
+                .add_variable::<i32>("origin", &["trajectory"])
                 .with_context(ctx)?;
+            v.put_attribute("long_name", "release site, an index into origin_name")
+                .with_context(ctx)?;
+            let codes: Vec<i32> = (0..o.names.len() as i32).collect();
+            v.put_attribute("flag_values", codes).with_context(ctx)?;
+            let meanings: Vec<String> = o
+                .names
+                .iter()
+                .map(|n| n.split_whitespace().collect::<Vec<_>>().join("_"))
+                .collect();
+            v.put_attribute("flag_meanings", meanings.join(" "))
+                .with_context(ctx)?;
+            let values: Vec<i32> = o.origin.iter().map(|&k| k as i32).collect();
+            anyhow::ensure!(
+                values.len() == n,
+                "{} release sites for {n} particles",
+                values.len()
+            );
+            v.put_values(&values, ..).with_context(ctx)?;
         }
+        add_time(&mut f, reference).with_context(ctx)?;
         let chunk = [n.clamp(1, 1 << 16), 1];
         let dims = ["trajectory", "time"];
         let add_f64 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
@@ -180,7 +227,13 @@ impl TrajectoryWriter {
             written: 0,
             projection,
             happiness,
+            density: None,
         })
+    }
+
+    /// Writes a density map at every time this writer writes (and rewinds it with this).
+    pub fn attach_density(&mut self, d: density::DensityWriter) {
+        self.density = Some(d);
     }
 
     /// Appends one snapshot at `t` seconds after the reference. Rows may come in any order.
@@ -256,6 +309,10 @@ impl TrajectoryWriter {
             .collect();
         self.put("element", &el, it)?;
         self.file.sync().with_context(ctx)?;
+        if let Some(d) = &mut self.density {
+            d.rewind(it);
+            d.write(t, snap)?;
+        }
         self.written += 1;
         Ok(())
     }
@@ -281,6 +338,9 @@ impl TrajectoryWriter {
     /// A run rolled back to a checkpoint writes the same records again, bit for bit.
     pub fn rewind(&mut self, records: usize) {
         self.written = records.min(self.written);
+        if let Some(d) = &mut self.density {
+            d.rewind(records);
+        }
     }
 
     /// Opens the output of an interrupted run to go on after its first `records` records
@@ -317,10 +377,14 @@ impl TrajectoryWriter {
             written: records,
             projection,
             happiness,
+            density: None,
         })
     }
 
     pub fn close(self) -> Result<()> {
+        if let Some(d) = self.density {
+            d.close()?;
+        }
         let p = self.path.clone();
         self.file
             .close()

@@ -157,13 +157,22 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
                 file.path().display()
             ),
         );
-        let w = TrajectoryWriter::reopen(
+        let mut w = TrajectoryWriter::reopen(
             &cfg.output,
             n,
             prep.mesh.projection,
             cfg.happiness.is_some(),
             saved.records as usize,
         )?;
+        if let Some(spec) = &cfg.density {
+            w.attach_density(crate::output::density::DensityWriter::reopen(
+                spec,
+                &prep.mesh,
+                n,
+                prep.origins.as_ref(),
+                saved.records as usize,
+            )?);
+        }
         (saved, w)
     } else {
         let saved = Saved {

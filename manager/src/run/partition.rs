@@ -244,10 +244,10 @@ pub fn report(
     use std::fmt::Write;
     let (reader, mesh, _) = crate::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
     let start = cfg.start.unwrap_or(reader.times[0]);
-    let points = match &cfg.release_file {
-        Some(p) => crate::release::read_csv(p, &mesh, start)?,
-        None => crate::release::generate(cfg, &mesh, start)?,
-    };
+    let duration = cfg
+        .duration
+        .unwrap_or(reader.times.last().copied().unwrap_or(start) - start);
+    let points = crate::release::points(cfg, &mesh, start, duration)?.points;
     let placed = crate::release::place(&points, &mesh);
     let mut weights = vec![1u32; mesh.n_elements()];
     for (e, s) in placed

@@ -153,6 +153,8 @@ pub struct Prepared {
     pub output_every: u32,
     pub particles: shoal_common::Particles,
     pub outside: usize,
+    /// Each particle's release site, for a polygon release.
+    pub origins: Option<release::Origins>,
     pub params: StepParams,
     pub threads: usize,
     pub pool: std::sync::Arc<rayon::ThreadPool>,
@@ -221,10 +223,18 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
     let n_steps = ((duration / cfg.dt) - 1e-9).ceil().max(0.0) as u32;
     let output_every = (cfg.output_interval / cfg.dt).round().max(1.0) as u32;
 
-    let points = match &cfg.release_file {
-        Some(p) => release::read_csv(p, &mesh, start)?,
-        None => release::generate(cfg, &mesh, start)?,
-    };
+    let release::Release {
+        points,
+        sites: origins,
+    } = release::points(cfg, &mesh, start, duration)?;
+    if let Some(o) = &origins {
+        say(format!(
+            "release: {} particles from {} sites ({})",
+            points.len(),
+            o.names.len(),
+            o.names.join(", ")
+        ));
+    }
     if points.is_empty() {
         bail!("the release has no particles");
     }
@@ -267,6 +277,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         output_every,
         particles: released.particles,
         outside: released.outside,
+        origins,
         params,
         threads,
         pool: std::sync::Arc::new(pool),
@@ -277,12 +288,23 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
 
 /// The trajectory file of a run.
 pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWriter> {
-    TrajectoryWriter::create(
+    let mut w = TrajectoryWriter::create(
         &cfg.output,
         prep.n(),
         prep.start,
         prep.mesh.projection,
         cfg.happiness.is_some(),
+        prep.origins.as_ref(),
         &config_attributes(cfg),
-    )
+    )?;
+    if let Some(spec) = &cfg.density {
+        w.attach_density(crate::output::density::DensityWriter::create(
+            spec,
+            &prep.mesh,
+            prep.n(),
+            prep.start,
+            prep.origins.as_ref(),
+        )?);
+    }
+    Ok(w)
 }
