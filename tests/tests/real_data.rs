@@ -82,3 +82,69 @@ fn sfbofs_nine_hours_particles_stay_in_the_water() {
     assert!(max > 0.0 && max <= 1.0);
     xarray_check(&dir.join("sfbofs.nc")).unwrap();
 }
+
+/// Releases from two sites given in lon/lat on the geographic SFBOFS mesh, with a lon/lat density
+/// map per site: every release point lies inside its site, and xarray opens both files.
+#[test]
+fn sfbofs_sites_in_lon_lat_and_a_density_map_per_site() {
+    let Some(file) = real_file() else {
+        eprintln!("skipped: SHOAL_REAL_FVCOM is not set");
+        return;
+    };
+    let dir = scratch("sfbofs_sites");
+    // Squares of 0.004 degrees around two element centres of the subset.
+    let sites = [
+        ("Raccoon Strait", -122.471, 37.863),
+        ("Richardson Bay", -122.5095, 37.8817),
+    ];
+    let features: Vec<String> = sites
+        .iter()
+        .map(|(name, lon, lat)| {
+            let (a, b, c, d) = (lon - 0.002, lat - 0.002, lon + 0.002, lat + 0.002);
+            format!(
+                r#"{{"type":"Feature","properties":{{"name":"{name}"}},"geometry":{{"type":"Polygon","coordinates":[[[{a},{b}],[{c},{b}],[{c},{d}],[{a},{d}],[{a},{b}]]]}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("sites.geojson"),
+        format!(
+            r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+            features.join(",")
+        ),
+    )
+    .unwrap();
+    let cfg = config(&dir, &format!(
+        "seed=3\n[input]\nfiles=['{}']\n[release]\npolygons='sites.geojson'\nper_polygon=200\nz=-1.0\n[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=0.5\n[output]\nfile='sites.nc'\ninterval='30min'\ndensity={{ file='density.nc', cell_degrees=0.002, per_origin=true }}\n",
+        file.display()
+    )).unwrap();
+    run_quiet(&cfg, 2).unwrap();
+    let out = Output::read(&dir.join("sites.nc")).unwrap();
+    let (lon, lat) = (out.lon.as_ref().unwrap(), out.lat.as_ref().unwrap());
+    let f = netcdf::open(dir.join("sites.nc")).unwrap();
+    let origin: Vec<i32> = f.variable("origin").unwrap().get_values(..).unwrap();
+    assert_eq!(out.n_traj, 400);
+    for p in 0..out.n_traj {
+        let (_, slon, slat) = sites[origin[p] as usize];
+        let k = out.at(p, 0);
+        assert!(
+            (lon[k] - slon).abs() <= 0.002 + 1e-9 && (lat[k] - slat).abs() <= 0.002 + 1e-9,
+            "particle {p} of site {} released at {}, {}",
+            origin[p],
+            lon[k],
+            lat[k]
+        );
+    }
+    assert_eq!(origin.iter().filter(|&&o| o == 1).count(), 200);
+    let d = netcdf::open(dir.join("density.nc")).unwrap();
+    assert!(d.variable("lon").is_some() && d.variable("lat").is_some());
+    let counts: Vec<i32> = d.variable("density").unwrap().get_values(..).unwrap();
+    let active = out
+        .status
+        .iter()
+        .filter(|s| **s == status::ACTIVE as i8)
+        .count();
+    // Every active particle of every output time is in some cell of the map.
+    assert_eq!(counts.iter().sum::<i32>() as usize, active);
+    xarray_check(&dir.join("sites.nc")).unwrap();
+}
