@@ -273,7 +273,7 @@ for ns in "${NODES[@]}"; do
     NODE_PIDS+=($!)
     k=$((k + 1))
 done
-# Each stranger runs a node agent under a member's name too, hoping to be handed partitions.
+# Each stranger runs a node agent of its own, hoping to be handed partitions.
 for ns in "${STRANGERS[@]}"; do
     ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node-$ns" \
         --zenoh-config "$DIR/quic-$ns.json5" >"$DIR/stranger-node-$ns.log" 2>&1 &
@@ -327,6 +327,20 @@ for ns in "${STRANGERS[@]}"; do
         >"$DIR/stranger-run-$ns.log" 2>&1 &
     STRANGER_RUNS+=($!)
 done
+# The revoked host's QUIC handshake succeeds (its certificate is the cluster CA's): node1 lists
+# a link with its name, so what keeps it out is the access list, not a failed handshake.
+lost_seen=""
+for _ in $(seq 20); do
+    ip netns exec "$MANAGER" "$BIN/shoal" doctor --cluster "$CLUSTER" --node node1 --links \
+        --wait 1 --zenoh-config "$DIR/quic-manager.json5" >"$DIR/links-doctor.log" 2>&1 || true
+    grep -q "node1 links: .*quic, cert lost-pi" "$DIR/links-doctor.log" && { lost_seen=1; break; }
+    sleep 0.5
+done
+[[ -n $lost_seen ]] || {
+    echo "netns: node1 shows no link from the revoked host (the access-list test would prove nothing)" >&2
+    cat "$DIR/links-doctor.log" >&2
+    exit 1
+}
 # The same question from the manager's host is answered: the strangers' silence is the fabric's.
 ip netns exec "$MANAGER" "$BIN/shoal" doctor --cluster "$CLUSTER" --node node1 --wait 1 \
     --zenoh-config "$DIR/quic-manager.json5" >"$DIR/member-doctor.log" 2>&1 || {

@@ -154,6 +154,10 @@ enum Command {
         /// for a node missing from the census. Nodes not named are not examined.
         #[arg(long = "node", value_name = "NAME")]
         names: Vec<String>,
+        /// Also list every link of every node: its peer, protocol and certificate name (a
+        /// revoked host that still connects shows here).
+        #[arg(long)]
+        links: bool,
     },
     /// Estimate pi by Monte Carlo over every node: the cluster's smoke test. Reproducible: the
     /// same samples and seed give the same estimate on any cluster.
@@ -214,6 +218,7 @@ impl FleetArgs {
             wait: self.wait,
             threads: self.threads,
             names: Vec::new(),
+            links: false,
         })
     }
 }
@@ -386,7 +391,11 @@ where
             print!("{}", crate::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
-        Command::Doctor { fleet: args, names } => {
+        Command::Doctor {
+            fleet: args,
+            names,
+            links,
+        } => {
             for n in &names {
                 anyhow::ensure!(
                     shoal_common::keys::is_chunk(n),
@@ -395,6 +404,7 @@ where
             }
             let options = FleetOptions {
                 names,
+                links,
                 ..args.options()?
             };
             let report = fleet::doctor(&options)?;

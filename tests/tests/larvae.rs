@@ -274,6 +274,10 @@ fn polygon_release_mistakes_name_the_key_or_the_site() {
             "polygons = 'sites.geojson'\nper_polygon = 5\nevery = '1h'\nuntil = '2024-05-23 05:00:00'",
             "after the run's end",
         ),
+        (
+            "polygons = 'sites.geojson'\nper_polygon = 5\nevery = 0.001\nuntil = '2024-05-23 02:00:00'",
+            "at most 100000",
+        ),
         ("per_polygon = 5\n[release.generate]\ncount = 3", "release.per_polygon"),
         (
             "polygons = 'sites.geojson'\nper_polygon = 5\n[release.generate]\ncount = 3",
@@ -295,6 +299,10 @@ fn polygon_release_mistakes_name_the_key_or_the_site() {
         ("file='m.nc', cell=-5.0", "output.density.cell"),
         ("cell=100.0", "output.density.file"),
         ("file='m.nc', cell=0.01", "give a larger cell"),
+        (
+            "file='d.nc', cell=100.0",
+            "is the trajectory file or its checkpoint",
+        ),
     ] {
         let e = match config(&dir, &density(d)) {
             Err(e) => e,

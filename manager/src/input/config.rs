@@ -457,6 +457,22 @@ impl RunConfig {
             patience_seconds,
         };
         let polygons = polygon_release(&file.release, &resolve)?;
+        let output = resolve(file.output.file.as_deref().unwrap_or("trajectories.nc"));
+        let density = file
+            .output
+            .density
+            .as_ref()
+            .map(|d| density_spec(d, &resolve))
+            .transpose()?;
+        if let Some(d) = &density {
+            let checkpoint = crate::output::checkpoint::CheckpointFile::beside(&output, 0);
+            if d.file == output || d.file == checkpoint.path() {
+                bail!(
+                    "key `output.density.file`: {} is the trajectory file or its checkpoint",
+                    d.file.display()
+                );
+            }
+        }
         let ways = [
             file.release.file.is_some(),
             file.release.generate.is_some(),
@@ -498,14 +514,9 @@ impl RunConfig {
             sinking_speed: b.sinking_speed.unwrap_or(0.0),
             happiness,
             stop_when_happy_share: b.stop_when_happy_share,
-            output: resolve(file.output.file.as_deref().unwrap_or("trajectories.nc")),
+            output,
             output_interval,
-            density: file
-                .output
-                .density
-                .as_ref()
-                .map(|d| density_spec(d, &resolve))
-                .transpose()?,
+            density,
             seed: file.seed.unwrap_or(0),
             cluster,
             source_text: text.to_string(),

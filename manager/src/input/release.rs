@@ -58,6 +58,9 @@ pub fn points(cfg: &RunConfig, mesh: &Mesh, start: f64, duration: f64) -> Result
     })
 }
 
+/// Releases a run may repeat (`every` with `until`).
+pub const MAX_RELEASES: usize = 100_000;
+
 /// The run-clock seconds of each release of a polygon release.
 pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<Vec<f64>> {
     let mut times = Vec::new();
@@ -66,8 +69,14 @@ pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<V
         if last < 0.0 {
             bail!("key `release.until`: {until} is before the run's start");
         }
-        let n = (last / every + 1e-9).floor() as u64;
-        times.extend((0..=n).map(|k| k as f64 * every));
+        let n = (last / every + 1e-9).floor();
+        if n >= MAX_RELEASES as f64 {
+            bail!(
+                "key `release.every`: {} releases until {until}; at most {MAX_RELEASES}",
+                n + 1.0
+            );
+        }
+        times.extend((0..=n as u64).map(|k| k as f64 * every));
     } else if !pr.times.is_empty() {
         for t in &pr.times {
             let v = parse_time(t, start).context("key `release.times`")?;
@@ -111,10 +120,19 @@ fn polygons(
         }
     }
     let times = release_times(pr, start, duration)?;
-    let n = times.len() * sites.len() * pr.per_polygon;
-    if n > u32::MAX as usize {
-        bail!("key `release.per_polygon`: {n} particles are more than a run can hold");
-    }
+    let n = times
+        .len()
+        .checked_mul(sites.len())
+        .and_then(|n| n.checked_mul(pr.per_polygon))
+        .filter(|n| *n <= u32::MAX as usize)
+        .ok_or_else(|| {
+            anyhow!(
+                "key `release.per_polygon`: {} releases of {} sites of {} particles are more than a run can hold",
+                times.len(),
+                sites.len(),
+                pr.per_polygon
+            )
+        })?;
     let mut points = Vec::with_capacity(n);
     let mut origin = Vec::with_capacity(n);
     // Ids run release by release, site by site: particle `id`'s point depends on (seed, id).

@@ -50,7 +50,8 @@ impl Grid {
             };
             (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
         }
-        let count = |span: f64| ((span / cell).ceil() as usize).max(1);
+        // One more than the whole cells in the span: a point on the east or north edge counts.
+        let count = |span: f64| (span / cell).floor() as usize + 1;
         Grid {
             x0,
             y0,
@@ -114,6 +115,8 @@ impl DensityWriter {
             ),
         )
         .with_context(ctx)?;
+        f.add_attribute("shoal_cell_size", spec.cell)
+            .with_context(ctx)?;
         let (xn, yn) = names(spec.degrees);
         f.add_unlimited_dimension("time").with_context(ctx)?;
         f.add_dimension(yn, grid.ny).with_context(ctx)?;

@@ -152,17 +152,24 @@ pub fn plot_density(
     }
     .with_context(|| format!("{}: reading `density`", path.display()))?;
     anyhow::ensure!(
-        counts.len() == layers * nx * ny && nx > 1 && ny > 1,
+        counts.len() == layers * nx * ny && nx > 0 && ny > 0,
         "{}: `density` is not (time, [origin,] y, x) over its coordinates",
         path.display()
     );
+    // The cell size as written (a grid one cell wide has no spacing to measure).
+    let cell = f
+        .attribute("shoal_cell_size")
+        .and_then(|a| a.value().ok())
+        .and_then(|v| f64::try_from(v).ok())
+        .or_else(|| (nx > 1).then(|| xs[1] - xs[0]))
+        .ok_or_else(|| anyhow!("{}: no `shoal_cell_size` attribute", path.display()))?;
     let mut total = vec![0i64; nx * ny];
     for l in 0..layers {
         for (c, t) in total.iter_mut().enumerate() {
             *t += counts[l * nx * ny + c] as i64;
         }
     }
-    let (cx, cy) = (xs[1] - xs[0], ys[1] - ys[0]);
+    let (cx, cy) = (cell, cell);
     let (x0, x1) = (xs[0] - cx / 2.0, xs[nx - 1] + cx / 2.0);
     let (y0, y1) = (ys[0] - cy / 2.0, ys[ny - 1] + cy / 2.0);
     let root = canvas(png, size, (x0, x1), (y0, y1))?;

@@ -309,12 +309,12 @@ impl Fleet {
         )
     }
 
-    /// Stops the in-process nodes and closes the session; returns the messages they dropped.
     /// Whether the nodes are this process's own (the embedded default).
     pub fn is_embedded(&self) -> bool {
         self.local.is_some()
     }
 
+    /// Stops the in-process nodes and closes the session; returns the messages they dropped.
     pub fn leave(self) -> Result<u64> {
         let local = match self.local {
             Some(l) => l.finish(),

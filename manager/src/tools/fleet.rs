@@ -38,6 +38,8 @@ pub struct FleetOptions {
     pub threads: Option<usize>,
     /// `doctor`: ask exactly these nodes by name, without waiting for their tokens.
     pub names: Vec<String>,
+    /// `doctor`: list every link of every node (peer, protocol, certificate name).
+    pub links: bool,
 }
 
 /// A node is hot at its zone's passive trip point, or at this temperature where there is none
@@ -129,12 +131,17 @@ pub struct DoctorReport {
     /// Worth knowing, not failing: unauthenticated links on a cluster configured without
     /// certificates (plain TCP), where they are expected.
     pub warnings: Vec<(String, String)>,
+    /// Whether `render` lists every node's links.
+    pub show_links: bool,
 }
 
 /// Asks every node for a full checkup and times a few quick ones for its clock.
 pub fn doctor(o: &FleetOptions) -> Result<DoctorReport> {
     let (fleet, members) = join(o)?;
-    let result = examine(&fleet, &members);
+    let result = examine(&fleet, &members).map(|r| DoctorReport {
+        show_links: o.links,
+        ..r
+    });
     let left = fleet.leave();
     let report = result?;
     left?;
@@ -235,6 +242,7 @@ fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
         strangers,
         problems,
         warnings,
+        show_links: false,
     })
 }
 
@@ -457,6 +465,17 @@ impl DoctorReport {
         }
         for (name, why) in &self.strangers {
             let _ = writeln!(s, "  {name}: unreadable token ({why})");
+        }
+        if self.show_links {
+            for n in &self.nodes {
+                let Ok(h) = &n.health else { continue };
+                let links: Vec<String> = h
+                    .links
+                    .iter()
+                    .map(|l| format!("{} to {}", link_words(&Some(l.clone())), l.peer))
+                    .collect();
+                let _ = writeln!(s, "  {} links: {}", n.name, links.join("; "));
+            }
         }
         for (name, w) in &self.warnings {
             let _ = writeln!(s, "  warning: {name}: {w}");
