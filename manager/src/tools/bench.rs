@@ -443,6 +443,18 @@ fn fabric_config(
     RunConfig::from_path(&p)
 }
 
+/// A quiet run on `nodes` in-process nodes.
+fn on_nodes(cfg: &RunConfig, nodes: usize) -> Result<crate::run::RunReport> {
+    run(
+        cfg,
+        &RunOptions {
+            quiet: true,
+            nodes: Some(nodes),
+            ..Default::default()
+        },
+    )
+}
+
 /// Bytes the loopback interface has sent since boot (`/proc/net/dev`).
 fn loopback_tx_bytes() -> Result<u64> {
     let dev = std::fs::read_to_string("/proc/net/dev").context("reading /proc/net/dev")?;
@@ -540,14 +552,7 @@ fn transport(args: &BenchArgs) -> Result<()> {
         let mut best: Option<(f64, u64, u32)> = None;
         for _ in 0..3 {
             let before = loopback_tx_bytes()?;
-            let r = run(
-                &cfg,
-                &RunOptions {
-                    quiet: true,
-                    nodes: Some(4),
-                    ..Default::default()
-                },
-            )?;
+            let r = on_nodes(&cfg, 4)?;
             let bytes = loopback_tx_bytes()? - before;
             let wall = r.wall.as_secs_f64();
             if best.is_none_or(|(w, _, _)| wall < w) {
@@ -640,14 +645,7 @@ fn fabric(args: &BenchArgs) -> Result<()> {
         e.particles += particles;
     }));
     let cfg = write("fabric_bytes", 100_000, "2h", 8000.0)?;
-    let rep = run(
-        &cfg,
-        &RunOptions {
-            quiet: true,
-            nodes: Some(4),
-            ..Default::default()
-        },
-    )?;
+    let rep = on_nodes(&cfg, 4)?;
     let t = traffic.lock().unwrap().clone();
     let steps = rep.steps as f64;
     println!(
@@ -708,14 +706,7 @@ fn fabric(args: &BenchArgs) -> Result<()> {
         rate(&direct) / 1e6
     );
     for nodes in 1..=4 {
-        let r = run(
-            &cfg,
-            &RunOptions {
-                quiet: true,
-                nodes: Some(nodes),
-                ..Default::default()
-            },
-        )?;
+        let r = on_nodes(&cfg, nodes)?;
         println!(
             "| {nodes} in-process nodes | {:.2} | {:.2} M | {:.3} |",
             r.wall.as_secs_f64(),
