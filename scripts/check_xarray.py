@@ -7,6 +7,19 @@ import xarray as xr
 
 path = sys.argv[1]
 ds = xr.open_dataset(path)
+if ds.attrs.get("title") == "shoal connectivity matrix":
+    # Origins and destinations are labelled by name; shares are shares of those released.
+    assert ds["count"].dims[-2:] == ("origin", "destination"), ds["count"].dims
+    origins = [str(s) for s in ds["origin_name"].values]
+    destinations = [str(s) for s in ds["destination_name"].values]
+    assert len(origins) == ds.sizes["origin"] and all(origins), origins
+    assert len(destinations) == ds.sizes["destination"] and all(destinations), destinations
+    p = ds["probability"].values
+    assert ((p >= 0) & (p <= 1)).all(), p
+    assert (ds["count"].sum("destination") <= ds["released"]).all()
+    print(f"xarray opened {path}: {len(origins)} origins x {len(destinations)} destinations, "
+          f"{int(ds['count'].sum())} settled of {int(ds['released'].sum())} released")
+    sys.exit(0)
 assert ds.attrs.get("featureType") == "trajectory", ds.attrs
 assert ds.attrs.get("Conventions") == "CF-1.8", ds.attrs
 for name in ("trajectory", "time", "x", "y", "z", "sigma", "status", "element", "age"):

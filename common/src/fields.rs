@@ -22,6 +22,19 @@ pub struct RawSlice {
     pub zeta: Vec<f32>,
     pub temp: Option<Vec<f32>>,
     pub kh: Option<Vec<f32>>,
+    /// Salinity, layer-major like `temp`.
+    pub salinity: Option<Vec<f32>>,
+    /// FVCOM's `wet_cells` in the file's element order: 1 wet, 0 dry.
+    pub wet: Option<Vec<u8>>,
+}
+
+/// Which optional fields a run reads and sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    pub temp: bool,
+    pub kh: bool,
+    pub salinity: bool,
+    pub wet: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +48,10 @@ pub struct FieldLevel {
     pub temp: Option<Vec<f32>>,
     /// Vertical eddy diffusivity, node-major `node * n_levels + level`.
     pub kh: Option<Vec<f32>>,
+    /// Salinity, node-major like `temp`.
+    pub salinity: Option<Vec<f32>>,
+    /// Per element in the mesh's order: 1 wet, 0 dry.
+    pub wet: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -103,15 +120,24 @@ impl FieldLevel {
     /// A level with no element present: coefficients zero (pages untouched until written),
     /// free surface NaN so that any sample in an element not yet filled is non-finite and the
     /// kernel quarantines the particle without moving it. Node fields NaN.
-    pub fn absent(mesh: &Mesh, time: f64, temp: bool, kh: bool) -> FieldLevel {
+    /// Absent elements count as wet (their NaN surface quarantines a particle first).
+    pub fn absent(mesh: &Mesh, time: f64, carried: Carried) -> FieldLevel {
         let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
         FieldLevel {
             time,
             coef: vec![[0.0f32; N_COEF]; ne * nl],
             zeta_elem: vec![[f32::NAN; 3]; ne],
-            temp: temp.then(|| vec![f32::NAN; nn * nl]),
-            kh: kh.then(|| vec![f32::NAN; nn * (nl + 1)]),
+            temp: carried.temp.then(|| vec![f32::NAN; nn * nl]),
+            kh: carried.kh.then(|| vec![f32::NAN; nn * (nl + 1)]),
+            salinity: carried.salinity.then(|| vec![f32::NAN; nn * nl]),
+            wet: carried.wet.then(|| vec![1u8; ne]),
         }
+    }
+
+    /// Whether element `e` (mesh order) is wet at this time; always, without wetting and drying.
+    #[inline]
+    pub fn is_wet(&self, e: usize) -> bool {
+        self.wet.as_ref().is_none_or(|w| w[e] != 0)
     }
 
     pub fn from_slice(mesh: &Mesh, raw: &RawSlice) -> Result<FieldLevel, FieldError> {
@@ -141,6 +167,12 @@ impl FieldLevel {
         if let Some(k) = &raw.kh {
             check("kh", k.len(), nn * (nl + 1))?;
         }
+        if let Some(t) = &raw.salinity {
+            check("salinity", t.len(), nn * nl)?;
+        }
+        if let Some(w) = &raw.wet {
+            check("wet_cells", w.len(), ne)?;
+        }
         let mut coef = vec![[0.0f32; N_COEF]; ne * nl];
         let fields: [Option<&[f32]>; 3] = [Some(&raw.u), Some(&raw.v), raw.ww.as_deref()];
         for (c, field) in fields.iter().enumerate() {
@@ -169,6 +201,11 @@ impl FieldLevel {
             zeta_elem,
             temp: raw.temp.as_ref().map(|t| node_major(t, nn, nl)),
             kh: raw.kh.as_ref().map(|k| node_major(k, nn, nl + 1)),
+            salinity: raw.salinity.as_ref().map(|t| node_major(t, nn, nl)),
+            wet: raw
+                .wet
+                .as_ref()
+                .map(|w| mesh.file_element.iter().map(|&f| w[f as usize]).collect()),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! reflect, open edges retire, surface and bottom reflect). Pure functions of their arguments:
 //! the caller owns threads, ordering and I/O.
 
+use crate::behaviour::{chance, chance_per_hour, fate_draws, swim, Band, Behaviour, Sun};
 use crate::fields::{Bracket, FieldLevel, Window};
 use crate::mesh::{is_element, Mesh, Walk, LAND, OPEN};
 use crate::particles::{status, ParticlesMut};
@@ -44,7 +45,9 @@ impl Happiness {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Everything a step needs besides fields and particles. `dt` is negative for a backward run:
+/// advection, sinking and swimming run back in time, random walks spread as usual.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepParams {
     pub dt: f64,
     pub integrator: Integrator,
@@ -55,6 +58,19 @@ pub struct StepParams {
     pub sinking_speed: f64,
     pub seed: u64,
     pub happiness: Option<Happiness>,
+    /// Larval behaviour (stages, migration, mortality, settlement); `None`: passive particles.
+    pub behaviour: Option<Box<Behaviour>>,
+}
+
+/// The run clock at the start of step `s`: `s * dt`, no further than `duration` from the start,
+/// in the run's direction (backward runs count down from 0).
+#[inline]
+pub fn step_time(s: u32, dt: f64, duration: f64) -> f64 {
+    if dt >= 0.0 {
+        (s as f64 * dt).min(duration)
+    } else {
+        -(s as f64 * -dt).min(duration)
+    }
 }
 
 /// What the flow is at a point.
@@ -305,8 +321,32 @@ pub fn temperature_at(
     z: f64,
     e: u32,
 ) -> Option<f64> {
+    layered_at(mesh, window, t, (x, y, z, e), |l| l.temp.as_deref())
+}
+
+/// Salinity at a point, or `None` when the fields carry none.
+pub fn salinity_at(
+    mesh: &Mesh,
+    window: Window,
+    t: f64,
+    x: f64,
+    y: f64,
+    z: f64,
+    e: u32,
+) -> Option<f64> {
+    layered_at(mesh, window, t, (x, y, z, e), |l| l.salinity.as_deref())
+}
+
+/// A node field at sigma layer centres, at a point (x, y, z, element).
+fn layered_at(
+    mesh: &Mesh,
+    window: Window,
+    t: f64,
+    (x, y, z, e): (f64, f64, f64, u32),
+    field: impl Fn(&FieldLevel) -> Option<&[f32]>,
+) -> Option<f64> {
     let (a, b, wt) = window.bracket(t);
-    let (ta, tb) = (a.temp.as_ref()?, b.temp.as_ref()?);
+    let (ta, tb) = (field(a)?, field(b)?);
     let e = e as usize;
     let w = mesh.geometry[e].weights(x, y);
     let (zeta, depth) = water_column(mesh, a, b, wt, e, &w);
@@ -512,6 +552,9 @@ pub struct Tally {
     pub exited: u64,
     pub bad_field: u64,
     pub outside_mesh: u64,
+    pub settled: u64,
+    pub dead: u64,
+    pub stranded: u64,
     pub happy: u64,
     /// Highest happiness and the id holding it (ties go to the smaller id).
     pub max_happiness: f32,
@@ -528,7 +571,14 @@ impl Tally {
     }
 
     pub fn total(&self) -> u64 {
-        self.active + self.pending + self.exited + self.bad_field + self.outside_mesh
+        self.active
+            + self.pending
+            + self.exited
+            + self.bad_field
+            + self.outside_mesh
+            + self.settled
+            + self.dead
+            + self.stranded
     }
 
     /// Combining is associative and commutative, so any split of the work gives the same tally.
@@ -538,6 +588,9 @@ impl Tally {
         self.exited += o.exited;
         self.bad_field += o.bad_field;
         self.outside_mesh += o.outside_mesh;
+        self.settled += o.settled;
+        self.dead += o.dead;
+        self.stranded += o.stranded;
         self.happy += o.happy;
         if o.max_happiness > self.max_happiness
             || (o.max_happiness == self.max_happiness && o.happiest < self.happiest)
@@ -555,6 +608,9 @@ impl Tally {
             status::PENDING => self.pending += 1,
             status::EXITED => self.exited += 1,
             status::BAD_FIELD => self.bad_field += 1,
+            status::SETTLED => self.settled += 1,
+            status::DEAD => self.dead += 1,
+            status::STRANDED => self.stranded += 1,
             _ => self.outside_mesh += 1,
         }
         if let (Some(h), status::ACTIVE) = (params.happiness, s) {
@@ -569,22 +625,148 @@ impl Tally {
     }
 }
 
-/// Releases particle `i` if it is pending and due at `t`: its release depth is relative to the
-/// surface at that moment.
+/// Releases particle `i` if it is pending and due at `t` (`forward`: its release time is at or
+/// before `t`; backward: at or after): its release depth is relative to the surface then.
 #[inline]
-fn release_one(mesh: &Mesh, window: Window, t: f64, p: &mut ParticlesMut, i: usize) {
-    if p.status[i] == status::PENDING && p.release_time[i] <= t {
+fn release_one(mesh: &Mesh, window: Window, t: f64, forward: bool, p: &mut ParticlesMut, i: usize) {
+    let due = if forward {
+        p.release_time[i] <= t
+    } else {
+        p.release_time[i] >= t
+    };
+    if p.status[i] == status::PENDING && due {
         let e = p.element[i];
         let (zeta, depth) = column_at(mesh, window, t, p.x[i], p.y[i], e);
         p.z[i] = (zeta + p.z[i]).clamp(zeta - depth, zeta);
-        p.status[i] = status::ACTIVE;
+        // Released on a dry cell, it waits there for the water.
+        p.status[i] = if wet_at(&window.at(t), e as usize) {
+            status::ACTIVE
+        } else {
+            status::STRANDED
+        };
     }
 }
 
-/// Releases every pending particle due at `t` (so a snapshot at `t` shows them).
-pub fn release_due(mesh: &Mesh, window: Window, t: f64, mut p: ParticlesMut) {
+/// Releases every pending particle due at `t` (so a snapshot at `t` shows them); `forward` is
+/// the run's direction.
+pub fn release_due(mesh: &Mesh, window: Window, t: f64, forward: bool, mut p: ParticlesMut) {
     for i in 0..p.id.len() {
-        release_one(mesh, window, t, &mut p, i);
+        release_one(mesh, window, t, forward, &mut p, i);
+    }
+}
+
+/// Whether element `e` is wet at the bracket's time: dry in either level that counts (the
+/// earlier unless the time is the later's, the later unless it is the earlier's) makes it dry.
+#[inline]
+fn wet_at(br: &Bracket, e: usize) -> bool {
+    (br.wt >= 1.0 || br.a.is_wet(e)) && (br.wt <= 0.0 || br.b.is_wet(e))
+}
+
+/// How a particle moves vertically by itself this step: sinking (m/s, positive down) and, while
+/// migrating, the band it swims toward and its speed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Vertical {
+    sinking: f64,
+    swim: Option<(Band, f64)>,
+}
+
+/// What behaviour decides before particle `i` moves: `Err(())` when it dies now (lethal water,
+/// mortality, or past competency unsettled), else its own vertical motion.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn before_move(
+    mesh: &Mesh,
+    window: Window,
+    params: &StepParams,
+    b: &Behaviour,
+    sun: Option<&Sun>,
+    t: f64,
+    step: u32,
+    p: &ParticlesMut,
+    i: usize,
+) -> Result<Vertical, ()> {
+    let age = (t - p.release_time[i]).abs();
+    if let Some(s) = &b.settlement {
+        if s.die_after_competency && age > s.competency.1 {
+            return Err(());
+        }
+    }
+    let (x, y, z, e) = (p.x[i], p.y[i], p.z[i], p.element[i]);
+    let outside = |v: Option<f64>, r: Option<(f64, f64)>| match (v, r) {
+        (Some(v), Some((lo, hi))) => !(v >= lo && v <= hi),
+        _ => false,
+    };
+    if b.temperature_range.is_some()
+        && outside(
+            temperature_at(mesh, window, t, x, y, z, e),
+            b.temperature_range,
+        )
+    {
+        return Err(());
+    }
+    if b.salinity_range.is_some()
+        && outside(salinity_at(mesh, window, t, x, y, z, e), b.salinity_range)
+    {
+        return Err(());
+    }
+    let stage = b.stage(age);
+    if stage.mortality_rate > 0.0 {
+        let (u, _) = fate_draws(params.seed, p.id[i], step);
+        if u < chance(stage.mortality_rate, params.dt) {
+            return Err(());
+        }
+    }
+    let swim = match (&stage.migration, sun) {
+        (Some(m), Some(sun)) => {
+            let (sp, cp, lon) = match (b.place, mesh.sky.get(e as usize)) {
+                (_, Some(s)) => (s[0] as f64, s[1] as f64, s[2] as f64),
+                (Some(pl), None) => {
+                    let phi = pl.latitude.to_radians();
+                    (phi.sin(), phi.cos(), pl.longitude.to_radians())
+                }
+                (None, None) => (0.0, 1.0, 0.0),
+            };
+            let band = if sun.sin_elevation(sp, cp, lon) > 0.0 {
+                m.day
+            } else {
+                m.night
+            };
+            Some((band, m.swim_speed))
+        }
+        _ => None,
+    };
+    Ok(Vertical {
+        sinking: stage.sinking_speed,
+        swim,
+    })
+}
+
+/// After a move that ended in the water: a competent particle inside a settlement area settles
+/// (at once, or with the configured chance per hour).
+#[inline]
+fn after_move(
+    b: &Behaviour,
+    params: &StepParams,
+    t1: f64,
+    step: u32,
+    p: &mut ParticlesMut,
+    i: usize,
+) {
+    let Some(s) = &b.settlement else { return };
+    let age = (t1 - p.release_time[i]).abs();
+    if age < s.competency.0 || age > s.competency.1 {
+        return;
+    }
+    if s.area_at(p.x[i], p.y[i]).is_none() {
+        return;
+    }
+    let settles = match s.probability_per_hour {
+        None => true,
+        Some(ph) => fate_draws(params.seed, p.id[i], step).1 < chance_per_hour(ph, params.dt),
+    };
+    if settles {
+        p.status[i] = status::SETTLED;
+        p.fate_time[i] = t1;
     }
 }
 
@@ -637,22 +819,69 @@ pub fn advance_touching<T: Touch>(
 ) -> Tally {
     let mut tally = Tally::empty();
     let dt = params.dt;
+    let forward = dt >= 0.0;
+    let behaviour = params.behaviour.as_deref();
+    let sun = behaviour
+        .filter(|b| b.migrates())
+        .map(|b| Sun::at(b.clock_origin + t));
+    let start = window.at(t);
+    let passive = Vertical {
+        sinking: params.sinking_speed,
+        swim: None,
+    };
     let mut batch = [0usize; BATCH];
+    let mut own = [passive; BATCH];
     let mut nb = 0;
     for i in 0..p.id.len() {
-        release_one(mesh, window, t, &mut p, i);
+        release_one(mesh, window, t, forward, &mut p, i);
         if p.status[i] == status::PENDING {
-            release_one(mesh, window, t + dt, &mut p, i);
-        } else if p.status[i] == status::ACTIVE {
-            batch[nb] = i;
-            nb += 1;
-            if nb == BATCH {
-                advance_batch(mesh, window, params, t, step, &mut p, &batch, touched);
-                nb = 0;
+            release_one(mesh, window, t + dt, forward, &mut p, i);
+            continue;
+        }
+        if !status::in_play(p.status[i]) {
+            continue;
+        }
+        if !wet_at(&start, p.element[i] as usize) {
+            // Its cell is dry: it waits where it is.
+            p.status[i] = status::STRANDED;
+            continue;
+        }
+        own[nb] = match behaviour {
+            None => passive,
+            Some(b) => match before_move(mesh, window, params, b, sun.as_ref(), t, step, &p, i) {
+                Ok(v) => v,
+                Err(()) => {
+                    p.status[i] = status::DEAD;
+                    p.fate_time[i] = t;
+                    continue;
+                }
+            },
+        };
+        batch[nb] = i;
+        nb += 1;
+        if nb == BATCH {
+            advance_batch(mesh, window, params, t, step, &mut p, &batch, &own, touched);
+            nb = 0;
+        }
+    }
+    advance_batch(
+        mesh,
+        window,
+        params,
+        t,
+        step,
+        &mut p,
+        &batch[..nb],
+        &own,
+        touched,
+    );
+    if let Some(b) = behaviour.filter(|b| b.settlement.is_some()) {
+        for i in 0..p.id.len() {
+            if p.status[i] == status::ACTIVE {
+                after_move(b, params, t + dt, step, &mut p, i);
             }
         }
     }
-    advance_batch(mesh, window, params, t, step, &mut p, &batch[..nb], touched);
     for i in 0..p.id.len() {
         let s = p.status[i];
         if let (Some(h), status::ACTIVE) = (params.happiness, s) {
@@ -674,8 +903,9 @@ pub fn tally_of(params: &StepParams, id: &[u32], state: &[u8], happiness: &[f32]
     tally
 }
 
-/// One step for the active particles at indices `batch` of `p`. Each particle's arithmetic is
-/// exactly that of a particle stepped alone; only the interleaving differs.
+/// One step for the active particles at indices `batch` of `p`, each with its own vertical
+/// motion `own[j]`. Each particle's arithmetic is exactly that of a particle stepped alone; only
+/// the interleaving differs.
 #[allow(clippy::too_many_arguments)]
 fn advance_batch<T: Touch>(
     mesh: &Mesh,
@@ -685,11 +915,11 @@ fn advance_batch<T: Touch>(
     step: u32,
     p: &mut ParticlesMut,
     batch: &[usize],
+    own: &[Vertical; BATCH],
     touched: &mut T,
 ) {
     let n = batch.len();
     let dt = params.dt;
-    let ws = -params.sinking_speed;
     let mut x0 = [0.0; BATCH];
     let mut y0 = [0.0; BATCH];
     let mut z0 = [0.0; BATCH];
@@ -707,6 +937,16 @@ fn advance_batch<T: Touch>(
         w0[j] = mesh.geometry[e0[j] as usize].weights(x0[j], y0[j]);
     }
     sample_batch(mesh, &br, n, &x0, &y0, &z0, &e0, &w0, &mut s1);
+    // Own vertical speed (positive up): sinking, and swimming toward the band from the depth
+    // below the surface at the start.
+    let mut wo = [0.0; BATCH];
+    for j in 0..n {
+        let v = &own[j];
+        wo[j] = -v.sinking
+            + v.swim.map_or(0.0, |(band, speed)| {
+                swim(band, speed, s1[j].zeta - z0[j], dt)
+            });
+    }
     let mut xn = [0.0; BATCH];
     let mut yn = [0.0; BATCH];
     let mut zn = [0.0; BATCH];
@@ -715,7 +955,7 @@ fn advance_batch<T: Touch>(
             for j in 0..n {
                 xn[j] = x0[j] + dt * s1[j].u;
                 yn[j] = y0[j] + dt * s1[j].v;
-                zn[j] = z0[j] + dt * (s1[j].w + ws);
+                zn[j] = z0[j] + dt * (s1[j].w + wo[j]);
             }
         }
         Integrator::Rk4 => {
@@ -736,7 +976,7 @@ fn advance_batch<T: Touch>(
                 for j in 0..n {
                     xs[j] = x0[j] + frac * prev[j].u;
                     ys[j] = y0[j] + frac * prev[j].v;
-                    zs[j] = z0[j] + frac * (prev[j].w + ws);
+                    zs[j] = z0[j] + frac * (prev[j].w + wo[j]);
                     (es[j], ws3[j]) = stage_element(mesh, es[j], xs[j], ys[j]);
                     touched.touch(es[j]);
                 }
@@ -751,7 +991,7 @@ fn advance_batch<T: Touch>(
             for j in 0..n {
                 xn[j] = x0[j] + sixth * acc[j].0;
                 yn[j] = y0[j] + sixth * acc[j].1;
-                zn[j] = z0[j] + sixth * acc[j].2 + dt * ws;
+                zn[j] = z0[j] + sixth * acc[j].2 + dt * wo[j];
             }
         }
     }
@@ -794,7 +1034,8 @@ fn finish_one<T: Touch>(
     state: &mut u8,
     touched: &mut T,
 ) {
-    let dt = params.dt;
+    // Random walks spread forward in time whichever way the run goes.
+    let dt = params.dt.abs();
     let (x0, y0, z0, e0) = start;
     let (mut xn, mut yn, mut zn, zeta0) = advected;
     if !(xn.is_finite() && yn.is_finite() && zn.is_finite() && zeta0.is_finite()) {
@@ -836,6 +1077,12 @@ fn finish_one<T: Touch>(
                 *state = status::BAD_FIELD;
                 return;
             }
+            if !wet_at(end, e as usize) {
+                // It would end in a dry cell: it stays where it was.
+                *state = status::STRANDED;
+                return;
+            }
+            *state = status::ACTIVE;
             *x = xa;
             *y = ya;
             *z = reflect_vertical(zn, zeta, depth);
@@ -918,6 +1165,7 @@ mod tests {
             sinking_speed: 0.0,
             seed: 99,
             happiness: None,
+            behaviour: None,
         }
     }
 

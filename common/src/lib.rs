@@ -2,6 +2,7 @@
 //! particles. It knows nothing of NetCDF, zenoh, threads or the clock: every function takes its
 //! data and time as arguments, so it is testable alone and builds for any target.
 
+pub mod behaviour;
 pub mod fields;
 pub mod kernel;
 pub mod keys;

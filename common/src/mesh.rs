@@ -165,6 +165,9 @@ pub struct Mesh {
     /// centroids so that elements near in space are near in memory; fields arrive and output
     /// leaves in file order through this map.
     pub file_element: Vec<u32>,
+    /// For geographic meshes, each element centroid's sine and cosine of latitude and east
+    /// longitude in radians: where the sun is seen from (larval migration). Empty otherwise.
+    pub sky: Vec<[f32; 3]>,
     index: GridIndex,
 }
 
@@ -357,9 +360,22 @@ impl Mesh {
             vertical,
             projection: input.projection,
             file_element: (0..n_elements as u32).collect(),
+            sky: Vec::new(),
             index,
         };
-        Ok((mesh.renumbered(), notes))
+        let mut mesh = mesh.renumbered();
+        if let Some(tm) = &mesh.projection {
+            mesh.sky = mesh
+                .geometry
+                .iter()
+                .map(|g| {
+                    let (lon, lat) = tm.inverse(g.xc, g.yc);
+                    let phi = lat.to_radians();
+                    [phi.sin() as f32, phi.cos() as f32, lon.to_radians() as f32]
+                })
+                .collect();
+        }
+        Ok((mesh, notes))
     }
 
     /// Reorders elements along a Morton (Z-order) curve of their centroids. Particles sorted by

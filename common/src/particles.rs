@@ -12,8 +12,32 @@ pub mod status {
     pub const BAD_FIELD: u8 = 3;
     /// Its release point is outside the mesh: kept and reported, never tracked.
     pub const OUTSIDE_MESH: u8 = 4;
-    pub const FLAG_VALUES: [u8; 5] = [ACTIVE, PENDING, EXITED, BAD_FIELD, OUTSIDE_MESH];
-    pub const FLAG_MEANINGS: &str = "active pending exited_open_boundary bad_field outside_mesh";
+    /// Settled in a settlement polygon once competent: stops there for good.
+    pub const SETTLED: u8 = 5;
+    /// Died (mortality, a lethal temperature or salinity, or past competency unsettled):
+    /// stays where it died.
+    pub const DEAD: u8 = 6;
+    /// Its cell is dry, or its step would have ended in a dry cell: it waited where it was, and
+    /// moves again once the water is back.
+    pub const STRANDED: u8 = 7;
+    pub const FLAG_VALUES: [u8; 8] = [
+        ACTIVE,
+        PENDING,
+        EXITED,
+        BAD_FIELD,
+        OUTSIDE_MESH,
+        SETTLED,
+        DEAD,
+        STRANDED,
+    ];
+    pub const FLAG_MEANINGS: &str =
+        "active pending exited_open_boundary bad_field outside_mesh settled dead stranded";
+
+    /// Whether a particle with this status is stepped (it may move, die or settle).
+    #[inline]
+    pub fn in_play(s: u8) -> bool {
+        s == ACTIVE || s == STRANDED
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +53,8 @@ pub struct Particles {
     /// Seconds on the run clock.
     pub release_time: Vec<f64>,
     pub happiness: Vec<f32>,
+    /// Seconds on the run clock when the particle settled or died; NaN until then.
+    pub fate_time: Vec<f64>,
 }
 
 /// Mutable views of a contiguous range of particles, for one worker.
@@ -41,6 +67,7 @@ pub struct ParticlesMut<'a> {
     pub status: &'a mut [u8],
     pub release_time: &'a [f64],
     pub happiness: &'a mut [f32],
+    pub fate_time: &'a mut [f64],
 }
 
 impl Particles {
@@ -61,6 +88,7 @@ impl Particles {
             status: Vec::with_capacity(n),
             release_time: Vec::with_capacity(n),
             happiness: Vec::with_capacity(n),
+            fate_time: Vec::with_capacity(n),
         }
     }
 
@@ -83,6 +111,7 @@ impl Particles {
         self.status.push(status);
         self.release_time.push(release_time);
         self.happiness.push(0.0);
+        self.fate_time.push(f64::NAN);
     }
 
     /// Particle `i` of `other`, appended.
@@ -95,6 +124,7 @@ impl Particles {
         self.status.push(other.status[i]);
         self.release_time.push(other.release_time[i]);
         self.happiness.push(other.happiness[i]);
+        self.fate_time.push(other.fate_time[i]);
     }
 
     /// Writes particle `i` of `other` over particle `j`.
@@ -107,6 +137,7 @@ impl Particles {
         self.status[j] = other.status[i];
         self.release_time[j] = other.release_time[i];
         self.happiness[j] = other.happiness[i];
+        self.fate_time[j] = other.fate_time[i];
     }
 
     /// Every particle of `other`, appended.
@@ -119,6 +150,7 @@ impl Particles {
         self.status.extend_from_slice(&other.status);
         self.release_time.extend_from_slice(&other.release_time);
         self.happiness.extend_from_slice(&other.happiness);
+        self.fate_time.extend_from_slice(&other.fate_time);
     }
 
     /// Removes the particles at `indices` (strictly increasing) in O(len(indices)): each hole is
@@ -133,6 +165,7 @@ impl Particles {
             self.status.swap_remove(i);
             self.release_time.swap_remove(i);
             self.happiness.swap_remove(i);
+            self.fate_time.swap_remove(i);
         }
     }
 
@@ -148,6 +181,7 @@ impl Particles {
         let mut status = &mut self.status[..];
         let mut release_time = &self.release_time[..];
         let mut happiness = &mut self.happiness[..];
+        let mut fate_time = &mut self.fate_time[..];
         while !id.is_empty() {
             let n = chunk.min(id.len());
             let (a, b) = id.split_at(n);
@@ -166,6 +200,8 @@ impl Particles {
             release_time = rb;
             let (ha, hb) = std::mem::take(&mut happiness).split_at_mut(n);
             happiness = hb;
+            let (fa, fb) = std::mem::take(&mut fate_time).split_at_mut(n);
+            fate_time = fb;
             out.push(ParticlesMut {
                 id: a,
                 x: xa,
@@ -175,6 +211,7 @@ impl Particles {
                 status: sa,
                 release_time: ra,
                 happiness: ha,
+                fate_time: fa,
             });
         }
         out
@@ -210,6 +247,7 @@ impl Particles {
         apply(&mut self.element, order, scratch);
         apply(&mut self.status, order, scratch);
         apply_f64(&mut self.release_time, order, scratch);
+        apply_f64(&mut self.fate_time, order, scratch);
         scratch.clear();
         scratch.extend(
             order

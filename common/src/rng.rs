@@ -41,6 +41,8 @@ pub enum Stream {
     Release = 1,
     /// Monte Carlo samples (smoke tests, estimates).
     Sample = 2,
+    /// A particle's fate in one step: dying and settling.
+    Fate = 3,
 }
 
 /// The random bits for one (seed, particle, step, stream) tuple.

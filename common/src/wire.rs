@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -140,7 +140,8 @@ pub struct Topology {
 
 /// One partition's field values at one time index, in mesh numbering. `u`, `v`, `ww` hold
 /// `n_layers` values per element of `elements`, element-major; `zeta` one per node of `nodes`,
-/// `temp` `n_layers` and `kh` `n_layers + 1` per node. Empty `elements` and `nodes` mean the
+/// `temp` and `salinity` `n_layers` and `kh` `n_layers + 1` per node; `wet` one per element
+/// (FVCOM's `wet_cells`: 1 wet, 0 dry). Empty `elements` and `nodes` mean the
 /// partition's topology (owned then halo elements, its nodes); an on-demand reply names them.
 /// Empty value vectors mean the variable is absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +159,8 @@ pub struct FieldSlice {
     pub zeta: Vec<f32>,
     pub kh: Vec<f32>,
     pub temp: Vec<f32>,
+    pub salinity: Vec<f32>,
+    pub wet: Vec<u8>,
 }
 
 /// A node's request for field values its halo lacks (invariant 5): the reply is a
@@ -185,8 +188,8 @@ pub struct RunSpec {
     pub n_parts: u32,
     pub part_of: Vec<u32>,
     pub sort_every: u32,
-    pub temp: bool,
-    pub kh: bool,
+    /// The optional fields the field slices carry.
+    pub carried: crate::fields::Carried,
 }
 
 /// A partition has its topology, fields and particles and can hear its neighbours.
@@ -312,6 +315,7 @@ pub struct ParticleBatch {
     pub status: Vec<u8>,
     pub release_time: Vec<f64>,
     pub happiness: Vec<f32>,
+    pub fate_time: Vec<f64>,
 }
 
 impl ParticleBatch {
@@ -330,6 +334,7 @@ impl ParticleBatch {
             status: p.status,
             release_time: p.release_time,
             happiness: p.happiness,
+            fate_time: p.fate_time,
         }
     }
 
@@ -343,6 +348,7 @@ impl ParticleBatch {
             status: self.status,
             release_time: self.release_time,
             happiness: self.happiness,
+            fate_time: self.fate_time,
         }
     }
 
@@ -384,7 +390,7 @@ impl ParticleBatch {
 /// First bytes of a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"SHCK";
 /// Version of the checkpoint layout; bump on any change to [`Checkpoint`].
-pub const CHECKPOINT_VERSION: u16 = 1;
+pub const CHECKPOINT_VERSION: u16 = 2;
 
 /// Everything a run needs to go on from the end of step `step`: every particle's state (`from`
 /// and `to` unused), how many time records the output holds by then, and the hash of the
@@ -453,6 +459,9 @@ pub struct StepSummary {
     pub exited: u64,
     pub bad_field: u64,
     pub outside_mesh: u64,
+    pub settled: u64,
+    pub dead: u64,
+    pub stranded: u64,
     pub sent: u64,
     pub received: u64,
     pub happy: u64,
@@ -583,6 +592,7 @@ fn check_batch(b: &ParticleBatch) -> Result<(), WireError> {
         b.status.len(),
         b.release_time.len(),
         b.happiness.len(),
+        b.fate_time.len(),
     ];
     let bad = |why| {
         Err(WireError::Inconsistent {
@@ -628,8 +638,12 @@ fn check(m: &Message) -> Result<(), WireError> {
             if (!f.nodes.is_empty() && nn != f.nodes.len())
                 || (!f.temp.is_empty() && f.temp.len() != nn * nl)
                 || (!f.kh.is_empty() && f.kh.len() != nn * (nl + 1))
+                || (!f.salinity.is_empty() && f.salinity.len() != nn * nl)
             {
                 return bad("field slice", "node values do not match its nodes");
+            }
+            if !f.wet.is_empty() && f.wet.len() * nl != f.u.len() {
+                return bad("field slice", "wet_cells do not match its elements");
             }
         }
         Message::StepSummary(s) => {
@@ -746,6 +760,8 @@ mod tests {
                         zeta: self.f32s(nn),
                         kh: self.f32s(nn * (nl + 1)),
                         temp: vec![],
+                        salinity: self.f32s(nn * nl),
+                        wet: vec![1; ne],
                     })
                 }
                 4 => {
@@ -763,9 +779,10 @@ mod tests {
                         y: self.f64s(n),
                         z: self.f64s(n),
                         element: self.u32s(n),
-                        status: (0..n).map(|_| self.u32() as u8 % 5).collect(),
+                        status: (0..n).map(|_| self.u32() as u8 % 8).collect(),
                         release_time: self.f64s(n),
                         happiness: self.f32s(n),
+                        fate_time: self.f64s(n),
                     })
                 }
                 5 => Message::StepSummary(StepSummary {
@@ -776,6 +793,9 @@ mod tests {
                     exited: self.u32() as u64,
                     bad_field: 1,
                     outside_mesh: 2,
+                    settled: 6,
+                    dead: 7,
+                    stranded: 8,
                     sent: 3,
                     received: 4,
                     happy: 5,
@@ -799,6 +819,7 @@ mod tests {
                         status: vec![0; n as usize],
                         release_time: self.f64s(n as usize),
                         happiness: self.f32s(n as usize),
+                        fate_time: self.f64s(n as usize),
                     })
                 }
                 7 => {
@@ -837,6 +858,7 @@ mod tests {
                             sinking_speed: 0.0,
                             seed: self.u32() as u64,
                             happiness: None,
+                            behaviour: None,
                         },
                         times: self.f64s(nt),
                         first_step: 0,
@@ -846,8 +868,10 @@ mod tests {
                         n_parts: 1,
                         part_of: vec![0],
                         sort_every: 8,
-                        temp: true,
-                        kh: false,
+                        carried: crate::fields::Carried {
+                            temp: true,
+                            ..Default::default()
+                        },
                     }))
                 }
                 9 => {
@@ -975,7 +999,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -989,7 +1013,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
             0x01, 1,
         ];
@@ -1002,7 +1026,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 5, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);
@@ -1023,9 +1047,10 @@ mod tests {
             status: vec![0; n as usize],
             release_time: vec![0.0; n as usize],
             happiness: vec![0.5; n as usize],
+            fate_time: vec![f64::NAN; n as usize],
         };
-        // ids (varint), 4 f64 arrays, element (varint), status, happiness.
-        let payload = n as usize * (4 + 4 * 8 + 4 + 1 + 4);
+        // ids (varint), 5 f64 arrays, element (varint), status, happiness.
+        let payload = n as usize * (4 + 5 * 8 + 4 + 1 + 4);
         let bytes = encode(&me().envelope(Message::ParticleBatch(b))).unwrap();
         assert!(
             (bytes.len() as f64) < 1.1 * payload as f64,
@@ -1095,6 +1120,7 @@ mod tests {
             status: vec![],
             release_time: vec![],
             happiness: vec![],
+            fate_time: vec![],
         }));
         assert!(matches!(
             decode(&encode(&bad).unwrap(), &me()),
@@ -1150,6 +1176,7 @@ mod tests {
             status,
             release_time: vec![0.0; n],
             happiness: vec![0.0; n],
+            fate_time: vec![3600.0; n],
         }
     }
 

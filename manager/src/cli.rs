@@ -104,6 +104,16 @@ enum Command {
         /// Write a parabolic kh profile.
         #[arg(long)]
         kh: bool,
+        /// Write salinity (rising eastward from 20 to 35).
+        #[arg(long)]
+        salinity: bool,
+        /// A drying tidal flat: the bed rises eastward above the low-tide line, the surface
+        /// rises and falls by `--tide` metres, and `wet_cells`/`wet_nodes` say what is dry.
+        #[arg(long)]
+        drying: bool,
+        /// Tidal amplitude of the drying flat's surface, metres.
+        #[arg(long, default_value_t = 2.0)]
+        tide: f64,
         #[arg(long, value_enum, default_value = "all")]
         time_style: TimeStyle,
         /// Write FVCOM's a1u/a2u interpolation coefficients.
@@ -132,6 +142,10 @@ enum Command {
         dir: PathBuf,
         #[arg(long)]
         quiet: bool,
+        /// A larval dispersal study instead: two spawning sites, three reefs, migration,
+        /// mortality and settlement; writes the connectivity matrix and its heat map.
+        #[arg(long)]
+        larvae: bool,
     },
     /// Show how a run's mesh and release would split over N nodes (METIS), with halos.
     Partition {
@@ -311,6 +325,9 @@ where
             no_ww,
             no_temp,
             kh,
+            salinity,
+            drying,
+            tide,
             time_style,
             a1u,
             obc_east,
@@ -342,6 +359,8 @@ where
                 no_ww,
                 temp: !no_temp,
                 kh,
+                salinity,
+                drying: drying.then_some(tide),
                 time_style,
                 nan_elements: Vec::new(),
                 omit_u: false,
@@ -373,14 +392,16 @@ where
             plot::plot(&output, mesh.as_deref(), &png, size)?;
             println!("wrote {}", png.display());
         }
-        Command::Demo { dir, quiet } => {
-            demo::demo(
-                &dir,
-                &RunOptions {
-                    quiet,
-                    ..Default::default()
-                },
-            )?;
+        Command::Demo { dir, quiet, larvae } => {
+            let opts = RunOptions {
+                quiet,
+                ..Default::default()
+            };
+            if larvae {
+                demo::demo_larvae(&dir, &opts)?;
+            } else {
+                demo::demo(&dir, &opts)?;
+            }
         }
         Command::Partition {
             config: path,

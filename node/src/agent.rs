@@ -14,7 +14,7 @@ use crate::systemd::Notifier;
 use crate::Partition;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::fields::span;
-use shoal_common::kernel::{advance_touching, tally_of, Tally};
+use shoal_common::kernel::{advance_touching, step_time, tally_of, Tally};
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::wire::{
     self, Capabilities, Command, Control, Endpoint, FieldRequest, Hello, Ident, Message,
@@ -815,7 +815,7 @@ impl<'a> PartitionAgent<'a> {
 
     /// Makes sure the levels bracketing `[t0, t1]` are held, asking for the missing slices.
     fn cover(&mut self, t0: f64, t1: f64, abandon: &AtomicBool) -> Result<()> {
-        let (lo, hi) = span(&self.spec.times, t0, t1);
+        let (lo, hi) = span(&self.spec.times, t0.min(t1), t0.max(t1));
         self.fields.drop_before(lo as u32);
         if self
             .fields
@@ -835,8 +835,7 @@ impl<'a> PartitionAgent<'a> {
                 other => bail!("expected field slice {idx}, got a {}", other.kind()),
             };
             let time = self.spec.times[idx as usize];
-            self.fields
-                .open(self.mesh, idx, time, self.spec.temp, self.spec.kh);
+            self.fields.open(self.mesh, idx, time, self.spec.carried);
             self.fields
                 .fill(self.mesh, &slice, &self.topo_elements, &self.topo.nodes)
                 .with_context(|| format!("field slice {idx}"))?;
@@ -870,7 +869,7 @@ impl<'a> PartitionAgent<'a> {
     /// Steps every particle from `t`; particles quarantined for want of field values are
     /// stepped again once those are fetched, until none lacks anything.
     fn step(&mut self, s: u32, t: f64, t1: f64, abandon: &AtomicBool) -> Result<Tally> {
-        let mut params = self.spec.params;
+        let mut params = self.spec.params.clone();
         params.dt = t1 - t;
         let before;
         let tally = {
@@ -889,7 +888,7 @@ impl<'a> PartitionAgent<'a> {
         };
         let p = &self.part.particles;
         let mut suspects: Vec<usize> = (0..p.len())
-            .filter(|&i| before[i] == status::ACTIVE && p.status[i] == status::BAD_FIELD)
+            .filter(|&i| status::in_play(before[i]) && p.status[i] == status::BAD_FIELD)
             .collect();
         if suspects.is_empty() {
             return Ok(tally);
@@ -900,7 +899,7 @@ impl<'a> PartitionAgent<'a> {
             for &i in &suspects {
                 again.push_from(&self.part.particles, i);
                 let last = again.len() - 1;
-                again.status[last] = status::ACTIVE;
+                again.status[last] = before[i];
             }
             let mut touched: Vec<u32> = Vec::new();
             let n = again.len();
@@ -1007,13 +1006,14 @@ impl<'a> PartitionAgent<'a> {
         // A run resumed from a checkpoint starts at its step; releases due then are done again
         // (a no-op for those the step before released).
         let first = spec.first_step;
-        let t0 = first as f64 * dt;
-        self.cover(t0, (t0 + dt).min(spec.duration.max(t0)), abandon)?;
+        let forward = dt >= 0.0;
+        let t0 = step_time(first, dt, spec.duration);
+        self.cover(t0, step_time(first + 1, dt, spec.duration), abandon)?;
         {
             let (part, mesh, window) = (&mut self.part, self.mesh, self.fields.window());
             match &self.pool {
-                Some(pool) => pool.install(|| part.release(mesh, window, t0)),
-                None => part.release(mesh, window, t0),
+                Some(pool) => pool.install(|| part.release(mesh, window, t0, forward)),
+                None => part.release(mesh, window, t0, forward),
             }
         }
         if start.snapshot {
@@ -1040,8 +1040,8 @@ impl<'a> PartitionAgent<'a> {
             if injected_fault("panic", s) {
                 panic!("injected at step {s} (SHOAL_TEST_FAULT)");
             }
-            let t = s as f64 * dt;
-            let t1 = ((s + 1) as f64 * dt).min(spec.duration);
+            let t = step_time(s, dt, spec.duration);
+            let t1 = step_time(s + 1, dt, spec.duration);
             self.cover(t, t1, abandon)?;
             let tally = self.step(s, t, t1, abandon)?;
             let mut out = self.emigrants();
@@ -1070,6 +1070,9 @@ impl<'a> PartitionAgent<'a> {
                 exited: tally.exited,
                 bad_field: tally.bad_field,
                 outside_mesh: tally.outside_mesh,
+                settled: tally.settled,
+                dead: tally.dead,
+                stranded: tally.stranded,
                 sent: sent_counts.iter().map(|&c| c as u64).sum(),
                 received,
                 happy: tally.happy,

@@ -6,7 +6,7 @@
 //! path.
 
 use anyhow::{bail, Result};
-use shoal_common::fields::{reconstruct, N_COEF};
+use shoal_common::fields::{reconstruct, Carried, N_COEF};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::FieldSlice;
 use shoal_common::{FieldLevel, Mesh, Window};
@@ -62,9 +62,9 @@ impl PartialFields {
 
     /// Starts level `index` (time `time` on the run clock) with nothing present; it goes after
     /// the levels held.
-    pub fn open(&mut self, mesh: &Mesh, index: u32, time: f64, temp: bool, kh: bool) {
+    pub fn open(&mut self, mesh: &Mesh, index: u32, time: f64, carried: Carried) {
         let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
-        self.levels.push(FieldLevel::absent(mesh, time, temp, kh));
+        self.levels.push(FieldLevel::absent(mesh, time, carried));
         self.raw.push(Raw {
             index,
             vel: [vec![0.0; ne * nl], vec![0.0; ne * nl], Vec::new()],
@@ -109,6 +109,12 @@ impl PartialFields {
         if level.kh.is_some() && slice.kh.len() != nodes.len() * (nl + 1) {
             bail!("field slice lacks kh");
         }
+        if level.salinity.is_some() && slice.salinity.len() != nodes.len() * nl {
+            bail!("field slice lacks salinity");
+        }
+        if level.wet.is_some() && slice.wet.len() != elements.len() {
+            bail!("field slice lacks wet_cells");
+        }
         let raw = &mut self.raw[at];
         if !slice.ww.is_empty() && !raw.ww {
             raw.ww = true;
@@ -122,6 +128,9 @@ impl PartialFields {
                 raw.vel[2][e * nl..(e + 1) * nl].copy_from_slice(&slice.ww[src]);
             }
             raw.known[e] = true;
+            if let Some(w) = &mut level.wet {
+                w[e] = slice.wet[i];
+            }
         }
         for (i, &n) in nodes.iter().enumerate() {
             let n = n as usize;
@@ -129,6 +138,9 @@ impl PartialFields {
             raw.node_known[n] = true;
             if let Some(t) = &mut level.temp {
                 t[n * nl..(n + 1) * nl].copy_from_slice(&slice.temp[i * nl..(i + 1) * nl]);
+            }
+            if let Some(s) = &mut level.salinity {
+                s[n * nl..(n + 1) * nl].copy_from_slice(&slice.salinity[i * nl..(i + 1) * nl]);
             }
             if let Some(k) = &mut level.kh {
                 k[n * (nl + 1)..(n + 1) * (nl + 1)]

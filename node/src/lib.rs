@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub element: Vec<u32>,
     pub age: Vec<f32>,
     pub happiness: Vec<f32>,
+    /// Run clock seconds when it settled or died (NaN until then).
+    pub fate_time: Vec<f64>,
 }
 
 pub struct Partition {
@@ -106,17 +108,19 @@ impl Partition {
             + p.element.capacity() * 4
             + p.status.capacity()
             + p.happiness.capacity() * 4
+            + p.fate_time.capacity() * 8
             + self.keys.capacity() * 8
             + self.order.capacity() * 4
     }
 
-    /// Releases the particles due at `t` without moving anything.
-    pub fn release(&mut self, mesh: &Mesh, window: Window, t: f64) {
+    /// Releases the particles due at `t` without moving anything (`forward`: the run's
+    /// direction).
+    pub fn release(&mut self, mesh: &Mesh, window: Window, t: f64, forward: bool) {
         let n = self.particles.len();
         self.particles
             .chunks_mut(chunk_size(n))
             .into_par_iter()
-            .for_each(|c| release_due(mesh, window, t, c));
+            .for_each(|c| release_due(mesh, window, t, forward, c));
     }
 
     /// Orders particles by (host element, id); inactive ones go last.
@@ -124,7 +128,7 @@ impl Partition {
         let p = &self.particles;
         self.keys.clear();
         self.keys.extend((0..p.len()).map(|i| {
-            let e = if p.status[i] == status::ACTIVE || p.status[i] == status::PENDING {
+            let e = if status::in_play(p.status[i]) || p.status[i] == status::PENDING {
                 p.element[i]
             } else {
                 u32::MAX
@@ -183,6 +187,7 @@ pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapsh
             })
             .collect(),
         happiness: p.happiness.clone(),
+        fate_time: p.fate_time.clone(),
     }
 }
 

@@ -155,9 +155,17 @@ pub(crate) fn json5(dir: &Path, name: &str, listen: &str, connect: &str) -> std:
     p
 }
 
+/// Separate processes, with larval behaviour on (migration, stages, mortality, settlement): the
+/// file matches the in-process run's bit for bit.
 #[test]
 fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
     let (dir, toml) = setup("fabric_processes");
+    std::fs::write(
+        dir.join("reefs.geojson"),
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"name":"reef"},"geometry":{"type":"Polygon","coordinates":[[[409000,4509000],[413000,4509000],[413000,4513000],[409000,4513000],[409000,4509000]]]}}]}"#,
+    )
+    .unwrap();
+    let larval = "[behaviour.migration]\nday_depth=[6.0, 8.0]\nnight_depth=1.0\nswim_speed=0.004\nlatitude=44.0\nlongitude=-63.0\n[[behaviour.stage]]\nage='1h'\nmortality_per_day=3.0\n[settlement]\npolygons='reefs.geojson'\ncompetency=['1h', '3h']\nprobability_per_hour=0.6\n";
     let port = free_port();
     let manager = format!("tcp/127.0.0.1:{port}");
     json5(&dir, "manager.json5", &manager, "");
@@ -179,7 +187,7 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
         dir.join("proc.toml"),
         toml(
             "proc.nc",
-            "[cluster]\nnodes=2\nwait_seconds=60\nzenoh_config='manager.json5'\n",
+            &format!("{larval}[cluster]\nnodes=2\nwait_seconds=60\nzenoh_config='manager.json5'\n"),
         ),
     )
     .unwrap();
@@ -212,13 +220,18 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
     }
     let inproc = run_with(
         &dir,
-        &toml("inproc.nc", ""),
+        &toml("inproc.nc", larval),
         RunOptions {
             nodes: Some(2),
             ..Default::default()
         },
     );
     assert_eq!(inproc.partitions, 2);
+    assert!(
+        inproc.last.settled > 0 && inproc.last.dead > 0,
+        "{:?}",
+        inproc.last
+    );
     files_bit_identical(&dir.join("proc.nc"), &dir.join("inproc.nc"), false).unwrap();
 }
 
@@ -275,6 +288,7 @@ fn bad_batch(cluster: &str, run: u64, kind: u64, step: u32, to: u32, from: u32) 
         status: vec![0; 2],
         release_time: vec![0.0; 2],
         happiness: vec![0.0; 2],
+        fate_time: vec![f64::NAN; 2],
     };
     match kind % 4 {
         0 => b.element = vec![5, 1 << 30],

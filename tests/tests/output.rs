@@ -100,6 +100,7 @@ fn killed_run_child() {
         element: vec![3; 1000],
         age: vec![0.0; 1000],
         happiness: vec![0.0; 1000],
+        fate_time: vec![f64::NAN; 1000],
     };
     for k in 0..7 {
         writer

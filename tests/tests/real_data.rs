@@ -148,3 +148,51 @@ fn sfbofs_sites_in_lon_lat_and_a_density_map_per_site() {
     assert_eq!(counts.iter().sum::<i32>() as usize, active);
     xarray_check(&dir.join("sites.nc")).unwrap();
 }
+
+/// A larval run on the SFBOFS subset: releases from two sites, diel migration (the sun seen from
+/// each element's lon/lat), mortality, lethal salinity, and settlement on two polygons in the
+/// bay; the connectivity file accounts for every settled particle and xarray opens it.
+#[test]
+fn sfbofs_larvae_write_a_connectivity_matrix() {
+    let Some(file) = real_file() else {
+        eprintln!("skipped: SHOAL_REAL_FVCOM is not set");
+        return;
+    };
+    let dir = scratch("sfbofs_larvae");
+    use shoal_manager::demo::{collection, square};
+    std::fs::write(
+        dir.join("sites.geojson"),
+        collection(&[
+            square("Raccoon Strait", (-122.471, 37.863), 0.002),
+            square("Richardson Bay", (-122.5095, 37.8817), 0.002),
+        ]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("reefs.geojson"),
+        collection(&[
+            square("Angel Island", (-122.471, 37.863), 0.008),
+            square("Sausalito", (-122.5095, 37.8817), 0.008),
+        ]),
+    )
+    .unwrap();
+    let cfg = config(&dir, &format!(
+        "seed=9\n[input]\nfiles=['{}']\n[release]\npolygons='sites.geojson'\nper_polygon=300\nz=-1.0\n[run]\nduration='3h'\ndt='60s'\n[diffusion]\nhorizontal_kh=0.5\n[behaviour]\nmortality_per_day=1.0\nsalinity_range=[5.0, 40.0]\n[behaviour.migration]\nday_depth=[4.0, 6.0]\nnight_depth=1.0\nswim_speed=0.005\n[settlement]\npolygons='reefs.geojson'\ncompetency=['1h', '3h']\nprobability_per_hour=0.5\n[output]\nfile='larvae.nc'\ninterval='30min'\nconnectivity='connectivity.nc'\n",
+        file.display()
+    )).unwrap();
+    let report = run_quiet(&cfg, 2).unwrap();
+    let out = Output::read(&dir.join("larvae.nc")).unwrap();
+    let last = out.n_time - 1;
+    let settled = (0..out.n_traj)
+        .filter(|&p| out.status[out.at(p, last)] == status::SETTLED as i8)
+        .count();
+    assert!(settled > 0, "nobody settled: {:?}", report.last);
+    assert_eq!(settled as u64, report.last.settled);
+    let c = netcdf::open(dir.join("connectivity.nc")).unwrap();
+    let count: Vec<i32> = c.variable("count").unwrap().get_values(..).unwrap();
+    assert_eq!(count.iter().sum::<i32>() as usize, settled);
+    let released: Vec<i32> = c.variable("released").unwrap().get_values(..).unwrap();
+    assert_eq!(released, [300, 300]);
+    xarray_check(&dir.join("connectivity.nc")).unwrap();
+    xarray_check(&dir.join("larvae.nc")).unwrap();
+}

@@ -22,9 +22,51 @@ pub struct RunFile {
     #[serde(default)]
     pub behaviour: BehaviourSection,
     #[serde(default)]
+    pub settlement: Option<SettlementSection>,
+    #[serde(default)]
     pub output: OutputSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+}
+
+/// `[settlement]`: where and when competent larvae settle.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementSection {
+    /// GeoJSON FeatureCollection of named settlement polygons (reefs).
+    pub polygons: Option<String>,
+    /// [minimum age, maximum age], durations such as "5d".
+    pub competency: Option<[toml::Value; 2]>,
+    /// Chance of settling within an hour while competent inside a polygon (default: at once).
+    pub probability_per_hour: Option<f64>,
+    /// An unsettled particle dies past the maximum age.
+    #[serde(default)]
+    pub die_after_competency: bool,
+}
+
+/// `[behaviour.migration]`, or a stage's `migration` table.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSection {
+    /// Metres below the surface (positive), or a [shallow, deep] range.
+    pub day_depth: Option<toml::Value>,
+    pub night_depth: Option<toml::Value>,
+    /// m/s.
+    pub swim_speed: Option<f64>,
+    /// Where the sun is seen from, for Cartesian meshes.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
+/// `[[behaviour.stage]]`: from `age` on, these values replace the ones before.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    pub age: Option<toml::Value>,
+    pub sinking_speed: Option<f64>,
+    pub mortality_per_day: Option<f64>,
+    /// A migration table, or `false` to stop migrating.
+    pub migration: Option<toml::Value>,
 }
 
 /// Where the run's node agents come from.
@@ -109,6 +151,8 @@ pub struct RunSection {
     pub sort_every: Option<u32>,
     /// "auto", "cpu" or "gpu".
     pub device: Option<String>,
+    /// "forward" (default) or "backward": where did these particles come from?
+    pub direction: Option<String>,
     /// A checkpoint every this many steps besides the one at every output time (0 or absent:
     /// only at output times).
     pub checkpoint_every: Option<u32>,
@@ -133,6 +177,15 @@ pub struct BehaviourSection {
     pub happy_threshold: Option<f64>,
     /// Stop when at least this share (0..1] of active particles is happy.
     pub stop_when_happy_share: Option<f64>,
+    /// Deaths per day (a particle survives t days with probability exp(-m t)).
+    pub mortality_per_day: Option<f64>,
+    /// Lethal outside [low, high] °C (needs `temp` in the files).
+    pub temperature_range: Option<[f64; 2]>,
+    /// Lethal outside [low, high] (needs `salinity` in the files).
+    pub salinity_range: Option<[f64; 2]>,
+    pub migration: Option<MigrationSection>,
+    #[serde(default)]
+    pub stage: Vec<StageSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -142,6 +195,9 @@ pub struct OutputSection {
     pub interval: Option<toml::Value>,
     /// `density = { file = "density.nc", cell = 250.0 }`: particle counts on a grid.
     pub density: Option<DensitySection>,
+    /// Connectivity matrix (NetCDF, with a CSV beside it) from release sites to settlement
+    /// polygons.
+    pub connectivity: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -197,6 +253,12 @@ pub struct RunConfig {
     pub output: PathBuf,
     pub output_interval: f64,
     pub density: Option<crate::output::density::DensitySpec>,
+    pub connectivity: Option<PathBuf>,
+    /// Larval behaviour beyond a constant sinking speed.
+    pub larvae: Option<Larvae>,
+    pub settlement: Option<SettlementConfig>,
+    /// Integrate back in time from `start`.
+    pub backward: bool,
     pub seed: u64,
     pub cluster: ClusterConfig,
     /// The configuration text, recorded in the output's global attributes.
@@ -237,6 +299,191 @@ fn density_spec(
         cell,
         degrees,
         per_origin: d.per_origin,
+    })
+}
+
+/// Larval behaviour as configured, in SI units (seconds, metres, per second).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Larvae {
+    /// The first from age 0.
+    pub stages: Vec<shoal_common::behaviour::Stage>,
+    pub temperature_range: Option<(f64, f64)>,
+    pub salinity_range: Option<(f64, f64)>,
+    /// The run file's place for the sun (Cartesian meshes).
+    pub place: Option<shoal_common::behaviour::Place>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettlementConfig {
+    pub file: PathBuf,
+    pub competency: (f64, f64),
+    pub probability_per_hour: Option<f64>,
+    pub die_after_competency: bool,
+}
+
+fn range(r: Option<[f64; 2]>, key: &str) -> Result<Option<(f64, f64)>> {
+    match r {
+        None => Ok(None),
+        Some([a, b]) if a.is_finite() && b.is_finite() && a <= b => Ok(Some((a, b))),
+        Some(_) => bail!("key `{key}`: give [low, high] with low <= high"),
+    }
+}
+
+fn rate(v: Option<f64>, key: &str) -> Result<f64> {
+    match v {
+        None => Ok(0.0),
+        Some(m) if m >= 0.0 && m.is_finite() => Ok(m / 86_400.0),
+        Some(_) => bail!("key `{key}`: must be a non-negative rate per day"),
+    }
+}
+
+/// A depth or a [shallow, deep] range, metres below the surface (positive).
+fn band(v: Option<&toml::Value>, key: &str) -> Result<shoal_common::behaviour::Band> {
+    let num = |v: &toml::Value| match v {
+        toml::Value::Integer(i) => Some(*i as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    let (a, b) = match v {
+        None => bail!("key `{key}`: needed (metres below the surface, or [shallow, deep])"),
+        Some(toml::Value::Array(a)) if a.len() == 2 => match (num(&a[0]), num(&a[1])) {
+            (Some(x), Some(y)) => (x, y),
+            _ => bail!("key `{key}`: expected [shallow, deep] in metres"),
+        },
+        Some(v) => match num(v) {
+            Some(x) => (x, x),
+            None => bail!("key `{key}`: expected metres below the surface, or [shallow, deep]"),
+        },
+    };
+    if !(a.is_finite() && b.is_finite() && a >= 0.0 && a <= b) {
+        bail!("key `{key}`: metres below the surface, positive down, shallow <= deep");
+    }
+    Ok(shoal_common::behaviour::Band {
+        shallow: a,
+        deep: b,
+    })
+}
+
+fn migration(
+    m: &MigrationSection,
+    key: &str,
+    place: &mut Option<shoal_common::behaviour::Place>,
+) -> Result<shoal_common::behaviour::Migration> {
+    let swim_speed = match m.swim_speed {
+        Some(s) if s > 0.0 && s.is_finite() => s,
+        Some(_) => bail!("key `{key}.swim_speed`: must be a positive speed in m/s"),
+        None => bail!("key `{key}.swim_speed`: needed (m/s)"),
+    };
+    match (m.latitude, m.longitude) {
+        (None, None) => {}
+        (Some(lat), Some(lon)) => {
+            if !((-90.0..=90.0).contains(&lat) && (-180.0..=360.0).contains(&lon)) {
+                bail!("key `{key}.latitude`: latitude within [-90, 90] and longitude within [-180, 360] degrees");
+            }
+            *place = Some(shoal_common::behaviour::Place {
+                latitude: lat,
+                longitude: lon,
+            });
+        }
+        _ => bail!("key `{key}.latitude`: give both `latitude` and `longitude`"),
+    }
+    Ok(shoal_common::behaviour::Migration {
+        day: band(m.day_depth.as_ref(), &format!("{key}.day_depth"))?,
+        night: band(m.night_depth.as_ref(), &format!("{key}.night_depth"))?,
+        swim_speed,
+    })
+}
+
+fn larvae(b: &BehaviourSection) -> Result<Option<Larvae>> {
+    let sinking = b.sinking_speed.unwrap_or(0.0);
+    let mut place = None;
+    let first = shoal_common::behaviour::Stage {
+        from_age: 0.0,
+        sinking_speed: sinking,
+        mortality_rate: rate(b.mortality_per_day, "behaviour.mortality_per_day")?,
+        migration: b
+            .migration
+            .as_ref()
+            .map(|m| migration(m, "behaviour.migration", &mut place))
+            .transpose()?,
+    };
+    let mut stages = vec![first];
+    for (k, s) in b.stage.iter().enumerate() {
+        let key = format!("behaviour.stage[{k}]");
+        let age = match &s.age {
+            Some(v) => duration_value(v, &format!("{key}.age"))?,
+            None => bail!("key `{key}.age`: needed (the age this stage starts, e.g. \"5d\")"),
+        };
+        let prev = stages.last().unwrap();
+        if age <= prev.from_age {
+            bail!("key `{key}.age`: stages go by increasing age, above 0");
+        }
+        let migration = match &s.migration {
+            None => prev.migration,
+            Some(toml::Value::Boolean(false)) => None,
+            Some(v @ toml::Value::Table(_)) => {
+                let m: MigrationSection = v
+                    .clone()
+                    .try_into()
+                    .map_err(|e| anyhow!("key `{key}.migration`: {e}"))?;
+                Some(migration(&m, &format!("{key}.migration"), &mut place)?)
+            }
+            Some(_) => bail!("key `{key}.migration`: a table of migration keys, or false"),
+        };
+        stages.push(shoal_common::behaviour::Stage {
+            from_age: age,
+            sinking_speed: s.sinking_speed.unwrap_or(prev.sinking_speed),
+            mortality_rate: match s.mortality_per_day {
+                Some(_) => rate(s.mortality_per_day, &format!("{key}.mortality_per_day"))?,
+                None => prev.mortality_rate,
+            },
+            migration,
+        });
+    }
+    let l = Larvae {
+        temperature_range: range(b.temperature_range, "behaviour.temperature_range")?,
+        salinity_range: range(b.salinity_range, "behaviour.salinity_range")?,
+        stages,
+        place,
+    };
+    let passive = l.stages.len() == 1
+        && l.stages[0].mortality_rate == 0.0
+        && l.stages[0].migration.is_none()
+        && l.temperature_range.is_none()
+        && l.salinity_range.is_none();
+    Ok((!passive).then_some(l))
+}
+
+fn settlement(
+    s: &SettlementSection,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<SettlementConfig> {
+    let file = s.polygons.as_deref().ok_or_else(|| {
+        anyhow!("key `settlement.polygons`: needed (a GeoJSON file of named settlement polygons)")
+    })?;
+    let competency = match &s.competency {
+        Some([a, b]) => (
+            duration_value(a, "settlement.competency")?,
+            duration_value(b, "settlement.competency")?,
+        ),
+        None => (0.0, f64::INFINITY),
+    };
+    if competency.0 > competency.1 {
+        bail!("key `settlement.competency`: the minimum age is above the maximum");
+    }
+    if let Some(p) = s.probability_per_hour {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("key `settlement.probability_per_hour`: must be in (0, 1]");
+        }
+    }
+    if s.die_after_competency && s.competency.is_none() {
+        bail!("key `settlement.die_after_competency`: needs `settlement.competency`");
+    }
+    Ok(SettlementConfig {
+        file: resolve(file),
+        competency,
+        probability_per_hour: s.probability_per_hour,
+        die_after_competency: s.die_after_competency,
     })
 }
 
@@ -457,6 +704,27 @@ impl RunConfig {
             patience_seconds,
         };
         let polygons = polygon_release(&file.release, &resolve)?;
+        let larvae = larvae(b)?;
+        let settlement = file
+            .settlement
+            .as_ref()
+            .map(|s| settlement(s, &resolve))
+            .transpose()?;
+        let backward = match file.run.direction.as_deref().unwrap_or("forward") {
+            "forward" => false,
+            "backward" => true,
+            other => bail!("key `run.direction`: `{other}` is not one of forward, backward"),
+        };
+        if backward && (larvae.is_some() || settlement.is_some()) {
+            bail!("key `run.direction`: larval behaviour (stages, migration, mortality, lethal ranges, settlement) runs forward only; a backward run takes the physics and `behaviour.sinking_speed`");
+        }
+        if backward && b.preferred_temperature.is_some() {
+            bail!("key `run.direction`: the happiness stop runs forward only");
+        }
+        let connectivity = file.output.connectivity.as_deref().map(resolve);
+        if connectivity.is_some() && (settlement.is_none() || polygons.is_none()) {
+            bail!("key `output.connectivity`: needs a polygon release (`release.polygons`) and `[settlement]` polygons");
+        }
         let output = resolve(file.output.file.as_deref().unwrap_or("trajectories.nc"));
         let density = file
             .output
@@ -517,6 +785,10 @@ impl RunConfig {
             output,
             output_interval,
             density,
+            connectivity,
+            larvae,
+            settlement,
+            backward,
             seed: file.seed.unwrap_or(0),
             cluster,
             source_text: text.to_string(),
@@ -562,6 +834,28 @@ mod tests {
         let cfg = RunConfig::from_str(&readme[start..end], Path::new("/data")).unwrap();
         assert_eq!(cfg.files[0], PathBuf::from("/data/sfbofs_subset.nc"));
         assert_eq!(cfg.dt, 60.0);
+    }
+
+    #[test]
+    fn the_readme_shows_the_larval_demo_and_it_parses() {
+        let readme = include_str!("../../../README.md");
+        let text = crate::demo::larvae_config();
+        assert!(
+            readme.contains(text),
+            "README's larval run file differs from the demo's"
+        );
+        let cfg = RunConfig::from_str(text, Path::new("/data")).unwrap();
+        let l = cfg.larvae.unwrap();
+        assert_eq!(l.stages.len(), 2);
+        assert_eq!(l.stages[1].from_age, 86_400.0);
+        assert!(l.stages[1].migration.is_none());
+        assert_eq!(l.stages[0].mortality_rate, 0.3 / 86_400.0);
+        let s = cfg.settlement.unwrap();
+        assert_eq!(s.competency, (43_200.0, 144_000.0));
+        assert_eq!(
+            cfg.connectivity,
+            Some(PathBuf::from("/data/connectivity.nc"))
+        );
     }
 
     #[test]

@@ -24,9 +24,22 @@ pub struct Layout {
     pub zeta: bool,
     pub temp: bool,
     pub kh: bool,
+    /// `salinity` at layers and nodes (read only when a run's behaviour needs it).
+    pub salinity: bool,
+    /// FVCOM's wetting and drying: `wet_cells`, or failing that `wet_nodes` (a cell is wet when
+    /// its three nodes are).
+    pub wet: Wetness,
     pub n_layers: usize,
     pub n_nodes: usize,
     pub n_elements: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wetness {
+    /// No wetting and drying: every cell is always wet.
+    None,
+    Cells,
+    Nodes,
 }
 
 struct Source {
@@ -343,6 +356,7 @@ impl FvcomReader {
             }
             layout.temp = false;
             layout.kh = false;
+            layout.salinity = false;
         }
 
         let mut sources = vec![Source {
@@ -361,6 +375,7 @@ impl FvcomReader {
             if !l.three_d {
                 l.temp = false;
                 l.kh = false;
+                l.salinity = false;
             }
             if l != layout {
                 bail!(
@@ -458,7 +473,43 @@ impl FvcomReader {
             } else {
                 None
             },
+            salinity: if l.salinity {
+                Some(read_f32(file, path, "salinity", (i, .., ..))?)
+            } else {
+                None
+            },
+            wet: match l.wet {
+                Wetness::None => None,
+                // A fill value is no evidence of drying: such a cell counts as wet.
+                Wetness::Cells => Some(
+                    read_f32(file, path, "wet_cells", (i, ..))?
+                        .iter()
+                        .map(|&w| u8::from(!(w < 0.5)))
+                        .collect(),
+                ),
+                Wetness::Nodes => {
+                    let nodes = read_f32(file, path, "wet_nodes", (i, ..))?;
+                    Some(
+                        self.mesh_input
+                            .nv
+                            .iter()
+                            .map(|t| u8::from(t.iter().all(|&n| !(nodes[n as usize] < 0.5))))
+                            .collect(),
+                    )
+                }
+            },
         })
+    }
+
+    /// The optional fields this reader delivers.
+    pub fn carried(&self) -> shoal_common::fields::Carried {
+        let l = &self.layout;
+        shoal_common::fields::Carried {
+            temp: l.temp,
+            kh: l.kh,
+            salinity: l.salinity,
+            wet: l.wet != Wetness::None,
+        }
     }
 }
 
@@ -727,6 +778,20 @@ fn read_layout(
         zeta,
         temp: node_3d("temp", n_layers),
         kh: node_3d("kh", n_layers + 1),
+        salinity: node_3d("salinity", n_layers),
+        wet: if file
+            .variable("wet_cells")
+            .is_some_and(|v| dim_lens(&v).get(1..) == Some(&[n_elements][..]))
+        {
+            Wetness::Cells
+        } else if file
+            .variable("wet_nodes")
+            .is_some_and(|v| dim_lens(&v).get(1..) == Some(&[n_nodes][..]))
+        {
+            Wetness::Nodes
+        } else {
+            Wetness::None
+        },
         n_layers: if three_d { n_layers } else { 1 },
         n_nodes,
         n_elements,

@@ -38,6 +38,9 @@ pub struct Release {
 pub struct Origins {
     pub names: Vec<String>,
     pub origin: Vec<u16>,
+    /// Each particle's release, an index into `release_times` (run clock seconds).
+    pub release: Vec<u32>,
+    pub release_times: Vec<f64>,
 }
 
 /// The release the run file asks for. `duration` is the run's, in seconds: releases after it
@@ -62,12 +65,20 @@ pub fn points(cfg: &RunConfig, mesh: &Mesh, start: f64, duration: f64) -> Result
 pub const MAX_RELEASES: usize = 100_000;
 
 /// The run-clock seconds of each release of a polygon release.
-pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<Vec<f64>> {
+pub fn release_times(
+    pr: &PolygonRelease,
+    start: f64,
+    duration: f64,
+    backward: bool,
+) -> Result<Vec<f64>> {
+    // Seconds into the run, in its direction: a backward run releases at and before its start.
+    let dir = if backward { -1.0 } else { 1.0 };
+    let wrong_side = if backward { "after" } else { "before" };
     let mut times = Vec::new();
     if let Some((every, until)) = &pr.every {
-        let last = parse_time(until, start).context("key `release.until`")?;
+        let last = parse_time(until, start).context("key `release.until`")? * dir;
         if last < 0.0 {
-            bail!("key `release.until`: {until} is before the run's start");
+            bail!("key `release.until`: {until} is {wrong_side} the run's start");
         }
         let n = (last / every + 1e-9).floor();
         if n >= MAX_RELEASES as f64 {
@@ -79,9 +90,9 @@ pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<V
         times.extend((0..=n as u64).map(|k| k as f64 * every));
     } else if !pr.times.is_empty() {
         for t in &pr.times {
-            let v = parse_time(t, start).context("key `release.times`")?;
+            let v = parse_time(t, start).context("key `release.times`")? * dir;
             if v < 0.0 {
-                bail!("key `release.times`: {t} is before the run's start");
+                bail!("key `release.times`: {t} is {wrong_side} the run's start");
             }
             times.push(v);
         }
@@ -92,11 +103,11 @@ pub fn release_times(pr: &PolygonRelease, start: f64, duration: f64) -> Result<V
     }
     if let Some(late) = times.iter().find(|t| **t > duration) {
         bail!(
-            "key `release.{}`: a release {late} s after the start is after the run's end ({duration} s)",
+            "key `release.{}`: a release {late} s into the run is beyond the run's end ({duration} s)",
             if pr.every.is_some() { "until" } else { "times" }
         );
     }
-    Ok(times)
+    Ok(times.into_iter().map(|t| t * dir).collect())
 }
 
 fn polygons(
@@ -119,7 +130,7 @@ fn polygons(
             );
         }
     }
-    let times = release_times(pr, start, duration)?;
+    let times = release_times(pr, start, duration, cfg.backward)?;
     let n = times
         .len()
         .checked_mul(sites.len())
@@ -135,8 +146,9 @@ fn polygons(
         })?;
     let mut points = Vec::with_capacity(n);
     let mut origin = Vec::with_capacity(n);
+    let mut release = Vec::with_capacity(n);
     // Ids run release by release, site by site: particle `id`'s point depends on (seed, id).
-    for &time in &times {
+    for (r, &time) in times.iter().enumerate() {
         for (k, site) in sites.iter().enumerate() {
             for _ in 0..pr.per_polygon {
                 let id = points.len() as u32;
@@ -146,6 +158,7 @@ fn polygons(
                 let z = pr.z.0 + u * (pr.z.1 - pr.z.0);
                 points.push(ReleasePoint { x, y, z, time });
                 origin.push(k as u16);
+                release.push(r as u32);
             }
         }
     }
@@ -154,6 +167,8 @@ fn polygons(
         sites: Some(Origins {
             names: sites.into_iter().map(|s| s.name).collect(),
             origin,
+            release,
+            release_times: times,
         }),
     })
 }

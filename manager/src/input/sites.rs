@@ -11,17 +11,14 @@ use shoal_common::rng::{draw, unit_open, Stream};
 use shoal_common::{Mesh, TransverseMercator};
 use std::path::Path;
 
-/// A ring of vertices in the mesh's frame, closed implicitly (the last vertex is not the first).
-type Ring = Vec<(f64, f64)>;
+use shoal_common::behaviour::{Area, Ring};
 
 /// One named site: polygons of an outer ring and holes.
 #[derive(Clone, Debug)]
 pub struct Site {
     pub name: String,
-    /// Each polygon's rings, the outer first.
-    pub polygons: Vec<Vec<Ring>>,
-    /// Bounding box (x0, y0, x1, y1) of the outer rings.
-    pub bbox: (f64, f64, f64, f64),
+    /// Its polygons in the mesh's frame: the kernel tests settlement in this very area.
+    pub area: Area,
 }
 
 /// Draws give up on a point after this many attempts outside the site's water.
@@ -115,8 +112,10 @@ fn site(name: &str, f: &Value, projection: Option<&TransverseMercator>) -> Resul
     }
     Ok(Site {
         name: name.to_string(),
-        polygons: out,
-        bbox,
+        area: Area {
+            polygons: out,
+            bbox,
+        },
     })
 }
 
@@ -218,32 +217,10 @@ fn segments_meet(a: (f64, f64), b: (f64, f64), c: (f64, f64), d: (f64, f64)) -> 
         || (d4 == 0.0 && on(a, b, d))
 }
 
-/// Even-odd rule over one ring.
-fn in_ring(r: &[(f64, f64)], x: f64, y: f64) -> bool {
-    let n = r.len();
-    let mut inside = false;
-    let mut j = n - 1;
-    for i in 0..n {
-        let (xi, yi) = r[i];
-        let (xj, yj) = r[j];
-        if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
-            inside = !inside;
-        }
-        j = i;
-    }
-    inside
-}
-
 impl Site {
     /// Inside an outer ring and none of its holes.
     pub fn contains(&self, x: f64, y: f64) -> bool {
-        let (x0, y0, x1, y1) = self.bbox;
-        if x < x0 || x > x1 || y < y0 || y > y1 {
-            return false;
-        }
-        self.polygons
-            .iter()
-            .any(|p| in_ring(&p[0], x, y) && !p[1..].iter().any(|h| in_ring(h, x, y)))
+        self.area.contains(x, y)
     }
 
     /// Whether the site and the mesh can share water: a mesh node or element centre inside the
@@ -259,7 +236,8 @@ impl Site {
             })
         };
         let vertices = || {
-            self.polygons
+            self.area
+                .polygons
                 .iter()
                 .flat_map(|p| p[0].iter())
                 .any(|&(x, y)| mesh.locate(x, y, None).is_some())
@@ -270,7 +248,7 @@ impl Site {
     /// Particle `id`'s point: uniform by area in the site's water, keyed by (seed, id, attempt).
     /// The third number of the accepted draw is returned for the depth.
     pub fn draw(&self, seed: u64, id: u32, mesh: &Mesh) -> Result<(f64, f64, f64)> {
-        let (x0, y0, x1, y1) = self.bbox;
+        let (x0, y0, x1, y1) = self.area.bbox;
         for attempt in 0..MAX_ATTEMPTS {
             let b = draw(seed, id, attempt, Stream::Release);
             let x = x0 + unit_open(b[0]) * (x1 - x0);

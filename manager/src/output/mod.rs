@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod density;
+pub mod fates;
 pub mod plot;
 
 use crate::timefmt::format_datetime;
@@ -56,6 +57,8 @@ pub struct TrajectoryWriter {
     happiness: bool,
     /// The density map written at the same times, when the run asks for one.
     density: Option<density::DensityWriter>,
+    /// Where particles settled, when the run settles them.
+    fates: Option<fates::Fates>,
 }
 
 impl TrajectoryWriter {
@@ -228,7 +231,21 @@ impl TrajectoryWriter {
             projection,
             happiness,
             density: None,
+            fates: None,
         })
+    }
+
+    /// Records where and when particles settle, in this file (new: its variables are defined;
+    /// resumed: what was written is read back) and, at the end, in the connectivity matrix.
+    pub fn attach_fates(&mut self, mut f: fates::Fates, new: bool) -> Result<()> {
+        let ctx = || format!("settlement variables in {}", self.path.display());
+        if new {
+            f.define(&mut self.file).with_context(ctx)?;
+        } else {
+            f.load(&self.file, &self.path)?;
+        }
+        self.fates = Some(f);
+        Ok(())
     }
 
     /// Writes a density map at every time this writer writes (and rewinds it with this).
@@ -308,6 +325,9 @@ impl TrajectoryWriter {
             })
             .collect();
         self.put("element", &el, it)?;
+        if let Some(f) = &mut self.fates {
+            f.write(&mut self.file, snap).with_context(ctx)?;
+        }
         self.file.sync().with_context(ctx)?;
         if let Some(d) = &mut self.density {
             d.rewind(it);
@@ -378,12 +398,16 @@ impl TrajectoryWriter {
             projection,
             happiness,
             density: None,
+            fates: None,
         })
     }
 
     pub fn close(self) -> Result<()> {
         if let Some(d) = self.density {
             d.close()?;
+        }
+        if let Some(f) = &self.fates {
+            f.finish()?;
         }
         let p = self.path.clone();
         self.file

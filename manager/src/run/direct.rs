@@ -4,7 +4,7 @@
 use super::prepare::FieldWindow;
 use super::schedule::Stepper;
 use anyhow::{anyhow, Result};
-use shoal_common::kernel::{StepParams, Tally};
+use shoal_common::kernel::{step_time, StepParams, Tally};
 use shoal_common::{Mesh, Particles};
 use shoal_node::Partition;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ impl<'a> Direct<'a> {
     ) -> Self {
         Direct {
             mesh: &prep.mesh,
-            params: prep.params,
+            params: prep.params.clone(),
             duration: prep.duration,
             sort_every,
             pool: prep.pool.clone(),
@@ -65,12 +65,14 @@ impl Stepper for Direct<'_> {
         gather: bool,
     ) -> Result<Option<Particles>> {
         let dt = self.params.dt;
-        let t0 = (from as f64 * dt).min(self.duration.max(0.0));
-        fields.cover(t0, (t0 + dt).min(self.duration.max(t0)))?;
+        let t0 = step_time(from, dt, self.duration);
+        fields.cover(t0, step_time(from + 1, dt, self.duration))?;
         let mut part = Partition::new(particles.clone());
         part.sort_every = self.sort_every;
         let (mesh, window) = (self.mesh, fields.window());
-        self.pool.install(|| part.release(mesh, window, t0));
+        let forward = dt >= 0.0;
+        self.pool
+            .install(|| part.release(mesh, window, t0, forward));
         self.worker = Some(match self.choice {
             #[cfg(feature = "gpu")]
             shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(Box::new(
@@ -84,9 +86,9 @@ impl Stepper for Direct<'_> {
 
     fn step(&mut self, s: u32, fields: &mut FieldWindow) -> Result<Tally> {
         let dt = self.params.dt;
-        let t = s as f64 * dt;
-        let t1 = ((s + 1) as f64 * dt).min(self.duration);
-        let mut p = self.params;
+        let t = step_time(s, dt, self.duration);
+        let t1 = step_time(s + 1, dt, self.duration);
+        let mut p = self.params.clone();
         p.dt = t1 - t;
         fields.cover(t, t1)?;
         let (mesh, window) = (self.mesh, fields.window());

@@ -185,7 +185,7 @@ impl<'a> FabricStepper<'a> {
             mesh: &prep.mesh,
             reader: &prep.reader,
             fleet,
-            params: prep.params,
+            params: prep.params.clone(),
             times: prep.reader.times.iter().map(|t| t - prep.start).collect(),
             origin: prep.start,
             n: plan.n,
@@ -508,6 +508,21 @@ fn field_slice(
             .as_deref()
             .map(|t| per_node(t, nl))
             .unwrap_or_default(),
+        salinity: raw
+            .salinity
+            .as_deref()
+            .map(|t| per_node(t, nl))
+            .unwrap_or_default(),
+        wet: raw
+            .wet
+            .as_deref()
+            .map(|w| {
+                elements
+                    .iter()
+                    .map(|&e| w[mesh.file_element[e as usize] as usize])
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -696,7 +711,7 @@ impl Stepper for FabricStepper<'_> {
         } else {
             partition(mesh, &weights, n_parts)?
         };
-        let t0 = from as f64 * cfg.dt;
+        let t0 = shoal_common::kernel::step_time(from, self.params.dt, self.duration);
         let rings = match cfg.cluster.halo_rings {
             Some(r) => r,
             None => {
@@ -741,7 +756,7 @@ impl Stepper for FabricStepper<'_> {
             .collect::<Result<Vec<_>>>()?;
         let spec = RunSpec {
             mesh: self.reader.mesh_input.clone(),
-            params: self.params,
+            params: self.params.clone(),
             times: self.times.clone(),
             first_step: from,
             n_steps: self.n_steps,
@@ -750,8 +765,7 @@ impl Stepper for FabricStepper<'_> {
             n_parts: n_parts as u32,
             part_of: parts.part_of.clone(),
             sort_every: cfg.sort_every,
-            temp: self.reader.layout.temp,
-            kh: self.reader.layout.kh,
+            carried: self.reader.carried(),
         };
         let served = Served {
             me: me.clone(),
@@ -985,6 +999,9 @@ fn tally_of_summary(x: &StepSummary) -> Tally {
         exited: x.exited,
         bad_field: x.bad_field,
         outside_mesh: x.outside_mesh,
+        settled: x.settled,
+        dead: x.dead,
+        stranded: x.stranded,
         happy: x.happy,
         max_happiness: x.max_happiness,
         happiest: x.happiest,

@@ -123,6 +123,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let prep = prepare(cfg, opts)?;
     #[cfg(feature = "gpu")]
     let unsupported = shoal_node::gpu::unsupported(&prep.mesh, &prep.params, cfg.happiness.is_some())
+        .or_else(|| prep.reader.carried().wet.then(|| "wetting and drying (the files carry wet_cells) runs on the CPU only".to_string()))
         .or_else(|| prep.straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
     #[cfg(not(feature = "gpu"))]
     let unsupported = prep.straddles.then(String::new);
@@ -173,6 +174,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
                 saved.records as usize,
             )?);
         }
+        if let Some(f) = prepare::fates(cfg, &prep) {
+            w.attach_fates(f, false)?;
+        }
         (saved, w)
     } else {
         let saved = Saved {
@@ -196,7 +200,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let plan = schedule::Plan {
         n,
         n_steps: prep.n_steps,
-        dt: cfg.dt,
+        dt: prep.params.dt,
         duration: prep.duration,
         output_every: prep.output_every,
         checkpoint_every: cfg.checkpoint_every,
@@ -227,7 +231,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     say(
         opts.quiet,
         format!(
-            "done: {} steps in {:.2} s ({:.2} M particle-steps/s overall; fields {:.2} s, output {:.2} s, checkpoints {:.2} s); active {}, exited {}, bad field {}, outside mesh {}; {} nodes, {} partitions, {} halo values fetched on demand, {} recoveries, {} foreign or malformed messages dropped; wrote {}",
+            "done: {} steps in {:.2} s ({:.2} M particle-steps/s overall; fields {:.2} s, output {:.2} s, checkpoints {:.2} s); active {}, exited {}, bad field {}, outside mesh {}, settled {}, dead {}, stranded {}; {} nodes, {} partitions, {} halo values fetched on demand, {} recoveries, {} foreign or malformed messages dropped; wrote {}",
             report.steps,
             report.wall.as_secs_f64(),
             report.particle_steps as f64 / report.wall.as_secs_f64() / 1e6,
@@ -238,6 +242,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             last.exited,
             last.bad_field,
             last.outside_mesh,
+            last.settled,
+            last.dead,
+            last.stranded,
             report.nodes,
             report.partitions,
             report.halo_served,

@@ -9,6 +9,7 @@ use crate::output::TrajectoryWriter;
 use crate::release;
 use crate::timefmt::format_datetime;
 use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::behaviour::{Behaviour, Settlement};
 use shoal_common::kernel::{StepParams, VerticalMixing};
 use shoal_common::{FieldLevel, Mesh, Particles, Window};
 use shoal_node::Snapshot;
@@ -43,6 +44,7 @@ impl<'a> FieldWindow<'a> {
 
     /// Makes sure the levels bracket [t0, t1] (run clock seconds).
     pub fn cover(&mut self, t0: f64, t1: f64) -> Result<()> {
+        let (t0, t1) = (t0.min(t1), t0.max(t1));
         let times = &self.reader.times;
         let rel = |i: usize| times[i] - self.origin;
         let lo = (0..times.len())
@@ -94,16 +96,102 @@ impl<'a> FieldWindow<'a> {
     }
 }
 
+/// The step parameters of `cfg` without behaviour (see [`behaviour`]); `dt` is negative for a
+/// backward run.
 pub fn step_params(cfg: &RunConfig) -> StepParams {
     StepParams {
-        dt: cfg.dt,
+        dt: if cfg.backward { -cfg.dt } else { cfg.dt },
         integrator: cfg.integrator,
         horizontal_kh: cfg.horizontal_kh,
         vertical_mixing: cfg.vertical_mixing,
         sinking_speed: cfg.sinking_speed,
         seed: cfg.seed,
         happiness: cfg.happiness,
+        behaviour: None,
     }
+}
+
+/// The kernel's behaviour for `cfg` on `mesh` (the run clock's zero at `start`, Unix seconds),
+/// and the settlement polygons' names; `None` for passive particles. Checks what needs the
+/// input: fields for lethal ranges, a place for the sun, water in every settlement polygon.
+pub fn behaviour(
+    cfg: &RunConfig,
+    mesh: &Mesh,
+    reader: &FvcomReader,
+    start: f64,
+) -> Result<Option<(Box<Behaviour>, Vec<String>)>> {
+    if cfg.larvae.is_none() && cfg.settlement.is_none() {
+        return Ok(None);
+    }
+    let file = reader.path(0).display();
+    let larvae = cfg.larvae.clone().unwrap_or(crate::config::Larvae {
+        stages: vec![shoal_common::behaviour::Stage {
+            from_age: 0.0,
+            sinking_speed: cfg.sinking_speed,
+            mortality_rate: 0.0,
+            migration: None,
+        }],
+        temperature_range: None,
+        salinity_range: None,
+        place: None,
+    });
+    if larvae.temperature_range.is_some() && !reader.layout.temp {
+        bail!("{file}: behaviour.temperature_range needs variable `temp` (layered, at nodes), which the input lacks");
+    }
+    if larvae.salinity_range.is_some() && !reader.layout.salinity {
+        bail!("{file}: behaviour.salinity_range needs variable `salinity` (layered, at nodes), which the input lacks");
+    }
+    let migrates = larvae.stages.iter().any(|s| s.migration.is_some());
+    let place = match (migrates, mesh.projection.is_some(), larvae.place) {
+        (true, false, None) => bail!("key `behaviour.migration.latitude`: the mesh has no geographic coordinates, so give `latitude` and `longitude` for the sun"),
+        (true, true, Some(_)) => {
+            eprintln!("warning: behaviour.migration.latitude/longitude are not used: the mesh is geographic and the sun is seen from each element");
+            None
+        }
+        (_, _, p) => p,
+    };
+    let (settlement, names) = match &cfg.settlement {
+        None => (None, Vec::new()),
+        Some(s) => {
+            let sites = crate::sites::read(&s.file, mesh.projection.as_ref())?;
+            if sites.len() > u16::MAX as usize {
+                bail!(
+                    "{}: more than {} settlement polygons",
+                    s.file.display(),
+                    u16::MAX
+                );
+            }
+            for site in &sites {
+                if !site.touches(mesh) {
+                    bail!(
+                        "{}: settlement polygon `{}` has no water: it lies on land or outside the mesh",
+                        s.file.display(),
+                        site.name
+                    );
+                }
+            }
+            (
+                Some(Settlement {
+                    areas: sites.iter().map(|s| s.area.clone()).collect(),
+                    competency: s.competency,
+                    probability_per_hour: s.probability_per_hour,
+                    die_after_competency: s.die_after_competency,
+                }),
+                sites.into_iter().map(|s| s.name).collect(),
+            )
+        }
+    };
+    Ok(Some((
+        Box::new(Behaviour {
+            stages: larvae.stages,
+            temperature_range: larvae.temperature_range,
+            salinity_range: larvae.salinity_range,
+            settlement,
+            clock_origin: start,
+            place,
+        }),
+        names,
+    )))
 }
 
 pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
@@ -123,6 +211,10 @@ pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
             format!("{:?}", cfg.integrator).to_lowercase(),
         ),
         ("shoal_seed".to_string(), cfg.seed.to_string()),
+        (
+            "shoal_direction".to_string(),
+            if cfg.backward { "backward" } else { "forward" }.to_string(),
+        ),
         (
             "shoal_horizontal_kh".to_string(),
             cfg.horizontal_kh.to_string(),
@@ -155,6 +247,8 @@ pub struct Prepared {
     pub outside: usize,
     /// Each particle's release site, for a polygon release.
     pub origins: Option<release::Origins>,
+    /// The settlement polygons' names, in order.
+    pub destinations: Vec<String>,
     pub params: StepParams,
     pub threads: usize,
     pub pool: std::sync::Arc<rayon::ThreadPool>,
@@ -172,7 +266,12 @@ impl Prepared {
 pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
     let say = |s: String| say(opts.quiet, s);
     let wall = Instant::now();
-    let (reader, mesh, notes) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    let (mut reader, mesh, notes) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    // Salinity is read only for a lethal range.
+    reader.layout.salinity &= cfg
+        .larvae
+        .as_ref()
+        .is_some_and(|l| l.salinity_range.is_some());
     for w in &reader.warnings {
         eprintln!("warning: {w}");
     }
@@ -211,13 +310,25 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
             format_datetime(last)
         );
     }
-    let duration = cfg.duration.unwrap_or(last - start);
-    if start + duration > last + 1e-6 {
+    let duration = cfg.duration.unwrap_or(if cfg.backward {
+        start - first
+    } else {
+        last - start
+    });
+    if !cfg.backward && start + duration > last + 1e-6 {
         bail!(
             "the run would end at {} but the input ends at {} ({})",
             format_datetime(start + duration),
             format_datetime(last),
             reader.path(reader.time_source.len() - 1).display()
+        );
+    }
+    if cfg.backward && start - duration < first - 1e-6 {
+        bail!(
+            "the backward run would end at {} but the input begins at {} ({})",
+            format_datetime(start - duration),
+            format_datetime(first),
+            reader.path(0).display()
         );
     }
     let n_steps = ((duration / cfg.dt) - 1e-9).ceil().max(0.0) as u32;
@@ -256,13 +367,19 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         .num_threads(threads)
         .build()
         .context("starting worker threads")?;
-    let params = step_params(cfg);
+    let mut params = step_params(cfg);
+    let mut destinations = Vec::new();
+    if let Some((b, names)) = behaviour(cfg, &mesh, &reader, start)? {
+        params.behaviour = Some(b);
+        destinations = names;
+    }
+    let dir = if cfg.backward { -1.0 } else { 1.0 };
     // The GPU kernel handles one field interval per step: every field time inside the run must
     // fall on a step boundary.
     let straddles = reader
         .times
         .iter()
-        .map(|t| t - start)
+        .map(|t| (t - start) * dir)
         .filter(|t| *t > 0.0 && *t < duration)
         .any(|t| {
             let r = t / cfg.dt;
@@ -278,6 +395,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         particles: released.particles,
         outside: released.outside,
         origins,
+        destinations,
         params,
         threads,
         pool: std::sync::Arc::new(pool),
@@ -306,5 +424,21 @@ pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWrite
             prep.origins.as_ref(),
         )?);
     }
+    if let Some(f) = fates(cfg, prep) {
+        w.attach_fates(f, true)?;
+    }
     Ok(w)
+}
+
+/// What the trajectory writer records of settlement, when the run settles particles.
+pub fn fates(cfg: &RunConfig, prep: &Prepared) -> Option<crate::output::fates::Fates> {
+    let s = prep.params.behaviour.as_ref()?.settlement.as_ref()?;
+    Some(crate::output::fates::Fates::new(
+        s.areas.clone(),
+        prep.destinations.clone(),
+        prep.n(),
+        cfg.connectivity.clone().zip(prep.origins.clone()),
+        prep.start,
+        cfg.backward,
+    ))
 }

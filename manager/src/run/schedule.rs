@@ -61,7 +61,7 @@ pub struct Plan {
 
 impl Plan {
     fn time(&self, s: u32) -> f64 {
-        (s as f64 * self.dt).min(self.duration)
+        shoal_common::kernel::step_time(s, self.dt, self.duration)
     }
 }
 

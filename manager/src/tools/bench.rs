@@ -15,7 +15,8 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// dense, sparse, fabric (with transport), transport (TCP against QUIC with mutual TLS),
+    /// dense, sparse, behaviour (larval behaviour against passive particles), fabric (with
+    /// transport), transport (TCP against QUIC with mutual TLS),
     /// checkpoint, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
@@ -95,6 +96,8 @@ pub fn dense_setup(
                 zeta: vec![0.0; nn],
                 temp: None,
                 kh: None,
+                salinity: None,
+                wet: None,
             };
             for k in 0..layers {
                 for e in 0..ne {
@@ -168,6 +171,7 @@ fn dense(args: &BenchArgs) -> Result<()> {
         sinking_speed: 0.0,
         seed: 1,
         happiness: None,
+        behaviour: None,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -233,6 +237,23 @@ fn sparse_input(args: &BenchArgs) -> Result<SynthOptions> {
     Ok(o)
 }
 
+/// A whole run on the direct path with `threads` workers: its report, and its whole-run and
+/// kernel particle-steps per second.
+fn direct_run(cfg: &RunConfig, threads: usize) -> Result<(crate::run::RunReport, f64, f64)> {
+    let rep = run(
+        cfg,
+        &RunOptions {
+            quiet: true,
+            threads: Some(threads),
+            direct: true,
+            ..Default::default()
+        },
+    )?;
+    let whole = rep.particle_steps as f64 / rep.wall.as_secs_f64();
+    let kernel = rep.particle_steps as f64 / rep.kernel.as_secs_f64();
+    Ok((rep, whole, kernel))
+}
+
 fn sparse(args: &BenchArgs) -> Result<()> {
     let o = sparse_input(args)?;
     let (cx, cy) = o.centre();
@@ -245,17 +266,7 @@ fn sparse(args: &BenchArgs) -> Result<()> {
     println!("| threads | whole run (s) | whole-run particle-steps/s | per thread | kernel particle-steps/s | whole / kernel |");
     println!("|---|---|---|---|---|---|");
     for &threads in &thread_list(args) {
-        let rep = run(
-            &cfg,
-            &RunOptions {
-                quiet: true,
-                threads: Some(threads),
-                direct: true,
-                ..Default::default()
-            },
-        )?;
-        let whole = rep.particle_steps as f64 / rep.wall.as_secs_f64();
-        let kernel = rep.particle_steps as f64 / rep.kernel.as_secs_f64();
+        let (rep, whole, kernel) = direct_run(&cfg, threads)?;
         println!(
             "| {threads} | {:.2} | {:.2} M | {:.2} M | {:.2} M | {:.2} |",
             rep.wall.as_secs_f64(),
@@ -266,6 +277,83 @@ fn sparse(args: &BenchArgs) -> Result<()> {
         );
     }
     println!("sparse: 80 000 elements, {} layers, 100 000 particles, 720 steps of 60 s; peak RSS {:.0} MiB", args.layers, status_kib("VmHWM:") as f64 / 1024.0);
+    Ok(())
+}
+
+/// The sparse case with larval behaviour switched on (diel migration, mortality, settlement on
+/// three reefs, competent from release) against the same run with passive particles.
+fn behaviour(args: &BenchArgs) -> Result<()> {
+    let o = sparse_input(args)?;
+    let (cx, cy) = o.centre();
+    use crate::demo::{collection, square};
+    std::fs::write(
+        args.dir.join("behaviour_reefs.geojson"),
+        collection(&[
+            square("north", (cx, cy + 7000.0), 600.0),
+            square("west", (cx - 7000.0, cy), 600.0),
+            square("centre", (cx, cy), 300.0),
+        ]),
+    )?;
+    let base = format!(
+        "seed=1
+[input]
+files=['sparse_fvcom.nc']
+[release.generate]
+count=100000
+centre=[{cx},{cy}]
+radius=8000.0
+z=-5.0
+[run]
+duration='12h'
+dt='60s'
+[output]
+file='behaviour_out.nc'
+interval='1h'
+"
+    );
+    let larval = format!(
+        "{base}[behaviour]
+mortality_per_day=0.1
+[behaviour.migration]
+day_depth=[8.0, 12.0]
+night_depth=2.0
+swim_speed=0.003
+latitude=44.6
+longitude=-63.6
+[settlement]
+polygons='behaviour_reefs.geojson'
+competency=['0h', '12h']
+probability_per_hour=0.2
+"
+    );
+    println!("| case | threads | whole run (s) | whole-run particle-steps/s | kernel particle-steps/s | settled | dead |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rates = Vec::new();
+    for (name, toml) in [("passive", base), ("larval", larval)] {
+        let cfg_path = args.dir.join(format!("behaviour_{name}.toml"));
+        std::fs::write(&cfg_path, toml)?;
+        let cfg = RunConfig::from_path(&cfg_path)?;
+        for &threads in &thread_list(args) {
+            let (rep, whole, kernel) = direct_run(&cfg, threads)?;
+            rates.push((name, threads, kernel));
+            println!(
+                "| {name} | {threads} | {:.2} | {:.2} M | {:.2} M | {} | {} |",
+                rep.wall.as_secs_f64(),
+                whole / 1e6,
+                kernel / 1e6,
+                rep.last.settled,
+                rep.last.dead
+            );
+        }
+    }
+    for &(_, threads, passive) in rates.iter().filter(|r| r.0 == "passive") {
+        if let Some(&(_, _, larval)) = rates.iter().find(|r| r.0 == "larval" && r.1 == threads) {
+            println!(
+                "behaviour: {threads} threads, larval kernel at {:.1} % of passive",
+                100.0 * larval / passive
+            );
+        }
+    }
     Ok(())
 }
 
@@ -284,6 +372,7 @@ fn gpu(args: &BenchArgs) -> Result<()> {
         sinking_speed: 0.0,
         seed: 1,
         happiness: None,
+        behaviour: None,
     };
     println!(
         "gpu: adapter {}; {} elements, {} layers, {} particles, {} steps",
@@ -333,6 +422,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.case.as_str() {
         "dense" => dense(args),
         "sparse" => sparse(args),
+        "behaviour" => behaviour(args),
         "fabric" => {
             fabric(args)?;
             transport(args)
@@ -346,7 +436,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             sparse(args)
         }
         other => anyhow::bail!(
-            "--case: `{other}` is not one of dense, sparse, fabric, transport, checkpoint, gpu, all"
+            "--case: `{other}` is not one of dense, sparse, behaviour, fabric, transport, checkpoint, gpu, all"
         ),
     }
 }

@@ -1,5 +1,7 @@
 //! `shoal demo`: a complete example on a generated mesh: a patch of larvae released into a
-//! rotating, temperature-graded basin, looking for water at their preferred temperature.
+//! rotating, temperature-graded basin, looking for water at their preferred temperature; and
+//! `shoal demo --larvae`, a larval dispersal study on a generated coast: two spawning sites,
+//! three reefs, diel migration, mortality and settlement, ending in a connectivity matrix.
 
 use crate::config::RunConfig;
 use crate::run::{run, RunOptions, RunReport};
@@ -69,6 +71,131 @@ pub fn demo(dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     println!(
         "demo: trajectories in {}, picture in {}",
         cfg.output.display(),
+        png.display()
+    );
+    Ok(report)
+}
+
+/// The larval study's run file (the README shows it too).
+pub fn larvae_config() -> &'static str {
+    r#"# A larval dispersal study, written by `shoal demo --larvae`.
+# Run it again with `shoal run larvae.toml`.
+seed = 42
+
+[input]
+files = ["coast_fvcom.nc"]
+
+[release]
+polygons = "spawning.geojson"   # named GeoJSON polygons (lon/lat on geographic meshes)
+per_polygon = 1000              # particles per site and release
+z_range = [-5.0, -1.0]          # metres below the surface, drawn per particle
+every = "6h"                    # release again every 6 h ...
+until = "2024-05-23 12:00:00"   # ... until noon: three releases
+
+[run]
+duration = "48h"
+dt = "120s"
+
+[diffusion]
+horizontal_kh = 2.0             # m^2/s
+
+[behaviour]
+mortality_per_day = 0.3         # survivors after t days: exp(-0.3 t)
+
+[behaviour.migration]           # down by day, up by night
+day_depth = [8.0, 12.0]         # metres below the surface
+night_depth = 2.0
+swim_speed = 0.003              # m/s
+latitude = 44.6                 # where the sun is seen from (this mesh is Cartesian)
+longitude = -63.6
+
+[[behaviour.stage]]             # older larvae stop migrating and sink slowly
+age = "24h"
+migration = false
+sinking_speed = 0.0005
+
+[settlement]
+polygons = "reefs.geojson"
+competency = ["12h", "40h"]     # ages between which larvae can settle
+probability_per_hour = 0.5      # while competent and over a reef
+die_after_competency = true
+
+[output]
+file = "larvae_trajectories.nc"
+interval = "1h"
+connectivity = "connectivity.nc" # and connectivity.csv beside it
+density = { file = "larvae_density.nc", cell = 500.0, per_origin = true }
+"#
+}
+
+/// A square GeoJSON feature named `name`, of half-width `r` around (x, y), in the units the
+/// file's mesh takes (metres, or degrees of lon/lat).
+pub fn square(name: &str, (x, y): (f64, f64), r: f64) -> String {
+    let (a, b, c, d) = (x - r, y - r, x + r, y + r);
+    format!(
+        r#"{{"type":"Feature","properties":{{"name":"{name}"}},"geometry":{{"type":"Polygon","coordinates":[[[{a},{b}],[{c},{b}],[{c},{d}],[{a},{d}],[{a},{b}]]]}}}}"#
+    )
+}
+
+/// A GeoJSON FeatureCollection of `features`.
+pub fn collection(features: &[String]) -> String {
+    format!(
+        r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+        features.join(",")
+    )
+}
+
+/// The larval study: a rotating coastal basin, two spawning sites upstream of three reefs.
+pub fn demo_larvae(dir: &Path, opts: &RunOptions) -> Result<RunReport> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let input = dir.join("coast_fvcom.nc");
+    let so = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 40,
+        ny: 40,
+        period: 24.0 * 3600.0,
+        duration: 50.0 * 3600.0,
+        ..Default::default()
+    };
+    if !opts.quiet {
+        eprintln!("demo: writing synthetic FVCOM output {}", input.display());
+    }
+    synth::write(&input, &so)?;
+    let (cx, cy) = so.centre();
+    let write = |name: &str, text: String| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    // The flow turns anticlockwise about the centre once a day: the sites lie 6 km out, the
+    // reefs a little further round the same circle and one inside it.
+    write(
+        "spawning.geojson",
+        collection(&[
+            square("North bank", (cx, cy + 6000.0), 700.0),
+            square("East bank", (cx + 6000.0, cy), 700.0),
+        ]),
+    )?;
+    write(
+        "reefs.geojson",
+        collection(&[
+            square("West reef", (cx - 6000.0, cy), 1500.0),
+            square("South reef", (cx, cy - 6000.0), 1500.0),
+            square("Inner reef", (cx + 2500.0, cy + 2500.0), 1200.0),
+        ]),
+    )?;
+    let cfg_path = dir.join("larvae.toml");
+    std::fs::write(&cfg_path, larvae_config())
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    let cfg = RunConfig::from_path(&cfg_path)?;
+    let report = run(&cfg, opts)?;
+    let connectivity = dir.join("connectivity.nc");
+    let png = dir.join("connectivity.png");
+    crate::plot::plot(&connectivity, None, &png, 600)?;
+    println!(
+        "demo: trajectories in {}, connectivity in {} and {}, heat map in {}",
+        cfg.output.display(),
+        connectivity.display(),
+        dir.join("connectivity.csv").display(),
         png.display()
     );
     Ok(report)

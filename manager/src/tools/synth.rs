@@ -62,6 +62,13 @@ pub struct SynthOptions {
     pub no_ww: bool,
     pub temp: bool,
     pub kh: bool,
+    pub salinity: bool,
+    /// A drying tidal flat with this tidal amplitude (metres): the bed runs from `depth` at
+    /// the west edge to 1.5 amplitudes above the datum at the east edge, the surface is
+    /// `A sin(2 pi t / period)` everywhere, and `wet_nodes`/`wet_cells` are written (a node is
+    /// wet with more than 5 cm of water, as FVCOM's minimum depth; a cell when its three nodes
+    /// are). Velocities in dry cells are zero.
+    pub drying: Option<f64>,
     pub time_style: TimeStyle,
     /// Elements (0-based) whose velocities are NaN in every slice.
     pub nan_elements: Vec<usize>,
@@ -99,6 +106,8 @@ impl Default for SynthOptions {
             no_ww: false,
             temp: true,
             kh: false,
+            salinity: false,
+            drying: None,
             time_style: TimeStyle::All,
             nan_elements: Vec::new(),
             omit_u: false,
@@ -222,6 +231,32 @@ impl SynthOptions {
         1e-4 + 0.04 * (-sigma) * (1.0 + sigma)
     }
 
+    /// Bed depth at `x` (positive down).
+    pub fn bed(&self, x: f64) -> f64 {
+        match self.drying {
+            None => self.depth,
+            Some(a) => {
+                let f = ((x - self.x0) / (self.nx as f64 * self.dx)).clamp(0.0, 1.0);
+                self.depth + (-1.5 * a - self.depth) * f
+            }
+        }
+    }
+
+    /// The drying flat's free surface at `t` (0 without one).
+    pub fn surface(&self, t: f64) -> f64 {
+        self.drying
+            .map_or(0.0, |a| a * (std::f64::consts::TAU * t / self.period).sin())
+    }
+
+    /// Whether node water of `depth` metres counts as wet.
+    pub fn wet(depth: f64) -> bool {
+        depth > 0.05
+    }
+
+    pub fn salinity(&self, x: f64) -> f64 {
+        20.0 + 15.0 * (x - self.x0) / (self.nx as f64 * self.dx)
+    }
+
     pub fn n_times(&self) -> usize {
         (self.duration / self.interval).round() as usize + 1
     }
@@ -314,7 +349,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     var!(f32, "yc", &["nele"], if o.spherical.is_some() { vec![0.0; ne] } else { g.yc.iter().map(|v| *v as f32).collect() }, "units" => "meters");
     var!(f32, "lonc", &["nele"], lonc.iter().map(|v| *v as f32).collect(), "units" => "degrees_east");
     var!(f32, "latc", &["nele"], latc.iter().map(|v| *v as f32).collect(), "units" => "degrees_north");
-    var!(f32, "h", &["node"], vec![o.depth as f32; nn], "units" => "m", "positive" => "down");
+    var!(f32, "h", &["node"], g.x.iter().map(|&x| o.bed(x) as f32).collect::<Vec<_>>(), "units" => "m", "positive" => "down");
     let base = if o.zero_based { 0 } else { 1 };
     let mut nv = vec![0i32; 3 * ne];
     for (e, t) in g.nv.iter().enumerate() {
@@ -439,6 +474,21 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             .put_attribute("units", "degrees_C")
             .with_context(ctx)?;
     }
+    if o.salinity && !o.two_d {
+        f.add_variable::<f32>("salinity", &["time", "siglay", "node"])
+            .with_context(ctx)?
+            .put_attribute("units", "1e-3")
+            .with_context(ctx)?;
+    }
+    if o.drying.is_some() {
+        for (name, dim) in [("wet_nodes", "node"), ("wet_cells", "nele")] {
+            let mut v = f
+                .add_variable::<i32>(name, &["time", dim])
+                .with_context(ctx)?;
+            v.put_attribute("option_0", "land").with_context(ctx)?;
+            v.put_attribute("option_1", "water").with_context(ctx)?;
+        }
+    }
     if o.kh && !o.two_d {
         f.add_variable::<f32>("kh", &["time", "siglev", "node"])
             .with_context(ctx)?
@@ -481,11 +531,23 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                 .put_values(&bytes, (it..it + 1, ..))
                 .with_context(ctx)?;
         }
+        let zeta = o.surface(t);
+        let wet_nodes: Vec<i32> =
+            g.x.iter()
+                .map(|&x| i32::from(SynthOptions::wet(o.bed(x) + zeta)))
+                .collect();
+        let wet_cells: Vec<i32> =
+            g.nv.iter()
+                .map(|t| i32::from(t.iter().all(|&n| wet_nodes[n] == 1)))
+                .collect();
         let mut u = vec![0f32; nlw * ne];
         let mut v = vec![0f32; nlw * ne];
         for k in 0..nlw {
             let s = if o.two_d { -0.5 } else { siglay[k] as f64 };
             for e in 0..ne {
+                if o.drying.is_some() && wet_cells[e] == 0 {
+                    continue;
+                }
                 let (a, b) = o.velocity(g.xc[e], g.yc[e], s, t);
                 u[k * ne + e] = a as f32;
                 v[k * ne + e] = b as f32;
@@ -514,8 +576,25 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         }
         f.variable_mut("zeta")
             .unwrap()
-            .put_values(&vec![0f32; nn], (it..it + 1, ..))
+            .put_values(&vec![zeta as f32; nn], (it..it + 1, ..))
             .with_context(ctx)?;
+        if o.drying.is_some() {
+            for (name, w) in [("wet_nodes", &wet_nodes), ("wet_cells", &wet_cells)] {
+                f.variable_mut(name)
+                    .unwrap()
+                    .put_values(w, (it..it + 1, ..))
+                    .with_context(ctx)?;
+            }
+        }
+        if o.salinity && !o.two_d {
+            let sal: Vec<f32> = (0..nl)
+                .flat_map(|_| g.x.iter().map(|&x| o.salinity(x) as f32))
+                .collect();
+            f.variable_mut("salinity")
+                .unwrap()
+                .put_values(&sal, (it..it + 1, .., ..))
+                .with_context(ctx)?;
+        }
         if o.temp && !o.two_d {
             let mut temp = vec![0f32; nl * nn];
             for k in 0..nl {

@@ -208,6 +208,34 @@ pub fn unsupported(mesh: &Mesh, params: &StepParams, needs_temperature: bool) ->
                 .into(),
         );
     }
+    if params.dt < 0.0 {
+        return Some("backward tracking runs on the CPU only".into());
+    }
+    if let Some(b) = &params.behaviour {
+        let mut what = Vec::new();
+        if b.stages.len() > 1 {
+            what.push("stages by age");
+        }
+        if b.migrates() {
+            what.push("diel migration");
+        }
+        if b.stages.iter().any(|s| s.mortality_rate > 0.0) {
+            what.push("mortality");
+        }
+        if b.temperature_range.is_some() || b.salinity_range.is_some() {
+            what.push("lethal temperature or salinity");
+        }
+        if b.settlement.is_some() {
+            what.push("settlement");
+        }
+        if what.is_empty() {
+            what.push("larval behaviour");
+        }
+        return Some(format!(
+            "{} run on the CPU only (the GPU kernel moves passive particles)",
+            what.join(", ")
+        ));
+    }
     if params.vertical_mixing == VerticalMixing::FromFile {
         return Some("vertical mixing with kh from the file runs on the CPU only".into());
     }

@@ -62,6 +62,8 @@ pub fn reference_problem(n_particles: usize) -> (Mesh, Vec<FieldLevel>, Particle
                 zeta: vec![0.0; mesh.n_nodes()],
                 temp: None,
                 kh: None,
+                salinity: None,
+                wet: None,
             };
             for k in 0..nl {
                 let shear = 1.0 + 0.3 * (-(k as f64 + 0.5) / nl as f64);
@@ -108,6 +110,7 @@ pub fn reference_params() -> StepParams {
         sinking_speed: 0.0,
         seed: 3,
         happiness: None,
+        behaviour: None,
     }
 }
 
