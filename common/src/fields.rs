@@ -37,21 +37,32 @@ pub struct Carried {
     pub wet: bool,
 }
 
+/// One model time. Element values live in slots, node values in node slots: for a whole level
+/// (the manager's, the direct path's) slot is the mesh's own number; a partition's level is
+/// local ([`FieldLevel::local`]): it holds only the elements and nodes it was given, in slots
+/// handed out as they arrive, with slot 0 standing for every element (node) it lacks: a NaN
+/// surface and zero velocity, so a particle that samples one is quarantined.
 #[derive(Clone, Debug)]
 pub struct FieldLevel {
     pub time: f64,
-    /// One block per element and layer, `element * n_layers + layer`; see [`N_COEF`].
+    /// One block per element slot and layer, `slot * n_layers + layer`; see [`N_COEF`].
     pub coef: Vec<[f32; N_COEF]>,
-    /// Free surface at each element's three nodes.
+    /// Free surface at each element slot's three nodes.
     pub zeta_elem: Vec<[f32; 3]>,
-    /// Temperature, node-major `node * n_layers + layer`.
+    /// Temperature, node-slot-major `slot * n_layers + layer`.
     pub temp: Option<Vec<f32>>,
-    /// Vertical eddy diffusivity, node-major `node * n_levels + level`.
+    /// Vertical eddy diffusivity, node-slot-major `slot * n_levels + level`.
     pub kh: Option<Vec<f32>>,
-    /// Salinity, node-major like `temp`.
+    /// Salinity, like `temp`.
     pub salinity: Option<Vec<f32>>,
-    /// Per element in the mesh's order: 1 wet, 0 dry.
+    /// Per element slot: 1 wet, 0 dry.
     pub wet: Option<Vec<u8>>,
+    /// A local level's slot of each mesh element (0: not held); `None` for a whole level.
+    pub elem_slot: Option<Vec<u32>>,
+    /// A local level's slot of each mesh node (0: not held).
+    pub node_slot: Option<Vec<u32>>,
+    /// A local level's node slots in use, slot 0 included.
+    pub node_slots: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -120,24 +131,136 @@ impl FieldLevel {
     /// A level with no element present: coefficients zero (pages untouched until written),
     /// free surface NaN so that any sample in an element not yet filled is non-finite and the
     /// kernel quarantines the particle without moving it. Node fields NaN.
-    /// Absent elements count as wet (their NaN surface quarantines a particle first).
-    pub fn absent(mesh: &Mesh, time: f64, carried: Carried) -> FieldLevel {
-        let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
+    /// A local level holding nothing yet: only slot 0, the stand-in for every element and node
+    /// it lacks (NaN surface and node values, zero velocity; wet, so that the NaN surface is
+    /// what quarantines a particle). Its slot maps cost 4 bytes per mesh element and node.
+    pub fn local(mesh: &Mesh, time: f64, carried: Carried) -> FieldLevel {
+        let nl = mesh.vertical.n_layers;
         FieldLevel {
             time,
-            coef: vec![[0.0f32; N_COEF]; ne * nl],
-            zeta_elem: vec![[f32::NAN; 3]; ne],
-            temp: carried.temp.then(|| vec![f32::NAN; nn * nl]),
-            kh: carried.kh.then(|| vec![f32::NAN; nn * (nl + 1)]),
-            salinity: carried.salinity.then(|| vec![f32::NAN; nn * nl]),
-            wet: carried.wet.then(|| vec![1u8; ne]),
+            coef: vec![[0.0f32; N_COEF]; nl],
+            zeta_elem: vec![[f32::NAN; 3]],
+            temp: carried.temp.then(|| vec![f32::NAN; nl]),
+            kh: carried.kh.then(|| vec![f32::NAN; nl + 1]),
+            salinity: carried.salinity.then(|| vec![f32::NAN; nl]),
+            wet: carried.wet.then(|| vec![1u8]),
+            elem_slot: Some(vec![0; mesh.n_elements()]),
+            node_slot: Some(vec![0; mesh.n_nodes()]),
+            node_slots: 1,
         }
     }
 
-    /// Whether element `e` (mesh order) is wet at this time; always, without wetting and drying.
+    /// The slot of mesh element `e`.
+    #[inline(always)]
+    pub fn slot(&self, e: usize) -> usize {
+        match &self.elem_slot {
+            None => e,
+            Some(m) => m[e] as usize,
+        }
+    }
+
+    /// The slot of mesh node `n`.
+    #[inline(always)]
+    pub fn node(&self, n: usize) -> usize {
+        match &self.node_slot {
+            None => n,
+            Some(m) => m[n] as usize,
+        }
+    }
+
+    /// Element slots in use, the stand-in slot 0 of a local level left out.
+    pub fn elements_held(&self) -> usize {
+        self.zeta_elem.len() - usize::from(self.elem_slot.is_some())
+    }
+
+    /// A local level's node slots in use, the stand-in slot 0 left out (0 for a whole level).
+    pub fn nodes_held(&self) -> usize {
+        self.node_slots.saturating_sub(1)
+    }
+
+    /// Room for `elements` more element slots and `nodes` more node slots, so that filling a
+    /// partition's level grows each array once instead of doubling (and copying) it.
+    pub fn reserve(&mut self, elements: usize, nodes: usize, n_layers: usize) {
+        if self.elem_slot.is_none() {
+            return;
+        }
+        self.coef.reserve(elements * n_layers);
+        self.zeta_elem.reserve(elements);
+        if let Some(w) = &mut self.wet {
+            w.reserve(elements);
+        }
+        for (field, per) in [
+            (&mut self.temp, n_layers),
+            (&mut self.salinity, n_layers),
+            (&mut self.kh, n_layers + 1),
+        ] {
+            if let Some(v) = field {
+                v.reserve(nodes * per);
+            }
+        }
+    }
+
+    /// A local level's slot for mesh element `e`, made (absent: NaN surface, zero velocity,
+    /// wet) if it has none. A whole level's slot is `e` itself.
+    pub fn add_element(&mut self, e: usize, n_layers: usize) -> usize {
+        let Some(map) = &mut self.elem_slot else {
+            return e;
+        };
+        if map[e] != 0 {
+            return map[e] as usize;
+        }
+        let slot = self.zeta_elem.len();
+        map[e] = slot as u32;
+        self.zeta_elem.push([f32::NAN; 3]);
+        self.coef
+            .extend(std::iter::repeat_n([0.0f32; N_COEF], n_layers));
+        if let Some(w) = &mut self.wet {
+            w.push(1);
+        }
+        slot
+    }
+
+    /// A local level's slot for mesh node `n`, made (NaN values) if it has none.
+    pub fn add_node(&mut self, n: usize, n_layers: usize) -> usize {
+        let Some(map) = &mut self.node_slot else {
+            return n;
+        };
+        if map[n] != 0 {
+            return map[n] as usize;
+        }
+        let slot = self.node_slots;
+        self.node_slots += 1;
+        map[n] = slot as u32;
+        for (field, per) in [
+            (&mut self.temp, n_layers),
+            (&mut self.salinity, n_layers),
+            (&mut self.kh, n_layers + 1),
+        ] {
+            if let Some(v) = field {
+                v.extend(std::iter::repeat_n(f32::NAN, per));
+            }
+        }
+        slot
+    }
+
+    /// Bytes held by this level's arrays (by length), slot maps included.
+    pub fn heap_bytes(&self) -> usize {
+        let f = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |v| v.len() * 4);
+        let m = |v: &Option<Vec<u32>>| v.as_ref().map_or(0, |v| v.len() * 4);
+        self.coef.len() * N_COEF * 4
+            + self.zeta_elem.len() * 12
+            + f(&self.temp)
+            + f(&self.kh)
+            + f(&self.salinity)
+            + self.wet.as_ref().map_or(0, |w| w.len())
+            + m(&self.elem_slot)
+            + m(&self.node_slot)
+    }
+
+    /// Whether mesh element `e` is wet at this time; always, without wetting and drying.
     #[inline]
     pub fn is_wet(&self, e: usize) -> bool {
-        self.wet.as_ref().is_none_or(|w| w[e] != 0)
+        self.wet.as_ref().is_none_or(|w| w[self.slot(e)] != 0)
     }
 
     pub fn from_slice(mesh: &Mesh, raw: &RawSlice) -> Result<FieldLevel, FieldError> {
@@ -206,6 +329,9 @@ impl FieldLevel {
                 .wet
                 .as_ref()
                 .map(|w| mesh.file_element.iter().map(|&f| w[f as usize]).collect()),
+            elem_slot: None,
+            node_slot: None,
+            node_slots: 0,
         })
     }
 }

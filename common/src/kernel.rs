@@ -110,7 +110,7 @@ fn sigma_bracket(col: &[f32], sigma: f64) -> (usize, f64) {
 
 #[inline(always)]
 fn surface(lvl: &FieldLevel, e: usize, w: &[f64; 3]) -> f64 {
-    let z = &lvl.zeta_elem[e];
+    let z = &lvl.zeta_elem[lvl.slot(e)];
     w[0] * z[0] as f64 + w[1] * z[1] as f64 + w[2] * z[2] as f64
 }
 
@@ -233,7 +233,8 @@ fn column_position(
 fn velocity_at(mesh: &Mesh, br: &Bracket, p: &ColumnPosition) -> [f64; 3] {
     let nl = mesh.vertical.n_layers;
     let at = |lvl: &FieldLevel| -> [f64; 3] {
-        let (top, bot) = (&lvl.coef[p.e * nl + p.k], &lvl.coef[p.e * nl + p.k1]);
+        let base = lvl.slot(p.e) * nl;
+        let (top, bot) = (&lvl.coef[base + p.k], &lvl.coef[base + p.k1]);
         let mut r = [0f32; 4];
         for j in 0..4 {
             let c0 = top[j] + (bot[j] - top[j]) * p.wk;
@@ -288,7 +289,9 @@ pub fn column_at(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, e: u32) ->
     water_column(mesh, a, b, wt, e as usize, &w)
 }
 
-/// A node field given per node at sigma values `col_of(node)`, interpolated at a point.
+/// A node field of `lvl` (`values`, by node slot) given at sigma values `cols` (by mesh node),
+/// interpolated at a point.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn node_profile_at(
     mesh: &Mesh,
@@ -297,15 +300,18 @@ fn node_profile_at(
     sigma: f64,
     per_node: usize,
     cols: &[f32],
+    lvl: &FieldLevel,
     values: &[f32],
 ) -> f64 {
     let mut out = 0.0;
     for i in 0..3 {
         let n = mesh.nv[e][i] as usize;
-        let col = &cols[n * per_node..(n + 1) * per_node];
+        let c = mesh.vertical.column(n);
+        let col = &cols[c * per_node..(c + 1) * per_node];
         let (k, wk) = sigma_bracket(col, sigma);
         let k1 = (k + 1).min(per_node - 1);
-        let val = &values[n * per_node..(n + 1) * per_node];
+        let s = lvl.node(n);
+        let val = &values[s * per_node..(s + 1) * per_node];
         out += w[i] * lerp(val[k] as f64, val[k1] as f64, wk);
     }
     out
@@ -353,8 +359,8 @@ fn layered_at(
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
     let cols = &mesh.vertical.siglay_node;
-    let va = node_profile_at(mesh, e, &w, sigma, nl, cols, ta);
-    let vb = node_profile_at(mesh, e, &w, sigma, nl, cols, tb);
+    let va = node_profile_at(mesh, e, &w, sigma, nl, cols, a, ta);
+    let vb = node_profile_at(mesh, e, &w, sigma, nl, cols, b, tb);
     Some(lerp(va, vb, wt))
 }
 
@@ -387,8 +393,8 @@ fn vertical_kh(
             let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
             let k_at = |s: f64| {
                 lerp(
-                    node_profile_at(mesh, e, &w, s, nlev, cols, ka),
-                    node_profile_at(mesh, e, &w, s, nlev, cols, kb),
+                    node_profile_at(mesh, e, &w, s, nlev, cols, a, ka),
+                    node_profile_at(mesh, e, &w, s, nlev, cols, b, kb),
                     wt,
                 )
             };
@@ -841,12 +847,8 @@ pub fn advance_touching<T: Touch>(
         if !status::in_play(p.status[i]) {
             continue;
         }
-        if !wet_at(&start, p.element[i] as usize) {
-            // Its cell is dry: it waits where it is.
-            p.status[i] = status::STRANDED;
-            continue;
-        }
-        own[nb] = match behaviour {
+        // Stranded or not, a particle can die.
+        let own_motion = match behaviour {
             None => passive,
             Some(b) => match before_move(mesh, window, params, b, sun.as_ref(), t, step, &p, i) {
                 Ok(v) => v,
@@ -857,6 +859,12 @@ pub fn advance_touching<T: Touch>(
                 }
             },
         };
+        if !wet_at(&start, p.element[i] as usize) {
+            // Its cell is dry: it waits where it is.
+            p.status[i] = status::STRANDED;
+            continue;
+        }
+        own[nb] = own_motion;
         batch[nb] = i;
         nb += 1;
         if nb == BATCH {
@@ -877,7 +885,13 @@ pub fn advance_touching<T: Touch>(
     );
     if let Some(b) = behaviour.filter(|b| b.settlement.is_some()) {
         for i in 0..p.id.len() {
-            if p.status[i] == status::ACTIVE {
+            // Only what moved this step settles: not a particle released at its end.
+            let released = if forward {
+                p.release_time[i] <= t
+            } else {
+                p.release_time[i] >= t
+            };
+            if p.status[i] == status::ACTIVE && released {
                 after_move(b, params, t + dt, step, &mut p, i);
             }
         }

@@ -93,11 +93,15 @@ impl ElementGeometry {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vertical {
     pub n_layers: usize,
-    /// Layer centres per node, node-major (`node * n_layers + k`).
+    /// Layer centres per node, node-major (`node * n_layers + k`); one column for every node
+    /// when `uniform`.
     pub siglay_node: Vec<f32>,
-    /// Levels per node, node-major (`node * (n_layers + 1) + k`).
+    /// Levels per node, node-major (`node * (n_layers + 1) + k`); one column when `uniform`.
     pub siglev_node: Vec<f32>,
-    /// Layer centres per element (mean of its nodes), element-major.
+    /// Every node has the same sigma column, held once.
+    pub uniform: bool,
+    /// Layer centres per element (mean of its nodes), element-major; empty when
+    /// `even_layers` (the kernel then finds layers by arithmetic).
     pub siglay_elem: Vec<f32>,
     /// When every element has the same evenly spaced layer centres: (first centre, spacing),
     /// so kernels find a layer by arithmetic instead of a search.
@@ -109,6 +113,16 @@ pub struct Vertical {
 impl Vertical {
     pub fn n_levels(&self) -> usize {
         self.n_layers + 1
+    }
+
+    /// Where node `n`'s column starts in `siglay_node` and `siglev_node`, in columns.
+    #[inline(always)]
+    pub fn column(&self, n: usize) -> usize {
+        if self.uniform {
+            0
+        } else {
+            n
+        }
     }
 }
 
@@ -133,6 +147,40 @@ pub struct MeshInput {
     pub n_layers: usize,
     pub open_boundary_nodes: Vec<u32>,
     pub projection: Option<TransverseMercator>,
+}
+
+impl MeshInput {
+    /// A 64-bit hash of every value: two inputs with the same fingerprint build the same mesh
+    /// (up to a hash collision, which the counts checked beside it make harder still).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let f64s = |h: &mut std::collections::hash_map::DefaultHasher, v: &[f64]| {
+            v.len().hash(h);
+            v.iter().for_each(|x| x.to_bits().hash(h));
+        };
+        let f32s = |h: &mut std::collections::hash_map::DefaultHasher, v: &[f32]| {
+            v.len().hash(h);
+            v.iter().for_each(|x| x.to_bits().hash(h));
+        };
+        f64s(&mut h, &self.x);
+        f64s(&mut h, &self.y);
+        f32s(&mut h, &self.h);
+        self.nv.hash(&mut h);
+        self.nbe.hash(&mut h);
+        for c in [&self.a1u, &self.a2u] {
+            c.is_some().hash(&mut h);
+            for row in c.iter().flatten() {
+                f32s(&mut h, row);
+            }
+        }
+        f32s(&mut h, &self.siglay);
+        f32s(&mut h, &self.siglev);
+        self.n_layers.hash(&mut h);
+        self.open_boundary_nodes.hash(&mut h);
+        format!("{:?}", self.projection).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A uniform grid of buckets listing the elements whose bounding box meets each cell.
@@ -433,14 +481,16 @@ impl Mesh {
         let nl = self.vertical.n_layers;
         let mut vertical = self.vertical;
         let old_siglay = std::mem::take(&mut vertical.siglay_elem);
-        vertical.siglay_elem = old_of_new
-            .iter()
-            .flat_map(|&o| {
-                old_siglay[o as usize * nl..(o as usize + 1) * nl]
-                    .iter()
-                    .copied()
-            })
-            .collect();
+        if !old_siglay.is_empty() {
+            vertical.siglay_elem = old_of_new
+                .iter()
+                .flat_map(|&o| {
+                    old_siglay[o as usize * nl..(o as usize + 1) * nl]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+        }
         let index = GridIndex::build(&self.x, &self.y, &nv);
         Mesh {
             geometry: old_of_new
@@ -730,10 +780,23 @@ fn build_vertical(
         }
     }
     let even_layers = even_spacing(&siglay_elem, nl);
+    if even_layers.is_some() {
+        siglay_elem = Vec::new();
+    }
+    let same = |v: &[f32], per: usize| v.chunks(per).all(|c| c == &v[..per]);
+    let uniform = same(&siglay_node, nl) && same(&siglev_node, nl + 1);
+    let (mut siglay_node, mut siglev_node) = (siglay_node, siglev_node);
+    if uniform {
+        siglay_node.truncate(nl);
+        siglev_node.truncate(nl + 1);
+        siglay_node.shrink_to_fit();
+        siglev_node.shrink_to_fit();
+    }
     Ok(Vertical {
         n_layers: nl,
         siglay_node,
         siglev_node,
+        uniform,
         siglay_elem,
         even_layers,
         inv_layer_step: even_layers.map(|(_, step)| 1.0 / step).unwrap_or(0.0),

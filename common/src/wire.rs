@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -261,6 +261,8 @@ pub struct Health {
     pub uptime_s: u64,
     /// One-minute load average.
     pub load: f32,
+    /// The node process's peak resident memory (`VmHWM`), KiB.
+    pub peak_rss_kib: u64,
     /// Partitions it is stepping now.
     pub busy: u32,
     pub gpu: GpuHealth,
@@ -473,6 +475,8 @@ pub struct StepSummary {
     pub sent_counts: Vec<u32>,
     /// Messages this partition's agent dropped as foreign or malformed so far.
     pub dropped: u64,
+    /// The node process's peak resident memory (`VmHWM`) so far, KiB.
+    pub peak_rss_kib: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -804,6 +808,7 @@ mod tests {
                     sent_to: vec![1, 2, 9],
                     sent_counts: vec![0, 40, 1],
                     dropped: self.u32() as u64,
+                    peak_rss_kib: self.u32() as u64,
                 }),
                 6 => {
                     let n = self.len(200) as u32;
@@ -907,6 +912,7 @@ mod tests {
                         clock_unix_ns: self.u32() as i64 * -1_000_003,
                         uptime_s: self.u32() as u64,
                         load: self.f64() as f32,
+                        peak_rss_kib: self.u32() as u64,
                         busy: self.u32(),
                         gpu: match self.u32() % 5 {
                             0 => GpuHealth::NotAsked,
@@ -999,7 +1005,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -1013,7 +1019,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
             0x01, 1,
         ];
@@ -1026,7 +1032,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 6, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);

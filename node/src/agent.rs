@@ -109,6 +109,39 @@ pub fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+type Built = Vec<(u64, usize, usize, std::sync::Weak<Mesh>)>;
+static BUILT: std::sync::Mutex<Built> = std::sync::Mutex::new(Vec::new());
+
+/// Offers a mesh already built from `input` (the embedded manager's own) to the node agents of
+/// this process, so that they use it instead of building another.
+pub fn offer_mesh(input: &shoal_common::MeshInput, mesh: &Arc<Mesh>) {
+    let key = (input.fingerprint(), input.x.len(), input.nv.len());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built.retain(|b| b.3.strong_count() > 0);
+    built.push((key.0, key.1, key.2, Arc::downgrade(mesh)));
+}
+
+/// The mesh of `input`, built once per process: the in-process node agents of the embedded
+/// default, and the epochs of one run, share it instead of each building (and holding) its own.
+/// Building holds the lock, so agents that ask together wait for one build.
+fn shared_mesh(input: shoal_common::MeshInput) -> Result<Arc<Mesh>> {
+    let key = (input.fingerprint(), input.x.len(), input.nv.len());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built.retain(|b| b.3.strong_count() > 0);
+    if let Some(m) = built
+        .iter()
+        .filter(|b| (b.0, b.1, b.2) == key)
+        .find_map(|b| b.3.upgrade())
+    {
+        return Ok(m);
+    }
+    let (mesh, _) = Mesh::build(input).map_err(|e| anyhow!("run mesh: {e}"))?;
+    let mesh = Arc::new(mesh);
+    built.push((key.0, key.1, key.2, Arc::downgrade(&mesh)));
+    crate::health::give_back_memory();
+    Ok(mesh)
+}
+
 struct Log {
     prefix: String,
     quiet: bool,
@@ -334,6 +367,7 @@ fn declare_doctor(
                     capabilities: hello.capabilities,
                     uptime_s: crate::health::uptime_s(),
                     load: crate::health::load(),
+                    peak_rss_kib: crate::health::peak_rss_kib(),
                     busy: busy.load(Ordering::Relaxed),
                     gpu,
                     thermal: crate::health::thermal(
@@ -493,14 +527,17 @@ fn run_assignment(
         Message::RunSpec(s) => s,
         other => bail!("expected the run specification, got a {}", other.kind()),
     };
-    let (mesh, _) = Mesh::build(spec.mesh.clone()).map_err(|e| anyhow!("run mesh: {e}"))?;
-    let (mesh, spec) = (Arc::new(mesh), Arc::new(*spec));
+    let mut spec = *spec;
+    // The mesh input is needed only to build the mesh (or find it built): drop it after.
+    let mesh = shared_mesh(std::mem::take(&mut spec.mesh))?;
+    let spec = Arc::new(spec);
     log.say(format!(
-        "mesh of {} elements; {} particles in {} partitions, {} steps",
+        "mesh of {} elements; {} particles in {} partitions, {} steps; peak RSS {:.0} MiB",
         mesh.n_elements(),
         spec.n_particles,
         spec.n_parts,
-        spec.n_steps
+        spec.n_steps,
+        crate::health::peak_rss_kib() as f64 / 1024.0
     ));
     let steps = std::thread::scope(|sc| {
         let handles: Vec<_> = partitions
@@ -839,6 +876,9 @@ impl<'a> PartitionAgent<'a> {
             self.fields
                 .fill(self.mesh, &slice, &self.topo_elements, &self.topo.nodes)
                 .with_context(|| format!("field slice {idx}"))?;
+            // The slice as received is gone: its pages go back before the next one comes.
+            drop(slice);
+            crate::health::give_back_memory();
         }
         Ok(())
     }
@@ -1023,9 +1063,12 @@ impl<'a> PartitionAgent<'a> {
             return Ok(0);
         }
         self.log.say(format!(
-            "{} particles, neighbours {:?}",
+            "{} particles, neighbours {:?}; fields hold {:?} elements per level in {:.0} MiB; peak RSS {:.0} MiB",
             self.part.particles.len(),
-            self.neighbours
+            self.neighbours,
+            self.fields.elements_held(),
+            self.fields.heap_bytes() as f64 / (1 << 20) as f64,
+            crate::health::peak_rss_kib() as f64 / 1024.0
         ));
         let mut received = 0u64;
         let mut s = first;
@@ -1081,6 +1124,7 @@ impl<'a> PartitionAgent<'a> {
                 sent_to,
                 sent_counts,
                 dropped: self.dropped.get(),
+                peak_rss_kib: crate::health::peak_rss_kib(),
             };
             let control = self.sync(Message::StepSummary(summary), abandon)?;
             if control.step != s {

@@ -119,6 +119,30 @@ pub fn throttle_words(bits: u32) -> (Vec<&'static str>, Vec<&'static str>) {
 }
 
 /// Seconds since boot, from `/proc/uptime`.
+/// This process's peak resident memory (`VmHWM` in `/proc/self/status`), KiB; 0 where there is
+/// no such file.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Hands freed heap pages back to the system (glibc keeps them otherwise), so that building the
+/// mesh and receiving field slices, which free as much as they keep, do not add to what the
+/// next large allocation costs. A no-op elsewhere.
+pub fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn uptime_s() -> u64 {
     read_trim(Path::new("/proc/uptime"))
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())

@@ -182,7 +182,7 @@ pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapsh
                 if unreleased(i) {
                     f32::NAN
                 } else {
-                    (t - p.release_time[i]) as f32
+                    (t - p.release_time[i]).abs() as f32
                 }
             })
             .collect(),

@@ -855,4 +855,17 @@ fn behaviour_mistakes_name_the_key() {
         config(&dir, &format!("{base}connectivity='c.nc'\n")).unwrap_err()
     );
     assert!(e.contains("output.connectivity"), "{e}");
+    // A backward run releases at or before its start.
+    std::fs::write(
+        dir.join("later.csv"),
+        "x,y,z,release_time\n405000,4505000,-1,3600\n",
+    )
+    .unwrap();
+    let cfg = config(
+        &dir,
+        "[input]\nfiles=['f.nc']\n[release]\nfile='later.csv'\n[run]\nduration='1h'\ndirection='backward'\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", run_quiet(&cfg, 1).unwrap_err());
+    assert!(e.contains("outside the backward run"), "{e}");
 }

@@ -380,10 +380,14 @@ fn migration(
             if !((-90.0..=90.0).contains(&lat) && (-180.0..=360.0).contains(&lon)) {
                 bail!("key `{key}.latitude`: latitude within [-90, 90] and longitude within [-180, 360] degrees");
             }
-            *place = Some(shoal_common::behaviour::Place {
+            let here = shoal_common::behaviour::Place {
                 latitude: lat,
                 longitude: lon,
-            });
+            };
+            if place.is_some_and(|p| p != here) {
+                bail!("key `{key}.latitude`: another migration table gives another place; the sun is seen from one place");
+            }
+            *place = Some(here);
         }
         _ => bail!("key `{key}.latitude`: give both `latitude` and `longitude`"),
     }
@@ -394,8 +398,15 @@ fn migration(
     })
 }
 
+fn speed(v: Option<f64>, key: &str) -> Result<Option<f64>> {
+    match v {
+        Some(s) if !s.is_finite() => bail!("key `{key}`: must be a number of m/s"),
+        v => Ok(v),
+    }
+}
+
 fn larvae(b: &BehaviourSection) -> Result<Option<Larvae>> {
-    let sinking = b.sinking_speed.unwrap_or(0.0);
+    let sinking = speed(b.sinking_speed, "behaviour.sinking_speed")?.unwrap_or(0.0);
     let mut place = None;
     let first = shoal_common::behaviour::Stage {
         from_age: 0.0,
@@ -432,7 +443,8 @@ fn larvae(b: &BehaviourSection) -> Result<Option<Larvae>> {
         };
         stages.push(shoal_common::behaviour::Stage {
             from_age: age,
-            sinking_speed: s.sinking_speed.unwrap_or(prev.sinking_speed),
+            sinking_speed: speed(s.sinking_speed, &format!("{key}.sinking_speed"))?
+                .unwrap_or(prev.sinking_speed),
             mortality_rate: match s.mortality_per_day {
                 Some(_) => rate(s.mortality_per_day, &format!("{key}.mortality_per_day"))?,
                 None => prev.mortality_rate,

@@ -46,17 +46,29 @@ pub struct Origins {
 /// The release the run file asks for. `duration` is the run's, in seconds: releases after it
 /// are an error.
 pub fn points(cfg: &RunConfig, mesh: &Mesh, start: f64, duration: f64) -> Result<Release> {
-    if let Some(p) = &cfg.release_file {
-        return Ok(Release {
-            points: read_csv(p, mesh, start)?,
-            sites: None,
-        });
-    }
     if let Some(pr) = &cfg.polygons {
         return polygons(cfg, pr, mesh, start, duration);
     }
+    let points = match &cfg.release_file {
+        Some(p) => read_csv(p, mesh, start)?,
+        None => generate(cfg, mesh, start)?,
+    };
+    if cfg.backward {
+        // A backward run releases at and before its start, within its span.
+        if let Some(p) = points.iter().find(|p| p.time > 0.0 || p.time < -duration) {
+            bail!(
+                "{}: a release {} s from the start is outside the backward run, which goes from its start back {duration} s",
+                if cfg.release_file.is_some() {
+                    "column `release_time`"
+                } else {
+                    "key `release.generate.time`"
+                },
+                p.time
+            );
+        }
+    }
     Ok(Release {
-        points: generate(cfg, mesh, start)?,
+        points,
         sites: None,
     })
 }

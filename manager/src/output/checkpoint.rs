@@ -156,10 +156,12 @@ pub fn run_hash(cfg: &RunConfig, reader: &FvcomReader) -> Result<u64> {
     for t in &reader.times {
         h.write(&t.to_bits().to_le_bytes());
     }
-    // The release's own files (small): a changed site or point is another run.
+    // The release's and settlement's own files (small): a changed site, point or reef is
+    // another run.
     let release_files = [
         cfg.release_file.as_deref(),
         cfg.polygons.as_ref().map(|p| p.file.as_path()),
+        cfg.settlement.as_ref().map(|s| s.file.as_path()),
     ];
     for path in release_files.into_iter().flatten() {
         let text = std::fs::read(path).with_context(|| format!("hashing {}", path.display()))?;

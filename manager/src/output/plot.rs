@@ -350,6 +350,13 @@ pub fn plot_connectivity(path: &Path, f: &netcdf::File, png: &Path, size: u32) -
     let left = longest(&origins) * char_w + 12;
     let top = longest(&destinations) * char_w + 12;
     let cell = (((size as i32 - left.max(top)) / no.max(nd) as i32).clamp(5 * char_w, 120)) as u32;
+    // A matrix too large to draw legibly is better read from the CSV.
+    let most = 16_384u64;
+    anyhow::ensure!(
+        (no.max(nd) as u64) * cell as u64 + left.max(top) as u64 <= most,
+        "{}: {no} origins x {nd} destinations are too many to draw (over {most} pixels); read the CSV beside it",
+        path.display()
+    );
     let (w, h) = (
         left as u32 + nd as u32 * cell + 8,
         top as u32 + no as u32 * cell + 8,

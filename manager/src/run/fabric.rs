@@ -73,6 +73,10 @@ pub fn run(
         listen: Vec::new(),
         pool: prep.pool.clone(),
     })?;
+    if named.is_none() {
+        // The in-process nodes use the manager's mesh rather than build their own.
+        shoal_node::agent::offer_mesh(&prep.reader.mesh_input, &prep.mesh);
+    }
     let from = start.step;
     let stats = Arc::new(ServerStats::default());
     let result = std::thread::scope(|sc| -> Result<RunReport> {
@@ -90,6 +94,7 @@ pub fn run(
         let mut stepper = FabricStepper::new(cfg, prep, plan, &fleet, jobs)?;
         let out = schedule::drive(cfg, plan, &mut stepper, io, start, prep.wall);
         let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
+        let peaks = std::mem::take(&mut stepper.peaks);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
         let _ = server_thread.join();
@@ -97,6 +102,7 @@ pub fn run(
         let mut report = schedule::report(plan, &out, prep.wall, from);
         report.nodes = members;
         report.partitions = n_parts;
+        report.node_peak_rss_kib = peaks.into_iter().collect();
         Ok(report)
     });
     let local_dropped = fleet.leave();
@@ -132,6 +138,8 @@ struct FabricStepper<'a> {
     epoch: Option<Epoch<'a>>,
     members: Vec<Member>,
     n_parts: usize,
+    /// Each node's peak resident memory as its step summaries said, KiB.
+    peaks: BTreeMap<String, u64>,
 }
 
 /// One epoch: a run id, its nodes and partitions, its queryables and token.
@@ -201,6 +209,7 @@ impl<'a> FabricStepper<'a> {
             epoch: None,
             members: Vec::new(),
             n_parts: 0,
+            peaks: BTreeMap::new(),
         })
     }
 
@@ -932,6 +941,8 @@ impl Stepper for FabricStepper<'_> {
         let mut expect: Vec<Vec<u32>> = vec![Vec::new(); self.n_parts];
         for (x, _) in &sums {
             tally = tally.merge(tally_of_summary(x));
+            let peak = self.peaks.entry(self.node_of(x.partition)).or_default();
+            *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
             received += x.received;
             let mut counted = 0u64;

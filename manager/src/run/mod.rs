@@ -69,6 +69,9 @@ pub struct RunReport {
     pub recovery_times: Vec<Duration>,
     /// What each recovery recovered from, as the warning said it.
     pub faults: Vec<String>,
+    /// Each node's peak resident memory (`VmHWM`, KiB) as it reported it; in-process nodes
+    /// share the manager's process and report its peak.
+    pub node_peak_rss_kib: Vec<(String, u64)>,
 }
 
 pub fn say(quiet: bool, s: String) {
@@ -193,7 +196,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             "run: {n} particles, {} steps of {} s from {}, {} threads",
             prep.n_steps,
             cfg.dt,
-            crate::timefmt::format_datetime(prep.start + from as f64 * cfg.dt),
+            crate::timefmt::format_datetime(
+                prep.start + shoal_common::kernel::step_time(from, prep.params.dt, prep.duration)
+            ),
             prep.threads
         ),
     );
@@ -253,5 +258,16 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             cfg.output.display()
         ),
     );
+    if !report.node_peak_rss_kib.is_empty() {
+        let peaks: Vec<String> = report
+            .node_peak_rss_kib
+            .iter()
+            .map(|(n, k)| format!("{n} {:.0} MiB", *k as f64 / 1024.0))
+            .collect();
+        say(
+            opts.quiet,
+            format!("nodes' peak resident memory: {}", peaks.join(", ")),
+        );
+    }
     Ok(report)
 }

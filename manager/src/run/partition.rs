@@ -243,10 +243,7 @@ pub fn report(
 ) -> Result<String> {
     use std::fmt::Write;
     let (reader, mesh, _) = crate::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
-    let start = cfg.start.unwrap_or(reader.times[0]);
-    let duration = cfg
-        .duration
-        .unwrap_or(reader.times.last().copied().unwrap_or(start) - start);
+    let (start, duration) = crate::run::prepare::span(cfg, &reader.times);
     let points = crate::release::points(cfg, &mesh, start, duration)?.points;
     let placed = crate::release::place(&points, &mesh);
     let mut weights = vec![1u32; mesh.n_elements()];

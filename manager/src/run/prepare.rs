@@ -96,6 +96,19 @@ impl<'a> FieldWindow<'a> {
     }
 }
 
+/// The run's start (Unix seconds) and duration (seconds) over the input's `times`: by default a
+/// forward run goes from the first time to the last, a backward run from the last to the first.
+pub fn span(cfg: &RunConfig, times: &[f64]) -> (f64, f64) {
+    let (first, last) = (times[0], *times.last().unwrap_or(&times[0]));
+    let start = cfg.start.unwrap_or(if cfg.backward { last } else { first });
+    let duration = cfg.duration.unwrap_or(if cfg.backward {
+        start - first
+    } else {
+        last - start
+    });
+    (start, duration)
+}
+
 /// The step parameters of `cfg` without behaviour (see [`behaviour`]); `dt` is negative for a
 /// backward run.
 pub fn step_params(cfg: &RunConfig) -> StepParams {
@@ -143,7 +156,7 @@ pub fn behaviour(
     }
     let migrates = larvae.stages.iter().any(|s| s.migration.is_some());
     let place = match (migrates, mesh.projection.is_some(), larvae.place) {
-        (true, false, None) => bail!("key `behaviour.migration.latitude`: the mesh has no geographic coordinates, so give `latitude` and `longitude` for the sun"),
+        (true, false, None) => bail!("key `behaviour.migration.latitude` (or a stage's `migration.latitude`): the mesh has no geographic coordinates, so give `latitude` and `longitude` for the sun"),
         (true, true, Some(_)) => {
             eprintln!("warning: behaviour.migration.latitude/longitude are not used: the mesh is geographic and the sun is seen from each element");
             None
@@ -153,7 +166,8 @@ pub fn behaviour(
     let (settlement, names) = match &cfg.settlement {
         None => (None, Vec::new()),
         Some(s) => {
-            let sites = crate::sites::read(&s.file, mesh.projection.as_ref())?;
+            let sites = crate::sites::read(&s.file, mesh.projection.as_ref())
+                .context("key `settlement.polygons`")?;
             if sites.len() > u16::MAX as usize {
                 bail!(
                     "{}: more than {} settlement polygons",
@@ -164,7 +178,7 @@ pub fn behaviour(
             for site in &sites {
                 if !site.touches(mesh) {
                     bail!(
-                        "{}: settlement polygon `{}` has no water: it lies on land or outside the mesh",
+                        "key `settlement.polygons`: {}: settlement polygon `{}` has no water: it lies on land or outside the mesh",
                         s.file.display(),
                         site.name
                     );
@@ -238,7 +252,8 @@ pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
 /// step count and the workers.
 pub struct Prepared {
     pub reader: FvcomReader,
-    pub mesh: Mesh,
+    /// Shared with the embedded default's in-process node agents.
+    pub mesh: std::sync::Arc<Mesh>,
     pub start: f64,
     pub duration: f64,
     pub n_steps: u32,
@@ -301,7 +316,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         );
     }
     let (first, last) = (reader.times[0], *reader.times.last().unwrap());
-    let start = cfg.start.unwrap_or(first);
+    let (start, duration) = span(cfg, &reader.times);
     if start < first - 1e-6 || start > last {
         bail!(
             "run.start {} is outside the input's time span {} .. {}",
@@ -310,11 +325,6 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
             format_datetime(last)
         );
     }
-    let duration = cfg.duration.unwrap_or(if cfg.backward {
-        start - first
-    } else {
-        last - start
-    });
     if !cfg.backward && start + duration > last + 1e-6 {
         bail!(
             "the run would end at {} but the input ends at {} ({})",
@@ -387,7 +397,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         });
     Ok(Prepared {
         reader,
-        mesh,
+        mesh: std::sync::Arc::new(mesh),
         start,
         duration,
         n_steps,

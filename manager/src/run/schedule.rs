@@ -279,6 +279,7 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         dropped: 0,
         recoveries: out.recoveries,
         recovery_times: out.recovery_times.clone(),
+        node_peak_rss_kib: Vec::new(),
         faults: out.faults.clone(),
     }
 }

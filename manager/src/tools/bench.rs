@@ -16,7 +16,8 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// dense, sparse, behaviour (larval behaviour against passive particles), fabric (with
-    /// transport), transport (TCP against QUIC with mutual TLS),
+    /// transport), scale (a mesh too big for a Pi, direct against four node processes),
+    /// transport (TCP against QUIC with mutual TLS),
     /// checkpoint, gpu or all (all: dense and sparse).
     #[arg(long, default_value = "all")]
     pub case: String,
@@ -357,6 +358,145 @@ probability_per_hour=0.2
     Ok(())
 }
 
+/// Waits for `child` and returns whether it succeeded, and its peak resident memory (KiB) as
+/// the kernel accounted it (`wait4`'s `ru_maxrss`).
+fn wait_rss(child: &mut std::process::Child) -> Result<(bool, u64)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid, with pointers to live locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    anyhow::ensure!(pid > 0, "waiting for process {}", child.id());
+    Ok((
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        usage.ru_maxrss as u64,
+    ))
+}
+
+/// A mesh whose whole run needs more than 1.5 GB, on the direct path in one process and over
+/// four separate `shoal-node` processes on loopback: each process's peak resident memory and
+/// the speed of both.
+fn scale(args: &BenchArgs) -> Result<()> {
+    let dir = args.dir.join("scale");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 440,
+        ny: 440,
+        dx: 50.0,
+        layers: 40,
+        duration: 2.0 * 3600.0,
+        period: 6.0 * 3600.0,
+        temp: false,
+        ..Default::default()
+    };
+    let input = dir.join("scale_fvcom.nc");
+    if !input.exists() {
+        let t = Instant::now();
+        synth::write(&input, &o)?;
+        println!(
+            "scale: wrote {} in {:.1} s",
+            input.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let (cx, cy) = o.centre();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let json5 = |name: &str, listen: &str, connect: &str| -> Result<PathBuf> {
+        let connect = if connect.is_empty() {
+            String::new()
+        } else {
+            format!("connect: {{ endpoints: [\"{connect}\"] }},")
+        };
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{{ mode: \"peer\", listen: {{ endpoints: [\"{listen}\"] }}, {connect} scouting: {{ multicast: {{ enabled: false }} }} }}"))?;
+        Ok(p)
+    };
+    json5("manager.json5", &endpoint, "")?;
+    let node_cfg = json5("node.json5", "tcp/127.0.0.1:0", &endpoint)?;
+    let toml = |out: &str, cluster: &str| {
+        format!(
+            "seed=1\n[input]\nfiles=['scale_fvcom.nc']\n[release.generate]\ncount=200000\ncentre=[{cx},{cy}]\nradius=9000.0\nz=-5.0\n[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='{out}'\ninterval='1h'\n{cluster}"
+        )
+    };
+    std::fs::write(dir.join("direct.toml"), toml("direct.nc", ""))?;
+    std::fs::write(
+        dir.join("nodes.toml"),
+        toml(
+            "nodes.nc",
+            "[cluster]\nnodes=4\nwait_seconds=120\nzenoh_config='manager.json5'\n",
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let node_exe = exe.with_file_name("shoal-node");
+    anyhow::ensure!(
+        node_exe.exists(),
+        "{} not found: build it with `cargo build --release`",
+        node_exe.display()
+    );
+    let t = Instant::now();
+    let mut direct = std::process::Command::new(&exe)
+        .args(["run", "--direct", "--quiet", "direct.toml"])
+        .current_dir(&dir)
+        .spawn()?;
+    let (ok, direct_rss) = wait_rss(&mut direct)?;
+    anyhow::ensure!(ok, "the direct run failed");
+    let direct_s = t.elapsed().as_secs_f64();
+    let cluster = format!("scale-{}", std::process::id());
+    let mut nodes = Vec::new();
+    for k in 0..4 {
+        nodes.push(
+            std::process::Command::new(&node_exe)
+                .args(["--cluster", &cluster, "--name", &format!("n{k}"), "--quiet"])
+                .arg("--zenoh-config")
+                .arg(&node_cfg)
+                .stdin(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
+    let t = Instant::now();
+    let mut manager = std::process::Command::new(&exe)
+        .args(["run", "--quiet", "nodes.toml", "--cluster", &cluster])
+        .current_dir(&dir)
+        .spawn()?;
+    let (ok, manager_rss) = wait_rss(&mut manager)?;
+    let nodes_s = t.elapsed().as_secs_f64();
+    let mut node_rss = Vec::new();
+    for n in &mut nodes {
+        // SAFETY: SIGINT to our own child, which leaves cleanly on it.
+        unsafe { libc::kill(n.id() as i32, libc::SIGINT) };
+        node_rss.push(wait_rss(n)?.1);
+    }
+    anyhow::ensure!(ok, "the run over four node processes failed");
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "scale: {} elements, {} layers, 200 000 particles, 120 steps of 60 s",
+        2 * o.nx * o.ny,
+        o.layers
+    );
+    println!("| process | peak RSS | share of --direct | wall (s) |\n|---|---|---|---|");
+    println!(
+        "| --direct (one process) | {:.0} MiB | 1.00 | {direct_s:.1} |",
+        mib(direct_rss)
+    );
+    println!(
+        "| manager, 4 nodes | {:.0} MiB | {:.2} | {nodes_s:.1} |",
+        mib(manager_rss),
+        manager_rss as f64 / direct_rss as f64
+    );
+    for (k, r) in node_rss.iter().enumerate() {
+        println!(
+            "| node n{k} | {:.0} MiB | {:.2} | |",
+            mib(*r),
+            *r as f64 / direct_rss as f64
+        );
+    }
+    Ok(())
+}
+
 /// The GPU path against the CPU path on the dense mesh, and the fixed costs of a step.
 #[cfg(feature = "gpu")]
 fn gpu(args: &BenchArgs) -> Result<()> {
@@ -429,6 +569,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
         "transport" => transport(args),
         "checkpoint" => checkpoint(args),
+        "scale" => scale(args),
         #[cfg(feature = "gpu")]
         "gpu" => gpu(args),
         "all" => {
@@ -436,7 +577,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             sparse(args)
         }
         other => anyhow::bail!(
-            "--case: `{other}` is not one of dense, sparse, behaviour, fabric, transport, checkpoint, gpu, all"
+            "--case: `{other}` is not one of dense, sparse, behaviour, scale, fabric, transport, checkpoint, gpu, all"
         ),
     }
 }

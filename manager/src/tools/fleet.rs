@@ -392,8 +392,8 @@ impl DoctorReport {
             std::env::consts::ARCH
         );
         let mut rows = vec![[
-            "node", "arch", "version", "cores", "memory", "load", "temp", "freq", "clock", "link",
-            "gpu",
+            "node", "arch", "version", "cores", "peak RSS", "load", "temp", "freq", "clock",
+            "link", "gpu",
         ]
         .map(String::from)];
         for n in &self.nodes {
@@ -423,7 +423,11 @@ impl DoctorReport {
                         c.arch.to_string(),
                         c.version.to_string(),
                         c.cores.to_string(),
-                        format!("{:.1} GiB", c.memory_mib as f64 / 1024.0),
+                        format!(
+                            "{:.0} MiB of {:.1} GiB",
+                            h.peak_rss_kib as f64 / 1024.0,
+                            c.memory_mib as f64 / 1024.0
+                        ),
                         format!("{:.2}{}", h.load, if h.busy > 0 { " busy" } else { "" }),
                         t.temperature_mc
                             .map(|m| format!("{:.1} °C", m as f64 / 1000.0))
@@ -670,6 +674,7 @@ mod tests {
                 clock_unix_ns: 0,
                 uptime_s: 100,
                 load: 0.5,
+                peak_rss_kib: 40_000,
                 busy: 0,
                 gpu: GpuHealth::Absent {
                     why: wire::text("no Vulkan loader"),

@@ -466,6 +466,9 @@ impl GpuPartition {
         step: u32,
     ) -> Result<Tally, String> {
         let (a, b, _) = window.bracket(t);
+        if a.elem_slot.is_some() || b.elem_slot.is_some() {
+            return Err("the GPU path steps whole field levels, not a partition's".into());
+        }
         let (a1, b1, _) = window.bracket(t + params.dt);
         let (a, b) = if a.time == b.time { (a1, b1) } else { (a, b) };
         if !(a.time <= t + 1e-9 && b.time >= t + params.dt - 1e-9)
