@@ -128,9 +128,6 @@ pub fn span(times: &[f64], t0: f64, t1: f64) -> (usize, usize) {
 }
 
 impl FieldLevel {
-    /// A level with no element present: coefficients zero (pages untouched until written),
-    /// free surface NaN so that any sample in an element not yet filled is non-finite and the
-    /// kernel quarantines the particle without moving it. Node fields NaN.
     /// A local level holding nothing yet: only slot 0, the stand-in for every element and node
     /// it lacks (NaN surface and node values, zero velocity; wet, so that the NaN surface is
     /// what quarantines a particle). Its slot maps cost 4 bytes per mesh element and node.
@@ -178,8 +175,9 @@ impl FieldLevel {
         self.node_slots.saturating_sub(1)
     }
 
-    /// Room for `elements` more element slots and `nodes` more node slots, so that filling a
-    /// partition's level grows each array once instead of doubling (and copying) it.
+    /// Room for `elements` more element slots and `nodes` more node slots, so that the first,
+    /// large fill of a partition's level (its topology) grows each array once instead of
+    /// doubling and copying it; later small fills (fetches) grow as vectors do.
     pub fn reserve(&mut self, elements: usize, nodes: usize, n_layers: usize) {
         if self.elem_slot.is_none() {
             return;

@@ -643,6 +643,12 @@ fn release_one(mesh: &Mesh, window: Window, t: f64, forward: bool, p: &mut Parti
     if p.status[i] == status::PENDING && due {
         let e = p.element[i];
         let (zeta, depth) = column_at(mesh, window, t, p.x[i], p.y[i], e);
+        if !(zeta.is_finite() && depth.is_finite()) {
+            // No free surface where it is released (a fill value in the file): quarantined
+            // where it is, never moved with NaN.
+            p.status[i] = status::BAD_FIELD;
+            return;
+        }
         p.z[i] = (zeta + p.z[i]).clamp(zeta - depth, zeta);
         // Released on a dry cell, it waits there for the water.
         p.status[i] = if wet_at(&window.at(t), e as usize) {

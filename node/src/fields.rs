@@ -149,9 +149,7 @@ impl PartialFields {
     /// Starts level `index` (time `time` on the run clock) holding nothing; it goes after the
     /// levels held.
     pub fn open(&mut self, mesh: &Mesh, index: u32, time: f64, carried: Carried) {
-        let nl = mesh.vertical.n_layers;
         self.levels.push(FieldLevel::local(mesh, time, carried));
-        let _ = nl;
         self.raw.push(Raw {
             index,
             row: vec![NO_ROW],

@@ -118,7 +118,6 @@ pub fn throttle_words(bits: u32) -> (Vec<&'static str>, Vec<&'static str>) {
     (pick(0), pick(16))
 }
 
-/// Seconds since boot, from `/proc/uptime`.
 /// This process's peak resident memory (`VmHWM` in `/proc/self/status`), KiB; 0 where there is
 /// no such file.
 pub fn peak_rss_kib() -> u64 {
@@ -143,6 +142,7 @@ pub fn give_back_memory() {
     }
 }
 
+/// Seconds since boot, from `/proc/uptime`.
 pub fn uptime_s() -> u64 {
     read_trim(Path::new("/proc/uptime"))
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
