@@ -5,10 +5,15 @@
 
 use crate::mesh::{is_element, Mesh};
 
-/// Coefficients per element and layer, laid out for 4-wide arithmetic:
-/// `[u0, v0, w0, 0, du/dx, dv/dx, dw/dx, 0, du/dy, dv/dy, dw/dy, 0]`, so that the velocity at an
-/// offset (dx, dy) from the centroid is `c[0..4] + c[4..8] * dx + c[8..12] * dy`.
-pub const N_COEF: usize = 12;
+/// Coefficients per element and layer, `[u0, v0, w0, du/dx, dv/dx, dw/dx, du/dy, dv/dy, dw/dy]`,
+/// so that the velocity at an offset (dx, dy) from the centroid is
+/// `c[0..3] + c[3..6] * dx + c[6..9] * dy`. Nine values, 36 bytes: the GPU, which wants 4-wide
+/// vectors, pads them when a level is uploaded ([`padded_coef`]).
+pub const N_COEF: usize = 9;
+
+/// Offsets of the x and y gradients in a coefficient block.
+pub const COEF_DX: usize = 3;
+pub const COEF_DY: usize = 6;
 
 /// One time slice in FVCOM's own layout. Layer-major arrays, as read from `(time, siglay, nele)`.
 #[derive(Clone, Debug, Default)]
@@ -127,6 +132,18 @@ pub fn span(times: &[f64], t0: f64, t1: f64) -> (usize, usize) {
     (lo, hi)
 }
 
+/// A level's coefficient blocks as the GPU kernel reads them: three 4-wide vectors per element
+/// and layer, `[u0, v0, w0, 0]`, the x gradients and the y gradients.
+pub fn padded_coef(coef: &[[f32; N_COEF]]) -> Vec<[f32; 12]> {
+    coef.iter()
+        .map(|c| {
+            [
+                c[0], c[1], c[2], 0.0, c[3], c[4], c[5], 0.0, c[6], c[7], c[8], 0.0,
+            ]
+        })
+        .collect()
+}
+
 impl FieldLevel {
     /// A local level holding nothing yet: only slot 0, the stand-in for every element and node
     /// it lacks (NaN surface and node values, zero velocity; wet, so that the NaN surface is
@@ -175,17 +192,34 @@ impl FieldLevel {
         self.node_slots.saturating_sub(1)
     }
 
-    /// Room for `elements` more element slots and `nodes` more node slots, so that the first,
-    /// large fill of a partition's level (its topology) grows each array once instead of
-    /// doubling and copying it; later small fills (fetches) grow as vectors do.
+    /// Room for `elements` more element slots and `nodes` more node slots, each array growing
+    /// by at least an eighth of its length when it must grow, so that fetches of a few elements
+    /// neither reallocate every time nor double a level, as `Vec::reserve` would.
     pub fn reserve(&mut self, elements: usize, nodes: usize, n_layers: usize) {
+        self.make_room(elements, nodes, n_layers, false);
+    }
+
+    /// Room for exactly `elements` more element slots and `nodes` more node slots: a partition's
+    /// level, whose size is known before its slice arrives in pieces, is allocated once at that
+    /// size.
+    pub fn reserve_exact(&mut self, elements: usize, nodes: usize, n_layers: usize) {
+        self.make_room(elements, nodes, n_layers, true);
+    }
+
+    fn make_room(&mut self, elements: usize, nodes: usize, n_layers: usize, exact: bool) {
         if self.elem_slot.is_none() {
             return;
         }
-        self.coef.reserve(elements * n_layers);
-        self.zeta_elem.reserve(elements);
+        fn room<T>(v: &mut Vec<T>, more: usize, exact: bool) {
+            if v.capacity() - v.len() < more {
+                let by = if exact { more } else { more.max(v.len() / 8) };
+                v.reserve_exact(by);
+            }
+        }
+        room(&mut self.coef, elements * n_layers, exact);
+        room(&mut self.zeta_elem, elements, exact);
         if let Some(w) = &mut self.wet {
-            w.reserve(elements);
+            room(w, elements, exact);
         }
         for (field, per) in [
             (&mut self.temp, n_layers),
@@ -193,7 +227,7 @@ impl FieldLevel {
             (&mut self.kh, n_layers + 1),
         ] {
             if let Some(v) = field {
-                v.reserve(nodes * per);
+                room(v, nodes * per, exact);
             }
         }
     }
@@ -306,8 +340,8 @@ impl FieldLevel {
                     let [u0, gx, gy] = reconstruct(mesh, e, |el| layer[file[el] as usize]);
                     let block = &mut coef[e * nl + k];
                     block[c] = u0;
-                    block[4 + c] = gx;
-                    block[8 + c] = gy;
+                    block[COEF_DX + c] = gx;
+                    block[COEF_DY + c] = gy;
                 }
             }
         }

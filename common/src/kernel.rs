@@ -4,7 +4,7 @@
 //! the caller owns threads, ordering and I/O.
 
 use crate::behaviour::{chance, chance_per_hour, fate_draws, swim, Band, Behaviour, Sun};
-use crate::fields::{Bracket, FieldLevel, Window};
+use crate::fields::{Bracket, FieldLevel, Window, COEF_DX, COEF_DY};
 use crate::mesh::{is_element, Mesh, Walk, LAND, OPEN};
 use crate::particles::{status, ParticlesMut};
 use crate::rng::{draw, normal_pair, unit_open, Stream};
@@ -226,7 +226,7 @@ fn column_position(
     }
 }
 
-/// The second half of [`sample`]: blend the two layers' coefficient blocks (4-wide f32),
+/// The second half of [`sample`]: blend the two layers' coefficient blocks (f32),
 /// evaluate at the offset, and leave the time interpolation to f64 so slowly varying flows
 /// integrate exactly. Short, so that a loop over particles keeps many loads in flight.
 #[inline(always)]
@@ -235,11 +235,12 @@ fn velocity_at(mesh: &Mesh, br: &Bracket, p: &ColumnPosition) -> [f64; 3] {
     let at = |lvl: &FieldLevel| -> [f64; 3] {
         let base = lvl.slot(p.e) * nl;
         let (top, bot) = (&lvl.coef[base + p.k], &lvl.coef[base + p.k1]);
-        let mut r = [0f32; 4];
-        for j in 0..4 {
+        let mut r = [0f32; 3];
+        for j in 0..3 {
             let c0 = top[j] + (bot[j] - top[j]) * p.wk;
-            let cx = top[4 + j] + (bot[4 + j] - top[4 + j]) * p.wk;
-            let cy = top[8 + j] + (bot[8 + j] - top[8 + j]) * p.wk;
+            let (x, y) = (COEF_DX + j, COEF_DY + j);
+            let cx = top[x] + (bot[x] - top[x]) * p.wk;
+            let cy = top[y] + (bot[y] - top[y]) * p.wk;
             r[j] = c0 + cx * p.dx + cy * p.dy;
         }
         [r[0] as f64, r[1] as f64, r[2] as f64]

@@ -11,7 +11,7 @@
 //! | `run/<run>/spec` | queryable | manager | mesh, parameters, element owners |
 //! | `run/<run>/topology/<p>` | queryable | manager | owned and halo elements of partition p |
 //! | `run/<run>/particles/<p>` | queryable | manager | p's initial particles |
-//! | `run/<run>/field/<p>/<t>` | queryable | manager | p's field slice at time index t |
+//! | `run/<run>/field/<p>/<t>/<k>` | queryable | manager | piece k of p's field slice at time index t |
 //! | `run/<run>/halo/<p>` | queryable | manager | values p lacks, on demand |
 //! | `run/<run>/inbox/<to>/<from>` | subscriber | node | migrants from partition `from` |
 //! | `run/<run>/sync/<p>` | queryable | manager | p's ready or step summary; the reply is the control |
@@ -96,8 +96,8 @@ impl RunKeys {
     pub fn particles(&self, p: u32) -> String {
         format!("{}/particles/{p}", self.prefix)
     }
-    pub fn field(&self, p: u32, time_index: u32) -> String {
-        format!("{}/field/{p}/{time_index}", self.prefix)
+    pub fn field(&self, p: u32, time_index: u32, piece: u32) -> String {
+        format!("{}/field/{p}/{time_index}/{piece}", self.prefix)
     }
     pub fn halo(&self, p: u32) -> String {
         format!("{}/halo/{p}", self.prefix)
@@ -115,7 +115,7 @@ impl RunKeys {
     pub fn snapshot(&self, p: u32) -> String {
         format!("{}/snapshot/{p}", self.prefix)
     }
-    /// `what/*` (or `what/*/*`) under the run, for the manager's queryables.
+    /// `what` (such as `field/*/*/*`) under the run, for the manager's queryables.
     pub fn all(&self, what: &str) -> String {
         format!("{}/{what}", self.prefix)
     }
@@ -149,7 +149,7 @@ mod tests {
             "shoal/station/run/000000000000feed/inbox/3/1"
         );
         assert_eq!(r.numbers("inbox", &r.inbox(3, 1)), Some(vec![3, 1]));
-        assert_eq!(r.numbers("field", &r.field(2, 40)), Some(vec![2, 40]));
+        assert_eq!(r.numbers("field", &r.field(2, 40, 3)), Some(vec![2, 40, 3]));
         assert_eq!(r.numbers("field", &r.inbox(2, 40)), None);
         assert_eq!(r.numbers("sync", &format!("{}/x", r.all("sync"))), None);
         assert!(is_chunk("pi-4.local_2") && !is_chunk("a/b") && !is_chunk("") && !is_chunk("*"));

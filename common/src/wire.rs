@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -141,9 +141,9 @@ pub struct Topology {
 /// One partition's field values at one time index, in mesh numbering. `u`, `v`, `ww` hold
 /// `n_layers` values per element of `elements`, element-major; `zeta` one per node of `nodes`,
 /// `temp` and `salinity` `n_layers` and `kh` `n_layers + 1` per node; `wet` one per element
-/// (FVCOM's `wet_cells`: 1 wet, 0 dry). Empty `elements` and `nodes` mean the
-/// partition's topology (owned then halo elements, its nodes); an on-demand reply names them.
-/// Empty value vectors mean the variable is absent.
+/// (FVCOM's `wet_cells`: 1 wet, 0 dry). `elements` and `nodes` say which: a piece of the
+/// partition's topology ([`field_piece`]) or what an on-demand request needs. Empty value vectors
+/// mean the variable is absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldSlice {
     pub partition: u32,
@@ -161,6 +161,24 @@ pub struct FieldSlice {
     pub temp: Vec<f32>,
     pub salinity: Vec<f32>,
     pub wet: Vec<u8>,
+}
+
+/// Bytes of velocity values in one piece of a partition's field slice, by default: a
+/// partition's slice at one time goes in pieces, asked for one after another, so that a node
+/// holds one piece in flight (received and decoded) instead of its whole slice.
+pub const FIELD_PIECE_BYTES: usize = 4 << 20;
+
+/// Elements in a piece of `bytes` of velocities (u, v and ww, 4 bytes each per layer) on a mesh
+/// of `n_layers` layers, at least one.
+pub fn field_piece(bytes: usize, n_layers: usize) -> u32 {
+    (bytes / (12 * n_layers.max(1))).clamp(1, u32::MAX as usize) as u32
+}
+
+/// Pieces of a field slice of `elements` topology elements in pieces of `piece` elements (at
+/// least one piece). Piece `k` holds the topology's elements `k * piece..` (owned, then halo)
+/// and the nodes of those elements.
+pub fn field_pieces(elements: usize, piece: u32) -> usize {
+    elements.div_ceil(piece.max(1) as usize).max(1)
 }
 
 /// A node's request for field values its halo lacks (invariant 5): the reply is a
@@ -190,6 +208,8 @@ pub struct RunSpec {
     pub sort_every: u32,
     /// The optional fields the field slices carry.
     pub carried: crate::fields::Carried,
+    /// Elements per piece of a field slice ([`field_pieces`]), at least one.
+    pub field_piece: u32,
 }
 
 /// A partition has its topology, fields and particles and can hear its neighbours.
@@ -877,6 +897,7 @@ mod tests {
                             temp: true,
                             ..Default::default()
                         },
+                        field_piece: self.u32(),
                     }))
                 }
                 9 => {
@@ -1005,7 +1026,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 8, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -1019,7 +1040,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 8, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
             0x01, 1,
         ];
@@ -1032,7 +1053,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 7, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 8, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);

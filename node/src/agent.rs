@@ -532,12 +532,12 @@ fn run_assignment(
     let mesh = shared_mesh(std::mem::take(&mut spec.mesh))?;
     let spec = Arc::new(spec);
     log.say(format!(
-        "mesh of {} elements; {} particles in {} partitions, {} steps; peak RSS {:.0} MiB",
+        "mesh of {} elements; {} particles in {} partitions, {} steps; {}",
         mesh.n_elements(),
         spec.n_particles,
         spec.n_parts,
         spec.n_steps,
-        crate::health::peak_rss_kib() as f64 / 1024.0
+        crate::health::rss_words()
     ));
     let steps = std::thread::scope(|sc| {
         let handles: Vec<_> = partitions
@@ -867,17 +867,33 @@ impl<'a> PartitionAgent<'a> {
             if self.fields.has(idx) {
                 continue;
             }
-            let slice = match self.ask(&self.keys.field(self.p, idx), None, PATIENCE, abandon)? {
-                Message::FieldSlice(f) if f.time_index == idx => f,
-                other => bail!("expected field slice {idx}, got a {}", other.kind()),
-            };
             let time = self.spec.times[idx as usize];
             self.fields.open(self.mesh, idx, time, self.spec.carried);
-            self.fields
-                .fill(self.mesh, &slice, &self.topo_elements, &self.topo.nodes)
-                .with_context(|| format!("field slice {idx}"))?;
-            // The slice as received is gone: its pages go back before the next one comes.
-            drop(slice);
+            self.fields.reserve(
+                idx,
+                self.topo_elements.len(),
+                self.topo.nodes.len(),
+                self.mesh.vertical.n_layers,
+            );
+            // The slice comes in pieces, one in flight at a time: each is added to the level
+            // and dropped before the next is asked for.
+            let size = self.spec.field_piece.max(1);
+            for piece in 0..wire::field_pieces(self.topo_elements.len(), size) {
+                let key = self.keys.field(self.p, idx, piece as u32);
+                let slice = match self.ask(&key, None, PATIENCE, abandon)? {
+                    Message::FieldSlice(f) if f.time_index == idx => f,
+                    other => bail!("expected field slice {idx}, got a {}", other.kind()),
+                };
+                let want =
+                    (self.topo_elements.chunks(size as usize).nth(piece)).unwrap_or_default();
+                if slice.elements != want {
+                    bail!("field slice {idx} piece {piece} holds other elements than asked for");
+                }
+                self.fields
+                    .fill(self.mesh, &slice, &slice.elements, &slice.nodes)
+                    .with_context(|| format!("field slice {idx} piece {piece}"))?;
+            }
+            // The pages of the pieces go back before the next level comes.
             crate::health::give_back_memory();
         }
         Ok(())
@@ -1063,12 +1079,12 @@ impl<'a> PartitionAgent<'a> {
             return Ok(0);
         }
         self.log.say(format!(
-            "{} particles, neighbours {:?}; fields hold {:?} elements per level in {:.0} MiB; peak RSS {:.0} MiB",
+            "{} particles, neighbours {:?}; fields hold {:?} elements per level in {:.0} MiB; {}",
             self.part.particles.len(),
             self.neighbours,
             self.fields.elements_held(),
             self.fields.heap_bytes() as f64 / (1 << 20) as f64,
-            crate::health::peak_rss_kib() as f64 / 1024.0
+            crate::health::rss_words()
         ));
         let mut received = 0u64;
         let mut s = first;
@@ -1142,8 +1158,9 @@ impl<'a> PartitionAgent<'a> {
             }
         }
         self.log.say(format!(
-            "stopped after {s} steps; fetched {} halo element values on demand",
-            self.fields.fetched
+            "stopped after {s} steps; fetched {} halo element values on demand; {}",
+            self.fields.fetched,
+            crate::health::rss_words()
         ));
         Ok(s)
     }

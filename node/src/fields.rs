@@ -8,7 +8,7 @@
 //! path. Dropping a level frees everything it held, fetched values included.
 
 use anyhow::{bail, Result};
-use shoal_common::fields::{reconstruct, Carried, N_COEF};
+use shoal_common::fields::{reconstruct, Carried, COEF_DX, COEF_DY, N_COEF};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::FieldSlice;
 use shoal_common::{FieldLevel, Mesh, Window};
@@ -32,6 +32,14 @@ struct Raw {
 }
 
 const NO_ROW: u32 = u32::MAX;
+
+/// Room for `more` values, growing by at least an eighth: a few fetched elements must not
+/// double a level's arrays, as `Vec::reserve` would.
+fn grow<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more.max(v.len() / 8));
+    }
+}
 
 impl Raw {
     /// Element slot `slot`'s row, made if it has none.
@@ -161,6 +169,20 @@ impl PartialFields {
         });
     }
 
+    /// Room in level `index` for `elements` more elements and `nodes` more nodes, made at once
+    /// before a slice comes in pieces, so that its arrays are allocated at their size.
+    pub fn reserve(&mut self, index: u32, elements: usize, nodes: usize, n_layers: usize) {
+        let Some(at) = self.raw.iter().position(|r| r.index == index) else {
+            return;
+        };
+        self.levels[at].reserve_exact(elements, nodes, n_layers);
+        let raw = &mut self.raw[at];
+        raw.known.reserve_exact(elements);
+        raw.present.reserve_exact(elements);
+        raw.row.reserve_exact(elements);
+        raw.zeta.reserve_exact(nodes);
+    }
+
     /// Adds the values of `slice` to its level; `elements` and `nodes` say what they are for
     /// (the slice's own lists, or the topology's when it has none). Every index and length is
     /// checked: the slice came off the network.
@@ -202,10 +224,10 @@ impl PartialFields {
         }
         let raw = &mut self.raw[at];
         level.reserve(elements.len(), nodes.len(), nl);
-        raw.known.reserve(elements.len());
-        raw.present.reserve(elements.len());
-        raw.row.reserve(elements.len());
-        raw.zeta.reserve(nodes.len());
+        grow(&mut raw.known, elements.len());
+        grow(&mut raw.present, elements.len());
+        grow(&mut raw.row, elements.len());
+        grow(&mut raw.zeta, nodes.len());
         let comps = if raw.ww || !slice.ww.is_empty() { 3 } else { 2 };
         for v in raw.vel.iter_mut().take(comps) {
             v.reserve(elements.len() * nl);
@@ -284,8 +306,8 @@ impl PartialFields {
                         reconstruct(mesh, c, |el| vel[row[level.slot(el)] as usize * nl + k]);
                     let block: &mut [f32; N_COEF] = &mut level.coef[cs * nl + k];
                     block[comp] = u0;
-                    block[4 + comp] = gx;
-                    block[8 + comp] = gy;
+                    block[COEF_DX + comp] = gx;
+                    block[COEF_DY + comp] = gy;
                 }
             }
             level.zeta_elem[cs] = mesh.nv[c].map(|n| raw.zeta[level.node(n as usize)]);

@@ -121,14 +121,32 @@ pub fn throttle_words(bits: u32) -> (Vec<&'static str>, Vec<&'static str>) {
 /// This process's peak resident memory (`VmHWM` in `/proc/self/status`), KiB; 0 where there is
 /// no such file.
 pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// Resident memory now (`VmRSS`), KiB; 0 where `/proc/self/status` does not say.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory now and at its peak, for log lines: "RSS 80 MiB (peak 340 MiB)".
+pub fn rss_words() -> String {
+    format!(
+        "RSS {:.0} MiB (peak {:.0} MiB)",
+        rss_kib() as f64 / 1024.0,
+        peak_rss_kib() as f64 / 1024.0
+    )
 }
 
 /// Hands freed heap pages back to the system (glibc keeps them otherwise), so that building the

@@ -59,12 +59,13 @@ fn one_to_four_in_process_nodes_with_thin_halos_match_the_direct_path_bit_for_bi
     );
     assert_eq!(direct.nodes, 0);
     // One-ring halos: the partitions' field stores are as small as they get, and particles
-    // that step past them are stepped again after an on-demand fetch.
+    // that step past them are stepped again after an on-demand fetch. Field slices come in
+    // pieces of 1 KiB of velocities (a few elements each), dozens per level.
     for nodes in 1..=4 {
         let out = format!("nodes{nodes}.nc");
         let r = run_with(
             &dir,
-            &toml(&out, "[cluster]\nhalo_rings=1\n"),
+            &toml(&out, "[cluster]\nhalo_rings=1\nfield_piece_kib=1\n"),
             RunOptions {
                 nodes: Some(nodes),
                 ..Default::default()
@@ -102,6 +103,15 @@ fn a_one_ring_halo_fetches_on_demand_and_matches_a_wide_halo() {
     };
     let thin = run_with(&dir, &fast("thin.nc", 1), opts());
     let wide = run_with(&dir, &fast("wide.nc", 8), opts());
+    // The same halo with its slices in 1 KiB pieces: the pieces deliver exactly the topology,
+    // so the same elements are fetched on demand, no more.
+    let pieces = run_with(
+        &dir,
+        &fast("pieces.nc", 1).replace("[cluster]\n", "[cluster]\nfield_piece_kib=1\n"),
+        opts(),
+    );
+    assert_eq!(pieces.halo_served, thin.halo_served);
+    files_bit_identical(&dir.join("thin.nc"), &dir.join("pieces.nc"), false).unwrap();
     run_with(
         &dir,
         &fast("direct.nc", 1),
@@ -189,7 +199,7 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
         dir.join("proc.toml"),
         toml(
             "proc.nc",
-            &format!("{larval}[cluster]\nnodes=2\nwait_seconds=60\nzenoh_config='manager.json5'\n"),
+            &format!("{larval}[cluster]\nnodes=2\nwait_seconds=60\nfield_piece_kib=2\nzenoh_config='manager.json5'\n"),
         ),
     )
     .unwrap();

@@ -89,6 +89,9 @@ pub struct ClusterSection {
     /// How long the manager waits for any partition's step summary or state before it gives up
     /// that partition's node and carries on without it, seconds (default 300).
     pub patience_seconds: Option<f64>,
+    /// Velocity bytes in one piece of a field slice, KiB (default 4096): what a node holds in
+    /// flight while a field level arrives.
+    pub field_piece_kib: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -275,6 +278,8 @@ pub struct ClusterConfig {
     pub partitions: Option<usize>,
     pub zenoh_config: Option<PathBuf>,
     pub patience_seconds: f64,
+    /// Bytes of velocities per field slice piece.
+    pub field_piece_bytes: usize,
 }
 
 fn density_spec(
@@ -706,6 +711,9 @@ impl RunConfig {
         if c.halo_rings == Some(0) {
             bail!("key `cluster.halo_rings`: at least one ring");
         }
+        if c.field_piece_kib == Some(0) {
+            bail!("key `cluster.field_piece_kib`: at least 1 KiB");
+        }
         let cluster = ClusterConfig {
             nodes: c.nodes.unwrap_or(0),
             name: c.name.clone(),
@@ -714,6 +722,9 @@ impl RunConfig {
             partitions: c.partitions,
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
             patience_seconds,
+            field_piece_bytes: c
+                .field_piece_kib
+                .map_or(shoal_common::wire::FIELD_PIECE_BYTES, |k| k << 10),
         };
         let polygons = polygon_release(&file.release, &resolve)?;
         let larvae = larvae(b)?;

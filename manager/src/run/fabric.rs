@@ -478,7 +478,6 @@ fn field_slice(
     time_index: u32,
     elements: &[u32],
     nodes: &[u32],
-    explicit: bool,
 ) -> FieldSlice {
     let (ne, nn, nl) = (mesh.n_elements(), mesh.n_nodes(), mesh.vertical.n_layers);
     let per_element = |f: &[f32]| -> Vec<f32> {
@@ -501,8 +500,8 @@ fn field_slice(
         time_index,
         time: raw.time,
         n_layers: nl as u16,
-        elements: if explicit { elements.to_vec() } else { vec![] },
-        nodes: if explicit { nodes.to_vec() } else { vec![] },
+        elements: elements.to_vec(),
+        nodes: nodes.to_vec(),
         u: per_element(&raw.u),
         v: per_element(&raw.v),
         ww: raw.ww.as_deref().map(per_element).unwrap_or_default(),
@@ -555,6 +554,8 @@ struct Served {
     topologies: Vec<Topology>,
     topo_bytes: Vec<Vec<u8>>,
     particles: Vec<Vec<u8>>,
+    /// Elements per field slice piece.
+    piece: u32,
 }
 
 /// What the server thread is given: a new epoch to serve, or a query of some epoch's.
@@ -627,15 +628,27 @@ impl Server<'_> {
             "topology" => ep.topo_bytes[part(0)? as usize].clone(),
             "particles" => ep.particles[part(0)? as usize].clone(),
             "field" => {
-                let (p, idx) = (part(0)?, part(1)? as usize);
+                let (p, idx, piece) = (part(0)?, part(1)? as usize, part(2)? as usize);
                 if idx >= self.reader.times.len() {
                     bail!("{key}: no time index {idx}");
                 }
-                let t = ep.topologies[p as usize].clone();
+                let t = &ep.topologies[p as usize];
+                let size = ep.piece as usize;
+                if piece >= wire::field_pieces(t.owned.len() + t.halo.len(), ep.piece) {
+                    bail!("{key}: no piece {piece}");
+                }
+                let elements: Vec<u32> = t
+                    .owned
+                    .iter()
+                    .chain(&t.halo)
+                    .skip(piece * size)
+                    .take(size)
+                    .copied()
+                    .collect();
+                let nodes = nodes_of(self.mesh, elements.iter());
                 let me = ep.me.clone();
                 let raw = self.slice(idx)?;
-                let elements: Vec<u32> = t.owned.iter().chain(&t.halo).copied().collect();
-                let f = field_slice(self.mesh, &raw, p, idx as u32, &elements, &t.nodes, false);
+                let f = field_slice(self.mesh, &raw, p, idx as u32, &elements, &nodes);
                 bytes(&me, Message::FieldSlice(f))?
             }
             "halo" => {
@@ -669,7 +682,7 @@ impl Server<'_> {
                 self.stats
                     .halo_served
                     .fetch_add(elements.len() as u64, Ordering::Relaxed);
-                let f = field_slice(self.mesh, &raw, partition, time_index, &with, &nodes, true);
+                let f = field_slice(self.mesh, &raw, partition, time_index, &with, &nodes);
                 bytes(&me, Message::FieldSlice(f))?
             }
             _ => bail!("{key}: not served"),
@@ -775,8 +788,14 @@ impl Stepper for FabricStepper<'_> {
             part_of: parts.part_of.clone(),
             sort_every: cfg.sort_every,
             carried: self.reader.carried(),
+            field_piece: wire::field_piece(
+                cfg.cluster.field_piece_bytes,
+                self.reader.mesh_input.n_layers,
+            ),
         };
+        let piece = spec.field_piece;
         let served = Served {
+            piece,
             me: me.clone(),
             keys: keys.clone(),
             spec: bytes(&me, Message::RunSpec(Box::new(spec)))?,
@@ -794,7 +813,7 @@ impl Stepper for FabricStepper<'_> {
         // Queryables: data requests go to the server thread, syncs and states to this one.
         let session = self.session();
         let mut queryables = Vec::new();
-        for what in ["spec", "topology/*", "particles/*", "field/*/*", "halo/*"] {
+        for what in ["spec", "topology/*", "particles/*", "field/*/*/*", "halo/*"] {
             let tx = self.jobs.clone();
             let name: &'static str = what.split('/').next().unwrap_or(what);
             queryables.push(

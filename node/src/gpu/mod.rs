@@ -445,7 +445,9 @@ impl GpuPartition {
             None => 0,
         };
         let q = &self.ctx.queue;
-        q.write_buffer(&self.coef[s], 0, bytemuck::cast_slice(&level.coef));
+        // Built on the host once per level (a few per run) and dropped after the copy.
+        let coef = shoal_common::fields::padded_coef(&level.coef);
+        q.write_buffer(&self.coef[s], 0, bytemuck::cast_slice(&coef));
         let zeta: Vec<[f32; 4]> = level
             .zeta_elem
             .iter()
