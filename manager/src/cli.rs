@@ -97,6 +97,18 @@ enum Command {
         /// Depth-averaged ua/va only.
         #[arg(long)]
         two_d: bool,
+        /// A surface-only file as oil-spill and search tools publish them: 2-D u/v with a
+        /// _FillValue of 999, and no h, sigma, zeta or layered fields. With --duration 0 the
+        /// file has a single time record (a steady flow).
+        #[arg(long)]
+        surface_only: bool,
+        /// Write GNOME's boundary table `bnd`, the east side open water.
+        #[arg(long)]
+        bnd: bool,
+        /// FVCOM's `CoordinateProjection` attribute, e.g. "proj=utm +zone=19 +datum=WGS84"
+        /// (the default offset is UTM-sized).
+        #[arg(long)]
+        projection: Option<String>,
         #[arg(long)]
         no_ww: bool,
         #[arg(long)]
@@ -322,6 +334,9 @@ where
             corrupt_nbe,
             spherical,
             two_d,
+            surface_only,
+            bnd,
+            projection,
             no_ww,
             no_temp,
             kh,
@@ -356,6 +371,9 @@ where
                     .map(|s| pair(s, "spherical"))
                     .transpose()?,
                 two_d,
+                surface_only,
+                bnd,
+                projection,
                 no_ww,
                 temp: !no_temp,
                 kh,

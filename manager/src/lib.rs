@@ -10,7 +10,7 @@ pub mod run;
 pub mod tools;
 
 // The modules by their short names, as the crate's users and its own code name them.
-pub use input::{config, fvcom, release, sites, timefmt};
+pub use input::{config, crs, fvcom, release, sites, timefmt};
 pub use output::plot;
 pub use run::partition;
 pub use tools::{bench, demo, fleet, inspect, synth};

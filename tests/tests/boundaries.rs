@@ -94,3 +94,52 @@ fn open_boundary_retires_particles_where_they_cross() {
         assert!(exited);
     }
 }
+
+#[test]
+fn a_gnome_boundary_table_opens_the_same_edges_as_the_equivalent_obc_file() {
+    let dir = scratch("bnd");
+    let o = SynthOptions {
+        flow: Flow::Uniform,
+        nx: 20,
+        ny: 10,
+        dx: 200.0,
+        jitter: 0.2,
+        layers: 2,
+        duration: 3.0 * 3600.0,
+        speed: 0.5,
+        ..Default::default()
+    };
+    synth_file(&dir, "obc.nc", &o);
+    synth::write_obc_east(&dir.join("east_obc.dat"), &o).unwrap();
+    synth_file(
+        &dir,
+        "bnd.nc",
+        &SynthOptions {
+            bnd: true,
+            ..o.clone()
+        },
+    );
+    let run = |file: &str, extra: &str, out: &str| {
+        config(&dir, &format!("seed=3\n[input]\nfiles=['{file}']\n{extra}[release.generate]\ncount=300\n[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=2.0\n[output]\nfile='{out}'\ninterval='10min'\n"))
+            .and_then(|c| run_quiet(&c, 2))
+    };
+    let a = run("obc.nc", "open_boundary_file='east_obc.dat'\n", "a.nc").unwrap();
+    let b = run("bnd.nc", "", "b.nc").unwrap();
+    assert!(a.last.exited > 100, "{:?}", a.last);
+    assert_eq!(a.last, b.last);
+    let (oa, ob) = (
+        Output::read(&dir.join("a.nc")).unwrap(),
+        Output::read(&dir.join("b.nc")).unwrap(),
+    );
+    assert_eq!((oa.x, oa.y, oa.status), (ob.x, ob.y, ob.status));
+    // Both given and in agreement: fine. In disagreement: the error names a node and `bnd`.
+    run("bnd.nc", "open_boundary_file='east_obc.dat'\n", "c.nc").unwrap();
+    let e = format!(
+        "{:#}",
+        run("bnd.nc", "open_boundary_nodes=[1, 2]\n", "d.nc").unwrap_err()
+    );
+    assert!(
+        e.contains("bnd.nc") && e.contains("`bnd`") && e.contains("node 1 "),
+        "{e}"
+    );
+}

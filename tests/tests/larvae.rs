@@ -133,7 +133,7 @@ fn polygon_releases_are_exact_inside_in_the_water_and_the_same_on_every_path() {
     let cfg = config(&dir, &larval_toml("direct.nc", 7, RELEASE)).unwrap();
     let (reader, mesh, _) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes).unwrap();
     let start = reader.times[0];
-    let rel = release::points(&cfg, &mesh, start, 3.0 * 3600.0).unwrap();
+    let rel = release::points(&cfg, &mesh, reader.geo.as_ref(), start, 3.0 * 3600.0).unwrap();
     let origins = rel.sites.clone().expect("a polygon release has sites");
     assert_eq!(origins.names, ["north bank", "edge", "atoll"]);
     // Three releases of 40 per site, in id order release by release, site by site.
@@ -159,14 +159,14 @@ fn polygon_releases_are_exact_inside_in_the_water_and_the_same_on_every_path() {
     assert!(rel.points[40..80].iter().all(|p| p.x >= 400e3));
     // The same seed gives the same points; another seed others.
     assert_eq!(
-        release::points(&cfg, &mesh, start, 3.0 * 3600.0)
+        release::points(&cfg, &mesh, reader.geo.as_ref(), start, 3.0 * 3600.0)
             .unwrap()
             .points,
         rel.points
     );
     let other = config(&dir, &larval_toml("other.nc", 8, RELEASE)).unwrap();
     assert_ne!(
-        release::points(&other, &mesh, start, 3.0 * 3600.0)
+        release::points(&other, &mesh, reader.geo.as_ref(), start, 3.0 * 3600.0)
             .unwrap()
             .points,
         rel.points

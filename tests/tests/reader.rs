@@ -1,6 +1,6 @@
 //! The FVCOM reader against every quirk of DESIGN.md §3, and files concatenated in time.
 
-use shoal_common::MeshNote;
+use shoal_common::{MeshNote, TransverseMercator};
 use shoal_manager::cli::run_cli;
 use shoal_manager::fvcom::{Coordinates, FvcomReader};
 use shoal_manager::synth::{Flow, SynthOptions, TimeStyle};
@@ -217,11 +217,51 @@ fn files_concatenated_in_time_run_like_one_file() {
     assert_eq!(a.x, b.x);
     assert_eq!(a.y, b.y);
     assert_eq!(a.status, b.status);
-    // Out of order is refused, naming the file.
-    let err = FvcomReader::open(&[dir.join("b.nc"), dir.join("a.nc")], &[])
+    // Given out of order, they are taken in time order.
+    let (rev, _, _) = FvcomReader::open(&[dir.join("b.nc"), dir.join("a.nc")], &[]).unwrap();
+    assert_eq!(rev.times, r.times);
+    assert!(rev.path(0).ends_with("a.nc"));
+
+    // Three files, each repeating the previous one's last record (as restarts write it), given
+    // in no order: the run equals the one-file run value by value.
+    let part = |name: &str, from_h: f64, hours: f64| {
+        synth_file(
+            &dir,
+            name,
+            &SynthOptions {
+                start: whole.start + from_h * 3600.0,
+                duration: hours * 3600.0,
+                epoch,
+                ..base()
+            },
+        )
+    };
+    part("p1.nc", 0.0, 4.0);
+    part("p2.nc", 4.0, 5.0);
+    part("p3.nc", 9.0, 3.0);
+    run("['p3.nc', 'p1.nc', 'p2.nc']", "three.nc");
+    let c = Output::read(&dir.join("three.nc")).unwrap();
+    assert_eq!((a.x, a.y, a.z, a.status), (c.x, c.y, c.z, c.status));
+
+    // A gap in time, or an overlap of more than the repeated record, names both files.
+    part("late.nc", 8.0, 4.0);
+    let err = FvcomReader::open(&[dir.join("a.nc"), dir.join("late.nc")], &[])
         .err()
         .unwrap();
-    assert!(format!("{err:#}").contains("a.nc"), "{err:#}");
+    let e = format!("{err:#}");
+    assert!(
+        e.contains("a gap") && e.contains("a.nc") && e.contains("late.nc"),
+        "{e}"
+    );
+    part("early.nc", 4.0, 4.0);
+    let err = FvcomReader::open(&[dir.join("a.nc"), dir.join("early.nc")], &[])
+        .err()
+        .unwrap();
+    let e = format!("{err:#}");
+    assert!(
+        e.contains("overlap") && e.contains("a.nc") && e.contains("early.nc"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -268,4 +308,234 @@ fn the_cli_writes_inspects_and_plots() {
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     assert!(bytes.len() > 2000);
+}
+
+/// A surface-only file as oil-spill and search tools publish them (2-D `u`/`v` with a
+/// `_FillValue` of 999, no `h`, sigma or `zeta`), with a single time record: a steady flow.
+fn surface_only_steady(dir: &std::path::Path) -> SynthOptions {
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 60,
+        ny: 60,
+        dx: 400.0,
+        jitter: 0.25,
+        surface_only: true,
+        duration: 0.0,
+        ..Default::default()
+    };
+    synth_file(dir, "surface.nc", &o);
+    o
+}
+
+#[test]
+fn a_surface_only_steady_rotation_brings_particles_back_after_a_revolution() {
+    let dir = scratch("surface_only");
+    let o = surface_only_steady(&dir);
+    let text = shoal_manager::inspect::inspect(&[dir.join("surface.nc")]).unwrap();
+    assert!(
+        text.contains("surface only: no bathymetry") && text.contains("1 slices"),
+        "{text}"
+    );
+    assert!(text.contains("a steady flow"), "{text}");
+    let (r, _, _) = FvcomReader::open(&[dir.join("surface.nc")], &[]).unwrap();
+    assert!(r.surface_only && r.times.len() == 1 && !r.layout.three_d);
+    let (cx, cy) = o.centre();
+    // A start years after the record's time: a steady field holds at every time.
+    let run = |extra: &str| {
+        config(&dir, &format!("[input]\nfiles=['surface.nc']\n[release.generate]\ncount=400\ncentre=[{cx},{cy}]\nradius=9000.0\n[run]\nstart='2031-02-03T04:05:06'\nduration='12h'\ndt='60s'\n{extra}[output]\nfile='out.nc'\ninterval='1h'\n"))
+    };
+    let rep = run_quiet(&run("").unwrap(), 2).unwrap();
+    assert_eq!(rep.last.active, 400);
+    let out = Output::read(&dir.join("out.nc")).unwrap();
+    assert_eq!(out.n_time, 13);
+    let last = out.n_time - 1;
+    let mut worst: f64 = 0.0;
+    let mut moved: f64 = 0.0;
+    for p in 0..out.n_traj {
+        let (i0, i1) = (out.at(p, 0), out.at(p, last));
+        worst = worst.max((out.x[i1] - out.x[i0]).hypot(out.y[i1] - out.y[i0]));
+        let half = out.at(p, last / 2);
+        moved = moved.max((out.x[half] - out.x[i0]).hypot(out.y[half] - out.y[i0]));
+        for t in 0..out.n_time {
+            assert_eq!(out.z[out.at(p, t)], 0.0, "particle {p} left the surface");
+        }
+    }
+    eprintln!(
+        "surface-only steady rotation: farthest from its start after a revolution {worst:.4} m"
+    );
+    assert!(
+        worst < 1.0,
+        "farthest from its start after a revolution: {worst} m"
+    );
+    assert!(
+        moved > 10_000.0,
+        "half a revolution moved at most {moved} m"
+    );
+
+    // What needs a water column is refused, naming the key.
+    for (extra, key) in [
+        (
+            "[diffusion]\nvertical='constant'\nvertical_kh=1e-3\n",
+            "diffusion.vertical",
+        ),
+        (
+            "[behaviour]\nsinking_speed=0.001\n",
+            "behaviour.sinking_speed",
+        ),
+    ] {
+        let e = format!("{:#}", run_quiet(&run(extra).unwrap(), 1).unwrap_err());
+        assert!(e.contains(key) && e.contains("surface only"), "{e}");
+    }
+    let deep = config(&dir, &format!("[input]\nfiles=['surface.nc']\n[release.generate]\ncount=10\ncentre=[{cx},{cy}]\nradius=900.0\nz=-2.0\n[run]\nduration='1h'\n[output]\nfile='deep.nc'\n")).unwrap();
+    let e = format!("{:#}", run_quiet(&deep, 1).unwrap_err());
+    assert!(
+        e.contains("release.generate.z") && e.contains("surface only"),
+        "{e}"
+    );
+    // A steady field needs to be told how long to run.
+    let endless = config(&dir, &format!("[input]\nfiles=['surface.nc']\n[release.generate]\ncount=10\ncentre=[{cx},{cy}]\nradius=900.0\n[output]\nfile='endless.nc'\n")).unwrap();
+    let e = format!("{:#}", run_quiet(&endless, 1).unwrap_err());
+    assert!(
+        e.contains("run.duration") && e.contains("surface.nc"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_variable_of_the_wrong_shape_is_refused_when_the_file_opens_naming_it() {
+    let dir = scratch("wrong_shape");
+    let path = synth_file(&dir, "f.nc", &base());
+    {
+        // Salinity at nodes without layers: a layered variable of the wrong shape.
+        let mut f = netcdf::append(&path).unwrap();
+        f.add_variable::<f32>("salinity", &["time", "node"])
+            .unwrap();
+    }
+    let err = FvcomReader::open(&[path.clone()], &[]).err().unwrap();
+    let e = format!("{err:#}");
+    assert!(
+        e.contains("f.nc") && e.contains("`salinity`") && e.contains("(time, node)"),
+        "{e}"
+    );
+    // Text where numbers belong.
+    let other = synth_file(&dir, "g.nc", &base());
+    {
+        let mut f = netcdf::append(&other).unwrap();
+        f.add_string_variable("wet_cells", &["time", "nele"])
+            .unwrap();
+    }
+    let err = FvcomReader::open(&[other], &[]).err().unwrap();
+    let e = format!("{err:#}");
+    assert!(
+        e.contains("`wet_cells`") && e.contains("not numeric"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cartesian_file_that_names_its_utm_zone_gets_lon_lat_in_the_output() {
+    let dir = scratch("utm");
+    // The default offset (400 km E, 4 500 km N) is a place in UTM zone 19, off New England.
+    let o = SynthOptions {
+        flow: Flow::Uniform,
+        nx: 20,
+        ny: 20,
+        dx: 500.0,
+        speed: 0.3,
+        projection: Some("proj=utm +zone=19 +datum=WGS84 +units=m +no_defs".into()),
+        ..base()
+    };
+    synth_file(&dir, "utm.nc", &o);
+    let text = shoal_manager::inspect::inspect(&[dir.join("utm.nc")]).unwrap();
+    assert!(text.contains("proj=utm +zone=19"), "{text}");
+    let (cx, cy) = o.centre();
+    let run = |file: &str, release: &str, out: &str| {
+        config(&dir, &format!("seed=5\n[input]\nfiles=['{file}']\n{release}[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='{out}'\ninterval='30min'\n"))
+            .and_then(|c| run_quiet(&c, 2))
+    };
+    run(
+        "utm.nc",
+        &format!("[release.generate]\ncount=200\ncentre=[{cx},{cy}]\nradius=3000.0\n"),
+        "out.nc",
+    )
+    .unwrap();
+    let out = Output::read(&dir.join("out.nc")).unwrap();
+    let (lon, lat) = (out.lon.clone().unwrap(), out.lat.clone().unwrap());
+    // Independently: UTM zone 19 is a transverse Mercator about 69 W with scale 0.9996 on its
+    // central meridian and a false easting of 500 km (common's Krüger series, WGS84).
+    let tm = TransverseMercator::new(-69.0, 0.0);
+    let mut worst: f64 = 0.0;
+    for i in 0..out.x.len() {
+        let (l, b) = tm.inverse((out.x[i] - 500_000.0) / 0.9996, out.y[i] / 0.9996);
+        worst = worst.max((l - lon[i]).abs()).max((b - lat[i]).abs());
+    }
+    eprintln!("UTM zone 19: output lon/lat within {worst:.2e} degrees of the independent inverse");
+    assert!(worst < 1e-7, "lon/lat differ by up to {worst} degrees");
+    assert!(
+        (lon[0] + 70.2).abs() < 0.3 && (lat[0] - 40.7).abs() < 0.3,
+        "{} {}",
+        lon[0],
+        lat[0]
+    );
+
+    // A site given in lon/lat is placed through the same projection.
+    let corner = |dx: f64, dy: f64| tm.inverse((cx + dx - 500_000.0) / 0.9996, (cy + dy) / 0.9996);
+    let ring: Vec<(f64, f64)> = [
+        (-1000.0, -1000.0),
+        (1000.0, -1000.0),
+        (1000.0, 1000.0),
+        (-1000.0, 1000.0),
+        (-1000.0, -1000.0),
+    ]
+    .iter()
+    .map(|&(a, b)| corner(a, b))
+    .collect();
+    let coords: Vec<String> = ring.iter().map(|(a, b)| format!("[{a},{b}]")).collect();
+    std::fs::write(
+        dir.join("site.geojson"),
+        format!(r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"name":"box"}},"geometry":{{"type":"Polygon","coordinates":[[{}]]}}}}]}}"#, coords.join(",")),
+    )
+    .unwrap();
+    run(
+        "utm.nc",
+        "[release]\npolygons='site.geojson'\nper_polygon=100\n",
+        "site.nc",
+    )
+    .unwrap();
+    let s = Output::read(&dir.join("site.nc")).unwrap();
+    for p in 0..s.n_traj {
+        let i = s.at(p, 0);
+        assert!(
+            (s.x[i] - cx).abs() < 1000.0 + 1e-3 && (s.y[i] - cy).abs() < 1000.0 + 1e-3,
+            "released at {} {}",
+            s.x[i] - cx,
+            s.y[i] - cy
+        );
+    }
+
+    // An attribute proj4rs cannot read is a warning naming it; the output has x/y only.
+    synth_file(
+        &dir,
+        "odd.nc",
+        &SynthOptions {
+            projection: Some("init=nad27:1802".into()),
+            ..o.clone()
+        },
+    );
+    let (r, _, _) = FvcomReader::open(&[dir.join("odd.nc")], &[]).unwrap();
+    assert!(r.geo.is_none());
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("CoordinateProjection") && w.contains("nad27:1802")),
+        "{:?}",
+        r.warnings
+    );
+    run(
+        "odd.nc",
+        &format!("[release.generate]\ncount=20\ncentre=[{cx},{cy}]\nradius=300.0\n"),
+        "odd_out.nc",
+    )
+    .unwrap();
+    assert!(Output::read(&dir.join("odd_out.nc")).unwrap().lon.is_none());
 }

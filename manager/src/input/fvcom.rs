@@ -61,7 +61,18 @@ pub struct FvcomReader {
     pub warnings: Vec<String>,
     /// The mesh as read, before [`Mesh::build`]: what nodes build their copy from.
     pub mesh_input: shoal_common::MeshInput,
+    /// No bathymetry (`h`) and 2-D velocities: a surface track, particles stay at z = 0 (the
+    /// files that oil-spill and search tools publish). The mesh gets a nominal depth of
+    /// [`SURFACE_ONLY_DEPTH`] so that the kernel's column arithmetic holds.
+    pub surface_only: bool,
+    /// Where the mesh lies on the Earth: the frame a geographic mesh was projected to, or the
+    /// projection a Cartesian file's `CoordinateProjection` names (when proj4rs reads it).
+    pub geo: Option<crate::crs::Geo>,
 }
+
+/// The nominal water depth, metres, of a surface-only input: never seen in the output, since
+/// particles stay at z = 0 and nothing vertical is allowed to run on such a file.
+pub const SURFACE_ONLY_DEPTH: f32 = 1.0;
 
 fn open(path: &Path) -> Result<netcdf::File> {
     if !path.exists() {
@@ -341,7 +352,27 @@ impl FvcomReader {
             open_boundary_nodes,
             &mut warnings,
         )?;
-        let mut layout = read_layout(&first, p0, n_nodes, n_elements, &mut warnings)?;
+        let has_h = !mesh_input.h.is_empty();
+        let mut layout = read_layout(&first, p0, n_nodes, n_elements, has_h, &mut warnings)?;
+        let surface_only = !has_h;
+        if surface_only {
+            if layout.three_d {
+                bail!(
+                    "{}: variable `h` (bathymetry) not found; only a surface-only file, with 2-D \
+                     velocities `{}(time, nele)`, can do without it",
+                    p0.display(),
+                    layout.u
+                );
+            }
+            if layout.zeta {
+                warnings.push(format!(
+                    "{}: `zeta` without `h` is not used; the input is surface only",
+                    p0.display()
+                ));
+                layout.zeta = false;
+            }
+            mesh_input.h = vec![SURFACE_ONLY_DEPTH; n_nodes];
+        }
         if !layout.three_d {
             // Depth-averaged velocity: one layer spanning the column; layered node fields
             // cannot be matched to it.
@@ -371,11 +402,14 @@ impl FvcomReader {
                 bail!("{}: its mesh ({:?} nodes, {:?} elements) differs from {} ({n_nodes}, {n_elements})",
                     p.display(), f.dimension_len("node"), f.dimension_len("nele"), p0.display());
             }
-            let mut l = read_layout(&f, p, n_nodes, n_elements, &mut Vec::new())?;
+            let mut l = read_layout(&f, p, n_nodes, n_elements, has_h, &mut Vec::new())?;
             if !l.three_d {
                 l.temp = false;
                 l.kh = false;
                 l.salinity = false;
+            }
+            if surface_only {
+                l.zeta = false;
             }
             if l != layout {
                 bail!(
@@ -390,12 +424,68 @@ impl FvcomReader {
             });
         }
 
-        let mut times = Vec::new();
+        // Files in time order, whatever order they were given in; each joins the one before
+        // it end to start, a repeated boundary record (FVCOM restarts write the last record
+        // again) dropped.
+        let mut axes = Vec::with_capacity(sources.len());
+        for s in &sources {
+            let (t, how) = time_axis(&s.file, &s.path, &mut warnings)?;
+            if t.is_empty() {
+                bail!("{}: no time slices", s.path.display());
+            }
+            axes.push((t, how));
+        }
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        order.sort_by(|&a, &b| axes[a].0[0].total_cmp(&axes[b].0[0]));
+        if order.windows(2).any(|w| w[0] > w[1]) {
+            warnings.push(format!(
+                "input files taken in time order: {}",
+                order
+                    .iter()
+                    .map(|&k| sources[k].path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut taken: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
+        let sources: Vec<Source> = order.iter().filter_map(|&k| taken[k].take()).collect();
+        let mut axes: Vec<Option<(Vec<f64>, String)>> = axes.into_iter().map(Some).collect();
+        let axes: Vec<(Vec<f64>, String)> = order.iter().filter_map(|&k| axes[k].take()).collect();
+        let mut times: Vec<f64> = Vec::new();
         let mut slots = Vec::new();
         let mut time_source = Vec::new();
-        for (k, s) in sources.iter().enumerate() {
-            let (t, how) = time_axis(&s.file, &s.path, &mut warnings)?;
+        for (k, (s, (t, how))) in sources.iter().zip(axes).enumerate() {
             time_source.push(how);
+            if let Some(&last) = times.last() {
+                let prev = &sources[k - 1].path;
+                let when = crate::timefmt::format_datetime;
+                if t[0] < last - 0.5 {
+                    bail!(
+                        "{}: its times ({} ..) overlap those of {} (.. {}) by more than a repeated boundary record",
+                        s.path.display(),
+                        when(t[0]),
+                        prev.display(),
+                        when(last)
+                    );
+                }
+                // The files' own interval: the smallest step either file takes.
+                let steps = |t: &[f64]| {
+                    t.windows(2)
+                        .map(|w| w[1] - w[0])
+                        .fold(f64::INFINITY, f64::min)
+                };
+                let own = steps(&times).min(steps(&t));
+                if own.is_finite() && t[0] - last > 1.5 * own {
+                    bail!(
+                        "{}: starts at {}, but {} ends at {}: a gap of {:.0} s, more than the files' own interval of {own:.0} s",
+                        s.path.display(),
+                        when(t[0]),
+                        prev.display(),
+                        when(last),
+                        t[0] - last
+                    );
+                }
+            }
             for (i, ti) in t.into_iter().enumerate() {
                 if let Some(&last) = times.last() {
                     if ti <= last {
@@ -414,12 +504,22 @@ impl FvcomReader {
                 slots.push((k, i));
             }
         }
-        if times.is_empty() {
-            bail!("{}: no time slices", p0.display());
-        }
 
         let (mesh, notes) =
             Mesh::build(mesh_input.clone()).map_err(|e| anyhow!("{}: {e}", p0.display()))?;
+        let geo = match (coordinates, &mesh_input.projection) {
+            (Coordinates::Geographic, Some(tm)) => Some(crate::crs::Geo::Frame(*tm)),
+            _ => match string_attr(None, &sources[0].file, "CoordinateProjection") {
+                None => None,
+                Some(text) => crate::crs::parse(&text).unwrap_or_else(|why| {
+                    warnings.push(format!(
+                        "{}: global attribute `CoordinateProjection` (\"{text}\") is not understood: {why}; the output has x/y only",
+                        sources[0].path.display()
+                    ));
+                    None
+                }),
+            },
+        };
         Ok((
             FvcomReader {
                 sources,
@@ -430,6 +530,8 @@ impl FvcomReader {
                 time_source,
                 warnings,
                 mesh_input,
+                surface_only,
+                geo,
             },
             mesh,
             notes,
@@ -592,12 +694,25 @@ fn read_mesh(
             input.x.len()
         );
     }
-    let h = read_f32(file, path, "h", ..)?;
+    // Without `h` this can only be a surface-only file, which the caller decides from the
+    // velocities' shape; the nominal depth stands in until then.
+    let h = if file.variable("h").is_some() {
+        read_f32(file, path, "h", ..)?
+    } else {
+        Vec::new()
+    };
     if let Some(i) = h.iter().position(|v| !v.is_finite()) {
         bail!(
             "{}: variable `h` (bathymetry) is missing at node {} (fill value or NaN)",
             path.display(),
             i + 1
+        );
+    }
+    if !h.is_empty() && h.len() != n_nodes {
+        bail!(
+            "{}: variable `h` has {} values for {n_nodes} nodes",
+            path.display(),
+            h.len()
         );
     }
     input.h = h;
@@ -683,7 +798,78 @@ fn read_mesh(
         input.siglev.clear();
     }
     input.open_boundary_nodes = open_boundary_nodes.to_vec();
+    if let Some(bnd) = boundary_table(file, path, n_nodes)? {
+        input.open_boundary_nodes = agree_on_open_nodes(path, bnd, open_boundary_nodes)?;
+    }
     Ok((input, coordinates))
+}
+
+/// The open-boundary nodes (0-based) of GNOME's boundary table `bnd(nbnd, 4)`, if the file has
+/// one. Its rows are boundary segments `node1 node2 island type`, `type` 1 for open water and 0
+/// for land, nodes 1-based unless the variable's `units` say `index_start_0`: as PyGnome's
+/// documentation of its NetCDF formats describes it, and its C++ reader
+/// (`GridMap_c::SetUpTriangleGrid`) types the segments.
+fn boundary_table(file: &netcdf::File, path: &Path, n_nodes: usize) -> Result<Option<Vec<u32>>> {
+    let Some(var) = file.variable("bnd") else {
+        return Ok(None);
+    };
+    let n = dim_lens(&var).into_iter().find(|&l| l != 4).unwrap_or(4);
+    let rows = read_table(file, path, "bnd", 4, n)?;
+    let base = match string_attr(Some(&var), file, "units").as_deref() {
+        Some("index_start_0") => 0,
+        _ => 1,
+    };
+    let mut open = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let bad = |what: String| {
+            anyhow!(
+                "{}: variable `bnd` row {i}: {what} (columns: node, node, island, 1 open or 0 land)",
+                path.display()
+            )
+        };
+        for &node in &r[..2] {
+            if node < base || node - base >= n_nodes as i64 {
+                return Err(bad(format!(
+                    "node {node} is outside {base}..{}",
+                    n_nodes as i64 - 1 + base
+                )));
+            }
+        }
+        match r[3] {
+            0 => {}
+            1 => open.extend(r[..2].iter().map(|&n| (n - base) as u32)),
+            t => return Err(bad(format!("type {t} is neither 1 (open) nor 0 (land)"))),
+        }
+    }
+    open.sort_unstable();
+    open.dedup();
+    Ok(Some(open))
+}
+
+/// The boundary table's open nodes, which must be the `_obc.dat` (or `open_boundary_nodes`) ones
+/// when those are given too.
+fn agree_on_open_nodes(path: &Path, bnd: Vec<u32>, given: &[u32]) -> Result<Vec<u32>> {
+    if given.is_empty() {
+        return Ok(bnd);
+    }
+    let mut given = given.to_vec();
+    given.sort_unstable();
+    given.dedup();
+    if let Some(n) = given.iter().find(|n| bnd.binary_search(n).is_err()) {
+        bail!(
+            "{}: node {} is an open-boundary node of the given open boundary (`input.open_boundary_file` or `input.open_boundary_nodes`) but on no open segment of variable `bnd`",
+            path.display(),
+            n + 1
+        );
+    }
+    if let Some(n) = bnd.iter().find(|n| given.binary_search(n).is_err()) {
+        bail!(
+            "{}: node {} is on an open segment of variable `bnd` but not in the given open boundary (`input.open_boundary_file` or `input.open_boundary_nodes`)",
+            path.display(),
+            n + 1
+        );
+    }
+    Ok(bnd)
 }
 
 fn read_table_f(
@@ -718,11 +904,46 @@ fn read_table_f(
     }
 }
 
+/// Whether `name`, a variable read one time slice at a time, is present; when it is, its shape
+/// must be (time, `expected`...) and its type numeric, or the error names it and its shape.
+fn per_time(
+    file: &netcdf::File,
+    path: &Path,
+    name: &str,
+    expected: &[(&str, usize)],
+) -> Result<bool> {
+    let Some(var) = file.variable(name) else {
+        return Ok(false);
+    };
+    let lens = dim_lens(&var);
+    if lens.len() != expected.len() + 1 || lens[1..].iter().ne(expected.iter().map(|e| &e.1)) {
+        let want: Vec<String> = expected.iter().map(|(d, n)| format!("{d} = {n}")).collect();
+        bail!(
+            "{}: variable `{name}` has shape {lens:?} ({}); expected (time, {})",
+            path.display(),
+            dim_names(&var).join(", "),
+            want.join(", ")
+        );
+    }
+    use netcdf::types::NcVariableType as T;
+    if !matches!(var.vartype(), T::Int(_) | T::Float(_)) {
+        bail!(
+            "{}: variable `{name}` is not numeric ({:?})",
+            path.display(),
+            var.vartype()
+        );
+    }
+    Ok(true)
+}
+
+/// `has_h`: the file has bathymetry (without it, a missing `zeta` is no news: the file is
+/// surface only).
 fn read_layout(
     file: &netcdf::File,
     path: &Path,
     n_nodes: usize,
     n_elements: usize,
+    has_h: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Layout> {
     let n_layers = file.dimension_len("siglay").unwrap_or(1);
@@ -752,42 +973,48 @@ fn read_layout(
         [_, e] if *e == n_elements => false,
         _ => bail!("{}: variable `{u}` has shape {lens:?} ({:?}); expected (time, siglay, nele) or (time, nele)", path.display(), dim_names(&uvar)),
     };
-    let ww = three_d && file.variable("ww").is_some();
+    // Every variable read per time is checked here, on every path, so that a wrong file is an
+    // error naming the variable and its shape, never an index out of range later.
+    let (lay, lev) = ("siglay", "siglev");
+    let checked = |name: &str, expected: &[(&str, usize)]| -> Result<bool> {
+        per_time(file, path, name, expected)
+    };
+    if !three_d {
+        checked(v, &[("nele", n_elements)])?;
+    } else {
+        checked(v, &[(lay, n_layers), ("nele", n_elements)])?;
+    }
+    let ww = checked("ww", &[(lay, n_layers), ("nele", n_elements)])? && three_d;
     if three_d && !ww {
         warnings.push(format!(
             "{}: no `ww`; vertical velocity taken as zero",
             path.display()
         ));
     }
-    let zeta = file.variable("zeta").is_some();
-    if !zeta {
+    let zeta = checked("zeta", &[("node", n_nodes)])?;
+    if !zeta && has_h {
         warnings.push(format!(
             "{}: no `zeta`; free surface taken as zero",
             path.display()
         ));
     }
-    let node_3d = |name: &str, levels: usize| -> bool {
-        file.variable(name)
-            .is_some_and(|v| dim_lens(&v).get(1..) == Some(&[levels, n_nodes][..]))
-    };
+    let temp = checked("temp", &[(lay, n_layers), ("node", n_nodes)])?;
+    let kh = checked("kh", &[(lev, n_layers + 1), ("node", n_nodes)])?;
+    let salinity = checked("salinity", &[(lay, n_layers), ("node", n_nodes)])?;
+    let wet_cells = checked("wet_cells", &[("nele", n_elements)])?;
+    let wet_nodes = checked("wet_nodes", &[("node", n_nodes)])?;
     Ok(Layout {
         u: u.into(),
         v: v.into(),
         three_d,
         ww,
         zeta,
-        temp: node_3d("temp", n_layers),
-        kh: node_3d("kh", n_layers + 1),
-        salinity: node_3d("salinity", n_layers),
-        wet: if file
-            .variable("wet_cells")
-            .is_some_and(|v| dim_lens(&v).get(1..) == Some(&[n_elements][..]))
-        {
+        temp,
+        kh,
+        salinity,
+        wet: if wet_cells {
             Wetness::Cells
-        } else if file
-            .variable("wet_nodes")
-            .is_some_and(|v| dim_lens(&v).get(1..) == Some(&[n_nodes][..]))
-        {
+        } else if wet_nodes {
             Wetness::Nodes
         } else {
             Wetness::None

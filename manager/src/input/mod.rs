@@ -1,6 +1,7 @@
 //! What a run reads: the FVCOM files, the run configuration, the release, and FVCOM's clock.
 
 pub mod config;
+pub mod crs;
 pub mod fvcom;
 pub mod release;
 pub mod sites;

@@ -4,6 +4,7 @@
 //! (site points are drawn in the water only).
 
 use crate::config::{PolygonRelease, RunConfig};
+use crate::crs::Geo;
 use crate::timefmt::parse_datetime;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::rng::{draw, unit_open, Stream};
@@ -45,12 +46,18 @@ pub struct Origins {
 
 /// The release the run file asks for. `duration` is the run's, in seconds: releases after it
 /// are an error.
-pub fn points(cfg: &RunConfig, mesh: &Mesh, start: f64, duration: f64) -> Result<Release> {
+pub fn points(
+    cfg: &RunConfig,
+    mesh: &Mesh,
+    geo: Option<&Geo>,
+    start: f64,
+    duration: f64,
+) -> Result<Release> {
     if let Some(pr) = &cfg.polygons {
-        return polygons(cfg, pr, mesh, start, duration);
+        return polygons(cfg, pr, mesh, geo, start, duration);
     }
     let points = match &cfg.release_file {
-        Some(p) => read_csv(p, mesh, start)?,
+        Some(p) => read_csv(p, geo, start)?,
         None => generate(cfg, mesh, start)?,
     };
     if cfg.backward {
@@ -126,10 +133,11 @@ fn polygons(
     cfg: &RunConfig,
     pr: &PolygonRelease,
     mesh: &Mesh,
+    geo: Option<&Geo>,
     start: f64,
     duration: f64,
 ) -> Result<Release> {
-    let sites = crate::sites::read(&pr.file, mesh.projection.as_ref())?;
+    let sites = crate::sites::read(&pr.file, geo)?;
     if sites.len() > u16::MAX as usize {
         bail!("{}: more than {} sites", pr.file.display(), u16::MAX);
     }
@@ -192,7 +200,9 @@ fn parse_time(s: &str, start: f64) -> Result<f64> {
     Ok(parse_datetime(s)? - start)
 }
 
-pub fn read_csv(path: &Path, mesh: &Mesh, start: f64) -> Result<Vec<ReleasePoint>> {
+/// `geo` places lon/lat columns in the mesh (a geographic mesh, or a Cartesian one whose file
+/// names its projection).
+pub fn read_csv(path: &Path, geo: Option<&Geo>, start: f64) -> Result<Vec<ReleasePoint>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read release file {}", path.display()))?;
     let mut lines = text
@@ -224,9 +234,9 @@ pub fn read_csv(path: &Path, mesh: &Mesh, start: f64) -> Result<Vec<ReleasePoint
         .ok_or_else(|| anyhow!("{}: header has no `z` column", path.display()))?;
     let it = find(&["release_time", "time"]);
     let tm = if geographic {
-        Some(mesh.projection.ok_or_else(|| {
+        Some(geo.ok_or_else(|| {
             anyhow!(
-                "{}: gives lon/lat but the mesh is Cartesian; use x,y",
+                "{}: gives lon/lat but the mesh is Cartesian and its file names no projection (`CoordinateProjection`); use x,y",
                 path.display()
             )
         })?)

@@ -5,10 +5,11 @@
 //! (inside the mesh) by rejection from the site's bounding box, each attempt keyed by (seed,
 //! particle id, attempt), so a release is the same on any machine and any number of nodes.
 
+use crate::crs::Geo;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use shoal_common::rng::{draw, unit_open, Stream};
-use shoal_common::{Mesh, TransverseMercator};
+use shoal_common::Mesh;
 use std::path::Path;
 
 use shoal_common::behaviour::{Area, Ring};
@@ -26,13 +27,13 @@ pub const MAX_ATTEMPTS: u32 = 200_000;
 
 /// Reads the sites of a GeoJSON FeatureCollection, checking what a person could get wrong, and
 /// names the file and the feature in every error.
-pub fn read(path: &Path, projection: Option<&TransverseMercator>) -> Result<Vec<Site>> {
+pub fn read(path: &Path, projection: Option<&Geo>) -> Result<Vec<Site>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read polygon file {}", path.display()))?;
     parse(&text, projection).with_context(|| format!("polygon file {}", path.display()))
 }
 
-pub fn parse(text: &str, projection: Option<&TransverseMercator>) -> Result<Vec<Site>> {
+pub fn parse(text: &str, projection: Option<&Geo>) -> Result<Vec<Site>> {
     let doc: Value = serde_json::from_str(text).map_err(|e| anyhow!("not GeoJSON: {e}"))?;
     let features = match doc.get("type").and_then(Value::as_str) {
         Some("FeatureCollection") => doc
@@ -67,7 +68,7 @@ pub fn parse(text: &str, projection: Option<&TransverseMercator>) -> Result<Vec<
     Ok(sites)
 }
 
-fn site(name: &str, f: &Value, projection: Option<&TransverseMercator>) -> Result<Site> {
+fn site(name: &str, f: &Value, projection: Option<&Geo>) -> Result<Site> {
     let g = f
         .get("geometry")
         .filter(|g| !g.is_null())
@@ -119,11 +120,11 @@ fn site(name: &str, f: &Value, projection: Option<&TransverseMercator>) -> Resul
     })
 }
 
-fn parse_ring(ring: &Value, projection: Option<&TransverseMercator>) -> Result<Ring> {
+fn parse_ring(ring: &Value, projection: Option<&Geo>) -> Result<Ring> {
     let pts = ring
         .as_array()
         .ok_or_else(|| anyhow!("not a list of positions"))?;
-    let mut out: Ring = Vec::with_capacity(pts.len());
+    let mut raw: Ring = Vec::with_capacity(pts.len());
     for (i, p) in pts.iter().enumerate() {
         let xy = p
             .as_array()
@@ -131,18 +132,32 @@ fn parse_ring(ring: &Value, projection: Option<&TransverseMercator>) -> Result<R
             .and_then(|a| Some((a[0].as_f64()?, a[1].as_f64()?)))
             .filter(|(a, b)| a.is_finite() && b.is_finite())
             .ok_or_else(|| anyhow!("position {i} is not [x, y] numbers"))?;
-        if let Some(tm) = projection {
-            if !(-180.0..=360.0).contains(&xy.0) || !(-90.0..=90.0).contains(&xy.1) {
+        raw.push(xy);
+    }
+    let lonlat = |p: &(f64, f64)| (-180.0..=360.0).contains(&p.0) && (-90.0..=90.0).contains(&p.1);
+    let project = |g: &Geo| raw.iter().map(|p| g.forward(p.0, p.1)).collect::<Ring>();
+    let mut out = match projection {
+        None => raw.clone(),
+        Some(g) if g.frame().is_some() => {
+            if let Some(i) = raw.iter().position(|p| !lonlat(p)) {
                 bail!(
                     "position {i} ({}, {}) is not lon/lat, and the mesh is geographic",
-                    xy.0,
-                    xy.1
+                    raw[i].0,
+                    raw[i].1
                 );
             }
-            out.push(tm.forward(xy.0, xy.1));
-        } else {
-            out.push(xy);
+            project(g)
         }
+        // A Cartesian mesh that knows its projection takes rings in lon/lat or in its x/y;
+        // projected coordinates are never all within lon/lat's ranges.
+        Some(g) if raw.iter().all(lonlat) => project(g),
+        Some(_) => raw.clone(),
+    };
+    if let Some(i) = out
+        .iter()
+        .position(|p| !(p.0.is_finite() && p.1.is_finite()))
+    {
+        bail!("position {i} has no place in the mesh's projection");
     }
     if out.len() < 4 {
         bail!("{} positions; a ring needs at least 4 (closed)", out.len());

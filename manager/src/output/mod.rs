@@ -9,7 +9,7 @@ pub mod plot;
 
 use crate::timefmt::format_datetime;
 use anyhow::{Context, Result};
-use shoal_common::{status, TransverseMercator};
+use shoal_common::status;
 use shoal_node::Snapshot;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,7 @@ pub struct TrajectoryWriter {
     path: PathBuf,
     n: usize,
     written: usize,
-    projection: Option<TransverseMercator>,
+    projection: Option<crate::crs::Geo>,
     happiness: bool,
     /// The density map written at the same times, when the run asks for one.
     density: Option<density::DensityWriter>,
@@ -67,7 +67,7 @@ impl TrajectoryWriter {
         path: &Path,
         n: usize,
         reference: f64,
-        projection: Option<TransverseMercator>,
+        projection: Option<crate::crs::Geo>,
         happiness: bool,
         origins: Option<&crate::release::Origins>,
         attributes: &[(String, String)],
@@ -368,7 +368,7 @@ impl TrajectoryWriter {
     pub fn reopen(
         path: &Path,
         n: usize,
-        projection: Option<TransverseMercator>,
+        projection: Option<crate::crs::Geo>,
         happiness: bool,
         records: usize,
     ) -> Result<Self> {

@@ -164,7 +164,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         let mut w = TrajectoryWriter::reopen(
             &cfg.output,
             n,
-            prep.mesh.projection,
+            prep.reader.geo.clone(),
             cfg.happiness.is_some(),
             saved.records as usize,
         )?;

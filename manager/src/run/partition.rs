@@ -244,7 +244,7 @@ pub fn report(
     use std::fmt::Write;
     let (reader, mesh, _) = crate::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
     let (start, duration) = crate::run::prepare::span(cfg, &reader.times);
-    let points = crate::release::points(cfg, &mesh, start, duration)?.points;
+    let points = crate::release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?.points;
     let placed = crate::release::place(&points, &mesh);
     let mut weights = vec![1u32; mesh.n_elements()];
     for (e, s) in placed

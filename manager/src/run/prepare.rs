@@ -109,6 +109,43 @@ pub fn span(cfg: &RunConfig, times: &[f64]) -> (f64, f64) {
     (start, duration)
 }
 
+/// Refuses what needs a water column on a surface-only input, naming the key.
+fn surface_only_keys(cfg: &RunConfig) -> Result<()> {
+    let why = "the input is surface only (no bathymetry), so particles stay at z = 0";
+    if cfg.vertical_mixing != VerticalMixing::None {
+        bail!("key `diffusion.vertical`: {why}; vertical mixing needs a water column");
+    }
+    if cfg.sinking_speed != 0.0 {
+        bail!("key `behaviour.sinking_speed`: {why}; particles cannot sink");
+    }
+    if let Some(l) = &cfg.larvae {
+        for (k, st) in l.stages.iter().enumerate() {
+            let key = if k == 0 {
+                "behaviour".to_string()
+            } else {
+                format!("behaviour.stage[{}]", k - 1)
+            };
+            if st.migration.is_some() {
+                bail!("key `{key}.migration`: {why}; vertical migration needs a water column");
+            }
+            if st.sinking_speed != 0.0 {
+                bail!("key `{key}.sinking_speed`: {why}; particles cannot sink");
+            }
+        }
+    }
+    if let Some(g) = cfg.generate.as_ref().filter(|g| g.z != 0.0) {
+        bail!(
+            "key `release.generate.z`: {} m, but {why}: release at 0",
+            g.z
+        );
+    }
+    if let Some(p) = cfg.polygons.as_ref().filter(|p| p.z != (0.0, 0.0)) {
+        let key = if p.z.0 == p.z.1 { "z" } else { "z_range" };
+        bail!("key `release.{key}`: {why}: release at 0");
+    }
+    Ok(())
+}
+
 /// The step parameters of `cfg` without behaviour (see [`behaviour`]); `dt` is negative for a
 /// backward run.
 pub fn step_params(cfg: &RunConfig) -> StepParams {
@@ -166,7 +203,7 @@ pub fn behaviour(
     let (settlement, names) = match &cfg.settlement {
         None => (None, Vec::new()),
         Some(s) => {
-            let sites = crate::sites::read(&s.file, mesh.projection.as_ref())
+            let sites = crate::sites::read(&s.file, reader.geo.as_ref())
                 .context("key `settlement.polygons`")?;
             if sites.len() > u16::MAX as usize {
                 bail!(
@@ -316,8 +353,27 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         );
     }
     let (first, last) = (reader.times[0], *reader.times.last().unwrap());
+    let steady = reader.times.len() == 1;
+    if steady && cfg.duration.is_none() {
+        bail!(
+            "key `run.duration`: needed, since the input ({}) has a single time record: a steady flow runs for as long as asked",
+            reader.path(0).display()
+        );
+    }
     let (start, duration) = span(cfg, &reader.times);
-    if start < first - 1e-6 || start > last {
+    if steady {
+        say(format!(
+            "the field is steady: one time record ({}), used at every time",
+            format_datetime(first)
+        ));
+    }
+    if reader.surface_only {
+        say("the input is surface only (no bathymetry): particles stay at z = 0".into());
+        surface_only_keys(cfg)?;
+    }
+    if steady {
+        // Any start and duration: the one record holds at every time.
+    } else if start < first - 1e-6 || start > last {
         bail!(
             "run.start {} is outside the input's time span {} .. {}",
             format_datetime(start),
@@ -325,7 +381,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
             format_datetime(last)
         );
     }
-    if !cfg.backward && start + duration > last + 1e-6 {
+    if !steady && !cfg.backward && start + duration > last + 1e-6 {
         bail!(
             "the run would end at {} but the input ends at {} ({})",
             format_datetime(start + duration),
@@ -333,7 +389,7 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
             reader.path(reader.time_source.len() - 1).display()
         );
     }
-    if cfg.backward && start - duration < first - 1e-6 {
+    if !steady && cfg.backward && start - duration < first - 1e-6 {
         bail!(
             "the backward run would end at {} but the input begins at {} ({})",
             format_datetime(start - duration),
@@ -347,7 +403,16 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
     let release::Release {
         points,
         sites: origins,
-    } = release::points(cfg, &mesh, start, duration)?;
+    } = release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?;
+    if reader.surface_only {
+        if let (Some(file), Some(p)) = (&cfg.release_file, points.iter().find(|p| p.z != 0.0)) {
+            bail!(
+                "{}: column `z` is {} m at a release point, but the input is surface only (no bathymetry): release at z = 0",
+                file.display(),
+                p.z
+            );
+        }
+    }
     if let Some(o) = &origins {
         say(format!(
             "release: {} particles from {} sites ({})",
@@ -420,7 +485,7 @@ pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWrite
         &cfg.output,
         prep.n(),
         prep.start,
-        prep.mesh.projection,
+        prep.reader.geo.clone(),
         cfg.happiness.is_some(),
         prep.origins.as_ref(),
         &config_attributes(cfg),

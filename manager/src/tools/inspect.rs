@@ -84,6 +84,12 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
         mesh.vertical.n_layers,
         reader.coordinates
     )?;
+    if let Some(crate::crs::Geo::Crs { text, .. }) = &reader.geo {
+        writeln!(
+            out,
+            "  projection `{text}` (CoordinateProjection): the output carries lon/lat"
+        )?;
+    }
     if let Some(tm) = mesh.projection {
         writeln!(
             out,
@@ -91,7 +97,18 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
             tm.lon0, tm.lat0
         )?;
     }
-    writeln!(out, "  depth {depth_min:.2} .. {depth_max:.2} m; smallest edge {:.1} m; {} boundary edges ({} open)", mesh.smallest_edge(), boundary.len(), open)?;
+    let depth = if reader.surface_only {
+        "surface only: no bathymetry".to_string()
+    } else {
+        format!("depth {depth_min:.2} .. {depth_max:.2} m")
+    };
+    writeln!(
+        out,
+        "  {depth}; smallest edge {:.1} m; {} boundary edges ({} open)",
+        mesh.smallest_edge(),
+        boundary.len(),
+        open
+    )?;
     for n in &notes {
         writeln!(out, "  note: {n}")?;
     }
@@ -115,6 +132,11 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
         )
     } else {
         String::new()
+    };
+    let step = if t.len() == 1 {
+        " (a steady flow: runs of any length use it at every time)".into()
+    } else {
+        step
     };
     writeln!(
         out,

@@ -59,6 +59,15 @@ pub struct SynthOptions {
     /// Write lon/lat around this point (x/y zero) instead of Cartesian x/y.
     pub spherical: Option<(f64, f64)>,
     pub two_d: bool,
+    /// A surface-only file, as oil-spill and search tools publish them: 2-D `u(time, nele)`
+    /// and `v(time, nele)` with a `_FillValue` of 999, no `h`, sigma, `zeta`, `ww` or layered
+    /// fields.
+    pub surface_only: bool,
+    /// GNOME's boundary table `bnd(nbnd, nbi)`: every boundary segment around the rectangle,
+    /// the east side open water (type 1), the rest land (type 0), nodes 1-based.
+    pub bnd: bool,
+    /// FVCOM's global `CoordinateProjection` attribute, as written (Cartesian files).
+    pub projection: Option<String>,
     pub no_ww: bool,
     pub temp: bool,
     pub kh: bool,
@@ -103,6 +112,9 @@ impl Default for SynthOptions {
             corrupt_nbe: false,
             spherical: None,
             two_d: false,
+            surface_only: false,
+            bnd: false,
+            projection: None,
             no_ww: false,
             temp: true,
             kh: false,
@@ -277,6 +289,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
     let g = o.grid();
     let (nn, ne, nl) = (g.x.len(), g.nv.len(), o.layers.max(1));
+    let (surface, two_d) = (o.surface_only, o.two_d || o.surface_only);
     let mut f = netcdf::create(path).with_context(ctx)?;
     f.add_attribute("title", "shoal synthetic FVCOM output")
         .with_context(ctx)?;
@@ -294,6 +307,10 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         },
     )
     .with_context(ctx)?;
+    if let Some(p) = &o.projection {
+        f.add_attribute("CoordinateProjection", p.as_str())
+            .with_context(ctx)?;
+    }
     for (d, n) in [
         ("node", nn),
         ("nele", ne),
@@ -302,6 +319,9 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         ("three", 3),
         ("DateStrLen", 26),
     ] {
+        if surface && d.starts_with("sig") {
+            continue;
+        }
         f.add_dimension(d, n).with_context(ctx)?;
     }
     f.add_unlimited_dimension("time").with_context(ctx)?;
@@ -349,7 +369,9 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     var!(f32, "yc", &["nele"], if o.spherical.is_some() { vec![0.0; ne] } else { g.yc.iter().map(|v| *v as f32).collect() }, "units" => "meters");
     var!(f32, "lonc", &["nele"], lonc.iter().map(|v| *v as f32).collect(), "units" => "degrees_east");
     var!(f32, "latc", &["nele"], latc.iter().map(|v| *v as f32).collect(), "units" => "degrees_north");
-    var!(f32, "h", &["node"], g.x.iter().map(|&x| o.bed(x) as f32).collect::<Vec<_>>(), "units" => "m", "positive" => "down");
+    if !surface {
+        var!(f32, "h", &["node"], g.x.iter().map(|&x| o.bed(x) as f32).collect::<Vec<_>>(), "units" => "m", "positive" => "down");
+    }
     let base = if o.zero_based { 0 } else { 1 };
     let mut nv = vec![0i32; 3 * ne];
     for (e, t) in g.nv.iter().enumerate() {
@@ -413,13 +435,32 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             var!(f32, name, &["four", "nele"], flat);
         }
     }
+    if o.bnd {
+        let (nx, ny) = (o.nx, o.ny);
+        let id = |i: usize, j: usize| j * (nx + 1) + i;
+        // Once around, counter-clockwise from the south-west corner.
+        let mut ring: Vec<(usize, bool)> = (0..nx).map(|i| (id(i, 0), false)).collect();
+        ring.extend((0..ny).map(|j| (id(nx, j), true)));
+        ring.extend((1..=nx).rev().map(|i| (id(i, ny), false)));
+        ring.extend((1..=ny).rev().map(|j| (id(0, j), false)));
+        let mut rows = Vec::with_capacity(4 * ring.len());
+        for (k, &(a, open)) in ring.iter().enumerate() {
+            let b = ring[(k + 1) % ring.len()].0;
+            rows.extend([a as i32 + 1, b as i32 + 1, 1, i32::from(open)]);
+        }
+        f.add_dimension("nbnd", ring.len()).with_context(ctx)?;
+        f.add_dimension("nbi", 4).with_context(ctx)?;
+        var!(i32, "bnd", &["nbnd", "nbi"], rows, "long_name" => "Boundary Segment Node List", "units" => "index_start_1");
+    }
     let per_node = |col: Vec<f32>| -> Vec<f32> {
         col.iter()
             .flat_map(|s| std::iter::repeat_n(*s, nn))
             .collect()
     };
-    var!(f32, "siglay", &["siglay", "node"], per_node(o.siglay()), "positive" => "up");
-    var!(f32, "siglev", &["siglev", "node"], per_node(o.siglev()), "positive" => "up");
+    if !surface {
+        var!(f32, "siglay", &["siglay", "node"], per_node(o.siglay()), "positive" => "up");
+        var!(f32, "siglev", &["siglev", "node"], per_node(o.siglev()), "positive" => "up");
+    }
 
     // Time axis variables.
     {
@@ -444,37 +485,41 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         f.add_variable::<NcChar>("Times", &["time", "DateStrLen"])
             .with_context(ctx)?;
     }
-    let vel_dims: &[&str] = if o.two_d {
+    let vel_dims: &[&str] = if two_d {
         &["time", "nele"]
     } else {
         &["time", "siglay", "nele"]
     };
     let (uname, vname) = if o.two_d { ("ua", "va") } else { ("u", "v") };
+    // Surface-only files mark missing velocities with 999, as GNOME's do.
+    let fill = if surface { 999.0 } else { f32::NAN };
     for name in [uname, vname] {
         if name == uname && o.omit_u {
             continue;
         }
         let mut v = f.add_variable::<f32>(name, vel_dims).with_context(ctx)?;
         v.put_attribute("units", "meters s-1").with_context(ctx)?;
-        v.put_attribute("_FillValue", f32::NAN).ok();
+        v.put_attribute("_FillValue", fill).ok();
     }
-    if !o.two_d && !o.no_ww {
+    if !two_d && !o.no_ww {
         f.add_variable::<f32>("ww", &["time", "siglay", "nele"])
             .with_context(ctx)?
             .put_attribute("units", "meters s-1")
             .with_context(ctx)?;
     }
-    f.add_variable::<f32>("zeta", &["time", "node"])
-        .with_context(ctx)?
-        .put_attribute("units", "meters")
-        .with_context(ctx)?;
-    if o.temp && !o.two_d {
+    if !surface {
+        f.add_variable::<f32>("zeta", &["time", "node"])
+            .with_context(ctx)?
+            .put_attribute("units", "meters")
+            .with_context(ctx)?;
+    }
+    if o.temp && !two_d {
         f.add_variable::<f32>("temp", &["time", "siglay", "node"])
             .with_context(ctx)?
             .put_attribute("units", "degrees_C")
             .with_context(ctx)?;
     }
-    if o.salinity && !o.two_d {
+    if o.salinity && !two_d {
         f.add_variable::<f32>("salinity", &["time", "siglay", "node"])
             .with_context(ctx)?
             .put_attribute("units", "1e-3")
@@ -489,7 +534,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             v.put_attribute("option_1", "water").with_context(ctx)?;
         }
     }
-    if o.kh && !o.two_d {
+    if o.kh && !two_d {
         f.add_variable::<f32>("kh", &["time", "siglev", "node"])
             .with_context(ctx)?
             .put_attribute("units", "m2 s-1")
@@ -497,7 +542,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     }
 
     let siglay = o.siglay();
-    let nlw = if o.two_d { 1 } else { nl };
+    let nlw = if two_d { 1 } else { nl };
     for it in 0..o.n_times() {
         let unix = o.start + it as f64 * o.interval;
         let t = unix - o.epoch.unwrap_or(o.start);
@@ -543,7 +588,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         let mut u = vec![0f32; nlw * ne];
         let mut v = vec![0f32; nlw * ne];
         for k in 0..nlw {
-            let s = if o.two_d { -0.5 } else { siglay[k] as f64 };
+            let s = if two_d { -0.5 } else { siglay[k] as f64 };
             for e in 0..ne {
                 if o.drying.is_some() && wet_cells[e] == 0 {
                     continue;
@@ -554,14 +599,14 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             }
             for &e in &o.nan_elements {
                 if e < ne {
-                    u[k * ne + e] = f32::NAN;
-                    v[k * ne + e] = f32::NAN;
+                    u[k * ne + e] = fill;
+                    v[k * ne + e] = fill;
                 }
             }
         }
         let put3 = |f: &mut netcdf::FileMut, name: &str, data: &[f32]| -> Result<()> {
             let mut var = f.variable_mut(name).unwrap();
-            if o.two_d {
+            if two_d {
                 var.put_values(data, (it..it + 1, ..)).with_context(ctx)
             } else {
                 var.put_values(data, (it..it + 1, .., ..)).with_context(ctx)
@@ -571,13 +616,15 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             put3(&mut f, uname, &u)?;
         }
         put3(&mut f, vname, &v)?;
-        if !o.two_d && !o.no_ww {
+        if !two_d && !o.no_ww {
             put3(&mut f, "ww", &vec![0f32; nl * ne])?;
         }
-        f.variable_mut("zeta")
-            .unwrap()
-            .put_values(&vec![zeta as f32; nn], (it..it + 1, ..))
-            .with_context(ctx)?;
+        if !surface {
+            f.variable_mut("zeta")
+                .unwrap()
+                .put_values(&vec![zeta as f32; nn], (it..it + 1, ..))
+                .with_context(ctx)?;
+        }
         if o.drying.is_some() {
             for (name, w) in [("wet_nodes", &wet_nodes), ("wet_cells", &wet_cells)] {
                 f.variable_mut(name)
@@ -586,7 +633,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                     .with_context(ctx)?;
             }
         }
-        if o.salinity && !o.two_d {
+        if o.salinity && !two_d {
             let sal: Vec<f32> = (0..nl)
                 .flat_map(|_| g.x.iter().map(|&x| o.salinity(x) as f32))
                 .collect();
@@ -595,7 +642,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                 .put_values(&sal, (it..it + 1, .., ..))
                 .with_context(ctx)?;
         }
-        if o.temp && !o.two_d {
+        if o.temp && !two_d {
             let mut temp = vec![0f32; nl * nn];
             for k in 0..nl {
                 for n in 0..nn {
@@ -607,7 +654,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                 .put_values(&temp, (it..it + 1, .., ..))
                 .with_context(ctx)?;
         }
-        if o.kh && !o.two_d {
+        if o.kh && !two_d {
             let lev = o.siglev();
             let kh: Vec<f32> = (0..=nl)
                 .flat_map(|k| {
