@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "shoal",
-    version,
+    version = shoal_node::VERSION,
     about = "Lagrangian particle tracking on FVCOM output, from one laptop to a fleet of Pis"
 )]
 pub struct Cli {

@@ -5,7 +5,33 @@ use crate::net::{check_config_file, Fabric};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const USAGE: &str = "usage: shoal-node [--cluster NAME [--name NODE] [--zenoh-config FILE] [--connect ENDPOINT]... [--listen ENDPOINT]... [--threads N] [--quiet]] [--device auto|cpu|gpu]";
+const HELP: &str = "\
+shoal-node: the shoal node agent. It joins a cluster over zenoh, steps the mesh partitions a
+manager assigns it, hands particles that leave them to their neighbours, and takes the next run
+when one ends. Without --cluster it says what a manager would see of this machine and which
+device it would step particles on, and why.
+
+usage: shoal-node [--cluster NAME [--name NODE] [--zenoh-config FILE] [--connect ENDPOINT]...
+                  [--listen ENDPOINT]... [--threads N] [--quiet]] [--device auto|cpu|gpu]
+
+options:
+  --cluster NAME        join the cluster NAME (letters, digits, - _ .) and serve until Ctrl-C;
+                        a manager runs on it with `shoal run --cluster NAME`
+  --name NODE           this node's name in the cluster (default: the host name)
+  --zenoh-config FILE   a zenoh JSON5 configuration (endpoints, TLS or QUIC certificates,
+                        access control); the Ansible roles write one
+  --connect ENDPOINT    also connect to ENDPOINT, e.g. tcp/10.0.0.1:7447 (repeatable)
+  --listen ENDPOINT     listen on ENDPOINT, e.g. tcp/0.0.0.0:0 (repeatable)
+  --threads N           step particles on N threads (default: one per core)
+  --device D            without --cluster: which device to check, auto (default: the GPU
+                        when its self-test passes and it is faster), cpu or gpu; in a
+                        cluster, partitions step on the CPU cores
+  --quiet               print errors only
+  -V, --version         print the version and the git revision, and exit
+  -h, --help            print this help, and exit
+
+Without a configuration file nodes find each other by multicast scouting on the LAN.
+`shoal doctor --cluster NAME` shows every node of a cluster and its health.";
 
 fn fail(msg: String) -> ! {
     eprintln!("error: {msg}");
@@ -61,7 +87,11 @@ pub fn main(args: impl Iterator<Item = String>) {
             }
             "--quiet" => quiet = true,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{HELP}");
+                return;
+            }
+            "-V" | "--version" => {
+                println!("shoal-node {}", crate::VERSION);
                 return;
             }
             other => fail(format!("unknown argument `{other}` (try --help)")),
@@ -73,7 +103,7 @@ pub fn main(args: impl Iterator<Item = String>) {
     let Some(cluster) = cluster else {
         println!(
             "shoal-node {} on {} ({} cores)",
-            env!("CARGO_PKG_VERSION"),
+            crate::VERSION,
             std::env::consts::ARCH,
             cores
         );

@@ -7,6 +7,29 @@ use rayon::prelude::*;
 use shoal_common::kernel::{advance, observe, release_due, StepParams, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
 
+/// The version `shoal --version` and `shoal-node --version` print: the package's, and the git
+/// revision the binary was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SHOAL_GIT_REV"),
+    ")"
+);
+
+/// Keeps the GPU probe quiet on a machine without a desktop session (a Pi, a server, CI):
+/// Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select` looks for a Wayland display to
+/// pick a default GPU, and libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set"
+/// when there is none, once per driver. shoal chooses its adapter itself, so with no
+/// `XDG_RUNTIME_DIR` the layer is switched off (`NODEVICE_SELECT=1`, its documented switch).
+/// Call it first thing in `main`, before any thread starts: it sets an environment variable.
+pub fn calm_vulkan_loader() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 pub mod agent;
 pub mod cli;
 pub mod fields;

@@ -4,5 +4,6 @@
 //! a manager sees and which device it would step particles on and why.
 
 fn main() {
+    shoal_node::calm_vulkan_loader();
     shoal_node::cli::main(std::env::args().skip(1));
 }

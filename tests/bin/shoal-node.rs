@@ -2,5 +2,6 @@
 //! agents as separate processes (`CARGO_BIN_EXE_shoal-node`).
 
 fn main() {
+    shoal_node::calm_vulkan_loader();
     shoal_node::cli::main(std::env::args().skip(1));
 }

@@ -231,3 +231,52 @@ fn shoal_node_tells_systemd_it_is_ready_alive_and_stopping() {
     let st = nodes.0[0].wait().unwrap();
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn both_binaries_answer_version_alike_and_the_node_explains_its_options() {
+    let run = |exe: &str, arg: &str| {
+        let out = std::process::Command::new(exe)
+            .arg(arg)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{exe} {arg}: {out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("error"),
+            "{exe} {arg} printed an error: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let node = run(env!("CARGO_BIN_EXE_shoal-node"), "--version");
+    let manager = run(env!("CARGO_BIN_EXE_shoal"), "--version");
+    let version = node.trim().strip_prefix("shoal-node ").unwrap();
+    assert_eq!(manager.trim().strip_prefix("shoal ").unwrap(), version);
+    assert!(
+        version.starts_with(env!("CARGO_PKG_VERSION")) && version.contains("(git "),
+        "{version}"
+    );
+    let help = run(env!("CARGO_BIN_EXE_shoal-node"), "--help");
+    for option in [
+        "--cluster",
+        "--name",
+        "--zenoh-config",
+        "--connect",
+        "--listen",
+        "--threads",
+        "--device",
+        "--quiet",
+        "--version",
+    ] {
+        // An option line: it starts with the option (or its short form) and explains it.
+        assert!(
+            help.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with('-') && l.contains(&format!("{option} ")) && l.len() > 30
+            }),
+            "{option} is not explained:\n{help}"
+        );
+    }
+    // Without a desktop session the GPU probe says nothing that reads like a failure.
+    run(env!("CARGO_BIN_EXE_shoal-node"), "--device=auto");
+}

@@ -31,6 +31,12 @@ fn output_is_a_cf_trajectory_file_with_the_configuration() {
     assert_eq!(attr("Conventions"), "CF-1.8");
     assert!(attr("shoal_config").contains("preferred_temperature=15.0"));
     assert_eq!(attr("shoal_seed"), "2");
+    // CF's audit trail: a UTC time, then what wrote the file.
+    let history = attr("history");
+    assert!(
+        history.starts_with("20") && history.contains("Z: ") && history.contains("(shoal "),
+        "{history}"
+    );
     let time = f.variable("time").unwrap();
     assert_eq!(
         String::try_from(time.attribute_value("units").unwrap().unwrap()).unwrap(),

@@ -21,7 +21,21 @@ pub(crate) fn create_cf(path: &Path, title: &str) -> Result<netcdf::FileMut> {
     let mut f = netcdf::create(path)?;
     f.add_attribute("Conventions", "CF-1.8")?;
     f.add_attribute("title", title)?;
-    f.add_attribute("source", format!("shoal {}", env!("CARGO_PKG_VERSION")))?;
+    f.add_attribute("source", format!("shoal {}", shoal_node::VERSION))?;
+    // CF's audit trail: when, and the command that wrote the file.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs() as f64);
+    let command: Vec<String> = std::env::args().collect();
+    f.add_attribute(
+        "history",
+        format!(
+            "{}Z: {} (shoal {})",
+            format_datetime(now).replace(' ', "T"),
+            command.join(" "),
+            shoal_node::VERSION
+        ),
+    )?;
     Ok(f)
 }
 
