@@ -383,9 +383,16 @@ smoke_flavour() { # $1 = flavour, $2 = package bin dir
     echo "    shoal-node --help: $(head -1 <<<"$outp")"
     outp="$(run_target "$f" "$bin/shoal-node" 2>&1)" ||
         die "$f: shoal-node (no arguments) failed: $outp"
-    grep -q "^shoal-node $version on " <<<"$outp" ||
+    # "shoal-node 0.1.0 (git 1a2b3c4d5e) on aarch64 (4 cores)"
+    local line="^shoal-node $version( \(git [0-9a-z]+\))? on "
+    grep -qE "$line" <<<"$outp" ||
         die "$f: shoal-node printed no version line: $outp"
-    grep -E "^(shoal-node $version on |device: )" <<<"$outp" | sed 's/^/    /'
+    grep -E "$line|^device: " <<<"$outp" | sed 's/^/    /'
+    outp="$(run_target "$f" "$bin/shoal-node" --version 2>&1)" ||
+        die "$f: shoal-node --version failed: $outp"
+    grep -qE "^shoal-node $version \(git [0-9a-z]+\)$" <<<"$outp" ||
+        die "$f: shoal-node --version printed \`$outp\`"
+    echo "    shoal-node --version: $outp"
     if [ -f "$bin/shoal" ]; then
         if outp="$(run_target "$f" "$bin/shoal" --help 2>&1)"; then
             echo "    shoal --help: $(head -1 <<<"$outp")"
