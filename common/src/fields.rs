@@ -144,6 +144,15 @@ pub fn padded_coef(coef: &[[f32; N_COEF]]) -> Vec<[f32; 12]> {
         .collect()
 }
 
+/// Room in `v` for `more` values, growing by at least an eighth of its length when it must
+/// grow: a few fetched elements must not double a level's arrays, as `Vec::reserve` would, nor
+/// reallocate them every time.
+pub fn grow<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more.max(v.len() / 8));
+    }
+}
+
 impl FieldLevel {
     /// A local level holding nothing yet: only slot 0, the stand-in for every element and node
     /// it lacks (NaN surface and node values, zero velocity; wet, so that the NaN surface is
@@ -211,9 +220,10 @@ impl FieldLevel {
             return;
         }
         fn room<T>(v: &mut Vec<T>, more: usize, exact: bool) {
-            if v.capacity() - v.len() < more {
-                let by = if exact { more } else { more.max(v.len() / 8) };
-                v.reserve_exact(by);
+            if exact {
+                v.reserve_exact(more)
+            } else {
+                grow(v, more)
             }
         }
         room(&mut self.coef, elements * n_layers, exact);

@@ -8,7 +8,7 @@
 //! path. Dropping a level frees everything it held, fetched values included.
 
 use anyhow::{bail, Result};
-use shoal_common::fields::{reconstruct, Carried, COEF_DX, COEF_DY, N_COEF};
+use shoal_common::fields::{grow, reconstruct, Carried, COEF_DX, COEF_DY, N_COEF};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::FieldSlice;
 use shoal_common::{FieldLevel, Mesh, Window};
@@ -32,14 +32,6 @@ struct Raw {
 }
 
 const NO_ROW: u32 = u32::MAX;
-
-/// Room for `more` values, growing by at least an eighth: a few fetched elements must not
-/// double a level's arrays, as `Vec::reserve` would.
-fn grow<T>(v: &mut Vec<T>, more: usize) {
-    if v.capacity() - v.len() < more {
-        v.reserve_exact(more.max(v.len() / 8));
-    }
-}
 
 impl Raw {
     /// Element slot `slot`'s row, made if it has none.

@@ -5,6 +5,21 @@ use shoal_manager::fvcom::FvcomReader;
 use shoal_manager::synth::{self, Flow, SynthOptions};
 use shoal_tests::*;
 
+/// A 4 km x 2 km channel with a uniform eastward current of `speed` m/s.
+fn channel(speed: f64) -> SynthOptions {
+    SynthOptions {
+        flow: Flow::Uniform,
+        nx: 20,
+        ny: 10,
+        dx: 200.0,
+        jitter: 0.2,
+        layers: 2,
+        duration: 3.0 * 3600.0,
+        speed,
+        ..Default::default()
+    }
+}
+
 fn mesh_of(path: &std::path::Path) -> Mesh {
     FvcomReader::open(&[path.to_path_buf()], &[]).unwrap().1
 }
@@ -53,17 +68,7 @@ fn land_reflection_keeps_every_particle_inside_the_mesh() {
 #[test]
 fn open_boundary_retires_particles_where_they_cross() {
     let dir = scratch("open");
-    let o = SynthOptions {
-        flow: Flow::Uniform,
-        nx: 20,
-        ny: 10,
-        dx: 200.0,
-        jitter: 0.2,
-        layers: 2,
-        duration: 3.0 * 3600.0,
-        speed: 1.0,
-        ..Default::default()
-    };
+    let o = channel(1.0);
     synth_file(&dir, "chan.nc", &o);
     synth::write_obc_east(&dir.join("chan_obc.dat"), &o).unwrap();
     let cfg = config(&dir, "[input]\nfiles=['chan.nc']\nopen_boundary_file='chan_obc.dat'\n[release.generate]\ncount=200\n[run]\nduration='2h'\ndt='60s'\n[output]\nfile='out.nc'\ninterval='5min'\n").unwrap();
@@ -98,17 +103,7 @@ fn open_boundary_retires_particles_where_they_cross() {
 #[test]
 fn a_gnome_boundary_table_opens_the_same_edges_as_the_equivalent_obc_file() {
     let dir = scratch("bnd");
-    let o = SynthOptions {
-        flow: Flow::Uniform,
-        nx: 20,
-        ny: 10,
-        dx: 200.0,
-        jitter: 0.2,
-        layers: 2,
-        duration: 3.0 * 3600.0,
-        speed: 0.5,
-        ..Default::default()
-    };
+    let o = channel(0.5);
     synth_file(&dir, "obc.nc", &o);
     synth::write_obc_east(&dir.join("east_obc.dat"), &o).unwrap();
     synth_file(

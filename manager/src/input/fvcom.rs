@@ -427,30 +427,28 @@ impl FvcomReader {
         // Files in time order, whatever order they were given in; each joins the one before
         // it end to start, a repeated boundary record (FVCOM restarts write the last record
         // again) dropped.
-        let mut axes = Vec::with_capacity(sources.len());
-        for s in &sources {
+        let mut files = Vec::with_capacity(sources.len());
+        for s in sources {
             let (t, how) = time_axis(&s.file, &s.path, &mut warnings)?;
             if t.is_empty() {
                 bail!("{}: no time slices", s.path.display());
             }
-            axes.push((t, how));
+            files.push((s, t, how));
         }
-        let mut order: Vec<usize> = (0..sources.len()).collect();
-        order.sort_by(|&a, &b| axes[a].0[0].total_cmp(&axes[b].0[0]));
-        if order.windows(2).any(|w| w[0] > w[1]) {
+        let given: Vec<PathBuf> = files.iter().map(|f| f.0.path.clone()).collect();
+        files.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]));
+        if files.iter().zip(&given).any(|(f, g)| f.0.path != *g) {
+            let order: Vec<String> = files
+                .iter()
+                .map(|f| f.0.path.display().to_string())
+                .collect();
             warnings.push(format!(
                 "input files taken in time order: {}",
-                order
-                    .iter()
-                    .map(|&k| sources[k].path.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                order.join(", ")
             ));
         }
-        let mut taken: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
-        let sources: Vec<Source> = order.iter().filter_map(|&k| taken[k].take()).collect();
-        let mut axes: Vec<Option<(Vec<f64>, String)>> = axes.into_iter().map(Some).collect();
-        let axes: Vec<(Vec<f64>, String)> = order.iter().filter_map(|&k| axes[k].take()).collect();
+        let (sources, axes): (Vec<Source>, Vec<(Vec<f64>, String)>) =
+            files.into_iter().map(|(s, t, how)| (s, (t, how))).unzip();
         let mut times: Vec<f64> = Vec::new();
         let mut slots = Vec::new();
         let mut time_source = Vec::new();
