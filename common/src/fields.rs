@@ -93,13 +93,18 @@ fn node_major(src: &[f32], n_nodes: usize, per_node: usize) -> Vec<f32> {
 
 /// One element's linear reconstruction of an element-centred value: `[value, d/dx, d/dy]`, the
 /// gradient from FVCOM's least-squares weights over its edge neighbours. `value(e)` reads the
-/// value at element `e` (mesh numbering). The one place this arithmetic lives, so that a node
-/// reconstructing its own elements from a partial slice gets the very bits of a whole slice.
+/// value at element `e` (mesh numbering); `lsq` and `nb` are the element's [`Mesh::lsq`] and
+/// `nbe` rows, looked up once for all its layers. The one place this arithmetic lives, so that a
+/// node reconstructing its own elements from a partial slice gets the very bits of a whole slice.
 #[inline]
-pub fn reconstruct(mesh: &Mesh, e: usize, value: impl Fn(usize) -> f32) -> [f32; 3] {
+pub fn reconstruct(
+    lsq: &[[f32; 4]; 2],
+    nb: [u32; 3],
+    e: usize,
+    value: impl Fn(usize) -> f32,
+) -> [f32; 3] {
     let u0 = value(e);
-    let nb = mesh.nbe[e];
-    let (a1, a2) = (&mesh.a1u[e], &mesh.a2u[e]);
+    let [a1, a2] = lsq;
     let (mut gx, mut gy) = (a1[0] * u0, a2[0] * u0);
     for j in 0..3 {
         if is_element(nb[j]) {
@@ -339,6 +344,7 @@ impl FieldLevel {
             check("wet_cells", w.len(), ne)?;
         }
         let mut coef = vec![[0.0f32; N_COEF]; ne * nl];
+        let lsq = mesh.lsq_rows();
         let fields: [Option<&[f32]>; 3] = [Some(&raw.u), Some(&raw.v), raw.ww.as_deref()];
         for (c, field) in fields.iter().enumerate() {
             let Some(f) = field else { continue };
@@ -347,7 +353,8 @@ impl FieldLevel {
                 // Slices come in the file's element order; the mesh stores its own.
                 let file = &mesh.file_element;
                 for e in 0..ne {
-                    let [u0, gx, gy] = reconstruct(mesh, e, |el| layer[file[el] as usize]);
+                    let [u0, gx, gy] =
+                        reconstruct(&lsq[e], mesh.nbe[e], e, |el| layer[file[el] as usize]);
                     let block = &mut coef[e * nl + k];
                     block[c] = u0;
                     block[COEF_DX + c] = gx;

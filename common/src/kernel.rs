@@ -125,7 +125,7 @@ fn water_column(
     w: &[f64; 3],
 ) -> (f64, f64) {
     let zeta = lerp(surface(a, e, w), surface(b, e, w), wt);
-    let h = &mesh.h_elem[e];
+    let h = mesh.h_elem(e);
     let h = w[0] * h[0] as f64 + w[1] * h[1] as f64 + w[2] * h[2] as f64;
     (zeta, (h + zeta).max(1e-3))
 }
@@ -141,7 +141,7 @@ pub fn sample(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, z: f64, e: u3
 /// [`sample`] with the time bracket already found.
 #[inline(always)]
 pub fn sample_in(mesh: &Mesh, br: &Bracket, x: f64, y: f64, z: f64, e: u32) -> Sample {
-    let w = mesh.geometry[e as usize].weights(x, y);
+    let w = mesh.weights(e as usize, x, y);
     sample_weighted(mesh, br, x, y, z, e, &w)
 }
 
@@ -199,8 +199,8 @@ fn column_position(
     w: &[f64; 3],
 ) -> ColumnPosition {
     let e = e as usize;
-    let g = &mesh.geometry[e];
-    let (dx, dy) = (x - g.xc, y - g.yc);
+    let (xc, yc) = mesh.centroid(e);
+    let (dx, dy) = (x - xc, y - yc);
     let (zeta, depth) = water_column(mesh, br.a, br.b, br.wt, e, w);
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
@@ -211,7 +211,7 @@ fn column_position(
             let k = (f as usize).min(nl - 2);
             (k, f - k as f64)
         }
-        None => sigma_bracket(&mesh.vertical.siglay_elem[e * nl..(e + 1) * nl], sigma),
+        None => sigma_bracket(&mesh.siglay_elem(e), sigma),
     };
     ColumnPosition {
         e,
@@ -286,7 +286,7 @@ fn sample_batch(
 #[inline]
 pub fn column_at(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, e: u32) -> (f64, f64) {
     let (a, b, wt) = window.bracket(t);
-    let w = mesh.geometry[e as usize].weights(x, y);
+    let w = mesh.weights(e as usize, x, y);
     water_column(mesh, a, b, wt, e as usize, &w)
 }
 
@@ -355,7 +355,7 @@ fn layered_at(
     let (a, b, wt) = window.bracket(t);
     let (ta, tb) = (field(a)?, field(b)?);
     let e = e as usize;
-    let w = mesh.geometry[e].weights(x, y);
+    let w = mesh.weights(e, x, y);
     let (zeta, depth) = water_column(mesh, a, b, wt, e, &w);
     let sigma = ((z - zeta) / depth).clamp(-1.0, 0.0);
     let nl = mesh.vertical.n_layers;
@@ -385,7 +385,7 @@ fn vertical_kh(
                 return (0.0, 0.0);
             };
             let e = e as usize;
-            let w = mesh.geometry[e].weights(x, y);
+            let w = mesh.weights(e, x, y);
             let (zeta, depth) = water_column(mesh, a, b, wt, e, &w);
             let nlev = mesh.vertical.n_levels();
             let cols = &mesh.vertical.siglev_node;
@@ -432,7 +432,7 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
     let mut e = e0;
     let mut came_from = u32::MAX;
     for _ in 0..4 * crate::mesh::MAX_WALK {
-        let g = &mesh.geometry[e as usize];
+        let g = mesh.geom(e as usize);
         let wa = g.weights(ax, ay);
         let wb = g.weights(bx, by);
         if wb.iter().all(|w| *w >= -1e-12) {
@@ -508,16 +508,11 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
             element: el,
         },
         _ => Moved::Inside {
-            x: g_centroid(mesh, e).0,
-            y: g_centroid(mesh, e).1,
+            x: mesh.centroid(e as usize).0,
+            y: mesh.centroid(e as usize).1,
             element: e,
         },
     }
-}
-
-fn g_centroid(mesh: &Mesh, e: u32) -> (f64, f64) {
-    let g = &mesh.geometry[e as usize];
-    (g.xc, g.yc)
 }
 
 /// The element to evaluate an intermediate stage in, and the point's weights there: where the
@@ -529,7 +524,7 @@ fn stage_element(mesh: &Mesh, from: u32, x: f64, y: f64) -> (u32, [f64; 3]) {
         (Walk::Found(e), w) | (Walk::Boundary { element: e, .. }, w) => (e, w),
         (Walk::GaveUp(e), _) => {
             let e = mesh.locate_indexed(x, y).unwrap_or(e);
-            (e, mesh.geometry[e as usize].weights(x, y))
+            (e, mesh.weights(e as usize, x, y))
         }
     }
 }
@@ -731,7 +726,7 @@ fn before_move(
     }
     let swim = match (&stage.migration, sun) {
         (Some(m), Some(sun)) => {
-            let (sp, cp, lon) = match (b.place, mesh.sky.get(e as usize)) {
+            let (sp, cp, lon) = match (b.place, mesh.sky(e as usize)) {
                 (_, Some(s)) => (s[0] as f64, s[1] as f64, s[2] as f64),
                 (Some(pl), None) => {
                     let phi = pl.latitude.to_radians();
@@ -955,7 +950,7 @@ fn advance_batch<T: Touch>(
     let br = window.at(t);
     let mut w0 = [[0.0; 3]; BATCH];
     for j in 0..n {
-        w0[j] = mesh.geometry[e0[j] as usize].weights(x0[j], y0[j]);
+        w0[j] = mesh.weights(e0[j] as usize, x0[j], y0[j]);
     }
     sample_batch(mesh, &br, n, &x0, &y0, &z0, &e0, &w0, &mut s1);
     // Own vertical speed (positive up): sinking, and swimming toward the band from the depth
@@ -1091,7 +1086,7 @@ fn finish_one<T: Touch>(
             element: e,
         } => {
             touched.touch(e);
-            let w = mesh.geometry[e as usize].weights(xa, ya);
+            let w = mesh.weights(e as usize, xa, ya);
             let (zeta, depth) = water_column(mesh, end.a, end.b, end.wt, e as usize, &w);
             if !zeta.is_finite() {
                 // No free surface where it lands: quarantined, like a non-finite velocity.

@@ -7,6 +7,7 @@ pub mod fields;
 pub mod kernel;
 pub mod keys;
 pub mod mesh;
+pub mod paged;
 pub mod particles;
 pub mod projection;
 pub mod rng;

@@ -3,6 +3,9 @@
 //! Built once from whatever a reader found; every quirk of the input (orientation, missing or
 //! inconsistent `nbe`) is repaired here and reported as a [`MeshNote`].
 
+use std::borrow::Cow;
+
+use crate::paged::Paged;
 use crate::projection::TransverseMercator;
 
 /// `nbe` entry for an edge on land: particles reflect.
@@ -100,9 +103,10 @@ pub struct Vertical {
     pub siglev_node: Vec<f32>,
     /// Every node has the same sigma column, held once.
     pub uniform: bool,
-    /// Layer centres per element (mean of its nodes), element-major; empty when
-    /// `even_layers` (the kernel then finds layers by arithmetic).
-    pub siglay_elem: Vec<f32>,
+    /// Layer centres per element (mean of its nodes), `n_layers` per element; none held when
+    /// `even_layers` (the kernel then finds layers by arithmetic). Read through
+    /// [`Mesh::siglay_elem`].
+    siglay_elem: Paged<f32>,
     /// When every element has the same evenly spaced layer centres: (first centre, spacing),
     /// so kernels find a layer by arithmetic instead of a search.
     pub even_layers: Option<(f64, f64)>,
@@ -202,11 +206,16 @@ pub struct Mesh {
     pub h: Vec<f32>,
     pub nv: Vec<[u32; 3]>,
     pub nbe: Vec<[u32; 3]>,
-    pub geometry: Vec<ElementGeometry>,
+    // Derived per-element rows, whole or by pages ([`Mesh::keep_only`]); read through
+    // [`Mesh::geom`], [`Mesh::h_elem`], [`Mesh::lsq`] and [`Mesh::sky`], which compute a row
+    // not held again from `x`, `y`, `h` and `nv`.
+    geometry: Paged<ElementGeometry>,
     /// Bathymetry at each element's three nodes, so kernels need no gather through `nv`.
-    pub h_elem: Vec<[f32; 3]>,
-    pub a1u: Vec<[f32; 4]>,
-    pub a2u: Vec<[f32; 4]>,
+    h_elem: Paged<[f32; 3]>,
+    /// FVCOM's a1u and a2u per element.
+    lsq: Paged<[[f32; 4]; 2]>,
+    /// `lsq` came from the file: held whole, since it cannot be computed again.
+    lsq_from_file: bool,
     pub vertical: Vertical,
     pub projection: Option<TransverseMercator>,
     /// The file's (FVCOM's) number of each element. Elements are stored in Z-order of their
@@ -214,8 +223,8 @@ pub struct Mesh {
     /// leaves in file order through this map.
     pub file_element: Vec<u32>,
     /// For geographic meshes, each element centroid's sine and cosine of latitude and east
-    /// longitude in radians: where the sun is seen from (larval migration). Empty otherwise.
-    pub sky: Vec<[f32; 3]>,
+    /// longitude in radians: where the sun is seen from (larval migration). None otherwise.
+    sky: Paged<[f32; 3]>,
     index: GridIndex,
 }
 
@@ -371,7 +380,7 @@ impl Mesh {
             }
             _ => false,
         };
-        let (a1u, a2u) = if use_file_coefficients {
+        let lsq = if use_file_coefficients {
             let fix = |a: &Vec<[f32; 4]>| -> Vec<[f32; 4]> {
                 a.iter()
                     .enumerate()
@@ -384,13 +393,16 @@ impl Mesh {
                     })
                     .collect()
             };
-            (
+            let (a1, a2) = (
                 fix(input.a1u.as_ref().unwrap()),
                 fix(input.a2u.as_ref().unwrap()),
-            )
+            );
+            a1.into_iter().zip(a2).map(|(a, b)| [a, b]).collect()
         } else {
             notes.push(MeshNote::ReconstructionComputed);
-            reconstruction_coefficients(&geometry, &nbe)
+            (0..n_elements)
+                .map(|e| lsq_of(&geometry[e], nbe[e], |n| geometry[n as usize]))
+                .collect()
         };
 
         let vertical = build_vertical(&input, &nv, n_nodes)?;
@@ -401,29 +413,148 @@ impl Mesh {
             h: input.h,
             nv,
             nbe,
-            geometry,
-            h_elem,
-            a1u,
-            a2u,
+            geometry: Paged::whole(geometry, 1),
+            h_elem: Paged::whole(h_elem, 1),
+            lsq: Paged::whole(lsq, 1),
+            lsq_from_file: use_file_coefficients,
             vertical,
             projection: input.projection,
             file_element: (0..n_elements as u32).collect(),
-            sky: Vec::new(),
+            sky: Paged::none(),
             index,
         };
         let mut mesh = mesh.renumbered();
         if let Some(tm) = &mesh.projection {
-            mesh.sky = mesh
-                .geometry
-                .iter()
-                .map(|g| {
-                    let (lon, lat) = tm.inverse(g.xc, g.yc);
-                    let phi = lat.to_radians();
-                    [phi.sin() as f32, phi.cos() as f32, lon.to_radians() as f32]
-                })
-                .collect();
+            let sky = (0..n_elements).map(|e| sky_of(tm, &mesh.geom(e))).collect();
+            mesh.sky = Paged::whole(sky, 1);
         }
         Ok((mesh, notes))
+    }
+
+    /// Element `e`'s centroid and barycentric gradients.
+    #[inline(always)]
+    pub fn geom(&self, e: usize) -> ElementGeometry {
+        match self.geometry.get(e) {
+            Some(g) => *g,
+            None => self.geom_again(e),
+        }
+    }
+
+    /// Element `e`'s centroid.
+    #[inline(always)]
+    pub fn centroid(&self, e: usize) -> (f64, f64) {
+        match self.geometry.get(e) {
+            Some(g) => (g.xc, g.yc),
+            None => {
+                let g = self.geom_again(e);
+                (g.xc, g.yc)
+            }
+        }
+    }
+
+    /// The barycentric weights of (x, y) in element `e`: [`ElementGeometry::weights`].
+    #[inline(always)]
+    pub fn weights(&self, e: usize, x: f64, y: f64) -> [f64; 3] {
+        match self.geometry.get(e) {
+            Some(g) => g.weights(x, y),
+            None => self.geom_again(e).weights(x, y),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn geom_again(&self, e: usize) -> ElementGeometry {
+        element_geometry(&self.x, &self.y, self.nv[e])
+    }
+
+    /// Bathymetry at element `e`'s three nodes.
+    #[inline(always)]
+    pub fn h_elem(&self, e: usize) -> [f32; 3] {
+        match self.h_elem.get(e) {
+            Some(h) => *h,
+            None => self.nv[e].map(|n| self.h[n as usize]),
+        }
+    }
+
+    /// Element `e`'s reconstruction weights (FVCOM's a1u, a2u) on [self, nbe0, nbe1, nbe2].
+    #[inline]
+    pub fn lsq(&self, e: usize) -> [[f32; 4]; 2] {
+        match self.lsq.get(e) {
+            Some(c) => *c,
+            None => lsq_of(&self.geom(e), self.nbe[e], |n| self.geom(n as usize)),
+        }
+    }
+
+    /// Every element's [`Mesh::lsq`] row, borrowed when all are held.
+    pub fn lsq_rows(&self) -> Cow<'_, [[[f32; 4]; 2]]> {
+        match self.lsq.as_whole() {
+            Some(rows) => Cow::Borrowed(rows),
+            None => Cow::Owned((0..self.n_elements()).map(|e| self.lsq(e)).collect()),
+        }
+    }
+
+    /// Where the sun is seen from at element `e` (geographic meshes only): see the field.
+    #[inline]
+    pub fn sky(&self, e: usize) -> Option<[f32; 3]> {
+        let tm = self.projection.as_ref()?;
+        Some(match self.sky.get(e) {
+            Some(s) => *s,
+            None => sky_of(tm, &self.geom(e)),
+        })
+    }
+
+    /// Element `e`'s layer centres (meshes whose layers are not even: see [`Vertical`]).
+    #[inline]
+    pub fn siglay_elem(&self, e: usize) -> Cow<'_, [f32]> {
+        match self.vertical.siglay_elem.row(e) {
+            Some(r) => Cow::Borrowed(r),
+            None => Cow::Owned(siglay_of(&self.vertical, self.nv[e])),
+        }
+    }
+
+    /// Releases the derived rows (geometry, bathymetry, reconstruction weights computed from the
+    /// geometry, sun angles, layer centres) outside the pages of the elements with `keep[e]`
+    /// set. Reads of any element still answer, with the very same values: a row not held is
+    /// computed again. Coefficients read from the file stay whole.
+    pub fn keep_only(&mut self, keep: &[bool]) {
+        let mut pages = vec![false; self.n_elements().div_ceil(crate::paged::PAGE)];
+        for (e, _) in keep.iter().enumerate().filter(|k| *k.1) {
+            pages[e >> crate::paged::PAGE_BITS] = true;
+        }
+        self.geometry.keep_pages(&pages);
+        self.h_elem.keep_pages(&pages);
+        if !self.lsq_from_file {
+            self.lsq.keep_pages(&pages);
+        }
+        self.sky.keep_pages(&pages);
+        self.vertical.siglay_elem.keep_pages(&pages);
+    }
+
+    /// Pages of derived rows held, of all pages.
+    pub fn pages_held(&self) -> (usize, usize) {
+        self.geometry.pages()
+    }
+
+    /// Bytes of the mesh's arrays.
+    pub fn heap_bytes(&self) -> usize {
+        fn b<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        b(&self.x)
+            + b(&self.y)
+            + b(&self.h)
+            + b(&self.nv)
+            + b(&self.nbe)
+            + b(&self.file_element)
+            + self.geometry.heap_bytes()
+            + self.h_elem.heap_bytes()
+            + self.lsq.heap_bytes()
+            + self.sky.heap_bytes()
+            + self.vertical.siglay_elem.heap_bytes()
+            + b(&self.vertical.siglay_node)
+            + b(&self.vertical.siglev_node)
+            + b(&self.index.start)
+            + b(&self.index.items)
     }
 
     /// Reorders elements along a Morton (Z-order) curve of their centroids. Particles sorted by
@@ -432,7 +563,8 @@ impl Mesh {
     fn renumbered(self) -> Mesh {
         let ne = self.n_elements();
         let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-        for g in &self.geometry {
+        let geometry = self.geometry.as_whole().expect("a whole mesh");
+        for g in geometry {
             x0 = x0.min(g.xc);
             x1 = x1.max(g.xc);
             y0 = y0.min(g.yc);
@@ -446,8 +578,7 @@ impl Mesh {
             v = (v | (v << 2)) & 0x3333_3333;
             (v | (v << 1)) & 0x5555_5555
         };
-        let mut order: Vec<(u64, u32)> = self
-            .geometry
+        let mut order: Vec<(u64, u32)> = geometry
             .iter()
             .enumerate()
             .map(|(e, g)| {
@@ -481,28 +612,22 @@ impl Mesh {
         let nl = self.vertical.n_layers;
         let mut vertical = self.vertical;
         let old_siglay = std::mem::take(&mut vertical.siglay_elem);
-        if !old_siglay.is_empty() {
-            vertical.siglay_elem = old_of_new
+        if let Some(old) = old_siglay.as_whole().filter(|o| !o.is_empty()) {
+            let rows = old_of_new
                 .iter()
-                .flat_map(|&o| {
-                    old_siglay[o as usize * nl..(o as usize + 1) * nl]
-                        .iter()
-                        .copied()
-                })
+                .flat_map(|&o| old[o as usize * nl..(o as usize + 1) * nl].iter().copied())
                 .collect();
+            vertical.siglay_elem = Paged::whole(rows, nl);
         }
         let index = GridIndex::build(&self.x, &self.y, &nv);
+        fn permuted<T: Copy + Default>(t: &Paged<T>, old_of_new: &[u32]) -> Paged<T> {
+            let whole = t.as_whole().expect("a whole mesh");
+            Paged::whole(old_of_new.iter().map(|&o| whole[o as usize]).collect(), 1)
+        }
         Mesh {
-            geometry: old_of_new
-                .iter()
-                .map(|&o| self.geometry[o as usize])
-                .collect(),
-            h_elem: old_of_new
-                .iter()
-                .map(|&o| self.h_elem[o as usize])
-                .collect(),
-            a1u: old_of_new.iter().map(|&o| self.a1u[o as usize]).collect(),
-            a2u: old_of_new.iter().map(|&o| self.a2u[o as usize]).collect(),
+            geometry: permuted(&self.geometry, &old_of_new),
+            h_elem: permuted(&self.h_elem, &old_of_new),
+            lsq: permuted(&self.lsq, &old_of_new),
             file_element: old_of_new,
             nv,
             nbe,
@@ -535,7 +660,7 @@ impl Mesh {
         let mut e = start;
         let mut w = [0.0; 3];
         for _ in 0..MAX_WALK {
-            w = self.geometry[e as usize].weights(x, y);
+            w = self.weights(e as usize, x, y);
             let (mut i_min, mut w_min) = (0, w[0]);
             if w[1] < w_min {
                 i_min = 1;
@@ -566,7 +691,7 @@ impl Mesh {
         );
         let mut best: Option<(u32, f64)> = None;
         for &e in &self.index.items[s..t] {
-            let w = self.geometry[e as usize].weights(x, y);
+            let w = self.weights(e as usize, x, y);
             let m = w[0].min(w[1]).min(w[2]);
             if m >= -1e-12 {
                 return Some(e);
@@ -698,45 +823,78 @@ pub fn reconstruction_coefficients(
     geometry: &[ElementGeometry],
     nbe: &[[u32; 3]],
 ) -> (Vec<[f32; 4]>, Vec<[f32; 4]>) {
-    let mut a1u = vec![[0.0f32; 4]; geometry.len()];
-    let mut a2u = vec![[0.0f32; 4]; geometry.len()];
-    for e in 0..geometry.len() {
-        let g = &geometry[e];
-        let mut d = [(0.0, 0.0); 3];
-        let mut present = [false; 3];
-        let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
-        for k in 0..3 {
-            let n = nbe[e][k];
-            if is_element(n) {
-                let gn = &geometry[n as usize];
-                let (dx, dy) = (gn.xc - g.xc, gn.yc - g.yc);
-                d[k] = (dx, dy);
-                present[k] = true;
-                sxx += dx * dx;
-                sxy += dx * dy;
-                syy += dy * dy;
-            }
+    (0..geometry.len())
+        .map(|e| {
+            let [a1, a2] = lsq_of(&geometry[e], nbe[e], |n| geometry[n as usize]);
+            (a1, a2)
+        })
+        .unzip()
+}
+
+/// One element's row of [`reconstruction_coefficients`], `[a1u, a2u]`: `g` is its geometry,
+/// `nb` its `nbe` row and `geom` gives a neighbour's geometry.
+fn lsq_of(
+    g: &ElementGeometry,
+    nb: [u32; 3],
+    geom: impl Fn(u32) -> ElementGeometry,
+) -> [[f32; 4]; 2] {
+    let mut out = [[0.0f32; 4]; 2];
+    let mut d = [(0.0, 0.0); 3];
+    let mut present = [false; 3];
+    let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+    for k in 0..3 {
+        let n = nb[k];
+        if is_element(n) {
+            let gn = geom(n);
+            let (dx, dy) = (gn.xc - g.xc, gn.yc - g.yc);
+            d[k] = (dx, dy);
+            present[k] = true;
+            sxx += dx * dx;
+            sxy += dx * dy;
+            syy += dy * dy;
         }
-        let det = sxx * syy - sxy * sxy;
-        if present.iter().filter(|p| **p).count() < 2 || det <= 1e-12 * (sxx * syy).max(1e-300) {
-            continue;
-        }
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for k in 0..3 {
-            if present[k] {
-                let (dx, dy) = d[k];
-                let c1 = (syy * dx - sxy * dy) / det;
-                let c2 = (sxx * dy - sxy * dx) / det;
-                a1u[e][k + 1] = c1 as f32;
-                a2u[e][k + 1] = c2 as f32;
-                s1 += c1;
-                s2 += c2;
-            }
-        }
-        a1u[e][0] = -s1 as f32;
-        a2u[e][0] = -s2 as f32;
     }
-    (a1u, a2u)
+    let det = sxx * syy - sxy * sxy;
+    if present.iter().filter(|p| **p).count() < 2 || det <= 1e-12 * (sxx * syy).max(1e-300) {
+        return out;
+    }
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for k in 0..3 {
+        if present[k] {
+            let (dx, dy) = d[k];
+            let c1 = (syy * dx - sxy * dy) / det;
+            let c2 = (sxx * dy - sxy * dx) / det;
+            out[0][k + 1] = c1 as f32;
+            out[1][k + 1] = c2 as f32;
+            s1 += c1;
+            s2 += c2;
+        }
+    }
+    out[0][0] = -s1 as f32;
+    out[1][0] = -s2 as f32;
+    out
+}
+
+/// Sine and cosine of latitude and east longitude (radians) at an element's centroid.
+fn sky_of(tm: &TransverseMercator, g: &ElementGeometry) -> [f32; 3] {
+    let (lon, lat) = tm.inverse(g.xc, g.yc);
+    let phi = lat.to_radians();
+    [phi.sin() as f32, phi.cos() as f32, lon.to_radians() as f32]
+}
+
+/// An element's layer centres: the mean of its three nodes' (the one arithmetic for building
+/// and for computing a row again).
+fn siglay_of(v: &Vertical, t: [u32; 3]) -> Vec<f32> {
+    let nl = v.n_layers;
+    (0..nl)
+        .map(|k| {
+            let s: f32 = t
+                .iter()
+                .map(|&n| v.siglay_node[v.column(n as usize) * nl + k])
+                .sum();
+            s / 3.0
+        })
+        .collect()
 }
 
 fn build_vertical(
@@ -780,9 +938,10 @@ fn build_vertical(
         }
     }
     let even_layers = even_spacing(&siglay_elem, nl);
-    if even_layers.is_some() {
-        siglay_elem = Vec::new();
-    }
+    let siglay_elem = match even_layers {
+        Some(_) => Paged::none(),
+        None => Paged::whole(siglay_elem, nl),
+    };
     let same = |v: &[f32], per: usize| v.chunks(per).all(|c| c == &v[..per]);
     let uniform = same(&siglay_node, nl) && same(&siglev_node, nl + 1);
     let (mut siglay_node, mut siglev_node) = (siglay_node, siglev_node);
@@ -927,6 +1086,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_mesh_keeping_some_pages_answers_for_every_element_with_the_same_bits() {
+        let mut input = grid_mesh(40, 30, 100.0, 0.0, 0.0);
+        let nn = input.x.len();
+        // Uneven layers that differ from node to node, varied depths, a geographic frame.
+        let nl = 3;
+        input.n_layers = nl;
+        input.siglay = (0..nn)
+            .flat_map(|n| {
+                let f = 0.1 + 0.01 * (n % 7) as f32;
+                [-f, -0.5, -1.0 + f]
+            })
+            .collect();
+        input.siglev = (0..nn)
+            .flat_map(|n| [0.0, -0.2 - 0.01 * (n % 5) as f32, -0.7, -1.0])
+            .collect();
+        input.h = (0..nn).map(|n| 5.0 + (n % 11) as f32).collect();
+        input.projection = Some(TransverseMercator::new(-122.4, 37.8));
+        let (whole, _) = Mesh::build(input).unwrap();
+        assert!(whole.vertical.even_layers.is_none());
+        let ne = whole.n_elements();
+        let mut part = whole.clone();
+        let keep: Vec<bool> = (0..ne).map(|e| e % 700 < 150).collect();
+        part.keep_only(&keep);
+        let (held, pages) = part.pages_held();
+        assert!(held > 0 && held < pages / 2, "{held} of {pages} pages held");
+        assert!(part.heap_bytes() < whole.heap_bytes());
+        let bits = |g: ElementGeometry| {
+            [g.xc, g.yc, g.b[0], g.b[1], g.b[2], g.c[0], g.c[1], g.c[2]].map(f64::to_bits)
+        };
+        for e in 0..ne {
+            assert_eq!(bits(part.geom(e)), bits(whole.geom(e)), "element {e}");
+            assert_eq!(part.h_elem(e), whole.h_elem(e), "element {e}");
+            assert_eq!(part.lsq(e), whole.lsq(e), "element {e}");
+            assert_eq!(part.sky(e), whole.sky(e), "element {e}");
+            assert!(whole.sky(e).is_some());
+            assert_eq!(part.siglay_elem(e), whole.siglay_elem(e), "element {e}");
+            assert_eq!(part.siglay_elem(e).len(), nl);
+        }
+    }
+
+    #[test]
     fn clockwise_elements_are_reoriented_and_neighbours_found() {
         let (mesh, notes) = Mesh::build(grid_mesh(4, 3, 100.0, 0.0, 0.0)).unwrap();
         assert!(notes.contains(&MeshNote::ReorientedElements(24)));
@@ -990,7 +1190,10 @@ pub(crate) mod tests {
         }
         let (mesh, _) = Mesh::build(input).unwrap();
         let f = |x: f64, y: f64| 0.3 + 1e-3 * (x - 500_000.0) - 2e-3 * (y - 4_000_000.0);
-        let u: Vec<f64> = mesh.geometry.iter().map(|g| f(g.xc, g.yc)).collect();
+        let u: Vec<f64> = (0..mesh.n_elements())
+            .map(|e| mesh.geom(e))
+            .map(|g| f(g.xc, g.yc))
+            .collect();
         for e in 0..mesh.n_elements() {
             let nb = mesh.nbe[e];
             if nb.iter().filter(|n| is_element(**n)).count() < 2 {
@@ -1005,8 +1208,8 @@ pub(crate) mod tests {
                     0.0
                 }
             };
-            let gx: f64 = (0..4).map(|k| mesh.a1u[e][k] as f64 * val(k)).sum();
-            let gy: f64 = (0..4).map(|k| mesh.a2u[e][k] as f64 * val(k)).sum();
+            let gx: f64 = (0..4).map(|k| mesh.lsq(e)[0][k] as f64 * val(k)).sum();
+            let gy: f64 = (0..4).map(|k| mesh.lsq(e)[1][k] as f64 * val(k)).sum();
             assert!(
                 (gx - 1e-3).abs() < 1e-8 && (gy + 2e-3).abs() < 1e-8,
                 "element {e}: {gx} {gy}"
@@ -1022,9 +1225,9 @@ pub(crate) mod tests {
             let y = 5e6 + 0.5 + (k * 104729 % 1990) as f64 / 10.0;
             let a = mesh.locate(x, y, Some(0)).unwrap();
             let b = mesh.locate_indexed(x, y).unwrap();
-            let w = mesh.geometry[a as usize].weights(x, y);
+            let w = mesh.weights(a as usize, x, y);
             assert!(w.iter().all(|v| *v >= -1e-9));
-            let wb = mesh.geometry[b as usize].weights(x, y);
+            let wb = mesh.weights(b as usize, x, y);
             assert!(wb.iter().all(|v| *v >= -1e-9));
         }
         assert_eq!(mesh.locate(1e6 - 1.0, 5e6 + 50.0, Some(3)), None);

@@ -163,10 +163,16 @@ pub struct FieldSlice {
     pub wet: Vec<u8>,
 }
 
-/// Bytes of velocity values in one piece of a partition's field slice, by default: a
-/// partition's slice at one time goes in pieces, asked for one after another, so that a node
-/// holds one piece in flight (received and decoded) instead of its whole slice.
-pub const FIELD_PIECE_BYTES: usize = 4 << 20;
+/// Bytes of velocity values in one piece of a partition's field slice, by default, for the nodes
+/// of a named cluster: a partition's slice at one time goes in pieces, asked for one after
+/// another, so that a node holds one piece in flight (received and decoded) instead of its
+/// whole slice. 1 MiB keeps a node of the scale benchmark under 400 MB (BENCHMARKS.md).
+pub const FIELD_PIECE_BYTES: usize = 1 << 20;
+
+/// The same for the embedded default's in-process nodes, which share the manager's memory:
+/// fewer round trips per level (each piece costs one; `shoal bench --case fabric` is 2-3 %
+/// slower with 1 MiB pieces).
+pub const FIELD_PIECE_BYTES_IN_PROCESS: usize = 4 << 20;
 
 /// Elements in a piece of `bytes` of velocities (u, v and ww, 4 bytes each per layer) on a mesh
 /// of `n_layers` layers, at least one.

@@ -291,11 +291,13 @@ impl PartialFields {
             {
                 continue;
             }
+            let lsq = mesh.lsq(c);
             for comp in 0..if raw.ww { 3 } else { 2 } {
                 let (vel, row) = (&raw.vel[comp], &raw.row);
                 for k in 0..nl {
-                    let [u0, gx, gy] =
-                        reconstruct(mesh, c, |el| vel[row[level.slot(el)] as usize * nl + k]);
+                    let [u0, gx, gy] = reconstruct(&lsq, mesh.nbe[c], c, |el| {
+                        vel[row[level.slot(el)] as usize * nl + k]
+                    });
                     let block: &mut [f32; N_COEF] = &mut level.coef[cs * nl + k];
                     block[comp] = u0;
                     block[COEF_DX + comp] = gx;

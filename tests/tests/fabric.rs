@@ -187,10 +187,11 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
     for k in 0..2 {
         nodes.0.push(
             clean(env!("CARGO_BIN_EXE_shoal-node"))
-                .args(["--cluster", &cluster, "--name", &format!("n{k}"), "--quiet"])
+                .args(["--cluster", &cluster, "--name", &format!("n{k}")])
                 .arg("--zenoh-config")
                 .arg(&node_cfg)
                 .stdin(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("n{k}.log"))).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -229,6 +230,19 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
             assert!(Instant::now() < deadline, "a node ignored Ctrl-C");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    // Each node process built its own mesh and kept the derived geometry of its partition's
+    // pages only (the in-process run below shares the manager's whole mesh).
+    for k in 0..2 {
+        let log = std::fs::read_to_string(dir.join(format!("n{k}.log"))).unwrap();
+        let (held, pages) = log
+            .split("derived rows for ")
+            .nth(1)
+            .and_then(|r| r.split_once(" pages"))
+            .and_then(|(r, _)| r.split_once(" of "))
+            .map(|(h, p)| (h.parse::<usize>().unwrap(), p.parse::<usize>().unwrap()))
+            .unwrap_or_else(|| panic!("no mesh line in node n{k}'s log:\n{log}"));
+        assert!(held > 0 && held < pages, "n{k}: {held} of {pages} pages");
     }
     let inproc = run_with(
         &dir,

@@ -89,8 +89,9 @@ pub struct ClusterSection {
     /// How long the manager waits for any partition's step summary or state before it gives up
     /// that partition's node and carries on without it, seconds (default 300).
     pub patience_seconds: Option<f64>,
-    /// Velocity bytes in one piece of a field slice, KiB (default 4096): what a node holds in
-    /// flight while a field level arrives.
+    /// Velocity bytes in one piece of a field slice, KiB (default 1024 for the nodes of a named
+    /// cluster, 4096 for in-process nodes): what a node holds in flight while a field level
+    /// arrives.
     pub field_piece_kib: Option<usize>,
 }
 
@@ -278,8 +279,9 @@ pub struct ClusterConfig {
     pub partitions: Option<usize>,
     pub zenoh_config: Option<PathBuf>,
     pub patience_seconds: f64,
-    /// Bytes of velocities per field slice piece.
-    pub field_piece_bytes: usize,
+    /// Bytes of velocities per field slice piece (`None`: the default for the kind of nodes,
+    /// [`shoal_common::wire::FIELD_PIECE_BYTES`] and its in-process variant).
+    pub field_piece_bytes: Option<usize>,
 }
 
 fn density_spec(
@@ -722,9 +724,7 @@ impl RunConfig {
             partitions: c.partitions,
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
             patience_seconds,
-            field_piece_bytes: c
-                .field_piece_kib
-                .map_or(shoal_common::wire::FIELD_PIECE_BYTES, |k| k << 10),
+            field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
         };
         let polygons = polygon_release(&file.release, &resolve)?;
         let larvae = larvae(b)?;

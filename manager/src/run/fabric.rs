@@ -789,7 +789,13 @@ impl Stepper for FabricStepper<'_> {
             sort_every: cfg.sort_every,
             carried: self.reader.carried(),
             field_piece: wire::field_piece(
-                cfg.cluster.field_piece_bytes,
+                cfg.cluster
+                    .field_piece_bytes
+                    .unwrap_or(if self.fleet.in_process() {
+                        wire::FIELD_PIECE_BYTES_IN_PROCESS
+                    } else {
+                        wire::FIELD_PIECE_BYTES
+                    }),
                 self.reader.mesh_input.n_layers,
             ),
         };

@@ -230,6 +230,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The embedded default: the nodes are this process's own.
+    pub fn in_process(&self) -> bool {
+        self.local.is_some()
+    }
+
     pub fn join(spec: &FleetSpec) -> Result<Fleet> {
         let base = spec.zenoh_config.clone();
         let (cluster, fabric, local) = match spec.name {

@@ -179,7 +179,7 @@ mod tests {
         // Particles crowd one corner: weights must pull parts toward it.
         let weights: Vec<u32> = (0..ne)
             .map(|e| {
-                if mesh.geometry[e].xc < 1000.0 && mesh.geometry[e].yc < 1000.0 {
+                if mesh.geom(e).xc < 1000.0 && mesh.geom(e).yc < 1000.0 {
                     50
                 } else {
                     1

@@ -283,7 +283,7 @@ impl GpuPartition {
     pub fn new(ctx: Arc<GpuContext>, mesh: &Mesh, particles: Particles) -> Result<Self, String> {
         let n = particles.len();
         let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-        for g in &mesh.geometry {
+        for g in (0..mesh.n_elements()).map(|e| mesh.geom(e)) {
             x0 = x0.min(g.xc);
             x1 = x1.max(g.xc);
             y0 = y0.min(g.yc);
@@ -292,7 +292,7 @@ impl GpuPartition {
         let origin = (0.5 * (x0 + x1), 0.5 * (y0 + y1));
         let elements: Vec<GpuElement> = (0..mesh.n_elements())
             .map(|e| {
-                let g = &mesh.geometry[e];
+                let g = mesh.geom(e);
                 let (dx, dy) = (g.xc - origin.0, g.yc - origin.1);
                 GpuElement {
                     xc: dx as f32,
@@ -301,7 +301,7 @@ impl GpuPartition {
                     yl: (dy - dy as f32 as f64) as f32,
                     b: g.b.map(|v| v as f32),
                     c: g.c.map(|v| v as f32),
-                    h: mesh.h_elem[e],
+                    h: mesh.h_elem(e),
                     nbe: mesh.nbe[e],
                 }
             })
@@ -569,7 +569,7 @@ impl GpuPartition {
         let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
         let m = &mut self.mirror;
         for (i, g) in gp.iter().take(self.n).enumerate() {
-            let c = &mesh.geometry[(g.elem as usize).min(mesh.n_elements() - 1)];
+            let c = mesh.geom((g.elem as usize).min(mesh.n_elements() - 1));
             m.x[i] = c.xc + g.ox as f64;
             m.y[i] = c.yc + g.oy as f64;
             m.z[i] = g.z as f64;
@@ -610,7 +610,7 @@ fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
 fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
     (0..p.len())
         .map(|i| {
-            let c = &mesh.geometry[(p.element[i] as usize).min(mesh.n_elements() - 1)];
+            let c = mesh.geom((p.element[i] as usize).min(mesh.n_elements() - 1));
             GpuParticle {
                 ox: (p.x[i] - c.xc) as f32,
                 oy: (p.y[i] - c.yc) as f32,

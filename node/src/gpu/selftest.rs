@@ -74,7 +74,7 @@ pub fn reference_problem(n_particles: usize) -> (Mesh, Vec<FieldLevel>, Particle
                         .iter()
                         .position(|&f| f as usize == fe)
                         .unwrap();
-                    let g = &mesh.geometry[e];
+                    let g = mesh.geom(e);
                     raw.u[k * ne + fe] = (scale * shear * (-omega * (g.yc - cy) + 0.3)) as f32;
                     raw.v[k * ne + fe] = (scale * shear * omega * (g.xc - cx)) as f32;
                 }
