@@ -87,10 +87,11 @@ pub struct Output {
 impl Output {
     pub fn read(path: &Path) -> Result<Output> {
         let f = netcdf::open(path)?;
+        // Packed positions (`[output] precision`) come back unpacked; floats as they are.
         let getf64 = |n: &str| -> Result<Vec<f64>> {
-            Ok(f.variable(n)
-                .ok_or_else(|| anyhow::anyhow!("no {n}"))?
-                .get_values::<f64, _>(..)?)
+            shoal_manager::output::unpacked(
+                &f.variable(n).ok_or_else(|| anyhow::anyhow!("no {n}"))?,
+            )
         };
         let getf32 = |n: &str| -> Result<Vec<f32>> {
             Ok(f.variable(n)
@@ -103,7 +104,12 @@ impl Output {
             time: getf64("time")?,
             x: getf64("x")?,
             y: getf64("y")?,
-            z: getf32("z")?,
+            z: match f.variable("z").map(|v| v.vartype()) {
+                Some(netcdf::types::NcVariableType::Int(_)) => {
+                    getf64("z")?.into_iter().map(|v| v as f32).collect()
+                }
+                _ => getf32("z")?,
+            },
             sigma: getf32("sigma")?,
             status: f.variable("status").unwrap().get_values::<i8, _>(..)?,
             element: f.variable("element").unwrap().get_values::<i32, _>(..)?,
@@ -112,14 +118,8 @@ impl Output {
                 .variable("happiness")
                 .map(|v| v.get_values::<f32, _>(..))
                 .transpose()?,
-            lon: f
-                .variable("lon")
-                .map(|v| v.get_values::<f64, _>(..))
-                .transpose()?,
-            lat: f
-                .variable("lat")
-                .map(|v| v.get_values::<f64, _>(..))
-                .transpose()?,
+            lon: f.variable("lon").map(|_| getf64("lon")).transpose()?,
+            lat: f.variable("lat").map(|_| getf64("lat")).transpose()?,
         })
     }
 

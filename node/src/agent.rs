@@ -1142,6 +1142,7 @@ impl<'a> PartitionAgent<'a> {
             if injected_fault("panic", s) {
                 panic!("injected at step {s} (SHOAL_TEST_FAULT)");
             }
+            let busy = Instant::now();
             let t = step_time(s, dt, spec.duration);
             let t1 = step_time(s + 1, dt, spec.duration);
             self.cover(t, t1, abandon)?;
@@ -1184,6 +1185,7 @@ impl<'a> PartitionAgent<'a> {
                 sent_counts,
                 dropped: self.dropped.get(),
                 peak_rss_kib: crate::health::peak_rss_kib(),
+                busy_us: busy.elapsed().as_micros() as u64,
             };
             let control = self.sync(Message::StepSummary(summary), abandon)?;
             if control.step != s {

@@ -64,6 +64,90 @@ fn output_is_a_cf_trajectory_file_with_the_configuration() {
 }
 
 #[test]
+fn compressed_and_quantized_outputs_agree_with_full_floats() {
+    let dir = scratch("storage");
+    let mut cfg = happy_setup(&dir, "");
+    // The keys, and their errors.
+    let with = |extra: &str| {
+        config(&dir, &format!("[input]\nfiles=['f.nc']\n[release.generate]\ncount=1\ncentre=[0,0]\nradius=1.0\n[output]\n{extra}"))
+    };
+    assert_eq!(
+        with("precision='1cm'\n").unwrap().storage,
+        shoal_manager::output::Storage {
+            deflate: 1,
+            precision: Some(0.01)
+        }
+    );
+    assert_eq!(
+        with("precision='5 mm'\ncompression=0\n")
+            .unwrap()
+            .storage
+            .deflate,
+        0
+    );
+    for (bad, key) in [
+        ("precision='1 furlong'\n", "output.precision"),
+        ("precision=-1.0\n", "output.precision"),
+        ("compression=12\n", "output.compression"),
+    ] {
+        let e = format!("{:#}", with(bad).unwrap_err());
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    let write = |cfg: &shoal_manager::config::RunConfig, name: &str| {
+        let mut c = cfg.clone();
+        c.output = dir.join(name);
+        run_quiet(&c, 2).unwrap();
+        (
+            Output::read(&c.output).unwrap(),
+            std::fs::metadata(&c.output).unwrap().len(),
+        )
+    };
+    cfg.storage = shoal_manager::output::Storage {
+        deflate: 0,
+        precision: None,
+    };
+    let (full, full_bytes) = write(&cfg, "full.nc");
+    cfg.storage = shoal_manager::output::Storage::default();
+    let (deflated, deflated_bytes) = write(&cfg, "deflated.nc");
+    cfg.storage.precision = Some(0.01);
+    let (packed, packed_bytes) = write(&cfg, "packed.nc");
+    // Deflate loses nothing; packing loses no more than half the precision.
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+    assert!(same(&full.x, &deflated.x) && same(&full.y, &deflated.y));
+    assert_eq!(full.z, deflated.z);
+    let mut worst: f64 = 0.0;
+    for (a, b) in [(&full.x, &packed.x), (&full.y, &packed.y)] {
+        for (p, q) in a.iter().zip(b.iter()) {
+            assert_eq!(p.is_finite(), q.is_finite());
+            if p.is_finite() {
+                worst = worst.max((p - q).abs());
+            }
+        }
+    }
+    for (p, q) in full.z.iter().zip(&packed.z) {
+        assert_eq!(p.is_finite(), q.is_finite());
+        if p.is_finite() {
+            worst = worst.max((p - q).abs() as f64 - 1e-6 * p.abs() as f64);
+        }
+    }
+    assert!(
+        worst > 0.0 && worst <= 0.005 + 1e-9,
+        "largest difference {worst} m"
+    );
+    assert_eq!(full.status, packed.status);
+    assert!(
+        packed_bytes < deflated_bytes && deflated_bytes < full_bytes,
+        "{full_bytes} bytes of floats, {deflated_bytes} deflated, {packed_bytes} packed"
+    );
+    // Chunks of one record and at most 4 096 particles (here all 400).
+    let f = netcdf::open(dir.join("deflated.nc")).unwrap();
+    let chunk = f.variable("x").unwrap().chunking().unwrap().unwrap();
+    assert_eq!(chunk, [400, 1], "{chunk:?}");
+    // xarray unpacks the integers itself.
+    xarray_check(&dir.join("packed.nc")).unwrap();
+}
+
+#[test]
 fn the_run_stops_when_enough_particles_are_happy() {
     let dir = scratch("ecstatic");
     let cfg = happy_setup(&dir, "happy_threshold=0.5\nstop_when_happy_share=0.3\n");
@@ -94,6 +178,8 @@ fn killed_run_child() {
         false,
         None,
         &[],
+        cfg.storage,
+        (0.0, 0.0),
     )
     .unwrap();
     let snap = shoal_node::Snapshot {

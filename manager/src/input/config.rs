@@ -202,6 +202,11 @@ pub struct OutputSection {
     /// Connectivity matrix (NetCDF, with a CSV beside it) from release sites to settlement
     /// polygons.
     pub connectivity: Option<String>,
+    /// Deflate level of the trajectory file, with the shuffle filter: 0 (none) to 9.
+    pub compression: Option<i64>,
+    /// `precision = "1cm"`: positions and depths stored as integers to this precision (CF
+    /// packing) instead of full floats.
+    pub precision: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -256,6 +261,8 @@ pub struct RunConfig {
     pub stop_when_happy_share: Option<f64>,
     pub output: PathBuf,
     pub output_interval: f64,
+    /// How the trajectory file stores its values.
+    pub storage: crate::output::Storage,
     pub density: Option<crate::output::density::DensitySpec>,
     pub connectivity: Option<PathBuf>,
     /// Larval behaviour beyond a constant sinking speed.
@@ -603,6 +610,35 @@ fn duration_value(v: &toml::Value, key: &str) -> Result<f64> {
     }
 }
 
+/// A length such as "1cm", "5 mm" or "0.1m", or a number of metres; positive.
+fn length_value(v: &toml::Value, key: &str) -> Result<f64> {
+    let bad = || anyhow!("key `{key}`: expected a length such as \"1cm\", \"5mm\" or \"0.1m\"");
+    let metres = match v {
+        toml::Value::Float(f) => *f,
+        toml::Value::Integer(i) => *i as f64,
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (num, scale) = if let Some(n) = s.strip_suffix("mm") {
+                (n, 1e-3)
+            } else if let Some(n) = s.strip_suffix("cm") {
+                (n, 1e-2)
+            } else if let Some(n) = s.strip_suffix("km") {
+                (n, 1e3)
+            } else if let Some(n) = s.strip_suffix('m') {
+                (n, 1.0)
+            } else {
+                return Err(bad());
+            };
+            num.trim().parse::<f64>().map_err(|_| bad())? * scale
+        }
+        _ => return Err(bad()),
+    };
+    if !(metres.is_finite() && metres > 0.0) {
+        return Err(bad());
+    }
+    Ok(metres)
+}
+
 impl RunConfig {
     pub fn from_path(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path)
@@ -749,6 +785,21 @@ impl RunConfig {
             bail!("key `output.connectivity`: needs a polygon release (`release.polygons`) and `[settlement]` polygons");
         }
         let output = resolve(file.output.file.as_deref().unwrap_or("trajectories.nc"));
+        let storage = crate::output::Storage {
+            deflate: match file.output.compression {
+                None => crate::output::Storage::DEFAULT_DEFLATE,
+                Some(l @ 0..=9) => l as i32,
+                Some(l) => {
+                    bail!("key `output.compression`: a deflate level from 0 (none) to 9, not {l}")
+                }
+            },
+            precision: file
+                .output
+                .precision
+                .as_ref()
+                .map(|v| length_value(v, "output.precision"))
+                .transpose()?,
+        };
         let density = file
             .output
             .density
@@ -807,6 +858,7 @@ impl RunConfig {
             stop_when_happy_share: b.stop_when_happy_share,
             output,
             output_interval,
+            storage,
             density,
             connectivity,
             larvae,

@@ -1,6 +1,8 @@
 //! CF-1.8 trajectory output (`featureType = "trajectory"`, dims `(trajectory, time)` as OpenDrift
 //! writes them), appended one snapshot at a time along an unlimited `time` and synced after each,
-//! so a run that is killed leaves a readable file of everything written so far.
+//! so a run that is killed leaves a readable file of everything written so far. Values are
+//! deflated with the shuffle filter in chunks of a few thousand particles ([`Storage`]), and
+//! positions and depths may be packed as integers to a stated precision.
 
 pub mod checkpoint;
 pub mod density;
@@ -62,11 +64,114 @@ pub(crate) fn add_time(f: &mut netcdf::FileMut, reference: f64) -> netcdf::Resul
     Ok(())
 }
 
+/// How the trajectory file stores its values: `[output] compression` and `precision`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Storage {
+    /// Deflate level, with the shuffle filter; 0: none.
+    pub deflate: i32,
+    /// Metres: x, y and z (and lon, lat to the same distance in degrees) stored as 32-bit
+    /// integers to this precision, packed as CF describes (`scale_factor`, `add_offset`);
+    /// `None`: full floats.
+    pub precision: Option<f64>,
+}
+
+impl Storage {
+    /// Chosen by measurement (BENCHMARKS.md, "Trajectory files"): level 1 gives nearly all of
+    /// what 9 gives on particle tracks at a fraction of the time.
+    pub const DEFAULT_DEFLATE: i32 = 1;
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            deflate: Self::DEFAULT_DEFLATE,
+            precision: None,
+        }
+    }
+}
+
+/// Metres in a degree of latitude (and at most in one of longitude).
+const METRES_PER_DEGREE: f64 = 111_320.0;
+
+/// Chunks of 4 096 particles by one record. A record is synced as it is written (a killed run
+/// leaves a readable file), so a chunk of several records would be compressed and written again
+/// at every record of its row (9 records a chunk made the output 5 times slower); small
+/// particle chunks let a track read 32 KB of each record instead of 512 KB. Measured against
+/// 1 024 to 16 384 particles and 1 to 9 records (BENCHMARKS.md, "Trajectory files").
+pub fn chunk_shape(n: usize) -> [usize; 2] {
+    [n.clamp(1, 4096), 1]
+}
+
+/// A variable packed as 32-bit integers: value = stored * scale + offset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Packing {
+    scale: f64,
+    offset: f64,
+}
+
+const PACKED_FILL: i32 = i32::MIN;
+
+impl Packing {
+    fn of(v: &netcdf::Variable) -> Option<Packing> {
+        let num = |name: &str| -> Option<f64> {
+            match v.attribute(name)?.value().ok()? {
+                netcdf::AttributeValue::Double(x) => Some(x),
+                netcdf::AttributeValue::Float(x) => Some(x as f64),
+                _ => None,
+            }
+        };
+        Some(Packing {
+            scale: num("scale_factor")?,
+            offset: num("add_offset").unwrap_or(0.0),
+        })
+    }
+
+    fn pack(&self, name: &str, values: impl Iterator<Item = f64>) -> Result<Vec<i32>> {
+        values
+            .map(|v| {
+                if !v.is_finite() {
+                    return Ok(PACKED_FILL);
+                }
+                let k = ((v - self.offset) / self.scale).round();
+                anyhow::ensure!(
+                    k > PACKED_FILL as f64 && k <= i32::MAX as f64,
+                    "`{name}` = {v} does not fit 32-bit integers at a precision of {} (key `output.precision`: choose a coarser one)",
+                    self.scale
+                );
+                Ok(k as i32)
+            })
+            .collect()
+    }
+}
+
+/// The values of a variable as numbers: unpacked when it is packed (`scale_factor`,
+/// `add_offset`), with its fill value as NaN.
+pub fn unpacked(v: &netcdf::Variable) -> Result<Vec<f64>> {
+    let raw: Vec<f64> = v
+        .get_values::<f64, _>(..)
+        .with_context(|| format!("reading `{}`", v.name()))?;
+    Ok(match Packing::of(v) {
+        None => raw,
+        Some(p) => raw
+            .into_iter()
+            .map(|k| {
+                if k == PACKED_FILL as f64 {
+                    f64::NAN
+                } else {
+                    k * p.scale + p.offset
+                }
+            })
+            .collect(),
+    })
+}
+
 pub struct TrajectoryWriter {
     file: netcdf::FileMut,
     path: PathBuf,
     n: usize,
     written: usize,
+    /// Packed variables by name.
+    packed: Vec<(&'static str, Packing)>,
     projection: Option<crate::crs::Geo>,
     happiness: bool,
     /// The density map written at the same times, when the run asks for one.
@@ -77,6 +182,8 @@ pub struct TrajectoryWriter {
 
 impl TrajectoryWriter {
     /// `reference` is the Unix time of the run clock's zero; `attributes` go in as globals.
+    /// `centre`: the middle of the mesh, where packed positions are centred.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         path: &Path,
         n: usize,
@@ -85,6 +192,8 @@ impl TrajectoryWriter {
         happiness: bool,
         origins: Option<&crate::release::Origins>,
         attributes: &[(String, String)],
+        storage: Storage,
+        centre: (f64, f64),
     ) -> Result<Self> {
         let ctx = || format!("creating output {}", path.display());
         let mut f = create_cf(path, "shoal particle trajectories").with_context(ctx)?;
@@ -135,17 +244,67 @@ impl TrajectoryWriter {
             v.put_values(&values, ..).with_context(ctx)?;
         }
         add_time(&mut f, reference).with_context(ctx)?;
-        let chunk = [n.clamp(1, 1 << 16), 1];
+        let chunk = chunk_shape(n);
         let dims = ["trajectory", "time"];
-        let add_f64 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
-            let mut v = f.add_variable::<f64>(name, &dims).with_context(ctx)?;
+        let deflate = |v: &mut netcdf::VariableMut| -> Result<()> {
             v.set_chunking(&chunk).with_context(ctx)?;
-            v.set_fill_value(f64::NAN).with_context(ctx)?;
-            for (k, val) in attrs {
-                v.put_attribute(k, *val).with_context(ctx)?;
+            if storage.deflate > 0 {
+                v.set_compression(storage.deflate, true).with_context(ctx)?;
             }
             Ok(())
         };
+        let mut packed: Vec<(&'static str, Packing)> = Vec::new();
+        // A packed variable: 32-bit integers, with the unpacked type's scale and offset.
+        let mut add_packed = |f: &mut netcdf::FileMut,
+                              name: &'static str,
+                              attrs: &[(&str, &str)],
+                              p: Packing,
+                              double: bool|
+         -> Result<()> {
+            let mut v = f.add_variable::<i32>(name, &dims).with_context(ctx)?;
+            deflate(&mut v)?;
+            v.set_fill_value(PACKED_FILL).with_context(ctx)?;
+            if double {
+                v.put_attribute("scale_factor", p.scale).with_context(ctx)?;
+                v.put_attribute("add_offset", p.offset).with_context(ctx)?;
+            } else {
+                v.put_attribute("scale_factor", p.scale as f32)
+                    .with_context(ctx)?;
+                v.put_attribute("add_offset", p.offset as f32)
+                    .with_context(ctx)?;
+            }
+            for (k, val) in attrs {
+                v.put_attribute(k, *val).with_context(ctx)?;
+            }
+            packed.push((name, p));
+            Ok(())
+        };
+        let geo_centre = projection.as_ref().map(|g| g.inverse(centre.0, centre.1));
+        let mut add_f64 =
+            |f: &mut netcdf::FileMut, name: &'static str, attrs: &[(&str, &str)]| -> Result<()> {
+                if let Some(m) = storage.precision {
+                    let (scale, offset) = match name {
+                        "x" => (m, centre.0.round()),
+                        "y" => (m, centre.1.round()),
+                        "lon" => (
+                            m / METRES_PER_DEGREE,
+                            geo_centre.map_or(0.0, |c| c.0.round()),
+                        ),
+                        _ => (
+                            m / METRES_PER_DEGREE,
+                            geo_centre.map_or(0.0, |c| c.1.round()),
+                        ),
+                    };
+                    return add_packed(f, name, attrs, Packing { scale, offset }, true);
+                }
+                let mut v = f.add_variable::<f64>(name, &dims).with_context(ctx)?;
+                deflate(&mut v)?;
+                v.set_fill_value(f64::NAN).with_context(ctx)?;
+                for (k, val) in attrs {
+                    v.put_attribute(k, *val).with_context(ctx)?;
+                }
+                Ok(())
+            };
         add_f64(
             &mut f,
             "x",
@@ -168,25 +327,41 @@ impl TrajectoryWriter {
                 &[("standard_name", "latitude"), ("units", "degrees_north")],
             )?;
         }
+        let z_attrs = [
+            ("standard_name", "depth"),
+            ("long_name", "vertical position relative to the sea surface"),
+            ("units", "m"),
+            ("positive", "up"),
+        ];
+        match storage.precision {
+            Some(m) => add_packed(
+                &mut f,
+                "z",
+                &z_attrs,
+                Packing {
+                    scale: m,
+                    offset: 0.0,
+                },
+                false,
+            )?,
+            None => {
+                let mut v = f.add_variable::<f32>("z", &dims).with_context(ctx)?;
+                deflate(&mut v)?;
+                v.set_fill_value(f32::NAN).with_context(ctx)?;
+                for (k, val) in z_attrs {
+                    v.put_attribute(k, val).with_context(ctx)?;
+                }
+            }
+        }
         let add_f32 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
             let mut v = f.add_variable::<f32>(name, &dims).with_context(ctx)?;
-            v.set_chunking(&chunk).with_context(ctx)?;
+            deflate(&mut v)?;
             v.set_fill_value(f32::NAN).with_context(ctx)?;
             for (k, val) in attrs {
                 v.put_attribute(k, *val).with_context(ctx)?;
             }
             Ok(())
         };
-        add_f32(
-            &mut f,
-            "z",
-            &[
-                ("standard_name", "depth"),
-                ("long_name", "vertical position relative to the sea surface"),
-                ("units", "m"),
-                ("positive", "up"),
-            ],
-        )?;
         add_f32(
             &mut f,
             "sigma",
@@ -212,7 +387,7 @@ impl TrajectoryWriter {
         }
         {
             let mut v = f.add_variable::<i8>("status", &dims).with_context(ctx)?;
-            v.set_chunking(&chunk).with_context(ctx)?;
+            deflate(&mut v)?;
             v.put_attribute("long_name", "particle status")
                 .with_context(ctx)?;
             v.put_attribute(
@@ -228,7 +403,7 @@ impl TrajectoryWriter {
         }
         {
             let mut v = f.add_variable::<i32>("element", &dims).with_context(ctx)?;
-            v.set_chunking(&chunk).with_context(ctx)?;
+            deflate(&mut v)?;
             v.set_fill_value(-1i32).with_context(ctx)?;
             v.put_attribute(
                 "long_name",
@@ -242,6 +417,7 @@ impl TrajectoryWriter {
             path: path.to_path_buf(),
             n,
             written: 0,
+            packed,
             projection,
             happiness,
             density: None,
@@ -311,12 +487,18 @@ impl TrajectoryWriter {
                     }
                 })
                 .unzip();
-            self.put("lon", &lon, it)?;
-            self.put("lat", &lat, it)?;
+            self.put_real("lon", &lon, it)?;
+            self.put_real("lat", &lat, it)?;
         }
-        self.put("x", &x, it)?;
-        self.put("y", &y, it)?;
-        self.put("z", &colf(&|s, i| s.z[i]), it)?;
+        self.put_real("x", &x, it)?;
+        self.put_real("y", &y, it)?;
+        match self.packing("z") {
+            Some(p) => {
+                let z = p.pack("z", slot.iter().map(|&r| rows[r].0.z[rows[r].1] as f64))?;
+                self.put("z", &z, it)?;
+            }
+            None => self.put("z", &colf(&|s, i| s.z[i]), it)?,
+        }
         self.put("sigma", &colf(&|s, i| s.sigma[i]), it)?;
         self.put("age", &colf(&|s, i| s.age[i]), it)?;
         if self.happiness {
@@ -349,6 +531,21 @@ impl TrajectoryWriter {
         }
         self.written += 1;
         Ok(())
+    }
+
+    fn packing(&self, name: &str) -> Option<Packing> {
+        self.packed.iter().find(|p| p.0 == name).map(|p| p.1)
+    }
+
+    /// Writes a double variable, packed when it is.
+    fn put_real(&mut self, name: &str, data: &[f64], it: usize) -> Result<()> {
+        match self.packing(name) {
+            Some(p) => {
+                let packed = p.pack(name, data.iter().copied())?;
+                self.put(name, &packed, it)
+            }
+            None => self.put(name, data, it),
+        }
     }
 
     fn put<T: netcdf::types::NcTypeDescriptor>(
@@ -404,11 +601,16 @@ impl TrajectoryWriter {
                 path.display()
             );
         }
+        let packed = ["x", "y", "z", "lon", "lat"]
+            .into_iter()
+            .filter_map(|name| Some((name, Packing::of(&file.variable(name)?)?)))
+            .collect();
         Ok(TrajectoryWriter {
             file,
             path: path.to_path_buf(),
             n,
             written: records,
+            packed,
             projection,
             happiness,
             density: None,

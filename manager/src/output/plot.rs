@@ -55,10 +55,10 @@ pub fn plot(output: &Path, mesh_file: Option<&Path>, png: &Path, size: u32) -> R
     };
     let (_, mesh, _) = FvcomReader::open(&[mesh_path], &[])?;
     let get = |name: &str| -> Result<Vec<f64>> {
-        f.variable(name)
-            .ok_or_else(|| anyhow!("{}: variable `{name}` not found", output.display()))?
-            .get_values::<f64, _>(..)
-            .with_context(|| format!("{}: reading `{name}`", output.display()))
+        let v = f
+            .variable(name)
+            .ok_or_else(|| anyhow!("{}: variable `{name}` not found", output.display()))?;
+        super::unpacked(&v).with_context(|| output.display().to_string())
     };
     let n_traj = f.dimension_len("trajectory").unwrap_or(0);
     let n_time = f.dimension_len("time").unwrap_or(0);

@@ -140,6 +140,11 @@ struct FabricStepper<'a> {
     n_parts: usize,
     /// Each node's peak resident memory as its step summaries said, KiB.
     peaks: BTreeMap<String, u64>,
+    /// When the nodes were last told to go on (a step's wall time runs from here to its last
+    /// summary).
+    clock: Instant,
+    /// The busiest node of the last step and its share of the step's wall time.
+    slowest: Option<(String, f64)>,
 }
 
 /// One epoch: a run id, its nodes and partitions, its queryables and token.
@@ -210,6 +215,8 @@ impl<'a> FabricStepper<'a> {
             members: Vec::new(),
             n_parts: 0,
             peaks: BTreeMap::new(),
+            clock: Instant::now(),
+            slowest: None,
         })
     }
 
@@ -950,6 +957,7 @@ impl Stepper for FabricStepper<'_> {
         for (_, q) in ready {
             reply(&q, &me, Message::Control(start.clone()))?;
         }
+        self.clock = Instant::now();
         if gather {
             return Ok(Some(self.gather_states(from)?));
         }
@@ -961,12 +969,19 @@ impl Stepper for FabricStepper<'_> {
             Message::StepSummary(x) if x.step == s => Ok((x.partition, x)),
             m => Err(m.kind()),
         })?;
+        let wall = self.clock.elapsed().as_secs_f64();
         let mut tally = Tally::empty();
         let (mut sent, mut received) = (0u64, 0u64);
         let mut expect: Vec<Vec<u32>> = vec![Vec::new(); self.n_parts];
+        self.slowest = None;
         for (x, _) in &sums {
             tally = tally.merge(tally_of_summary(x));
-            let peak = self.peaks.entry(self.node_of(x.partition)).or_default();
+            let node = self.node_of(x.partition);
+            let share = (x.busy_us as f64 * 1e-6 / wall.max(1e-9)).min(1.0);
+            if self.slowest.as_ref().is_none_or(|s| share > s.1) {
+                self.slowest = Some((node.clone(), share));
+            }
+            let peak = self.peaks.entry(node).or_default();
             *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
             received += x.received;
@@ -1005,7 +1020,16 @@ impl Stepper for FabricStepper<'_> {
         Ok(tally)
     }
 
+    fn progress_words(&self) -> Option<String> {
+        Some(fleet_words(
+            self.members.len(),
+            self.lost.len(),
+            self.slowest.as_ref().map(|(n, s)| (n.as_str(), *s)),
+        ))
+    }
+
     fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>> {
+        self.clock = Instant::now();
         let epoch = self.epoch.as_mut().expect("an epoch");
         let me = epoch.me.clone();
         for (x, q) in std::mem::take(&mut epoch.pending) {
@@ -1028,6 +1052,19 @@ impl Stepper for FabricStepper<'_> {
     }
 }
 
+/// The progress bar's words on the fleet: nodes at work (and lost), and the busiest node's
+/// share of the last step's wall time (the rest it waited for the others).
+pub fn fleet_words(nodes: usize, lost: usize, slowest: Option<(&str, f64)>) -> String {
+    let mut w = format!("{nodes} node{}", if nodes == 1 { "" } else { "s" });
+    if lost > 0 {
+        w += &format!(" ({lost} lost)");
+    }
+    if let Some((name, share)) = slowest {
+        w += &format!(", slowest {name} busy {:.0} % of the step", 100.0 * share);
+    }
+    w
+}
+
 fn tally_of_summary(x: &StepSummary) -> Tally {
     Tally {
         active: x.active,
@@ -1041,5 +1078,19 @@ fn tally_of_summary(x: &StepSummary) -> Tally {
         happy: x.happy,
         max_happiness: x.max_happiness,
         happiest: x.happiest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fleet_words;
+
+    #[test]
+    fn the_progress_bar_names_the_nodes_and_the_busiest() {
+        assert_eq!(fleet_words(1, 0, None), "1 node");
+        assert_eq!(
+            fleet_words(3, 1, Some(("pi-2", 0.914))),
+            "3 nodes (1 lost), slowest pi-2 busy 91 % of the step"
+        );
     }
 }

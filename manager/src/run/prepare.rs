@@ -481,6 +481,13 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
 
 /// The trajectory file of a run.
 pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWriter> {
+    let m = &prep.mesh;
+    let (x0, x1) =
+        m.x.iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (y0, y1) =
+        m.y.iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let mut w = TrajectoryWriter::create(
         &cfg.output,
         prep.n(),
@@ -489,6 +496,8 @@ pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWrite
         cfg.happiness.is_some(),
         prep.origins.as_ref(),
         &config_attributes(cfg),
+        cfg.storage,
+        (0.5 * (x0 + x1), 0.5 * (y0 + y1)),
     )?;
     if let Some(spec) = &cfg.density {
         w.attach_density(crate::output::density::DensityWriter::create(

@@ -43,6 +43,12 @@ pub trait Stepper {
     /// Closes step `s`: `stop` ends the run there; with `gather`, returns every particle's
     /// state after it.
     fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>>;
+
+    /// What the progress bar says of the workers after a step (the fabric: nodes at work and
+    /// the busiest one's share of the step).
+    fn progress_words(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How the schedule runs: the step count and cadences, in steps.
@@ -218,8 +224,12 @@ pub fn drive(
             if progress.length().is_some() {
                 let rate =
                     (s + 1 - first) as f64 * plan.n as f64 / wall.elapsed().as_secs_f64().max(1e-9);
+                let fleet = stepper
+                    .progress_words()
+                    .map(|w| format!(", {w}"))
+                    .unwrap_or_default();
                 progress.set_message(format!(
-                    "{:.2} M particle-steps/s, {} active",
+                    "{:.2} M particle-steps/s, {} active{fleet}",
                     rate / 1e6,
                     tally.active
                 ));
