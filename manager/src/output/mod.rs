@@ -276,6 +276,15 @@ impl TrajectoryWriter {
             for (k, val) in attrs {
                 v.put_attribute(k, *val).with_context(ctx)?;
             }
+            // Pack with the very scale and offset the attributes give readers.
+            let p = if double {
+                p
+            } else {
+                Packing {
+                    scale: p.scale as f32 as f64,
+                    offset: p.offset as f32 as f64,
+                }
+            };
             packed.push((name, p));
             Ok(())
         };
@@ -327,6 +336,15 @@ impl TrajectoryWriter {
                 &[("standard_name", "latitude"), ("units", "degrees_north")],
             )?;
         }
+        let add_f32 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
+            let mut v = f.add_variable::<f32>(name, &dims).with_context(ctx)?;
+            deflate(&mut v)?;
+            v.set_fill_value(f32::NAN).with_context(ctx)?;
+            for (k, val) in attrs {
+                v.put_attribute(k, *val).with_context(ctx)?;
+            }
+            Ok(())
+        };
         let z_attrs = [
             ("standard_name", "depth"),
             ("long_name", "vertical position relative to the sea surface"),
@@ -344,24 +362,8 @@ impl TrajectoryWriter {
                 },
                 false,
             )?,
-            None => {
-                let mut v = f.add_variable::<f32>("z", &dims).with_context(ctx)?;
-                deflate(&mut v)?;
-                v.set_fill_value(f32::NAN).with_context(ctx)?;
-                for (k, val) in z_attrs {
-                    v.put_attribute(k, val).with_context(ctx)?;
-                }
-            }
+            None => add_f32(&mut f, "z", &z_attrs)?,
         }
-        let add_f32 = |f: &mut netcdf::FileMut, name: &str, attrs: &[(&str, &str)]| -> Result<()> {
-            let mut v = f.add_variable::<f32>(name, &dims).with_context(ctx)?;
-            deflate(&mut v)?;
-            v.set_fill_value(f32::NAN).with_context(ctx)?;
-            for (k, val) in attrs {
-                v.put_attribute(k, *val).with_context(ctx)?;
-            }
-            Ok(())
-        };
         add_f32(
             &mut f,
             "sigma",
