@@ -6,7 +6,7 @@ use shoal_manager::fvcom::FvcomReader;
 use shoal_tests::*;
 use std::path::PathBuf;
 
-fn real_file() -> Option<PathBuf> {
+pub(crate) fn real_file() -> Option<PathBuf> {
     let p = PathBuf::from(std::env::var_os("SHOAL_REAL_FVCOM")?);
     assert!(
         p.exists(),

@@ -721,6 +721,11 @@ impl RunConfig {
                 None
             }
         };
+        if let Some(t) = b.temperature_tolerance {
+            if !(t > 0.0 && t.is_finite()) {
+                bail!("key `behaviour.temperature_tolerance`: must be a positive number (degrees)");
+            }
+        }
         if let Some(s) = b.stop_when_happy_share {
             if !(s > 0.0 && s <= 1.0) {
                 bail!("key `behaviour.stop_when_happy_share`: must be in (0, 1]");

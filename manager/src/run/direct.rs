@@ -76,8 +76,13 @@ impl Stepper for Direct<'_> {
         self.worker = Some(match self.choice {
             #[cfg(feature = "gpu")]
             shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(Box::new(
-                shoal_node::gpu::GpuPartition::new(ctx.clone(), mesh, part.particles)
-                    .map_err(|e| anyhow!("GPU setup: {e}"))?,
+                shoal_node::gpu::GpuPartition::new(
+                    ctx.clone(),
+                    mesh,
+                    part.particles,
+                    shoal_node::gpu::Needs::of(&self.params),
+                )
+                .map_err(|e| anyhow!("GPU setup: {e}"))?,
             )),
             _ => Worker::Cpu(part),
         });

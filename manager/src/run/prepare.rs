@@ -258,6 +258,16 @@ pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
         ),
         ("shoal_dt_seconds".to_string(), cfg.dt.to_string()),
         (
+            // As the reader takes them (from `open_boundary_nodes` or `open_boundary_file`),
+            // so that `shoal plot` marks the same edges open.
+            "shoal_open_boundary_nodes".to_string(),
+            cfg.open_boundary_nodes
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
             "shoal_integrator".to_string(),
             format!("{:?}", cfg.integrator).to_lowercase(),
         ),
@@ -305,8 +315,6 @@ pub struct Prepared {
     pub threads: usize,
     pub pool: std::sync::Arc<rayon::ThreadPool>,
     pub wall: Instant,
-    /// Whether steps straddle field times (the GPU kernel cannot).
-    pub straddles: bool,
 }
 
 impl Prepared {
@@ -448,18 +456,6 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         params.behaviour = Some(b);
         destinations = names;
     }
-    let dir = if cfg.backward { -1.0 } else { 1.0 };
-    // The GPU kernel handles one field interval per step: every field time inside the run must
-    // fall on a step boundary.
-    let straddles = reader
-        .times
-        .iter()
-        .map(|t| (t - start) * dir)
-        .filter(|t| *t > 0.0 && *t < duration)
-        .any(|t| {
-            let r = t / cfg.dt;
-            (r - r.round()).abs() > 1e-9
-        });
     Ok(Prepared {
         reader,
         mesh: std::sync::Arc::new(mesh),
@@ -475,7 +471,6 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         threads,
         pool: std::sync::Arc::new(pool),
         wall,
-        straddles,
     })
 }
 

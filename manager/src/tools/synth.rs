@@ -71,6 +71,9 @@ pub struct SynthOptions {
     pub no_ww: bool,
     pub temp: bool,
     pub kh: bool,
+    /// FVCOM's generalized sigma: layers bunched towards the surface by a power of depth that
+    /// grows from 1 (even) at the west edge to 2 at the east, so they differ node by node.
+    pub general_sigma: bool,
     pub salinity: bool,
     /// A drying tidal flat with this tidal amplitude (metres): the bed runs from `depth` at
     /// the west edge to 1.5 amplitudes above the datum at the east edge, the surface is
@@ -118,6 +121,7 @@ impl Default for SynthOptions {
             no_ww: false,
             temp: true,
             kh: false,
+            general_sigma: false,
             salinity: false,
             drying: None,
             time_style: TimeStyle::All,
@@ -212,6 +216,29 @@ impl SynthOptions {
     pub fn siglay(&self) -> Vec<f32> {
         (0..self.layers)
             .map(|k| -((k as f32) + 0.5) / self.layers as f32)
+            .collect()
+    }
+
+    /// Layer boundaries at a node at `x`: even, or with `general_sigma` bunched towards the
+    /// surface (sigma = -(k / layers)^p, p from 1 at the west edge to 2 at the east).
+    pub fn siglev_at(&self, x: f64) -> Vec<f32> {
+        if !self.general_sigma {
+            return self.siglev();
+        }
+        let p = 1.0 + ((x - self.x0) / (self.nx as f64 * self.dx)).clamp(0.0, 1.0);
+        (0..=self.layers)
+            .map(|k| -(k as f64 / self.layers as f64).powf(p) as f32)
+            .collect()
+    }
+
+    /// Layer centres at a node at `x`: midway between its boundaries.
+    pub fn siglay_at(&self, x: f64) -> Vec<f32> {
+        if !self.general_sigma {
+            return self.siglay();
+        }
+        let lev = self.siglev_at(x);
+        lev.windows(2)
+            .map(|w| ((w[0] as f64 + w[1] as f64) / 2.0) as f32)
             .collect()
     }
 
@@ -458,8 +485,23 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             .collect()
     };
     if !surface {
-        var!(f32, "siglay", &["siglay", "node"], per_node(o.siglay()), "positive" => "up");
-        var!(f32, "siglev", &["siglev", "node"], per_node(o.siglev()), "positive" => "up");
+        // (level, node), each node's own column.
+        let columns = |at: &dyn Fn(f64) -> Vec<f32>, levels: usize| -> Vec<f32> {
+            let cols: Vec<Vec<f32>> = g.x.iter().map(|&x| at(x)).collect();
+            (0..levels)
+                .flat_map(|k| cols.iter().map(move |c| c[k]))
+                .collect()
+        };
+        let (siglay, siglev) = if o.general_sigma {
+            (
+                columns(&|x| o.siglay_at(x), nl),
+                columns(&|x| o.siglev_at(x), nl + 1),
+            )
+        } else {
+            (per_node(o.siglay()), per_node(o.siglev()))
+        };
+        var!(f32, "siglay", &["siglay", "node"], siglay, "positive" => "up");
+        var!(f32, "siglev", &["siglev", "node"], siglev, "positive" => "up");
     }
 
     // Time axis variables.
@@ -542,6 +584,16 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     }
 
     let siglay = o.siglay();
+    // Each element's layer centres as the reader takes them: the mean of its nodes'.
+    let siglay_elem: Vec<Vec<f64>> =
+        g.nv.iter()
+            .map(|t| {
+                let cols: Vec<Vec<f32>> = t.iter().map(|&n| o.siglay_at(g.x[n])).collect();
+                (0..nl)
+                    .map(|k| cols.iter().map(|c| c[k] as f64).sum::<f64>() / 3.0)
+                    .collect()
+            })
+            .collect();
     let nlw = if two_d { 1 } else { nl };
     for it in 0..o.n_times() {
         let unix = o.start + it as f64 * o.interval;
@@ -588,11 +640,15 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         let mut u = vec![0f32; nlw * ne];
         let mut v = vec![0f32; nlw * ne];
         for k in 0..nlw {
-            let s = if two_d { -0.5 } else { siglay[k] as f64 };
             for e in 0..ne {
                 if o.drying.is_some() && wet_cells[e] == 0 {
                     continue;
                 }
+                let s = match (two_d, o.general_sigma) {
+                    (true, _) => -0.5,
+                    (false, false) => siglay[k] as f64,
+                    (false, true) => siglay_elem[e][k],
+                };
                 let (a, b) = o.velocity(g.xc[e], g.yc[e], s, t);
                 u[k * ne + e] = a as f32;
                 v[k * ne + e] = b as f32;
@@ -646,7 +702,12 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             let mut temp = vec![0f32; nl * nn];
             for k in 0..nl {
                 for n in 0..nn {
-                    temp[k * nn + n] = o.temperature(g.x[n], siglay[k] as f64) as f32;
+                    let s = if o.general_sigma {
+                        o.siglay_at(g.x[n])[k]
+                    } else {
+                        siglay[k]
+                    };
+                    temp[k * nn + n] = o.temperature(g.x[n], s as f64) as f32;
                 }
             }
             f.variable_mut("temp")
@@ -655,10 +716,11 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                 .with_context(ctx)?;
         }
         if o.kh && !two_d {
-            let lev = o.siglev();
+            let lev: Vec<Vec<f32>> = g.x.iter().map(|&x| o.siglev_at(x)).collect();
             let kh: Vec<f32> = (0..=nl)
                 .flat_map(|k| {
-                    std::iter::repeat_n(SynthOptions::kh_profile(lev[k] as f64) as f32, nn)
+                    lev.iter()
+                        .map(move |l| SynthOptions::kh_profile(l[k] as f64) as f32)
                 })
                 .collect();
             f.variable_mut("kh")

@@ -1,5 +1,5 @@
 //! The GPU path: one fused RK4 step per dispatch (`step.wgsl`), particle state resident on the
-//! device, field levels uploaded once each, only step counts (32 bytes) read back per step and
+//! device, field levels uploaded once each, only step counts (48 bytes) read back per step and
 //! whole state only for snapshots. The device is created once per node with the limits of a
 //! Raspberry Pi's VideoCore (8 storage buffers per stage, 256 invocations and 16 KiB of shared
 //! memory per workgroup) so that what passes here runs there. The CPU kernel stays the
@@ -9,6 +9,11 @@ use shoal_common::kernel::{Integrator, StepParams, Tally, VerticalMixing};
 use shoal_common::{status, FieldLevel, Mesh, Particles, Window};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
+
+/// What a step reads back: counts by status (active, pending, exited, bad field, outside the
+/// mesh), the happy count, the highest happiness and its particle, stranded, and spare room.
+const COUNTS: usize = 12;
+const COUNTS_BYTES: u64 = (COUNTS * 4) as u64;
 
 /// Invocations per workgroup; the shader's `@workgroup_size` says the same.
 const WORKGROUP: u32 = 64;
@@ -25,7 +30,8 @@ pub struct GpuParticle {
     elem: u32,
     status: u32,
     id: u32,
-    pad: u32,
+    /// Happiness at the end of the last step (f32 bits), for the happiest-particle example.
+    happiness: u32,
 }
 
 // Mirrors `struct Element` in step.wgsl.
@@ -41,9 +47,24 @@ struct GpuElement {
     c: [f32; 3],
     h: [f32; 3],
     nbe: [u32; 3],
+    /// The element's nodes, for values given per node (`kh` from the file).
+    nv: [u32; 3],
+    pad: u32,
 }
 
-// Mirrors `struct Params` in step.wgsl.
+// Mirrors `struct Stage` in step.wgsl: the slots of the levels around a stage's time, and the
+// later one's weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Stage {
+    a: u32,
+    b: u32,
+    w: f32,
+    /// Bit 0: the time is the earlier level's (weight 0); bit 1: the later's (weight 1).
+    edge: u32,
+}
+
+// Mirrors `struct Params` in step.wgsl (a multiple of 16 bytes, as uniforms are).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -56,14 +77,38 @@ struct Params {
     max_walk: u32,
     /// Run clock at the step's start (release times are on it).
     clock: f32,
-    t: f32,
     dt: f32,
-    span: f32,
     horizontal_kh: f32,
     vertical_kh: f32,
     sinking: f32,
     sig_first: f32,
     sig_step: f32,
+    /// 1: layers are found by search in each element's own layer sigmas (`sig`); 0: by
+    /// arithmetic from `sig_first` and `sig_step`.
+    uneven: u32,
+    /// 1: vertical mixing with `kh` from the file (Visser's scheme); the levels carry it.
+    kh_file: u32,
+    n_levels: u32,
+    /// Where the nodes' level sigmas start in `sig`, and whether one column serves all nodes.
+    lev_base: u32,
+    lev_uniform: u32,
+    /// Where `kh` starts in each slot's scalars (after the free surface), in floats.
+    kh_base: u32,
+    /// 1: the happiest-particle example; `temp_on`: the levels carry temperature (at
+    /// `temp_base` in each slot's scalars; layer sigmas per node from `lay_base` in `sig`).
+    happy: u32,
+    temp_on: u32,
+    temp_base: u32,
+    lay_base: u32,
+    preferred: f32,
+    tolerance: f32,
+    threshold: f32,
+    /// Floats per slot in the scalar buffer.
+    scal_len: u32,
+    /// The step's start, middle and end.
+    s0: Stage,
+    sh: Stage,
+    s1: Stage,
 }
 
 /// The limits a Raspberry Pi 4/5 VideoCore offers through Vulkan, requested exactly.
@@ -86,6 +131,8 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     pub adapter: wgpu::AdapterInfo,
     pipeline: wgpu::ComputePipeline,
+    /// The happiest particle's id, after the step.
+    happiest: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
 
@@ -167,6 +214,7 @@ impl GpuContext {
                 storage(5, true),
                 storage(6, true),
                 storage(7, false),
+                storage(8, true),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -174,19 +222,24 @@ impl GpuContext {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("step"),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some("step"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let entry = |name: &'static str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(name),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let pipeline = entry("step");
+        let happiest = entry("happiest");
         Ok(Arc::new(GpuContext {
             device,
             queue,
             adapter: info,
             pipeline,
+            happiest,
             layout,
         }))
     }
@@ -200,13 +253,34 @@ impl GpuContext {
     }
 }
 
+/// What a run reads from its field levels besides velocities and the free surface, so that a
+/// [`GpuPartition`] makes room for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Vertical mixing with `kh` from the file.
+    pub kh: bool,
+    /// Temperature, for the happiest-particle example.
+    pub temperature: bool,
+}
+
+impl Needs {
+    pub fn of(params: &StepParams) -> Needs {
+        Needs {
+            kh: params.vertical_mixing == VerticalMixing::FromFile,
+            temperature: params.happiness.is_some(),
+        }
+    }
+}
+
 /// Why the GPU path cannot run this configuration, if it cannot.
-pub fn unsupported(mesh: &Mesh, params: &StepParams, needs_temperature: bool) -> Option<String> {
-    if needs_temperature {
-        return Some(
-            "behaviour needs temperature (happiness), which the GPU kernel does not interpolate"
-                .into(),
-        );
+/// `shortest_interval`: the smallest spacing of the run's field times, seconds (a step that
+/// spans more than one interval would read four levels; the GPU holds three).
+pub fn unsupported(params: &StepParams, shortest_interval: Option<f64>) -> Option<String> {
+    if let Some(i) = shortest_interval.filter(|i| params.dt.abs() > *i) {
+        return Some(format!(
+            "the time step ({} s) is longer than the field interval ({i} s), so a step would read four field levels; the GPU path holds three",
+            params.dt.abs()
+        ));
     }
     if params.dt < 0.0 {
         return Some("backward tracking runs on the CPU only".into());
@@ -236,14 +310,6 @@ pub fn unsupported(mesh: &Mesh, params: &StepParams, needs_temperature: bool) ->
             what.join(", ")
         ));
     }
-    if params.vertical_mixing == VerticalMixing::FromFile {
-        return Some("vertical mixing with kh from the file runs on the CPU only".into());
-    }
-    if mesh.vertical.n_layers > 1 && mesh.vertical.even_layers.is_none() {
-        return Some(
-            "sigma layers are not evenly spaced and uniform; the GPU kernel needs them so".into(),
-        );
-    }
     None
 }
 
@@ -254,16 +320,29 @@ pub struct GpuPartition {
     particles: wgpu::Buffer,
     staging: [wgpu::Buffer; 2],
     next_staging: usize,
-    _elements: wgpu::Buffer,
-    coef: [wgpu::Buffer; 2],
-    zeta: [wgpu::Buffer; 2],
+    elements: wgpu::Buffer,
+    sig: wgpu::Buffer,
+    /// Field levels' coefficients, a buffer per slot: two, and a third once a step straddles
+    /// a field time (it then needs three levels).
+    coef: Vec<wgpu::Buffer>,
+    coef_bytes: u64,
+    /// Each slot's scalars (free surface, `kh`, temperature), `scal_len` floats a slot.
+    scal: wgpu::Buffer,
+    scal_len: usize,
     counts: wgpu::Buffer,
     counts_staging: wgpu::Buffer,
     params: wgpu::Buffer,
-    /// Bind groups with slots (0, 1) and (1, 0) as levels (a, b).
-    bind_groups: [wgpu::BindGroup; 2],
+    bind_group: wgpu::BindGroup,
     /// Model time of the level in each slot.
-    slot_time: [f64; 2],
+    slot_time: [f64; 3],
+    /// Where the nodes' level sigmas start in the `sig` buffer.
+    lev_base: u32,
+    /// Whether the level buffers hold `kh`.
+    kh_room: bool,
+    /// Where the nodes' layer sigmas start in `sig`, and temperature in the level buffers.
+    lay_base: u32,
+    temp_base: u32,
+    temp_room: bool,
     /// The CPU copy, refreshed by [`GpuPartition::download`].
     pub mirror: Particles,
 }
@@ -280,7 +359,13 @@ fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), String> {
 }
 
 impl GpuPartition {
-    pub fn new(ctx: Arc<GpuContext>, mesh: &Mesh, particles: Particles) -> Result<Self, String> {
+    /// `needs`: room in each field level for what the run reads besides velocities.
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        mesh: &Mesh,
+        particles: Particles,
+        needs: Needs,
+    ) -> Result<Self, String> {
         let n = particles.len();
         let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
         for g in (0..mesh.n_elements()).map(|e| mesh.geom(e)) {
@@ -303,14 +388,32 @@ impl GpuPartition {
                     c: g.c.map(|v| v as f32),
                     h: mesh.h_elem(e),
                     nbe: mesh.nbe[e],
+                    nv: mesh.nv[e],
+                    pad: 0,
                 }
             })
             .collect();
         let nl = mesh.vertical.n_layers;
+        // Each element's layer sigmas, where layers are uneven or vary from node to node
+        // (FVCOM's generalized sigma); a placeholder otherwise.
+        let mut sig: Vec<f32> = if nl > 1 && mesh.vertical.even_layers.is_none() {
+            (0..mesh.n_elements())
+                .flat_map(|e| mesh.siglay_elem(e).into_owned())
+                .collect()
+        } else {
+            vec![0.0; 4]
+        };
+        // Then the nodes' level sigmas (one column where all nodes share it), for `kh`, and
+        // their layer sigmas, for temperature.
+        let lev_base = sig.len() as u32;
+        sig.extend_from_slice(&mesh.vertical.siglev_node);
+        let lay_base = sig.len() as u32;
+        sig.extend_from_slice(&mesh.vertical.siglay_node);
         let coef_bytes = (mesh.n_elements() * nl * 48) as u64;
         let particle_bytes = (n.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
         check_size(&ctx, "the field coefficients", coef_bytes)?;
         check_size(&ctx, "the particle state", particle_bytes)?;
+        check_size(&ctx, "the layer sigmas", (sig.len() * 4) as u64)?;
         let d = &ctx.device;
         let usage_rw = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -338,6 +441,11 @@ impl GpuPartition {
             contents: bytemuck::cast_slice(&elements),
             usage: wgpu::BufferUsages::STORAGE,
         });
+        let sig_buf = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("layer sigmas"),
+            contents: bytemuck::cast_slice(&sig),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
         let level_buf = |label: &str, size: u64| {
             d.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -346,18 +454,35 @@ impl GpuPartition {
                 mapped_at_creation: false,
             })
         };
-        let coef = [
+        let coef = vec![
             level_buf("coef 0", coef_bytes),
             level_buf("coef 1", coef_bytes),
         ];
-        let zeta_bytes = (mesh.n_elements() * 16) as u64;
-        let zeta = [
-            level_buf("zeta 0", zeta_bytes),
-            level_buf("zeta 1", zeta_bytes),
-        ];
+        // Each slot's scalars: the free surface at each element's nodes (4 floats per
+        // element), then, for `kh` from the file, n_levels values per node.
+        let kh_floats = if needs.kh {
+            mesh.n_nodes() * mesh.vertical.n_levels()
+        } else {
+            0
+        };
+        // Then temperature, n_layers values per node.
+        let temp_floats = if needs.temperature {
+            mesh.n_nodes() * nl
+        } else {
+            0
+        };
+        let temp_base = (mesh.n_elements() * 4 + kh_floats) as u32;
+        let scal_len = mesh.n_elements() * 4 + kh_floats + temp_floats;
+        let scal_bytes = (3 * scal_len * 4) as u64;
+        check_size(
+            &ctx,
+            "the field levels' surface, diffusivity and temperature",
+            scal_bytes,
+        )?;
+        let scal = level_buf("scalars", scal_bytes);
         let counts = d.create_buffer(&wgpu::BufferDescriptor {
             label: Some("counts"),
-            size: 32,
+            size: COUNTS_BYTES,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
@@ -365,7 +490,7 @@ impl GpuPartition {
         });
         let counts_staging = d.create_buffer(&wgpu::BufferDescriptor {
             label: Some("counts staging"),
-            size: 32,
+            size: COUNTS_BYTES,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -375,90 +500,126 @@ impl GpuPartition {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let bind = |a: usize, b: usize| {
-            d.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("step"),
-                layout: &ctx.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: particles_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: elements_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: coef[a].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: coef[b].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: zeta[a].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: zeta[b].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 7,
-                        resource: counts.as_entire_binding(),
-                    },
-                ],
-            })
-        };
-        let bind_groups = [bind(0, 1), bind(1, 0)];
+        let bind_group = bind(
+            &ctx,
+            [&params, &particles_buf, &elements_buf],
+            [&coef[0], &coef[1], &coef[0]],
+            [&scal, &counts, &sig_buf],
+        );
         Ok(GpuPartition {
             ctx: ctx.clone(),
             n,
             particles: particles_buf,
             staging,
             next_staging: 0,
-            _elements: elements_buf,
+            elements: elements_buf,
+            sig: sig_buf,
             coef,
-            zeta,
+            coef_bytes,
+            scal,
+            scal_len,
             counts,
             counts_staging,
             params,
-            bind_groups,
-            slot_time: [f64::NAN; 2],
+            bind_group,
+            slot_time: [f64::NAN; 3],
+            lev_base,
+            kh_room: kh_floats > 0,
+            lay_base,
+            temp_base,
+            temp_room: temp_floats > 0,
             mirror: particles,
         })
     }
 
-    /// Makes `level` resident (uploading it once) and returns its slot; `keep` is the slot that
-    /// must not be overwritten.
-    fn resident(&mut self, level: &FieldLevel, keep: Option<usize>) -> usize {
-        if let Some(s) = (0..2).find(|&s| self.slot_time[s] == level.time) {
-            return s;
+    /// Puts the levels a step reads in slots (uploading those not resident, into slots this
+    /// step does not need; a third slot is made the first time three levels are needed) and
+    /// returns each one's slot.
+    fn place(&mut self, need: &[&FieldLevel]) -> Result<Vec<u32>, String> {
+        let mut slots: Vec<Option<usize>> = need
+            .iter()
+            .map(|l| (0..self.coef.len()).find(|&s| self.slot_time[s] == l.time))
+            .collect();
+        for i in 0..need.len() {
+            if slots[i].is_some() {
+                continue;
+            }
+            if let Some(j) = (0..i).find(|&j| need[j].time == need[i].time) {
+                slots[i] = slots[j];
+                continue;
+            }
+            let free = (0..self.coef.len()).find(|s| !slots.contains(&Some(*s)));
+            let s = match free {
+                Some(s) => s,
+                None if self.coef.len() < 3 => {
+                    self.third_slot();
+                    2
+                }
+                None => {
+                    return Err(
+                        "a step reads more than three field levels (the time step is longer than the field interval); the GPU path holds three"
+                            .into(),
+                    )
+                }
+            };
+            self.upload(s, need[i]);
+            slots[i] = Some(s);
         }
-        let s = match keep {
-            Some(k) => 1 - k,
-            None => 0,
-        };
+        Ok(slots.into_iter().map(|s| s.unwrap_or(0) as u32).collect())
+    }
+
+    /// The third coefficient slot, for steps that straddle a field time.
+    fn third_slot(&mut self) {
+        let buf = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("coef 2"),
+            size: self.coef_bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.coef.push(buf);
+        self.bind_group = bind(
+            &self.ctx,
+            [&self.params, &self.particles, &self.elements],
+            [&self.coef[0], &self.coef[1], &self.coef[2]],
+            [&self.scal, &self.counts, &self.sig],
+        );
+    }
+
+    /// Uploads `level` into slot `s`.
+    fn upload(&mut self, s: usize, level: &FieldLevel) {
         let q = &self.ctx.queue;
         // Built on the host once per level (a few per run) and dropped after the copy.
         let coef = shoal_common::fields::padded_coef(&level.coef);
         q.write_buffer(&self.coef[s], 0, bytemuck::cast_slice(&coef));
+        let at = (s * self.scal_len * 4) as u64;
+        // The surface at the element's nodes, and 1 where the element is wet, 0 where dry.
         let zeta: Vec<[f32; 4]> = level
             .zeta_elem
             .iter()
-            .map(|z| [z[0], z[1], z[2], 0.0])
+            .enumerate()
+            .map(|(e, z)| [z[0], z[1], z[2], if level.is_wet(e) { 1.0 } else { 0.0 }])
             .collect();
-        q.write_buffer(&self.zeta[s], 0, bytemuck::cast_slice(&zeta));
+        q.write_buffer(&self.scal, at, bytemuck::cast_slice(&zeta));
+        if let (true, Some(kh)) = (self.kh_room, &level.kh) {
+            // Whole levels hold nodes in mesh order, node-major: node * n_levels + level.
+            q.write_buffer(
+                &self.scal,
+                at + (zeta.len() * 16) as u64,
+                bytemuck::cast_slice(kh),
+            );
+        }
+        if let (true, Some(temp)) = (self.temp_room, &level.temp) {
+            // Node-major too: node * n_layers + layer.
+            q.write_buffer(
+                &self.scal,
+                at + self.temp_base as u64 * 4,
+                bytemuck::cast_slice(temp),
+            );
+        }
         self.slot_time[s] = level.time;
-        s
     }
 
-    /// One step from `t` to `t + dt`. The step must lie within one field interval.
+    /// One step from `t` to `t + dt`; its stages may lie in different field intervals.
     pub fn step(
         &mut self,
         mesh: &Mesh,
@@ -467,32 +628,25 @@ impl GpuPartition {
         t: f64,
         step: u32,
     ) -> Result<Tally, String> {
-        let (a, b, _) = window.bracket(t);
-        if a.elem_slot.is_some() || b.elem_slot.is_some() {
+        // The levels around each stage time (start, middle, end) and the later one's weight,
+        // as the CPU's kernel brackets them.
+        let times = [t, t + 0.5 * params.dt, t + params.dt];
+        let brackets = times.map(|tau| window.bracket(tau));
+        let levels: Vec<&FieldLevel> = brackets.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+        if levels.iter().any(|l| l.elem_slot.is_some()) {
             return Err("the GPU path steps whole field levels, not a partition's".into());
         }
-        let (a1, b1, _) = window.bracket(t + params.dt);
-        let (a, b) = if a.time == b.time { (a1, b1) } else { (a, b) };
-        if !(a.time <= t + 1e-9 && b.time >= t + params.dt - 1e-9)
-            || (a1.time != a.time && a1.time != b.time)
-        {
-            return Err("the step straddles two field intervals; the GPU path needs dt to divide the field interval".into());
-        }
-        let sa = self.resident(a, None);
-        let sb = if b.time == a.time {
-            sa
-        } else {
-            self.resident(b, Some(sa))
+        let slots = self.place(&levels)?;
+        let stage = |k: usize| {
+            let w = brackets[k].2;
+            Stage {
+                a: slots[2 * k],
+                b: slots[2 * k + 1],
+                w: w as f32,
+                edge: u32::from(w <= 0.0) | (u32::from(w >= 1.0) << 1),
+            }
         };
-        // Bind group (0,1) or (1,0); a single level uses it as both with weight 0.
-        let group = if sa == 0 { 0 } else { 1 };
-        let sb_ok = sb == 1 - sa || sb == sa;
-        debug_assert!(sb_ok);
-        let span = if b.time > a.time {
-            (b.time - a.time) as f32
-        } else {
-            1.0
-        };
+        let all = |f: fn(&FieldLevel) -> bool| levels.iter().all(|l| f(l));
         let (sig_first, sig_step) = mesh.vertical.even_layers.unwrap_or((-0.5, -1.0));
         let p = Params {
             n: self.n as u32,
@@ -506,9 +660,7 @@ impl GpuPartition {
             seed_hi: (params.seed >> 32) as u32,
             max_walk: shoal_common::mesh::MAX_WALK as u32,
             clock: t as f32,
-            t: (t - a.time) as f32,
             dt: params.dt as f32,
-            span: if sb == sa { f32::MAX } else { span },
             horizontal_kh: params.horizontal_kh as f32,
             vertical_kh: match params.vertical_mixing {
                 VerticalMixing::Constant(k) => k as f32,
@@ -517,10 +669,36 @@ impl GpuPartition {
             sinking: params.sinking_speed as f32,
             sig_first: sig_first as f32,
             sig_step: sig_step as f32,
+            uneven: u32::from(mesh.vertical.n_layers > 1 && mesh.vertical.even_layers.is_none()),
+            kh_file: u32::from(
+                params.vertical_mixing == VerticalMixing::FromFile
+                    && self.kh_room
+                    && all(|l| l.kh.is_some()),
+            ),
+            n_levels: mesh.vertical.n_levels() as u32,
+            lev_base: self.lev_base,
+            lev_uniform: u32::from(mesh.vertical.uniform),
+            kh_base: (mesh.n_elements() * 4) as u32,
+            happy: u32::from(params.happiness.is_some()),
+            temp_on: u32::from(self.temp_room && all(|l| l.temp.is_some())),
+            temp_base: self.temp_base,
+            lay_base: self.lay_base,
+            preferred: params
+                .happiness
+                .map_or(0.0, |h| h.preferred_temperature as f32),
+            tolerance: params.happiness.map_or(1.0, |h| h.tolerance as f32),
+            threshold: params.happiness.map_or(0.0, |h| h.threshold as f32),
+            scal_len: self.scal_len as u32,
+            s0: stage(0),
+            sh: stage(1),
+            s1: stage(2),
         };
         let q = &self.ctx.queue;
         q.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
-        q.write_buffer(&self.counts, 0, &[0u8; 32]);
+        // Counts by status, then the happy count, the highest happiness (f32 bits: happiness is
+        // never negative, so the bits order as the numbers) and the smallest id holding it.
+        let zeroed: [u32; COUNTS] = [0, 0, 0, 0, 0, 0, 0, u32::MAX, 0, 0, 0, 0];
+        q.write_buffer(&self.counts, 0, bytemuck::cast_slice(&zeroed));
         let mut enc = self
             .ctx
             .device
@@ -533,14 +711,19 @@ impl GpuPartition {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&self.ctx.pipeline);
-            pass.set_bind_group(0, &self.bind_groups[group], &[]);
+            pass.set_bind_group(0, &self.bind_group, &[]);
             let groups = (self.n as u32).div_ceil(WORKGROUP).max(1);
             let gx = groups.min(65_535);
             pass.dispatch_workgroups(gx, groups.div_ceil(gx), 1);
+            if params.happiness.is_some() {
+                // Once every particle's happiness is in, the smallest id at the maximum.
+                pass.set_pipeline(&self.ctx.happiest);
+                pass.dispatch_workgroups(gx, groups.div_ceil(gx), 1);
+            }
         }
-        enc.copy_buffer_to_buffer(&self.counts, 0, &self.counts_staging, 0, 32);
+        enc.copy_buffer_to_buffer(&self.counts, 0, &self.counts_staging, 0, COUNTS_BYTES);
         q.submit([enc.finish()]);
-        let c = read_buffer(&self.ctx, &self.counts_staging, 32)?;
+        let c = read_buffer(&self.ctx, &self.counts_staging, COUNTS_BYTES)?;
         let c: &[u32] = bytemuck::cast_slice(&c);
         let mut tally = Tally::empty();
         tally.active = c[0] as u64;
@@ -548,6 +731,12 @@ impl GpuPartition {
         tally.exited = c[2] as u64;
         tally.bad_field = c[3] as u64;
         tally.outside_mesh = c[4] as u64;
+        tally.stranded = c[8] as u64;
+        if params.happiness.is_some() && tally.active > 0 {
+            tally.happy = c[5] as u64;
+            tally.max_happiness = f32::from_bits(c[6]);
+            tally.happiest = c[7];
+        }
         Ok(tally)
     }
 
@@ -575,6 +764,7 @@ impl GpuPartition {
             m.z[i] = g.z as f64;
             m.element[i] = g.elem;
             m.status[i] = g.status as u8;
+            m.happiness[i] = f32::from_bits(g.happiness);
         }
         Ok(&self.mirror)
     }
@@ -607,6 +797,32 @@ fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
     Ok(out)
 }
 
+/// The step's bind group: params, particles, elements; the three coefficient slots (the first
+/// bound again where there is no third); scalars, counts, sigmas.
+fn bind(
+    ctx: &GpuContext,
+    [params, particles, elements]: [&wgpu::Buffer; 3],
+    coef: [&wgpu::Buffer; 3],
+    [scal, counts, sig]: [&wgpu::Buffer; 3],
+) -> wgpu::BindGroup {
+    let buffers = [
+        params, particles, elements, coef[0], coef[1], coef[2], scal, counts, sig,
+    ];
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(k, b)| wgpu::BindGroupEntry {
+            binding: k as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("step"),
+        layout: &ctx.layout,
+        entries: &entries,
+    })
+}
+
 fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
     (0..p.len())
         .map(|i| {
@@ -619,7 +835,7 @@ fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
                 elem: p.element[i],
                 status: p.status[i] as u32,
                 id: p.id[i],
-                pad: 0,
+                happiness: p.happiness[i].to_bits(),
             }
         })
         .collect()
@@ -627,7 +843,13 @@ fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
 
 pub mod selftest;
 
+const _: () = assert!(std::mem::size_of::<Params>() == 160);
+
 /// Status codes written by the shader are the CPU's.
 const _: () = assert!(
-    status::ACTIVE == 0 && status::PENDING == 1 && status::EXITED == 2 && status::BAD_FIELD == 3
+    status::ACTIVE == 0
+        && status::PENDING == 1
+        && status::EXITED == 2
+        && status::BAD_FIELD == 3
+        && status::STRANDED == 7
 );

@@ -138,7 +138,7 @@ pub fn self_test(ctx: &Arc<GpuContext>) -> Result<SelfTest, String> {
     let params = reference_params();
     let steps = 30;
     let mut cpu = Partition::new(particles.clone());
-    let mut gpu = GpuPartition::new(ctx.clone(), &mesh, particles)?;
+    let mut gpu = GpuPartition::new(ctx.clone(), &mesh, particles, Default::default())?;
     let mut last = None;
     for s in 0..steps {
         let t = s as f64 * params.dt;
@@ -186,7 +186,7 @@ pub fn calibrate(
     params.horizontal_kh = 0.0;
     params.vertical_mixing = VerticalMixing::None;
     let mut cpu = Partition::new(p.clone());
-    let mut gpu = GpuPartition::new(ctx.clone(), &mesh, p)?;
+    let mut gpu = GpuPartition::new(ctx.clone(), &mesh, p, Default::default())?;
     cpu.step(&mesh, window, &params, 0.0, 0);
     gpu.step(&mesh, window, &params, 0.0, 0)?;
     let t0 = Instant::now();

@@ -1,5 +1,6 @@
 // One fused RK4 (or Euler) step per particle: release, locate by neighbour walk, interpolate
-// (FVCOM linear reconstruction, linear in sigma, linear in time at each stage's own time),
+// (FVCOM linear reconstruction, linear in sigma, linear in time at each stage's own time, between
+// the two levels around that time, so that a step may straddle a field time),
 // advance, random walk (Philox4x32-10, the same stream as the CPU), land reflection, open-boundary
 // exit, surface and bottom reflection. f32 only. A particle's position is its offset from its
 // host element's centroid, a small number, and centroids are exact (hi, lo) pairs relative to
@@ -9,43 +10,95 @@
 
 struct Particle {
     ox: f32, oy: f32, z: f32, release: f32,
-    elem: u32, status: u32, id: u32, pad: u32,
+    elem: u32, status: u32, id: u32, happiness: u32,
 };
 
-// Centroid (hi, lo), barycentric coefficients (w_i = 1/3 + b_i dx + c_i dy), depths, neighbours.
+// Centroid (hi, lo), barycentric coefficients (w_i = 1/3 + b_i dx + c_i dy), depths, neighbours,
+// nodes.
 struct Element {
     xc: f32, yc: f32, xl: f32, yl: f32,
     b0: f32, b1: f32, b2: f32, c0: f32,
     c1: f32, c2: f32, h0: f32, h1: f32,
     h2: f32, n0: u32, n1: u32, n2: u32,
+    v0: u32, v1: u32, v2: u32, pad: u32,
 };
+
+// Each stage time of the step (its start, middle and end) reads the two field levels around it
+// from their slots (`a`, `b`) with weight `w` of the later: a step may straddle a field time.
+// `edge`: bit 0 set where the time is the earlier level's own (weight 0), bit 1 where it is the
+// later's (weight 1), decided on the host in f64 as the CPU's wetting rule needs.
+struct Stage { a: u32, b: u32, w: f32, edge: u32 };
 
 struct Params {
     n: u32, n_layers: u32, step: u32, integrator: u32,
     seed_lo: u32, seed_hi: u32, max_walk: u32, clock: f32,
-    t: f32, dt: f32, span: f32, horizontal_kh: f32,
-    vertical_kh: f32, sinking: f32, sig_first: f32, sig_step: f32,
+    dt: f32, horizontal_kh: f32, vertical_kh: f32, sinking: f32,
+    sig_first: f32, sig_step: f32, uneven: u32, kh_file: u32,
+    n_levels: u32, lev_base: u32, lev_uniform: u32, kh_base: u32,
+    happy: u32, temp_on: u32, temp_base: u32, lay_base: u32,
+    preferred: f32, tolerance: f32, threshold: f32, scal_len: u32,
+    s0: Stage, sh: Stage, s1: Stage,
 };
 
 const ACTIVE: u32 = 0u;
 const PENDING: u32 = 1u;
 const EXITED: u32 = 2u;
 const BAD_FIELD: u32 = 3u;
+const STRANDED: u32 = 7u;
 const LAND: u32 = 0xffffffffu;
 const OPEN: u32 = 0xfffffffeu;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> particles: array<Particle>;
 @group(0) @binding(2) var<storage, read> elements: array<Element>;
-// Coefficient blocks of the earlier (a) and later (b) field level: 3 vec4 per element and layer,
+// Coefficient blocks of the field levels in slots 0, 1 and 2 (the third only bound to its own
+// buffer once a step needed three levels): 3 vec4 per element and layer,
 // [u0 v0 w0 _], [ux vx wx _], [uy vy wy _].
-@group(0) @binding(3) var<storage, read> coef_a: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> coef_b: array<vec4<f32>>;
-// Free surface at each element's three nodes, per level.
-@group(0) @binding(5) var<storage, read> zeta_a: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> zeta_b: array<vec4<f32>>;
-// Status counts of this step: active, pending, exited, bad_field, outside_mesh.
-@group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>, 8>;
+@group(0) @binding(3) var<storage, read> coef0: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> coef1: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> coef2: array<vec4<f32>>;
+// Each slot's scalars, `P.scal_len` floats a slot: the free surface at each element's three
+// nodes and whether the element is wet (1) or dry (0) (4 floats per element), then, for `kh` from the file, n_levels values per node from
+// `P.kh_base`, then temperature, n_layers values per node from `P.temp_base`.
+@group(0) @binding(6) var<storage, read> scal: array<f32>;
+// Status counts of this step: active, pending, exited, bad_field, outside_mesh; then the happy
+// count, the highest happiness (f32 bits) and the smallest id holding it; then stranded.
+@group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>, 12>;
+// Each element's layer sigmas, n_layers per element, where layers are uneven or vary from node
+// to node (FVCOM's generalized sigma; `P.uneven`), four placeholder zeros otherwise; then from
+// `P.lev_base` the nodes' level sigmas, n_levels per node (one column if `P.lev_uniform`), and
+// from `P.lay_base` their layer sigmas, n_layers per node (likewise).
+@group(0) @binding(8) var<storage, read> sig: array<f32>;
+
+fn sc(slot: u32, i: u32) -> f32 { return scal[slot * P.scal_len + i]; }
+
+fn surface(slot: u32, e: u32) -> vec3<f32> {
+    let o = slot * P.scal_len + 4u * e;
+    return vec3<f32>(scal[o], scal[o + 1u], scal[o + 2u]);
+}
+
+// Whether element e is wet at a stage's time: dry in either level that counts (the earlier
+// unless the time is the later's, the later unless it is the earlier's) makes it dry.
+fn wet(st: Stage, e: u32) -> bool {
+    let a_wet = scal[st.a * P.scal_len + 4u * e + 3u] != 0.0;
+    let b_wet = scal[st.b * P.scal_len + 4u * e + 3u] != 0.0;
+    return ((st.edge & 2u) != 0u || a_wet) && ((st.edge & 1u) != 0u || b_wet);
+}
+
+// The free surface at weights w of element e, at a stage's time.
+fn zeta_at(st: Stage, e: u32, w: vec3<f32>) -> f32 {
+    return mix(dot(w, surface(st.a, e)), dot(w, surface(st.b, e)), st.w);
+}
+
+// The CPU's `sigma_bracket` over `count` sigmas from `base` in `sig`, top down: (layer, weight).
+fn bracket(base: u32, count: u32, sigma: f32) -> vec2<f32> {
+    if (count == 1u || sigma >= sig[base]) { return vec2<f32>(0.0, 0.0); }
+    if (sigma <= sig[base + count - 1u]) { return vec2<f32>(f32(count - 1u), 0.0); }
+    var k = 0u;
+    while (k + 2u < count && sig[base + k + 1u] > sigma) { k = k + 1u; }
+    let a = sig[base + k];
+    return vec2<f32>(f32(k), (a - sigma) / (a - sig[base + k + 1u]));
+}
 
 fn is_element(n: u32) -> bool { return n < OPEN; }
 
@@ -92,25 +145,36 @@ fn walk(start: u32, px: f32, py: f32, home: Element) -> Walked {
 
 struct Flow { u: f32, v: f32, w: f32, zeta: f32, depth: f32 };
 
-fn coef_at(a: bool, idx: u32) -> vec4<f32> {
-    if (a) { return coef_a[idx]; }
-    return coef_b[idx];
+fn coef_at(slot: u32, idx: u32) -> vec4<f32> {
+    if (slot == 0u) { return coef0[idx]; }
+    if (slot == 1u) { return coef1[idx]; }
+    return coef2[idx];
 }
 
-// Velocity at offset (dx, dy) from element e's centroid, height z, time weight wt.
-fn sample(e: u32, dx: f32, dy: f32, z: f32, wt: f32) -> Flow {
+// A level's coefficients at layer weight wk between blocks `top` and `bot`, at offset (dx, dy).
+fn blend(slot: u32, top: u32, bot: u32, wk: f32, dx: f32, dy: f32) -> vec4<f32> {
+    return mix(coef_at(slot, top), coef_at(slot, bot), wk)
+        + mix(coef_at(slot, top + 1u), coef_at(slot, bot + 1u), wk) * dx
+        + mix(coef_at(slot, top + 2u), coef_at(slot, bot + 2u), wk) * dy;
+}
+
+// Velocity at offset (dx, dy) from element e's centroid, height z, at a stage's time.
+fn sample(e: u32, dx: f32, dy: f32, z: f32, st: Stage) -> Flow {
     let el = elements[e];
     let w = weights(el, dx, dy);
-    let za = zeta_a[e];
-    let zb = zeta_b[e];
-    let zeta = mix(dot(w, za.xyz), dot(w, zb.xyz), wt);
+    let zeta = zeta_at(st, e, w);
     let h = dot(w, vec3<f32>(el.h0, el.h1, el.h2));
     let depth = max(h + zeta, 1e-3);
     let sigma = clamp((z - zeta) / depth, -1.0, 0.0);
     let nl = P.n_layers;
     var k = 0u;
     var wk = 0.0;
-    if (nl > 1u) {
+    if (nl > 1u && P.uneven == 1u) {
+        // Above the first layer centre or below the last, that layer's value; between, linear.
+        let br = bracket(e * nl, nl, sigma);
+        k = u32(br.x);
+        wk = br.y;
+    } else if (nl > 1u) {
         let f = clamp((sigma - P.sig_first) / P.sig_step, 0.0, f32(nl - 1u));
         k = min(u32(f), nl - 2u);
         wk = f - f32(k);
@@ -118,20 +182,91 @@ fn sample(e: u32, dx: f32, dy: f32, z: f32, wt: f32) -> Flow {
     let k1 = min(k + 1u, nl - 1u);
     let top = (e * nl + k) * 3u;
     let bot = (e * nl + k1) * 3u;
-    let ca = mix(coef_a[top], coef_a[bot], wk) + mix(coef_a[top + 1u], coef_a[bot + 1u], wk) * dx
-        + mix(coef_a[top + 2u], coef_a[bot + 2u], wk) * dy;
-    let cb = mix(coef_b[top], coef_b[bot], wk) + mix(coef_b[top + 1u], coef_b[bot + 1u], wk) * dx
-        + mix(coef_b[top + 2u], coef_b[bot + 2u], wk) * dy;
-    let vel = mix(ca, cb, wt);
+    let vel = mix(blend(st.a, top, bot, wk, dx, dy), blend(st.b, top, bot, wk, dx, dy), st.w);
     return Flow(vel.x, vel.y, vel.z, zeta, depth);
 }
 
-fn column(e: u32, dx: f32, dy: f32, wt: f32) -> vec2<f32> {
+fn column(e: u32, dx: f32, dy: f32, st: Stage) -> vec2<f32> {
     let el = elements[e];
     let w = weights(el, dx, dy);
-    let zeta = mix(dot(w, zeta_a[e].xyz), dot(w, zeta_b[e].xyz), wt);
+    let zeta = zeta_at(st, e, w);
     let h = dot(w, vec3<f32>(el.h0, el.h1, el.h2));
     return vec2<f32>(zeta, max(h + zeta, 1e-3));
+}
+
+fn node_of(el: Element, i: u32) -> u32 {
+    if (i == 0u) { return el.v0; }
+    if (i == 1u) { return el.v1; }
+    return el.v2;
+}
+
+// A field given per node at `count` sigmas (levels or layer centres), at sigma, weights w in
+// element el, at a stage's time: each node's profile linear between its own sigmas (from
+// `sig_base` in `sig`, one column if `P.lev_uniform`), its values from `base` in each slot's
+// scalars, the nodes blended by w (the CPU's `node_profile_at`).
+fn node_profile(el: Element, w: vec3<f32>, sigma: f32, st: Stage, count: u32, sig_base: u32, base: u32) -> f32 {
+    var va = 0.0;
+    var vb = 0.0;
+    for (var i = 0u; i < 3u; i = i + 1u) {
+        let n = node_of(el, i);
+        var col = n;
+        if (P.lev_uniform == 1u) { col = 0u; }
+        let br = bracket(sig_base + col * count, count, sigma);
+        let k = u32(br.x);
+        let k1 = min(k + 1u, count - 1u);
+        let at = base + n * count;
+        va = va + w[i] * mix(sc(st.a, at + k), sc(st.a, at + k1), br.y);
+        vb = vb + w[i] * mix(sc(st.b, at + k), sc(st.b, at + k1), br.y);
+    }
+    return mix(va, vb, st.w);
+}
+
+// Vertical diffusivity from the file, at the nodes' sigma levels.
+fn kh_at(el: Element, w: vec3<f32>, sigma: f32, st: Stage) -> f32 {
+    return node_profile(el, w, sigma, st, P.n_levels, P.lev_base, P.kh_base);
+}
+
+// Temperature, at the nodes' layer centres (the CPU's `layered_at`).
+fn temperature_at(el: Element, w: vec3<f32>, sigma: f32, st: Stage) -> f32 {
+    return node_profile(el, w, sigma, st, P.n_layers, P.lay_base, P.temp_base);
+}
+
+// Stores the particle and counts it; an active one's happiness is taken where it ended, at the
+// step's end, and joins the step's reductions.
+fn finish(i: u32, q: Particle) {
+    let w1 = P.s1;
+    var p = q;
+    if (P.happy == 1u && p.status == ACTIVE) {
+        var hp = 0.0;
+        if (P.temp_on == 1u) {
+            let el = elements[p.elem];
+            let w = weights(el, p.ox, p.oy);
+            let c = column(p.elem, p.ox, p.oy, w1);
+            let sg = clamp((p.z - c.x) / c.y, -1.0, 0.0);
+            let d = (temperature_at(el, w, sg, w1) - P.preferred) / P.tolerance;
+            hp = exp(-d * d);
+        }
+        p.happiness = bitcast<u32>(hp);
+        // A NaN (a fill value in the file) is never happy nor the happiest, as on the CPU;
+        // tested on the bits, since shader compilers may assume floats are never NaN.
+        if ((p.happiness & 0x7f800000u) != 0x7f800000u) {
+            if (hp >= P.threshold) { atomicAdd(&counts[5], 1u); }
+            atomicMax(&counts[6], p.happiness);
+        }
+    }
+    particles[i] = p;
+    count(p.status);
+}
+
+// The second pass of a step with happiness: the smallest id at the highest happiness.
+@compute @workgroup_size(64)
+fn happiest(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * 64u;
+    if (i >= P.n) { return; }
+    let p = particles[i];
+    if (p.status == ACTIVE && p.happiness == atomicLoad(&counts[6])) {
+        atomicMin(&counts[7], p.id);
+    }
 }
 
 // 32 x 32 -> 64-bit multiply in 16-bit halves: (hi, lo).
@@ -158,7 +293,9 @@ fn philox(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 
 fn unit_open(b: u32) -> f32 { return (f32(b) + 0.5) * (1.0 / 4294967296.0); }
 
-fn count(s: u32) { atomicAdd(&counts[min(s, 4u)], 1u); }
+fn count(s: u32) {
+    if (s == STRANDED) { atomicAdd(&counts[8], 1u); } else { atomicAdd(&counts[min(s, 4u)], 1u); }
+}
 
 @compute @workgroup_size(64)
 fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -166,10 +303,10 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= P.n) { return; }
     var p = particles[i];
     let dt = P.dt;
-    // Field-level weights of the step's stage times (level a at time 0 of `span`).
-    let w0 = clamp(P.t / P.span, 0.0, 1.0);
-    let wh = clamp((P.t + 0.5 * dt) / P.span, 0.0, 1.0);
-    let w1 = clamp((P.t + dt) / P.span, 0.0, 1.0);
+    // The field levels and weights of the step's stage times.
+    let w0 = P.s0;
+    let wh = P.sh;
+    let w1 = P.s1;
 
     // Everything below is relative to the host element's centroid.
     var e0 = p.elem;
@@ -177,23 +314,35 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let x0 = p.ox;
     let y0 = p.oy;
 
+    // Release (at the step's start, or at its end and then not moved): no free surface there
+    // quarantines it, a dry cell strands it until the water comes.
     if (p.status == PENDING) {
-        if (p.release <= P.clock) {
-            let c = column(e0, x0, y0, w0);
-            p.z = clamp(c.x + p.z, c.x - c.y, c.x);
-            p.status = ACTIVE;
-        } else if (p.release <= P.clock + dt) {
-            let c = column(e0, x0, y0, w1);
-            p.z = clamp(c.x + p.z, c.x - c.y, c.x);
-            p.status = ACTIVE;
-            particles[i] = p;
-            count(p.status);
-            return;
+        var at = w0;
+        let due_now = p.release <= P.clock;
+        if (!due_now) { at = w1; }
+        if (due_now || p.release <= P.clock + dt) {
+            let c = column(e0, x0, y0, at);
+            if (c.x != c.x || c.y != c.y) {
+                p.status = BAD_FIELD;
+            } else {
+                p.z = clamp(c.x + p.z, c.x - c.y, c.x);
+                p.status = ACTIVE;
+                if (!wet(at, e0)) { p.status = STRANDED; }
+            }
+            if (!due_now) {
+                finish(i, p);
+                return;
+            }
         }
     }
-    if (p.status != ACTIVE) {
-        particles[i] = p;
-        count(p.status);
+    if (p.status != ACTIVE && p.status != STRANDED) {
+        finish(i, p);
+        return;
+    }
+    // A dry cell: it waits where it is.
+    if (!wet(w0, e0)) {
+        p.status = STRANDED;
+        finish(i, p);
         return;
     }
 
@@ -230,11 +379,10 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let probe = dxn + dyn_ + zn + s1.zeta;
     if (probe != probe || abs(probe) > 3.0e38) {
         p.status = BAD_FIELD;
-        particles[i] = p;
-        count(p.status);
+        finish(i, p);
         return;
     }
-    if (P.horizontal_kh > 0.0 || P.vertical_kh > 0.0) {
+    if (P.horizontal_kh > 0.0 || P.vertical_kh > 0.0 || P.kh_file == 1u) {
         let bits = philox(vec4<u32>(p.id, P.step, 0u, 0u), vec2<u32>(P.seed_lo, P.seed_hi));
         if (P.horizontal_kh > 0.0) {
             let r = sqrt(-2.0 * log(unit_open(bits.x)));
@@ -243,7 +391,21 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             dxn = dxn + s * r * cos(th);
             dyn_ = dyn_ + s * r * sin(th);
         }
-        if (P.vertical_kh > 0.0) {
+        if (P.kh_file == 1u) {
+            // Visser (1997), as the CPU: drift by K' and a step scaled by K at the
+            // drift-corrected depth, both at the step's start (position, element and time).
+            let w = weights(el0, x0, y0);
+            let c = column(e0, x0, y0, w0);
+            let sg = clamp((z0 - c.x) / c.y, -1.0, 0.0);
+            let ds = 0.5 / max(f32(P.n_levels) - 1.0, 1.0);
+            let sa = max(sg - 0.5 * ds, -1.0);
+            let sb = min(sg + 0.5 * ds, 0.0);
+            let dkdz = (kh_at(el0, w, sb, w0) - kh_at(el0, w, sa, w0)) / ((sb - sa) * c.y);
+            let zc = z0 + 0.5 * dkdz * dt;
+            let kc = max(kh_at(el0, w, clamp((zc - c.x) / c.y, -1.0, 0.0), w0), 0.0);
+            let r = 2.0 * unit_open(bits.z) - 1.0;
+            zn = zn + dkdz * dt + r * sqrt(2.0 * kc * dt * 3.0);
+        } else if (P.vertical_kh > 0.0) {
             let r = 2.0 * unit_open(bits.z) - 1.0;
             zn = zn + r * sqrt(2.0 * P.vertical_kh * dt * 3.0);
         }
@@ -311,14 +473,28 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         my = by - y0;
     }
     let oe = shift(el0, elements[e]);
-    p.ox = (x0 + mx) + oe.x;
-    p.oy = (y0 + my) + oe.y;
-    p.elem = e;
+    let nx = (x0 + mx) + oe.x;
+    let ny = (y0 + my) + oe.y;
     if (exited) {
+        p.ox = nx;
+        p.oy = ny;
+        p.elem = e;
         p.status = EXITED;
         p.z = zn;
+        finish(i, p);
+        return;
+    }
+    let c = column(e, nx, ny, w1);
+    if (c.x != c.x) {
+        // No free surface where it would land: quarantined where it was.
+        p.status = BAD_FIELD;
+    } else if (!wet(w1, e)) {
+        // It would end in a dry cell: it stays where it was.
+        p.status = STRANDED;
     } else {
-        let c = column(e, p.ox, p.oy, w1);
+        p.ox = nx;
+        p.oy = ny;
+        p.elem = e;
         let top = c.x;
         let bottom = c.x - c.y;
         var z = zn;
@@ -326,7 +502,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             if (z > top) { z = 2.0 * top - z; } else if (z < bottom) { z = 2.0 * bottom - z; }
         }
         p.z = clamp(z, bottom, top);
+        p.status = ACTIVE;
     }
-    particles[i] = p;
-    count(p.status);
+    finish(i, p);
 }
