@@ -206,6 +206,10 @@ fn polygon_releases_are_exact_inside_in_the_water_and_the_same_on_every_path() {
     let png = dir.join("density.png");
     shoal_manager::plot::plot(&dir.join("density-direct.nc"), None, &png, 300).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let svg = dir.join("density.svg");
+    shoal_manager::plot::plot(&dir.join("density-direct.nc"), None, &svg, 300).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("<rect"), "{text}");
     let f = netcdf::open(dir.join("direct.nc")).unwrap();
     let origin: Vec<i32> = f.variable("origin").unwrap().get_values(..).unwrap();
     for k in 0..3 {
@@ -478,6 +482,21 @@ fn connectivity_in_uniform_flow_follows_the_geometry() {
     let png = dir.join("matrix.png");
     shoal_manager::plot::plot(&dir.join("conn-direct.nc"), None, &png, 400).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // As SVG, the sites' names and the shares are text.
+    let svg = dir.join("matrix.svg");
+    shoal_manager::plot::plot(&dir.join("conn-direct.nc"), None, &svg, 400).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let words: Vec<&str> = text
+        .split("</text>")
+        .filter_map(|t| t.rsplit_once(">\n").map(|(_, w)| w.trim()))
+        .collect();
+    for w in ["west", "north", "A"] {
+        assert!(
+            words.contains(&w),
+            "no {w:?} among the SVG's words {words:?}"
+        );
+    }
+    assert!(words.iter().any(|w| w.ends_with('%')), "{words:?}");
     xarray_check(&dir.join("conn-direct.nc")).unwrap();
     xarray_check(&file).unwrap();
 }
@@ -780,6 +799,10 @@ fn behaviour_mistakes_name_the_key() {
     );
     let base = "seed=1\n[input]\nfiles=['f.nc']\n[release]\npolygons='sites.geojson'\nper_polygon=5\n[run]\nduration='1h'\ndt='60s'\n[output]\nfile='e.nc'\n";
     for (extra, want) in [
+        (
+            "[behaviour]\npreferred_temperature=15.0\ntemperature_tolerance=0.0\n",
+            "behaviour.temperature_tolerance",
+        ),
         (
             "[settlement]\npolygons='sites.geojson'\ncompetency=['5d', '1d']\n",
             "settlement.competency",

@@ -254,37 +254,21 @@ impl TrajectoryWriter {
             Ok(())
         };
         let mut packed: Vec<(&'static str, Packing)> = Vec::new();
-        // A packed variable: 32-bit integers, with the unpacked type's scale and offset.
+        // A packed variable: 32-bit integers with a double scale and offset (CF 8.1 allows int
+        // packed data only with double ones; readers unpack to double).
         let mut add_packed = |f: &mut netcdf::FileMut,
                               name: &'static str,
                               attrs: &[(&str, &str)],
-                              p: Packing,
-                              double: bool|
+                              p: Packing|
          -> Result<()> {
             let mut v = f.add_variable::<i32>(name, &dims).with_context(ctx)?;
             deflate(&mut v)?;
             v.set_fill_value(PACKED_FILL).with_context(ctx)?;
-            if double {
-                v.put_attribute("scale_factor", p.scale).with_context(ctx)?;
-                v.put_attribute("add_offset", p.offset).with_context(ctx)?;
-            } else {
-                v.put_attribute("scale_factor", p.scale as f32)
-                    .with_context(ctx)?;
-                v.put_attribute("add_offset", p.offset as f32)
-                    .with_context(ctx)?;
-            }
+            v.put_attribute("scale_factor", p.scale).with_context(ctx)?;
+            v.put_attribute("add_offset", p.offset).with_context(ctx)?;
             for (k, val) in attrs {
                 v.put_attribute(k, *val).with_context(ctx)?;
             }
-            // Pack with the very scale and offset the attributes give readers.
-            let p = if double {
-                p
-            } else {
-                Packing {
-                    scale: p.scale as f32 as f64,
-                    offset: p.offset as f32 as f64,
-                }
-            };
             packed.push((name, p));
             Ok(())
         };
@@ -304,7 +288,7 @@ impl TrajectoryWriter {
                             geo_centre.map_or(0.0, |c| c.1.round()),
                         ),
                     };
-                    return add_packed(f, name, attrs, Packing { scale, offset }, true);
+                    return add_packed(f, name, attrs, Packing { scale, offset });
                 }
                 let mut v = f.add_variable::<f64>(name, &dims).with_context(ctx)?;
                 deflate(&mut v)?;
@@ -360,7 +344,6 @@ impl TrajectoryWriter {
                     scale: m,
                     offset: 0.0,
                 },
-                false,
             )?,
             None => add_f32(&mut f, "z", &z_attrs)?,
         }
@@ -412,6 +395,23 @@ impl TrajectoryWriter {
                 "host element, 0-based index into the mesh's nv",
             )
             .with_context(ctx)?;
+        }
+        if projection.is_some() {
+            // CF's discrete sampling geometry: every per-record variable names where and when
+            // it was sampled (compliance-checker's section 5.6 asks for the true lat/lon).
+            let names: Vec<String> = f
+                .variables()
+                .filter(|v| {
+                    v.dimensions().len() == 2 && !["lon", "lat"].contains(&v.name().as_str())
+                })
+                .map(|v| v.name())
+                .collect();
+            for name in names {
+                f.variable_mut(&name)
+                    .expect("listed above")
+                    .put_attribute("coordinates", "time lat lon")
+                    .with_context(ctx)?;
+            }
         }
         f.sync().with_context(ctx)?;
         Ok(TrajectoryWriter {
