@@ -46,6 +46,22 @@ enum Command {
         /// manager was stopped or lost, with whatever nodes there are now.
         #[arg(long)]
         resume: bool,
+        /// Serve the station's read-only status page at this address while the run goes,
+        /// e.g. 0.0.0.0:8080 for the LAN.
+        #[arg(long, value_name = "ADDR")]
+        status: Option<std::net::SocketAddr>,
+    },
+    /// Serve the station's read-only status page for the fleet alone: every node's
+    /// architecture, cores, temperature, throttling, memory and device, refreshed.
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Where the page is served, e.g. 0.0.0.0:8080 for the LAN.
+        #[arg(long, value_name = "ADDR")]
+        serve: std::net::SocketAddr,
+        /// Stop after this many seconds (default: serve until stopped).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
     /// Write synthetic FVCOM output with an analytic flow.
     Synth {
@@ -116,6 +132,10 @@ enum Command {
         /// Write a parabolic kh profile.
         #[arg(long)]
         kh: bool,
+        /// FVCOM's generalized sigma: layers bunched towards the surface, more so eastward, so
+        /// that each node's layer depths differ.
+        #[arg(long)]
+        general_sigma: bool,
         /// Write salinity (rising eastward from 20 to 35).
         #[arg(long)]
         salinity: bool,
@@ -137,16 +157,34 @@ enum Command {
     },
     /// Summarise a FVCOM file: mesh, times, variables, what is missing.
     Inspect { files: Vec<PathBuf> },
-    /// Draw trajectories over the mesh outline to PNG.
+    /// Draw a trajectory file as a map (PNG, or SVG for a name ending in .svg); or a density
+    /// map or connectivity matrix, whichever the file holds.
     Plot {
         output: PathBuf,
-        #[arg(short = 'o', long = "png")]
-        png: PathBuf,
-        /// The FVCOM file with the mesh (default: the run's first input).
+        /// The picture to write: .png or .svg.
+        #[arg(short = 'o', long = "out", alias = "png")]
+        image: PathBuf,
+        #[command(flatten)]
+        map: MapArgs,
+        /// Positions at this time instead of tracks: a date and time (2024-01-01T06:00) or a
+        /// duration after the first record (6h).
         #[arg(long)]
-        mesh: Option<PathBuf>,
-        #[arg(long, default_value_t = 1000)]
-        size: u32,
+        time: Option<String>,
+    },
+    /// Draw a trajectory file as an animated GIF: a frame per record, with the time.
+    Animate {
+        output: PathBuf,
+        /// The GIF to write.
+        #[arg(short = 'o', long = "out")]
+        gif: PathBuf,
+        #[command(flatten)]
+        map: MapArgs,
+        /// At most this many frames (records are skipped evenly beyond it).
+        #[arg(long, default_value_t = 120)]
+        frames: usize,
+        /// Frames per second.
+        #[arg(long, default_value_t = 8.0)]
+        fps: f64,
     },
     /// Run a complete example on a generated mesh; writes NetCDF and PNG.
     Demo {
@@ -196,6 +234,55 @@ enum Command {
         #[command(flatten)]
         fleet: FleetArgs,
     },
+}
+
+/// How a map is drawn (`shoal plot`, `shoal animate`).
+#[derive(clap::Args, Debug)]
+pub struct MapArgs {
+    /// The FVCOM file with the mesh (default: the run's first input).
+    #[arg(long)]
+    mesh: Option<PathBuf>,
+    /// Pixels on the map's longer side.
+    #[arg(long, default_value_t = 1000)]
+    size: u32,
+    /// What the tracks are coloured by (default: origin where there are several release
+    /// sites, age otherwise).
+    #[arg(long = "colour-by", alias = "color-by", value_enum)]
+    colour_by: Option<plot::ColourBy>,
+    /// The map's extent, west,east,south,north: degrees on geographic meshes, km on Cartesian
+    /// ones (default: where the particles went).
+    #[arg(long, allow_hyphen_values = true)]
+    extent: Option<String>,
+}
+
+impl MapArgs {
+    fn options(&self) -> Result<plot::MapOptions> {
+        let bad = || anyhow::anyhow!("--extent: give four numbers, west,east,south,north");
+        let extent = match &self.extent {
+            None => None,
+            Some(s) => {
+                let v: Vec<f64> = s
+                    .split(',')
+                    .map(|a| a.trim().parse::<f64>().map_err(|_| bad()))
+                    .collect::<Result<_>>()?;
+                anyhow::ensure!(v.len() == 4, bad());
+                Some([v[0], v[1], v[2], v[3]])
+            }
+        };
+        anyhow::ensure!(
+            (200..=plot::map::MAX_SIZE).contains(&self.size),
+            "--size: {} pixels; give 200 to {}",
+            self.size,
+            plot::map::MAX_SIZE
+        );
+        Ok(plot::MapOptions {
+            mesh: self.mesh.clone(),
+            size: self.size,
+            colour_by: self.colour_by,
+            extent,
+            time: None,
+        })
+    }
 }
 
 /// Where `doctor` and `pi` find their nodes.
@@ -299,6 +386,7 @@ where
             nodes,
             direct,
             resume,
+            status,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
             run::run(
@@ -311,8 +399,16 @@ where
                     nodes,
                     direct,
                     resume,
+                    status,
                 },
             )?;
+        }
+        Command::Status {
+            fleet: args,
+            serve,
+            seconds,
+        } => {
+            fleet::status_page(&args.options()?, serve, seconds)?;
         }
         Command::Synth {
             flow,
@@ -340,6 +436,7 @@ where
             no_ww,
             no_temp,
             kh,
+            general_sigma,
             salinity,
             drying,
             tide,
@@ -377,6 +474,7 @@ where
                 no_ww,
                 temp: !no_temp,
                 kh,
+                general_sigma,
                 salinity,
                 drying: drying.then_some(tide),
                 time_style,
@@ -403,12 +501,26 @@ where
         }
         Command::Plot {
             output,
-            png,
-            mesh,
-            size,
+            image,
+            map,
+            time,
         } => {
-            plot::plot(&output, mesh.as_deref(), &png, size)?;
-            println!("wrote {}", png.display());
+            let opts = plot::MapOptions {
+                time,
+                ..map.options()?
+            };
+            plot::plot_with(&output, &image, &opts)?;
+            println!("wrote {}", image.display());
+        }
+        Command::Animate {
+            output,
+            gif,
+            map,
+            frames,
+            fps,
+        } => {
+            let n = plot::animate(&output, &gif, &map.options()?, frames, fps)?;
+            println!("wrote {} ({n} frames)", gif.display());
         }
         Command::Demo { dir, quiet, larvae } => {
             let opts = RunOptions {

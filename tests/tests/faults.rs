@@ -11,15 +11,15 @@ use std::process::{Child, Output as ProcessOutput, Stdio};
 use std::time::{Duration, Instant};
 
 /// A named cluster on loopback: the manager listens on a fixed port, nodes connect to it.
-struct Station {
+pub(crate) struct Station {
     dir: PathBuf,
-    cluster: String,
+    pub(crate) cluster: String,
     node_cfg: PathBuf,
     nodes: Nodes,
 }
 
 impl Station {
-    fn new(dir: &Path, tag: &str) -> Station {
+    pub(crate) fn new(dir: &Path, tag: &str) -> Station {
         let manager = format!("tcp/127.0.0.1:{}", free_port());
         json5(dir, "manager.json5", &manager, "");
         let node_cfg = json5(dir, "node.json5", "tcp/127.0.0.1:0", &manager);
@@ -32,7 +32,7 @@ impl Station {
     }
 
     /// Starts `shoal-node --name NAME` with `SHOAL_TEST_FAULT` set to `fault` when given.
-    fn start(&mut self, name: &str, fault: Option<&str>) -> usize {
+    pub(crate) fn start(&mut self, name: &str, fault: Option<&str>) -> usize {
         let mut c = clean(env!("CARGO_BIN_EXE_shoal-node"));
         c.args(["--cluster", &self.cluster, "--name", name]);
         // Node logs on stderr only when asked, for debugging.

@@ -12,5 +12,7 @@ mod fleet;
 mod gpu;
 mod larvae;
 mod output;
+mod plots;
 mod reader;
 mod real_data;
+mod status;

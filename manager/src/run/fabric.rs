@@ -53,6 +53,7 @@ pub fn run(
     plan: &Plan,
     io: &mut Io,
     start: Saved,
+    device: &(String, String),
 ) -> Result<RunReport> {
     let named = opts.cluster.clone().or_else(|| cfg.cluster.name.clone());
     let cores = std::thread::available_parallelism()
@@ -77,6 +78,20 @@ pub fn run(
         // The in-process nodes use the manager's mesh rather than build their own.
         shoal_node::agent::offer_mesh(&prep.reader.mesh_input, &prep.mesh);
     }
+    // A named cluster's nodes on the status page: asked how they are while the run goes.
+    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = match (&plan.board, &named) {
+        (Some(board), Some(_)) => Some(super::status::watch_fleet(
+            fleet.session.clone(),
+            fleet.cluster.clone(),
+            fleet.dropped.clone(),
+            board.clone(),
+            watch_stop.clone(),
+            false,
+            device.clone(),
+        )),
+        _ => None,
+    };
     let from = start.step;
     let stats = Arc::new(ServerStats::default());
     let result = std::thread::scope(|sc| -> Result<RunReport> {
@@ -105,6 +120,10 @@ pub fn run(
         report.node_peak_rss_kib = peaks.into_iter().collect();
         Ok(report)
     });
+    watch_stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     let local_dropped = fleet.leave();
     let mut report = result?;
     report.halo_served = stats.halo_served.load(Ordering::Relaxed);

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod partition;
 pub mod prepare;
 pub mod schedule;
+pub mod status;
 
 pub use prepare::{prepare, step_params, FieldWindow, Prepared};
 
@@ -20,6 +21,8 @@ use crate::output::TrajectoryWriter;
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_common::kernel::Tally;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Default)]
@@ -36,6 +39,8 @@ pub struct RunOptions {
     pub nodes: Option<usize>,
     /// Go on from the checkpoint beside the output file.
     pub resume: bool,
+    /// Serve the station's status page here while the run goes (`--status`).
+    pub status: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +77,24 @@ pub struct RunReport {
     /// Each node's peak resident memory (`VmHWM`, KiB) as it reported it; in-process nodes
     /// share the manager's process and report its peak.
     pub node_peak_rss_kib: Vec<(String, u64)>,
+}
+
+/// The status page of a run: its board, its server and the thread that keeps this machine's
+/// card fresh, all stopped when the run ends (or fails).
+struct StatusPage {
+    board: Arc<status::Board>,
+    _server: status::Server,
+    stop: Arc<AtomicBool>,
+    here: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StatusPage {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.here.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 pub fn say(quiet: bool, s: String) {
@@ -125,11 +148,15 @@ pub fn closing(cfg: &RunConfig, last: &Tally, ecstatic: bool, quiet: bool) {
 pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let prep = prepare(cfg, opts)?;
     #[cfg(feature = "gpu")]
-    let unsupported = shoal_node::gpu::unsupported(&prep.mesh, &prep.params, cfg.happiness.is_some())
-        .or_else(|| prep.reader.carried().wet.then(|| "wetting and drying (the files carry wet_cells) runs on the CPU only".to_string()))
-        .or_else(|| prep.straddles.then(|| format!("the time step ({} s) does not divide the field interval, so steps straddle field times", cfg.dt)));
+    let shortest = prep
+        .reader
+        .times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.min(d))));
+    let unsupported = shoal_node::gpu::unsupported(&prep.params, shortest);
     #[cfg(not(feature = "gpu"))]
-    let unsupported = prep.straddles.then(String::new);
+    let unsupported: Option<String> = None;
     let device = opts.device.unwrap_or(cfg.device);
     let named = opts.cluster.is_some() || cfg.cluster.name.is_some();
     if named && device == shoal_node::Device::Gpu {
@@ -202,7 +229,62 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             prep.threads
         ),
     );
+    // The status page: served from before the first step until the run's end.
+    let device_words = if named {
+        (
+            "cpu".to_string(),
+            "a named cluster's nodes step on their CPUs".to_string(),
+        )
+    } else {
+        (
+            if on_gpu { "gpu" } else { "cpu" }.to_string(),
+            choice.reason.clone(),
+        )
+    };
+    let named_cluster = opts.cluster.clone().or_else(|| cfg.cluster.name.clone());
+    let status = match opts.status {
+        None => None,
+        Some(addr) => {
+            let painter =
+                crate::plot::map::SnapshotPainter::new(&prep.mesh, prep.reader.geo.clone(), 640)?;
+            let station = named_cluster
+                .clone()
+                .unwrap_or_else(|| "this machine".to_string());
+            let name = cfg
+                .output
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            let board = status::Board::new(&station, Some((name, painter)));
+            let server = status::serve(addr, board.clone())?;
+            say(opts.quiet, format!("status page: http://{}/", server.addr));
+            let stop = Arc::new(AtomicBool::new(false));
+            // In-process nodes and the direct path step here: this machine is the fleet.
+            let here = named_cluster.is_none().then(|| {
+                let (board, stop, device) = (board.clone(), stop.clone(), device_words.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        board
+                            .set_node("this machine", status::NodeCard::here(&device.0, &device.1));
+                        for _ in 0..status::REFRESH_S * 10 {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                })
+            });
+            Some(StatusPage {
+                board,
+                _server: server,
+                stop,
+                here,
+            })
+        }
+    };
     let plan = schedule::Plan {
+        board: status.as_ref().map(|s| s.board.clone()),
+        origin: prep.start,
         n,
         n_steps: prep.n_steps,
         dt: prep.params.dt,
@@ -223,8 +305,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         let out = schedule::drive(cfg, &plan, &mut stepper, &mut io, start, prep.wall)?;
         schedule::report(&plan, &out, prep.wall, from)
     } else {
-        fabric::run(cfg, opts, &prep, &plan, &mut io, start)?
+        fabric::run(cfg, opts, &prep, &plan, &mut io, start, &device_words)?
     };
+    drop(status);
     writer.close()?;
     // The run is complete: its checkpoint has nothing left to give.
     file.remove()?;

@@ -63,6 +63,10 @@ pub struct Plan {
     pub quiet: bool,
     /// The worker threads that observe the particles for the output.
     pub pool: std::sync::Arc<rayon::ThreadPool>,
+    /// Unix time of the run clock's zero.
+    pub origin: f64,
+    /// The status page's board, where one is served (`--status`).
+    pub board: Option<std::sync::Arc<super::status::Board>>,
 }
 
 impl Plan {
@@ -176,7 +180,11 @@ pub fn drive(
             };
             let t0 = plan.time(ck.step);
             let o = Instant::now();
-            writer.write(t0, &[plan.pool.install(|| fields.observe(&state, t0))?])?;
+            let snap = plan.pool.install(|| fields.observe(&state, t0))?;
+            if let Some(board) = &plan.board {
+                board.snapshot(&snap);
+            }
+            writer.write(t0, std::slice::from_ref(&snap))?;
             out.output += o.elapsed();
             ck = save(file, ck.step, writer, state, &mut out)?;
         }
@@ -214,16 +222,30 @@ pub fn drive(
                 let t1 = plan.time(s + 1);
                 if write {
                     let o = Instant::now();
-                    writer.write(t1, &[plan.pool.install(|| fields.observe(&state, t1))?])?;
+                    let snap = plan.pool.install(|| fields.observe(&state, t1))?;
+                    if let Some(board) = &plan.board {
+                        board.snapshot(&snap);
+                    }
+                    writer.write(t1, std::slice::from_ref(&snap))?;
                     out.output += o.elapsed();
                 }
                 ck = save(file, s + 1, writer, state, &mut out)?;
             }
             out.last = tally;
             out.steps = s + 1;
+            let rate =
+                (s + 1 - first) as f64 * plan.n as f64 / wall.elapsed().as_secs_f64().max(1e-9);
+            if let Some(board) = &plan.board {
+                board.step(
+                    s + 1,
+                    plan.n_steps,
+                    plan.n,
+                    rate,
+                    &tally,
+                    plan.origin + plan.time(s + 1),
+                );
+            }
             if progress.length().is_some() {
-                let rate =
-                    (s + 1 - first) as f64 * plan.n as f64 / wall.elapsed().as_secs_f64().max(1e-9);
                 let fleet = stepper
                     .progress_words()
                     .map(|w| format!(", {w}"))

@@ -12,10 +12,10 @@ use crate::run::membership::{census, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys;
 use shoal_common::wire::{
-    self, Checkup, Endpoint, GpuHealth, Health, Message, PeerLink, PiRequest, PiShare,
+    self, Checkup, Endpoint, GpuHealth, Health, Ident, Message, PeerLink, PiRequest, PiShare,
 };
 use shoal_node::health::throttle_words;
-use shoal_node::net::{ask_any_run, bytes};
+use shoal_node::net::{ask_any_run, bytes, Dropped};
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -148,24 +148,112 @@ pub fn doctor(o: &FleetOptions) -> Result<DoctorReport> {
     Ok(report)
 }
 
+/// Asks node `name` of `cluster` how it is: a quick checkup, or a full one (firmware flags, the
+/// GPU self-test, every link), waiting at most `patience`, or until `abandon` is set.
+pub fn checkup(
+    session: &zenoh::Session,
+    cluster: &Ident,
+    dropped: &Dropped,
+    name: &str,
+    (full, patience): (bool, Duration),
+    abandon: &AtomicBool,
+) -> Result<Health> {
+    let ep = Endpoint {
+        cluster: cluster.clone(),
+        run: 0,
+    };
+    let q = bytes(&ep, Message::Checkup(Checkup { full }))?;
+    match ask_any_run(
+        session,
+        &keys::doctor(cluster, name),
+        &q,
+        &ep,
+        dropped,
+        patience,
+        abandon,
+    )? {
+        Message::Health(h) if h.node.as_str() == name => Ok(*h),
+        Message::Health(h) => bail!("answered as `{}`", h.node),
+        other => bail!("answered with a {}", other.kind()),
+    }
+}
+
+/// `shoal status --serve ADDR`: the station's status page for the fleet alone, until `seconds`
+/// pass (or for good). Each node gets one full checkup (its GPU's self-test) and quick ones
+/// after it.
+pub fn status_page(
+    o: &FleetOptions,
+    addr: std::net::SocketAddr,
+    seconds: Option<f64>,
+) -> Result<()> {
+    use crate::run::status;
+    let Some(cluster) = o.cluster.as_deref() else {
+        bail!("shoal status shows a named cluster's nodes: give --cluster NAME (the embedded default's nodes live only inside a run)");
+    };
+    let serve_for = seconds
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow!("--seconds: `{s}` is not a positive number of seconds"))
+        })
+        .transpose()?;
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|e| anyhow!("starting a worker thread: {e}"))?,
+    );
+    let fleet = Fleet::join(&FleetSpec {
+        name: Some(cluster),
+        nodes: 0,
+        zenoh_config: o.zenoh_config.clone(),
+        connect: o.connect.clone(),
+        listen: o.listen.clone(),
+        pool,
+    })?;
+    let board = status::Board::new(cluster, None);
+    let served = status::serve(addr, board.clone());
+    let result = served.map(|server| {
+        println!("status page: http://{}/ (cluster {cluster})", server.addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = status::watch_fleet(
+            fleet.session.clone(),
+            fleet.cluster.clone(),
+            fleet.dropped.clone(),
+            board,
+            stop.clone(),
+            true,
+            (
+                "cpu".to_string(),
+                "a named cluster's nodes step on their CPUs".to_string(),
+            ),
+        );
+        let began = Instant::now();
+        while serve_for.is_none_or(|d| began.elapsed() < d) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = watcher.join();
+        drop(server);
+    });
+    let left = fleet.leave();
+    result?;
+    left?;
+    Ok(())
+}
+
 fn examine(fleet: &Fleet, members: &[Member]) -> Result<DoctorReport> {
-    let ep = cluster_endpoint(fleet);
     let never = AtomicBool::new(false);
     let ask = |name: &str, full: bool, patience: Duration| -> Result<Health> {
-        let q = bytes(&ep, Message::Checkup(Checkup { full }))?;
-        match ask_any_run(
+        checkup(
             &fleet.session,
-            &keys::doctor(&fleet.cluster, name),
-            &q,
-            &ep,
+            &fleet.cluster,
             &fleet.dropped,
-            patience,
+            name,
+            (full, patience),
             &never,
-        )? {
-            Message::Health(h) if h.node.as_str() == name => Ok(*h),
-            Message::Health(h) => bail!("answered as `{}`", h.node),
-            other => bail!("answered with a {}", other.kind()),
-        }
+        )
     };
     let nodes: Vec<NodeReport> = std::thread::scope(|s| {
         let handles: Vec<_> = members
