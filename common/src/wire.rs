@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 9;
+pub const VERSION: u16 = 10;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -216,6 +216,44 @@ pub struct RunSpec {
     pub carried: crate::fields::Carried,
     /// Elements per piece of a field slice ([`field_pieces`]), at least one.
     pub field_piece: u32,
+    /// Where the run asks its partitions to be stepped (`run.device`); each node combines it
+    /// with its own setting ([`Device::with`]).
+    pub device: Device,
+}
+
+/// Where a node steps its particles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Device {
+    /// The GPU when its self-test passes and it is faster than the CPU here.
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            other => Err(format!("`{other}` is not one of auto, cpu, gpu")),
+        }
+    }
+}
+
+impl Device {
+    /// Where a node steps a run: its own setting and the run's (`run.device`) together. Either
+    /// saying `cpu` keeps it on the CPU; otherwise either saying `gpu` requires the GPU; else
+    /// the node decides.
+    pub fn with(self, run: Device) -> Device {
+        match (self, run) {
+            (Device::Cpu, _) | (_, Device::Cpu) => Device::Cpu,
+            (Device::Gpu, _) | (_, Device::Gpu) => Device::Gpu,
+            _ => Device::Auto,
+        }
+    }
 }
 
 /// A partition has its topology, fields and particles and can hear its neighbours.
@@ -223,6 +261,8 @@ pub struct RunSpec {
 pub struct Ready {
     pub partition: u32,
     pub node: Ident,
+    /// Where the node steps this partition, in a few words ("gpu: <adapter>" or "cpu").
+    pub device: Text,
 }
 
 /// A partition cannot go on: the manager stops the run and says why.
@@ -297,6 +337,9 @@ pub struct Health {
     pub zid: Text,
     /// Every link the node's session has, as the node sees it.
     pub links: Vec<PeerLink>,
+    /// Where the node would step partitions and why (`shoal-node --device`, and for a full
+    /// checkup the choice it makes with it: self-test, calibration); empty where not asked.
+    pub device: String,
 }
 
 /// One zenoh link of a node's session: the peer at the other end, the link's protocol (`quic`,
@@ -908,6 +951,7 @@ mod tests {
                             ..Default::default()
                         },
                         field_piece: self.u32(),
+                        device: [Device::Auto, Device::Cpu, Device::Gpu][self.len(2)],
                     }))
                 }
                 9 => {
@@ -921,6 +965,7 @@ mod tests {
                 10 => Message::Ready(Ready {
                     partition: self.u32(),
                     node: self.name(),
+                    device: text("gpu: llvmpipe"),
                 }),
                 11 => Message::Failure(Failure {
                     partition: self.u32(),
@@ -945,6 +990,7 @@ mod tests {
                         load: self.f64() as f32,
                         peak_rss_kib: self.u32() as u64,
                         busy: self.u32(),
+                        device: "gpu: as configured".into(),
                         gpu: match self.u32() % 5 {
                             0 => GpuHealth::NotAsked,
                             1 => GpuHealth::NotBuilt,
@@ -1036,7 +1082,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 9, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -1050,7 +1096,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 9, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
             0x01, 1,
         ];
@@ -1063,7 +1109,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 9, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);

@@ -30,9 +30,19 @@ enum Command {
         /// Worker threads (overrides run.threads).
         #[arg(long)]
         threads: Option<usize>,
-        /// auto, cpu or gpu (overrides run.device).
+        /// auto, cpu or gpu (overrides run.device); a named cluster's nodes combine it with
+        /// their own `shoal-node --device`.
         #[arg(long)]
         device: Option<shoal_node::Device>,
+        /// Where the in-process nodes step, one word each (auto, cpu or gpu), the last for the
+        /// rest: `--nodes 2 --node-device gpu,cpu` steps one on the GPU and one on the cores.
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_delimiter = ',',
+            conflicts_with = "cluster"
+        )]
+        node_device: Vec<shoal_node::Device>,
         /// Use the running `shoal-node --cluster NAME` agents (overrides cluster.name).
         #[arg(long, value_name = "NAME")]
         cluster: Option<String>,
@@ -387,6 +397,7 @@ where
             direct,
             resume,
             status,
+            node_device,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
             run::run(
@@ -400,6 +411,7 @@ where
                     direct,
                     resume,
                     status,
+                    node_devices: node_device,
                 },
             )?;
         }

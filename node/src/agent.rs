@@ -14,7 +14,7 @@ use crate::systemd::Notifier;
 use crate::Partition;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::fields::span;
-use shoal_common::kernel::{advance_touching, step_time, tally_of, Tally};
+use shoal_common::kernel::{advance_touching, step_time, tally_of, StepParams, Tally};
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::{
@@ -66,6 +66,8 @@ pub struct NodeOptions {
     pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Speak systemd's notification protocol (`shoal-node` does; in-process nodes do not).
     pub notify: bool,
+    /// Where this node steps its partitions (`shoal-node --device`), with the run's setting.
+    pub device: crate::Device,
 }
 
 /// What this machine offers, for the hello and the token.
@@ -309,6 +311,7 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
             &log,
             stop,
             pool,
+            opts.device,
         );
         busy.store(0, Ordering::Relaxed);
         match outcome {
@@ -377,6 +380,7 @@ fn declare_doctor(
         run: 0,
     };
     let (hello, busy, dropped, quiet) = (hello.clone(), busy.clone(), dropped.clone(), opts.quiet);
+    let setting = opts.device;
     // Held by the callback until the queryable is dropped, for the session's links.
     let links_of = session.clone();
     session
@@ -401,6 +405,16 @@ fn declare_doctor(
                 } else {
                     wire::GpuHealth::NotAsked
                 };
+                // The choice a run that the GPU can do would get (a run's own limits, such as
+                // larval behaviours, are said when it starts).
+                let device = if c.full {
+                    match crate::choose_device(setting, None) {
+                        Ok(choice) => format!("{} (--device {setting:?})", choice.reason),
+                        Err(e) => format!("nothing: --device {setting:?} but {e}"),
+                    }
+                } else {
+                    String::new()
+                };
                 let sys = crate::health::sysfs_root();
                 let health = wire::Health {
                     node: hello.node,
@@ -417,6 +431,7 @@ fn declare_doctor(
                     clock_unix_ns: crate::health::clock_unix_ns(),
                     zid,
                     links,
+                    device,
                 };
                 let _ = reply(&q, &ep, Message::Health(Box::new(health)));
             };
@@ -522,6 +537,7 @@ fn run_assignment(
     log: &Arc<Log>,
     stop: &AtomicBool,
     pool: Option<Arc<rayon::ThreadPool>>,
+    device: crate::Device,
 ) -> Result<u32> {
     let abandon = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicBool::new(false));
@@ -571,6 +587,9 @@ fn run_assignment(
     // The mesh input is needed only to build the mesh (or find it built): drop it after.
     let mesh = shared_mesh(std::mem::take(&mut spec.mesh), &spec.part_of, partitions)?;
     let spec = Arc::new(spec);
+    let choice = choose_for(&spec, device)?;
+    log.say(format!("device: {}", choice.reason));
+    let choice = &choice;
     let (held, pages) = mesh.pages_held();
     log.say(format!(
         "mesh of {} elements ({:.1} MiB, derived rows for {held} of {pages} pages); \
@@ -607,6 +626,7 @@ fn run_assignment(
                             dropped.clone(),
                             log,
                             &abandon,
+                            choice,
                         )
                         .and_then(|mut a| {
                             a.pool = pool;
@@ -651,6 +671,25 @@ fn run_assignment(
         }
     })?;
     Ok(steps)
+}
+
+/// Where this node steps the partitions of a run: its own setting and the run's together, the
+/// GPU only where the run's configuration allows it (the reason is logged and sent to the
+/// manager with each partition's ready).
+fn choose_for(spec: &RunSpec, mine: crate::Device) -> Result<crate::Choice> {
+    let want = mine.with(spec.device);
+    #[cfg(feature = "gpu")]
+    let unsupported = {
+        let shortest = spec
+            .times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.min(d))));
+        crate::gpu::unsupported(&spec.params, shortest)
+    };
+    #[cfg(not(feature = "gpu"))]
+    let unsupported = None;
+    crate::choose_device(want, unsupported).map_err(|e| anyhow!("device {want:?}: {e}"))
 }
 
 /// Tells the manager that partition `p` failed, without waiting long for it to listen.
@@ -714,6 +753,12 @@ struct PartitionAgent<'a> {
     /// Batches that arrived for a later step than the one being merged.
     early: Vec<Arrival>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// Where the partition steps; on the GPU, its particles live there and `part` is empty.
+    choice: &'a crate::Choice,
+    #[cfg(feature = "gpu")]
+    gpu: Option<Box<crate::gpu::GpuPartition>>,
+    /// Particles found leaving while quarantined ones were stepped again on the host.
+    host_out: Particles,
 }
 
 impl<'a> PartitionAgent<'a> {
@@ -728,6 +773,7 @@ impl<'a> PartitionAgent<'a> {
         dropped: Arc<Dropped>,
         log: Log,
         abandon: &AtomicBool,
+        choice: &'a crate::Choice,
     ) -> Result<Self> {
         let keys = RunKeys::new(&me.cluster, me.run);
         let get = |key: String| {
@@ -822,6 +868,10 @@ impl<'a> PartitionAgent<'a> {
             publishers: HashMap::new(),
             early: Vec::new(),
             pool: None,
+            choice,
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            host_out: Particles::default(),
         };
         for n in neighbours {
             agent.publisher(n, abandon)?;
@@ -970,6 +1020,10 @@ impl<'a> PartitionAgent<'a> {
     fn step(&mut self, s: u32, t: f64, t1: f64, abandon: &AtomicBool) -> Result<Tally> {
         let mut params = self.spec.params.clone();
         params.dt = t1 - t;
+        #[cfg(feature = "gpu")]
+        if self.gpu.is_some() {
+            return self.step_gpu(s, t, &params, abandon);
+        }
         let before;
         let tally = {
             let (part, mesh, window) = (&mut self.part, self.mesh, self.fields.window());
@@ -986,34 +1040,65 @@ impl<'a> PartitionAgent<'a> {
             tally
         };
         let p = &self.part.particles;
-        let mut suspects: Vec<usize> = (0..p.len())
+        let suspects: Vec<usize> = (0..p.len())
             .filter(|&i| status::in_play(before[i]) && p.status[i] == status::BAD_FIELD)
             .collect();
         if suspects.is_empty() {
             return Ok(tally);
         }
-        loop {
-            // Quarantined particles kept their starting state: step them again.
-            let mut again = Particles::with_capacity(suspects.len());
-            for &i in &suspects {
-                again.push_from(&self.part.particles, i);
-                let last = again.len() - 1;
-                again.status[last] = before[i];
+        // Quarantined particles kept their starting state: step them again with their status
+        // at the step's start.
+        let mut again = Particles::with_capacity(suspects.len());
+        for &i in &suspects {
+            again.push_from(&self.part.particles, i);
+            let last = again.len() - 1;
+            again.status[last] = before[i];
+        }
+        let all: Vec<usize> = (0..again.len()).collect();
+        self.settle(&mut again, all, &params, t, s, abandon)?;
+        for (k, &i) in suspects.iter().enumerate() {
+            self.part.particles.set_from(i, &again, k);
+        }
+        let p = &self.part.particles;
+        Ok(tally_of(&params, &p.id, &p.status, &p.happiness))
+    }
+
+    /// Steps the quarantined particles `todo` of `again` (each with its status at the step's
+    /// start) again until none lacks a field value: the values they touched and this
+    /// partition lacks are fetched first. Returns whether anything was fetched.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        again: &mut Particles,
+        mut todo: Vec<usize>,
+        params: &StepParams,
+        t: f64,
+        s: u32,
+        abandon: &AtomicBool,
+    ) -> Result<bool> {
+        let before = again.status.clone();
+        let mut fetched = false;
+        while !todo.is_empty() {
+            let mut sub = Particles::with_capacity(todo.len());
+            for &k in &todo {
+                sub.push_from(again, k);
+                let last = sub.len() - 1;
+                sub.status[last] = before[k];
             }
             let mut touched: Vec<u32> = Vec::new();
-            let n = again.len();
-            let view = again.chunks_mut(n).pop().expect("at least one particle");
+            let n = sub.len();
+            let view = sub.chunks_mut(n).pop().expect("at least one particle");
             advance_touching(
                 self.mesh,
                 self.fields.window(),
-                &params,
+                params,
                 t,
                 s,
                 view,
                 &mut touched,
             );
-            for (k, &i) in suspects.iter().enumerate() {
-                self.part.particles.set_from(i, &again, k);
+            for (j, &k) in todo.iter().enumerate() {
+                again.set_from(k, &sub, j);
             }
             let missing: BTreeSet<u32> = touched
                 .into_iter()
@@ -1023,15 +1108,82 @@ impl<'a> PartitionAgent<'a> {
                 break;
             }
             self.fetch(missing.into_iter().collect(), abandon)?;
-            let p = &self.part.particles;
-            suspects.retain(|&i| p.status[i] == status::BAD_FIELD);
+            fetched = true;
+            todo.retain(|&k| again.status[k] == status::BAD_FIELD);
         }
-        let p = &self.part.particles;
-        Ok(tally_of(&params, &p.id, &p.status, &p.happiness))
+        Ok(fetched)
+    }
+
+    /// A step on the GPU: the device steps every particle and finds the ones leaving; only
+    /// the counts come back, unless the step quarantined particles for want of field values:
+    /// then those are read back, stepped again on the host once the values are fetched (the
+    /// CPU kernel, as a CPU node would), and written back.
+    #[cfg(feature = "gpu")]
+    fn step_gpu(
+        &mut self,
+        s: u32,
+        t: f64,
+        params: &StepParams,
+        abandon: &AtomicBool,
+    ) -> Result<Tally> {
+        let (mesh, window) = (self.mesh, self.fields.window());
+        let gpu = self.gpu.as_mut().expect("a GPU partition");
+        let mut tally = gpu
+            .step(mesh, window, params, t, s)
+            .map_err(|e| anyhow!("GPU step {s}: {e}"))?;
+        if gpu.quarantined() == 0 {
+            return Ok(tally);
+        }
+        let (slots, mut again) = gpu
+            .take_quarantined(mesh)
+            .map_err(|e| anyhow!("GPU step {s}: {e}"))?;
+        // Those quarantined as they were released stay so, as on the CPU.
+        let todo: Vec<usize> = (0..again.len())
+            .filter(|&k| status::in_play(again.status[k]))
+            .collect();
+        for k in 0..again.len() {
+            if !status::in_play(again.status[k]) {
+                again.status[k] = status::BAD_FIELD;
+            }
+        }
+        let fetched = self.settle(&mut again, todo, params, t, s, abandon)?;
+        let gpu = self.gpu.as_mut().expect("a GPU partition");
+        if fetched {
+            gpu.forget_levels();
+        }
+        // The device counted them all as quarantined.
+        tally.bad_field -= again.len() as u64;
+        tally = tally.merge(tally_of(params, &again.id, &again.status, &again.happiness));
+        let part_of = &self.spec.part_of;
+        let kept: Vec<bool> = (0..again.len())
+            .map(|k| {
+                again.status[k] == status::OUTSIDE_MESH
+                    || part_of[again.element[k] as usize] == self.p
+            })
+            .collect();
+        for k in (0..again.len()).filter(|&k| !kept[k]) {
+            self.host_out.push_from(&again, k);
+        }
+        gpu.put_back(mesh, &slots, &again, &kept);
+        Ok(tally)
     }
 
     /// Takes out the particles whose element another partition owns, by destination.
-    fn emigrants(&mut self) -> BTreeMap<u32, Particles> {
+    fn emigrants(&mut self) -> Result<BTreeMap<u32, Particles>> {
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            let mut leaving = gpu
+                .take_migrants(self.mesh)
+                .map_err(|e| anyhow!("GPU migrants: {e}"))?;
+            leaving.extend(&std::mem::take(&mut self.host_out));
+            let mut out: BTreeMap<u32, Particles> = BTreeMap::new();
+            for i in 0..leaving.len() {
+                out.entry(self.spec.part_of[leaving.element[i] as usize])
+                    .or_default()
+                    .push_from(&leaving, i);
+            }
+            return Ok(out);
+        }
         let p = &self.part.particles;
         let part_of = &self.spec.part_of;
         let leaving: Vec<usize> = (0..p.len())
@@ -1046,7 +1198,7 @@ impl<'a> PartitionAgent<'a> {
                 .push_from(p, i);
         }
         self.part.particles.remove_sorted(&leaving);
-        out
+        Ok(out)
     }
 
     /// Waits for the batches of `step` from every partition in `expect`, merging them; returns
@@ -1063,7 +1215,7 @@ impl<'a> PartitionAgent<'a> {
                     self.early.push((from, at, b));
                 } else if at == step && waiting.remove(&from) {
                     received += b.len() as u64;
-                    self.part.particles.extend(&b.into_particles());
+                    self.take_in(&b.into_particles())?;
                 }
             }
             if waiting.is_empty() {
@@ -1081,10 +1233,33 @@ impl<'a> PartitionAgent<'a> {
         }
     }
 
+    /// Adds particles that came from other partitions.
+    fn take_in(&mut self, p: &Particles) -> Result<()> {
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            return gpu
+                .append(self.mesh, p)
+                .map_err(|e| anyhow!("GPU migrants in: {e}"));
+        }
+        self.part.particles.extend(p);
+        Ok(())
+    }
+
+    /// The partition's particles, read back from the GPU where they live there.
+    fn state(&mut self) -> Result<Particles> {
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            return gpu
+                .live(self.mesh)
+                .map_err(|e| anyhow!("GPU readback: {e}"));
+        }
+        Ok(self.part.particles.clone())
+    }
+
     /// Sends the partition's whole state after `step` to the manager, which writes the output
     /// and the checkpoint from it.
-    fn snapshot(&self, step: u32, abandon: &AtomicBool) -> Result<()> {
-        let state = ParticleBatch::of(self.p, u32::MAX, step, self.part.particles.clone());
+    fn snapshot(&mut self, step: u32, abandon: &AtomicBool) -> Result<()> {
+        let state = ParticleBatch::of(self.p, u32::MAX, step, self.state()?);
         let b = bytes(self.me, Message::Snapshot(state))?;
         self.ask(&self.keys.snapshot(self.p), Some(&b), PATIENCE, abandon)?;
         Ok(())
@@ -1094,9 +1269,17 @@ impl<'a> PartitionAgent<'a> {
     fn run(&mut self, abandon: &AtomicBool, stop: &AtomicBool) -> Result<u32> {
         let spec = self.spec;
         let dt = spec.params.dt;
+        #[cfg(feature = "gpu")]
+        let device = match &self.choice.gpu {
+            Some(ctx) => format!("gpu: {}", ctx.adapter.name),
+            None => "cpu".to_string(),
+        };
+        #[cfg(not(feature = "gpu"))]
+        let device = "cpu".to_string();
         let ready = Message::Ready(Ready {
             partition: self.p,
             node: self.node.clone(),
+            device: wire::text(&device),
         });
         let start = self.sync(ready, abandon)?;
         if !matches!(start.command, Command::Start | Command::Stop) {
@@ -1115,6 +1298,21 @@ impl<'a> PartitionAgent<'a> {
                 None => part.release(mesh, window, t0, forward),
             }
         }
+        let held = self.part.particles.len();
+        #[cfg(feature = "gpu")]
+        if let Some(ctx) = &self.choice.gpu {
+            let particles = std::mem::take(&mut self.part.particles);
+            let gpu = crate::gpu::GpuPartition::on_node(
+                ctx.clone(),
+                self.mesh,
+                particles,
+                crate::gpu::Needs::of(&spec.params),
+                &spec.part_of,
+                self.p,
+            )
+            .map_err(|e| anyhow!("partition {}: GPU setup: {e}", self.p))?;
+            self.gpu = Some(Box::new(gpu));
+        }
         if start.snapshot {
             self.snapshot(first, abandon)?;
         }
@@ -1122,8 +1320,7 @@ impl<'a> PartitionAgent<'a> {
             return Ok(0);
         }
         self.log.say(format!(
-            "{} particles, neighbours {:?}; fields hold {:?} elements per level in {:.0} MiB; {}",
-            self.part.particles.len(),
+            "{held} particles, neighbours {:?}; fields hold {:?} elements per level in {:.0} MiB; {}",
             self.neighbours,
             self.fields.elements_held(),
             self.fields.heap_bytes() as f64 / (1 << 20) as f64,
@@ -1147,7 +1344,7 @@ impl<'a> PartitionAgent<'a> {
             let t1 = step_time(s + 1, dt, spec.duration);
             self.cover(t, t1, abandon)?;
             let tally = self.step(s, t, t1, abandon)?;
-            let mut out = self.emigrants();
+            let mut out = self.emigrants()?;
             for &n in &self.neighbours {
                 out.entry(n).or_default();
             }
@@ -1202,8 +1399,18 @@ impl<'a> PartitionAgent<'a> {
                 other => bail!("step {s}: cannot {other:?}"),
             }
         }
+        #[cfg(feature = "gpu")]
+        let readback = self.gpu.as_ref().map_or(String::new(), |g| {
+            format!(
+                "; read back {} bytes from the GPU ({:.0} a step)",
+                g.readback_bytes,
+                g.readback_bytes as f64 / (s - first).max(1) as f64
+            )
+        });
+        #[cfg(not(feature = "gpu"))]
+        let readback = String::new();
         self.log.say(format!(
-            "stopped after {s} steps; fetched {} halo element values on demand; {}",
+            "stopped after {s} steps; fetched {} halo element values on demand{readback}; {}",
             self.fields.fetched,
             crate::health::rss_words()
         ));

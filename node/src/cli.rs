@@ -23,9 +23,11 @@ options:
   --connect ENDPOINT    also connect to ENDPOINT, e.g. tcp/10.0.0.1:7447 (repeatable)
   --listen ENDPOINT     listen on ENDPOINT, e.g. tcp/0.0.0.0:0 (repeatable)
   --threads N           step particles on N threads (default: one per core)
-  --device D            without --cluster: which device to check, auto (default: the GPU
-                        when its self-test passes and it is faster), cpu or gpu; in a
-                        cluster, partitions step on the CPU cores
+  --device D            where to step partitions: auto (default: the GPU when the run can
+                        use it, its self-test passes and it is faster than the cores here),
+                        cpu or gpu (an error where the GPU cannot); a run's `run.device`
+                        = cpu keeps every node on its cores. Without --cluster: which
+                        device this machine would use, and why
   --quiet               print errors only
   -V, --version         print the version and the git revision, and exit
   -h, --help            print this help, and exit
@@ -148,6 +150,7 @@ pub fn main(args: impl Iterator<Item = String>) {
         quiet,
         pool: None,
         notify: true,
+        device,
     };
     let session = opts
         .fabric

@@ -214,27 +214,7 @@ pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapsh
     }
 }
 
-/// Where a node steps its particles.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// The GPU when its self-test passes and it is faster than the CPU here.
-    #[default]
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "gpu" => Ok(Device::Gpu),
-            other => Err(format!("`{other}` is not one of auto, cpu, gpu")),
-        }
-    }
-}
+pub use shoal_common::wire::Device;
 
 /// The device chosen, and why, in words for the log and `shoal doctor`.
 pub struct Choice {
@@ -244,6 +224,15 @@ pub struct Choice {
 }
 
 impl Choice {
+    /// Not stepping here: a named cluster's nodes choose for themselves.
+    pub fn elsewhere(why: &str) -> Choice {
+        Choice {
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            reason: why.to_string(),
+        }
+    }
+
     fn cpu(reason: String) -> Choice {
         Choice {
             #[cfg(feature = "gpu")]

@@ -188,7 +188,7 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
         nodes.0.push(
             clean(env!("CARGO_BIN_EXE_shoal-node"))
                 .args(["--cluster", &cluster, "--name", &format!("n{k}")])
-                .arg("--zenoh-config")
+                .args(["--device", "cpu", "--zenoh-config"])
                 .arg(&node_cfg)
                 .stdin(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(format!("n{k}.log"))).unwrap())

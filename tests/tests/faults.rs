@@ -31,10 +31,23 @@ impl Station {
         }
     }
 
-    /// Starts `shoal-node --name NAME` with `SHOAL_TEST_FAULT` set to `fault` when given.
+    /// Starts `shoal-node --name NAME` on its CPU with `SHOAL_TEST_FAULT` set to `fault` when
+    /// given.
     pub(crate) fn start(&mut self, name: &str, fault: Option<&str>) -> usize {
+        self.start_on(name, fault, "cpu")
+    }
+
+    /// Starts `shoal-node --name NAME --device DEVICE`.
+    pub(crate) fn start_on(&mut self, name: &str, fault: Option<&str>, device: &str) -> usize {
         let mut c = clean(env!("CARGO_BIN_EXE_shoal-node"));
-        c.args(["--cluster", &self.cluster, "--name", name]);
+        c.args([
+            "--cluster",
+            &self.cluster,
+            "--name",
+            name,
+            "--device",
+            device,
+        ]);
         // Node logs on stderr only when asked, for debugging.
         if std::env::var_os("SHOAL_TEST_NODE_LOGS").is_none() {
             c.arg("--quiet");
@@ -55,7 +68,13 @@ impl Station {
     }
 
     /// A run file for `out` that waits for `nodes` nodes of this station.
-    fn toml(&self, toml: &dyn Fn(&str, &str) -> String, name: &str, out: &str, nodes: usize) {
+    pub(crate) fn toml(
+        &self,
+        toml: &dyn Fn(&str, &str) -> String,
+        name: &str,
+        out: &str,
+        nodes: usize,
+    ) {
         let extra = format!(
             "[cluster]\nnodes={nodes}\nwait_seconds=60\npatience_seconds=60\nzenoh_config='manager.json5'\n"
         );
@@ -63,7 +82,7 @@ impl Station {
     }
 
     /// The manager in this test's process.
-    fn run(&self, name: &str) -> RunReport {
+    pub(crate) fn run(&self, name: &str) -> RunReport {
         let cfg = shoal_manager::config::RunConfig::from_path(&self.dir.join(name)).unwrap();
         shoal_manager::run::run(
             &cfg,

@@ -37,7 +37,7 @@ fn doctor_and_pi_over_node_processes() {
     for (k, cfg) in [first, second].iter().enumerate() {
         let mut c = clean(env!("CARGO_BIN_EXE_shoal-node"));
         c.args(["--cluster", &cluster, "--name", &format!("n{k}"), "--quiet"])
-            .args(["--threads", "1", "--zenoh-config"])
+            .args(["--threads", "1", "--device", "cpu", "--zenoh-config"])
             .arg(cfg)
             .stdin(Stdio::null());
         if k == 1 {
@@ -190,7 +190,15 @@ fn shoal_node_tells_systemd_it_is_ready_alive_and_stopping() {
     let mut nodes = Nodes(Vec::new());
     nodes.0.push(
         clean(env!("CARGO_BIN_EXE_shoal-node"))
-            .args(["--cluster", "notify-test", "--name", "n0", "--quiet"])
+            .args([
+                "--cluster",
+                "notify-test",
+                "--name",
+                "n0",
+                "--quiet",
+                "--device",
+                "cpu",
+            ])
             .arg("--zenoh-config")
             .arg(&cfg)
             .env("NOTIFY_SOCKET", &sock_path)

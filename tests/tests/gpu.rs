@@ -623,3 +623,161 @@ fn gpu_on_the_real_sfbofs_subset_agrees_with_the_cpu_as_a_distribution() {
         );
     }
 }
+
+/// Runs `toml` on `nodes` in-process nodes stepping where `devices` say (none: their CPUs).
+fn on_nodes(dir: &std::path::Path, toml: &str, devices: &[&str]) -> shoal_manager::run::RunReport {
+    crate::fabric::run_with(
+        dir,
+        toml,
+        shoal_manager::run::RunOptions {
+            nodes: Some(2),
+            node_devices: devices.iter().map(|d| d.parse().unwrap()).collect(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Which partitions a report says stepped on a GPU.
+fn on_gpu(r: &shoal_manager::run::RunReport) -> Vec<u32> {
+    r.placement
+        .iter()
+        .filter(|(_, _, d)| d.starts_with("gpu"))
+        .map(|(p, _, _)| *p)
+        .collect()
+}
+
+#[test]
+fn a_gpu_node_and_a_cpu_node_share_a_run_and_agree_with_the_cpus() {
+    if context().is_none() {
+        return;
+    }
+    // An hour of solid-body rotation: particles cross from one partition to the other.
+    let dir = scratch("gpu_mixed_nodes");
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 50,
+        ny: 50,
+        dx: 400.0,
+        layers: 4,
+        duration: 2.0 * 3600.0,
+        temp: false,
+        ..Default::default()
+    };
+    synth_file(&dir, "rot.nc", &o);
+    let (cx, cy) = o.centre();
+    let toml = |out: &str| {
+        format!(
+        "[input]\nfiles=['rot.nc']\n[release.generate]\ncount=2000\ncentre=[{cx},{cy}]\nradius=8000.0\nz=-2.0\n[run]\nduration='1h'\ndt='60s'\n[output]\nfile='{out}'\ninterval='10min'\n"
+    )
+    };
+    let cpus = on_nodes(&dir, &toml("cpus.nc"), &[]);
+    assert!(on_gpu(&cpus).is_empty(), "{:?}", cpus.placement);
+    let mixed = on_nodes(&dir, &toml("mixed.nc"), &["gpu", "cpu"]);
+    assert_eq!(on_gpu(&mixed), vec![0], "{:?}", mixed.placement);
+    assert!(
+        mixed.device.contains("gpu") && mixed.device.contains("cpu"),
+        "{}",
+        mixed.device
+    );
+    let again = on_nodes(&dir, &toml("again.nc"), &["gpu", "cpu"]);
+    files_bit_identical(&dir.join("mixed.nc"), &dir.join("again.nc"), false).unwrap();
+    let (c, m) = (
+        Output::read(&dir.join("cpus.nc")).unwrap(),
+        Output::read(&dir.join("mixed.nc")).unwrap(),
+    );
+    assert_eq!(c.status, m.status);
+    let d = max_distance(&c, &m);
+    eprintln!(
+        "mixed nodes, rotation 1 h: largest distance from the CPUs' {:.3} mm",
+        d * 1000.0
+    );
+    assert!(d < ROTATION_TOLERANCE_M, "{d} m");
+    assert_eq!(again.last.active, cpus.last.active);
+
+    // Long steps, strong diffusion and a one-ring halo: particles on the GPU reach elements its
+    // partition does not hold, are quarantined, and step again once the values are fetched.
+    let (dir, toml) = crate::fabric::setup("gpu_mixed_fetch");
+    let fast = |out: &str| {
+        toml(out, "[cluster]\nhalo_rings=1\n")
+            .replace("dt='60s'", "dt='10min'")
+            .replace("interval='20min'", "interval='10min'")
+            .replace("horizontal_kh=2.0", "horizontal_kh=30.0")
+    };
+    let cpus = on_nodes(&dir, &fast("cpus.nc"), &[]);
+    let gpus = on_nodes(&dir, &fast("gpus.nc"), &["gpu"]);
+    assert_eq!(on_gpu(&gpus), vec![0, 1], "{:?}", gpus.placement);
+    assert!(gpus.halo_served > 0, "no values fetched on demand");
+    let mixed = on_nodes(&dir, &fast("mixed.nc"), &["cpu", "gpu"]);
+    assert_eq!(on_gpu(&mixed), vec![1], "{:?}", mixed.placement);
+    for (name, r) in [("gpus", &gpus), ("mixed", &mixed)] {
+        assert_eq!(r.steps, cpus.steps, "{name}");
+        assert_eq!(
+            (r.last.active, r.last.exited, r.last.bad_field),
+            (cpus.last.active, cpus.last.exited, cpus.last.bad_field),
+            "{name}"
+        );
+        let (c, g) = (
+            Output::read(&dir.join("cpus.nc")).unwrap(),
+            Output::read(&dir.join(format!("{name}.nc"))).unwrap(),
+        );
+        assert_eq!(c.status, g.status, "{name}");
+        let (differ, within, p99) = agreement(&c, &g);
+        eprintln!(
+            "{name}: {:.2} % of positions within 2 cm of the CPUs', 99th percentile {:.2} mm",
+            within * 100.0,
+            p99 * 1000.0
+        );
+        assert_eq!(differ, 0, "{name}");
+        assert!(within > 0.99, "{name}: {within}");
+    }
+}
+
+#[test]
+fn a_gpu_node_process_and_a_cpu_node_process_share_a_run() {
+    if context().is_none() {
+        return;
+    }
+    // The fabric's case: rotation, `kh` from the file, the happiest particle.
+    let (dir, toml) = crate::fabric::setup("gpu_mixed_processes");
+    let cpus = on_nodes(&dir, &toml("cpus.nc", ""), &[]);
+    let mut station = crate::faults::Station::new(&dir, "gpumix");
+    station.start_on("gpu-node", None, "gpu");
+    station.start_on("cpu-node", None, "cpu");
+    station.toml(&toml, "one.toml", "one.nc", 2);
+    station.toml(&toml, "two.toml", "two.nc", 2);
+    let one = station.run("one.toml");
+    let two = station.run("two.toml");
+    let where_ = |r: &shoal_manager::run::RunReport| {
+        r.placement
+            .iter()
+            .map(|(_, node, d)| (node.clone(), d.split(':').next().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let mut seen = where_(&one);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("cpu-node", "cpu"), ("gpu-node", "gpu")].map(|(n, d)| (n.to_string(), d.to_string())),
+        "{:?}",
+        one.placement
+    );
+    // The same devices for the same partitions: the same bits.
+    assert_eq!(one.placement, two.placement);
+    files_bit_identical(&dir.join("one.nc"), &dir.join("two.nc"), false).unwrap();
+    assert_eq!(one.steps, cpus.steps);
+    let (c, g) = (
+        Output::read(&dir.join("cpus.nc")).unwrap(),
+        Output::read(&dir.join("one.nc")).unwrap(),
+    );
+    let (differ, within, p99) = agreement(&c, &g);
+    eprintln!(
+        "node processes: {:.2} % of positions within 2 cm of the CPUs', 99th percentile {:.2} mm",
+        within * 100.0,
+        p99 * 1000.0
+    );
+    assert_eq!(differ, 0);
+    assert!(within > 0.99, "{within}");
+    // The happiest particle, reduced over a GPU partition and a CPU one.
+    assert_eq!(one.last.happiest, cpus.last.happiest);
+    assert!((one.last.max_happiness - cpus.last.max_happiness).abs() < 1e-5);
+}

@@ -73,6 +73,7 @@ pub fn run(
         connect: Vec::new(),
         listen: Vec::new(),
         pool: prep.pool.clone(),
+        devices: opts.node_devices.clone(),
     })?;
     if named.is_none() {
         // The in-process nodes use the manager's mesh rather than build their own.
@@ -107,9 +108,11 @@ pub fn run(
         let d = fleet.dropped.clone();
         let server_thread = sc.spawn(move || server.serve(job_rx, &d));
         let mut stepper = FabricStepper::new(cfg, prep, plan, &fleet, jobs)?;
+        stepper.device = opts.device.unwrap_or(cfg.device);
         let out = schedule::drive(cfg, plan, &mut stepper, io, start, prep.wall);
         let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
         let peaks = std::mem::take(&mut stepper.peaks);
+        let placement = std::mem::take(&mut stepper.placement);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
         let _ = server_thread.join();
@@ -118,6 +121,7 @@ pub fn run(
         report.nodes = members;
         report.partitions = n_parts;
         report.node_peak_rss_kib = peaks.into_iter().collect();
+        report.placement = placement;
         Ok(report)
     });
     watch_stop.store(true, Ordering::Relaxed);
@@ -130,6 +134,15 @@ pub fn run(
     report.fields = Duration::from_nanos(stats.read_nanos.load(Ordering::Relaxed));
     report.dropped += local_dropped?;
     Ok(report)
+}
+
+/// Which partitions step where, in words: "0 on local-0 (gpu: llvmpipe), 1 on local-1 (cpu)".
+pub fn placement_words(placement: &[(u32, String, String)]) -> String {
+    placement
+        .iter()
+        .map(|(p, node, device)| format!("{p} on {node} ({device})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The manager's side of one run on the fabric, across its epochs.
@@ -164,6 +177,11 @@ struct FabricStepper<'a> {
     clock: Instant,
     /// The busiest node of the last step and its share of the step's wall time.
     slowest: Option<(String, f64)>,
+    /// Where each partition steps, as its node said when it was ready: (partition, node,
+    /// device).
+    placement: Vec<(u32, String, String)>,
+    /// The run's device setting, for the nodes to combine with their own.
+    device: shoal_node::Device,
 }
 
 /// One epoch: a run id, its nodes and partitions, its queryables and token.
@@ -236,6 +254,8 @@ impl<'a> FabricStepper<'a> {
             peaks: BTreeMap::new(),
             clock: Instant::now(),
             slowest: None,
+            placement: Vec::new(),
+            device: cfg.device,
         })
     }
 
@@ -813,6 +833,7 @@ impl Stepper for FabricStepper<'_> {
             n_parts: n_parts as u32,
             part_of: parts.part_of.clone(),
             sort_every: cfg.sort_every,
+            device: self.device,
             carried: self.reader.carried(),
             field_piece: wire::field_piece(
                 cfg.cluster
@@ -960,9 +981,18 @@ impl Stepper for FabricStepper<'_> {
             }
         }
         let ready = self.gather_sync("every partition to be ready", |m| match m {
-            Message::Ready(r) => Ok((r.partition, ())),
+            Message::Ready(r) => Ok((r.partition, (r.node, r.device))),
             m => Err(m.kind()),
         })?;
+        self.placement = ready
+            .iter()
+            .enumerate()
+            .map(|(p, ((node, device), _))| (p as u32, node.to_string(), device.to_string()))
+            .collect();
+        super::say(
+            self.quiet,
+            format!("partitions: {}", placement_words(&self.placement)),
+        );
         let start = Control {
             step: from,
             command: if from >= self.n_steps {

@@ -160,6 +160,7 @@ impl LocalNodes {
         cluster: &Ident,
         fabric: &Fabric,
         pool: &Arc<rayon::ThreadPool>,
+        devices: &[shoal_node::Device],
     ) -> Result<LocalNodes> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(n);
@@ -171,6 +172,11 @@ impl LocalNodes {
                 quiet: std::env::var_os("SHOAL_NODE_LOG").is_none(),
                 pool: Some(pool.clone()),
                 notify: false,
+                device: devices
+                    .get(i)
+                    .or(devices.last())
+                    .copied()
+                    .unwrap_or(shoal_node::Device::Cpu),
             };
             let stop = stop.clone();
             handles.push(
@@ -215,6 +221,9 @@ pub struct FleetSpec<'a> {
     pub listen: Vec<String>,
     /// The in-process nodes' worker threads.
     pub pool: Arc<rayon::ThreadPool>,
+    /// Where each in-process node steps (`--node-device`; the last one given goes for the
+    /// rest; none: on the CPU, the manager having chosen the fabric over its own GPU).
+    pub devices: Vec<shoal_node::Device>,
 }
 
 /// The manager's session, its cluster and, for the embedded default, its in-process nodes.
@@ -283,6 +292,7 @@ impl Fleet {
                 &cluster,
                 &f,
                 &spec.pool,
+                &spec.devices,
             )?),
             None => None,
         };

@@ -18,7 +18,7 @@ pub use prepare::{prepare, step_params, FieldWindow, Prepared};
 use crate::config::RunConfig;
 use crate::output::checkpoint::{run_hash, CheckpointFile, Saved};
 use crate::output::TrajectoryWriter;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_common::kernel::Tally;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Serve the station's status page here while the run goes (`--status`).
     pub status: Option<std::net::SocketAddr>,
+    /// Where each in-process node steps (`--node-device`), the last for the rest.
+    pub node_devices: Vec<shoal_node::Device>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +79,9 @@ pub struct RunReport {
     /// Each node's peak resident memory (`VmHWM`, KiB) as it reported it; in-process nodes
     /// share the manager's process and report its peak.
     pub node_peak_rss_kib: Vec<(String, u64)>,
+    /// Where each partition stepped on the fabric, as its node said: (partition, node,
+    /// device); empty on the one-machine path.
+    pub placement: Vec<(u32, String, String)>,
 }
 
 /// The status page of a run: its board, its server and the thread that keeps this machine's
@@ -159,11 +164,11 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let unsupported: Option<String> = None;
     let device = opts.device.unwrap_or(cfg.device);
     let named = opts.cluster.is_some() || cfg.cluster.name.is_some();
-    if named && device == shoal_node::Device::Gpu {
-        bail!("run.device = \"gpu\" steps in this process; a named cluster's nodes step on their own CPUs");
-    }
+    // A named cluster's nodes choose for themselves, with the run's setting (`RunSpec.device`).
     let choice = if named {
-        shoal_node::choose_device(shoal_node::Device::Cpu, None)
+        Ok(shoal_node::Choice::elsewhere(
+            "each node chooses, with run.device and its own --device",
+        ))
     } else {
         shoal_node::choose_device(device, unsupported)
     }
@@ -313,7 +318,17 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     file.remove()?;
     report.fields += fields.read_time;
     report.threads = prep.threads;
-    report.device = choice.reason.clone();
+    // Where a node chose for itself (a named cluster's, or an in-process one told to use its
+    // GPU), the nodes' words; otherwise the manager's choice, which its nodes followed.
+    let chosen_elsewhere = report
+        .placement
+        .iter()
+        .any(|(_, _, d)| d.starts_with("gpu"));
+    report.device = if named || chosen_elsewhere {
+        format!("partitions {}", fabric::placement_words(&report.placement))
+    } else {
+        choice.reason.clone()
+    };
     report.outside = prep.outside;
     let last = report.last;
     say(

@@ -312,6 +312,7 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         recoveries: out.recoveries,
         recovery_times: out.recovery_times.clone(),
         node_peak_rss_kib: Vec::new(),
+        placement: Vec::new(),
         faults: out.faults.clone(),
     }
 }

@@ -112,6 +112,7 @@ impl NodeCard {
             thermal: shoal_node::health::thermal(&sys, None),
             zid: Default::default(),
             links: Vec::new(),
+            device: String::new(),
         };
         NodeCard::from_health(&h, device, reason)
     }

@@ -76,6 +76,7 @@ fn join(o: &FleetOptions) -> Result<(Fleet, Vec<Member>)> {
         connect: o.connect.clone(),
         listen: o.listen.clone(),
         pool,
+        devices: Vec::new(),
     })?;
     if !o.names.is_empty() {
         // Named: their checkups are sent whether or not a token arrived; a link takes a
@@ -211,6 +212,7 @@ pub fn status_page(
         connect: o.connect.clone(),
         listen: o.listen.clone(),
         pool,
+        devices: Vec::new(),
     })?;
     let board = status::Board::new(cluster, None);
     let served = status::serve(addr, board.clone());
@@ -558,6 +560,15 @@ impl DoctorReport {
         for (name, why) in &self.strangers {
             let _ = writeln!(s, "  {name}: unreadable token ({why})");
         }
+        // Where each node steps and why, as its full checkup chose.
+        for n in &self.nodes {
+            match &n.health {
+                Ok(h) if !h.device.is_empty() => {
+                    let _ = writeln!(s, "  {} steps on {}", n.name, h.device);
+                }
+                _ => {}
+            }
+        }
         if self.show_links {
             for n in &self.nodes {
                 let Ok(h) = &n.health else { continue };
@@ -775,6 +786,7 @@ mod tests {
                 },
                 zid: wire::text("aa01"),
                 links: vec![quic("bb02", Some("pi4-b"))],
+                device: "cpu: as configured".into(),
             }),
             clock_offset: Some((0.002, 0.001)),
             link: Some(quic("aa01", Some(name))),

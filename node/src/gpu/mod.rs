@@ -11,9 +11,17 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// What a step reads back: counts by status (active, pending, exited, bad field, outside the
-/// mesh), the happy count, the highest happiness and its particle, stranded, and spare room.
-const COUNTS: usize = 12;
+/// mesh), the happy count, the highest happiness and its particle, stranded, the migrants a
+/// node's partition found, the particles this step quarantined, and spare room (`HEADER` in
+/// step.wgsl). The migrants themselves follow in the same buffer, `MIGRANT_WORDS` each.
+const COUNTS: usize = 16;
 const COUNTS_BYTES: u64 = (COUNTS * 4) as u64;
+const MIGRANT_WORDS: usize = 9;
+/// A slot whose particle left for another partition (`VACANT` in step.wgsl).
+pub const VACANT: u8 = 255;
+/// The longest a readback waits for the device: a GPU that hangs fails the step, by name,
+/// instead of stopping the node for ever.
+const GPU_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Invocations per workgroup; the shader's `@workgroup_size` says the same.
 const WORKGROUP: u32 = 64;
@@ -49,7 +57,9 @@ struct GpuElement {
     nbe: [u32; 3],
     /// The element's nodes, for values given per node (`kh` from the file).
     nv: [u32; 3],
-    pad: u32,
+    /// The partition that owns the element, on a node (`emigrate` sends the particles in
+    /// elements another owns); 0 on the one-machine path.
+    owner: u32,
 }
 
 // Mirrors `struct Stage` in step.wgsl: the slots of the levels around a stage's time, and the
@@ -109,6 +119,9 @@ struct Params {
     s0: Stage,
     sh: Stage,
     s1: Stage,
+    /// The node's partition, for `emigrate`.
+    me: u32,
+    pad: [u32; 3],
 }
 
 /// The limits a Raspberry Pi 4/5 VideoCore offers through Vulkan, requested exactly.
@@ -133,6 +146,8 @@ pub struct GpuContext {
     pipeline: wgpu::ComputePipeline,
     /// The happiest particle's id, after the step.
     happiest: wgpu::ComputePipeline,
+    /// A node's migrants, after the step.
+    emigrate: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
 
@@ -234,12 +249,14 @@ impl GpuContext {
         };
         let pipeline = entry("step");
         let happiest = entry("happiest");
+        let emigrate = entry("emigrate");
         Ok(Arc::new(GpuContext {
             device,
             queue,
             adapter: info,
             pipeline,
             happiest,
+            emigrate,
             layout,
         }))
     }
@@ -316,7 +333,13 @@ pub fn unsupported(params: &StepParams, shortest_interval: Option<f64>) -> Optio
 /// A partition whose particles live on the GPU.
 pub struct GpuPartition {
     ctx: Arc<GpuContext>,
+    /// Particle slots in use (vacant ones included), and the slots the buffers have room for.
     n: usize,
+    cap: usize,
+    /// The mesh's sizes, as the device's levels are laid out.
+    n_elements: usize,
+    n_nodes: usize,
+    n_layers: usize,
     particles: wgpu::Buffer,
     staging: [wgpu::Buffer; 2],
     next_staging: usize,
@@ -343,8 +366,19 @@ pub struct GpuPartition {
     lay_base: u32,
     temp_base: u32,
     temp_room: bool,
-    /// The CPU copy, refreshed by [`GpuPartition::download`].
+    /// The CPU copy, refreshed by [`GpuPartition::download`]; a vacant slot's status is
+    /// [`VACANT`].
     pub mirror: Particles,
+    /// On a node: the partition this one is; `None` on the one-machine path.
+    me: Option<u32>,
+    /// Vacant slots, for the migrants that come in.
+    vacant: Vec<u32>,
+    /// What the last step found: migrants waiting in the counts buffer, particles it
+    /// quarantined.
+    migrants: usize,
+    quarantined: usize,
+    /// Bytes read back from the device since the partition was made.
+    pub readback_bytes: u64,
 }
 
 fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), String> {
@@ -366,7 +400,45 @@ impl GpuPartition {
         particles: Particles,
         needs: Needs,
     ) -> Result<Self, String> {
+        Self::build(ctx, mesh, particles, needs, None)
+    }
+
+    /// A node's partition `me` of a mesh split by `part_of`: after each step the particles in
+    /// elements another partition owns are found on the device and read back as migrants
+    /// ([`GpuPartition::take_migrants`]), and migrants coming in take their slots
+    /// ([`GpuPartition::append`]).
+    pub fn on_node(
+        ctx: Arc<GpuContext>,
+        mesh: &Mesh,
+        particles: Particles,
+        needs: Needs,
+        part_of: &[u32],
+        me: u32,
+    ) -> Result<Self, String> {
+        if part_of.len() != mesh.n_elements() {
+            return Err(format!(
+                "the partition map has {} elements, the mesh {}",
+                part_of.len(),
+                mesh.n_elements()
+            ));
+        }
+        Self::build(ctx, mesh, particles, needs, Some((part_of, me)))
+    }
+
+    fn build(
+        ctx: Arc<GpuContext>,
+        mesh: &Mesh,
+        particles: Particles,
+        needs: Needs,
+        owner: Option<(&[u32], u32)>,
+    ) -> Result<Self, String> {
         let n = particles.len();
+        // Room for migrants coming in without growing at once.
+        let cap = if owner.is_some() {
+            n + n / 4 + 64
+        } else {
+            n.max(1)
+        };
         let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
         for g in (0..mesh.n_elements()).map(|e| mesh.geom(e)) {
             x0 = x0.min(g.xc);
@@ -389,7 +461,7 @@ impl GpuPartition {
                     h: mesh.h_elem(e),
                     nbe: mesh.nbe[e],
                     nv: mesh.nv[e],
-                    pad: 0,
+                    owner: owner.map_or(0, |(part_of, _)| part_of[e]),
                 }
             })
             .collect();
@@ -410,32 +482,17 @@ impl GpuPartition {
         let lay_base = sig.len() as u32;
         sig.extend_from_slice(&mesh.vertical.siglay_node);
         let coef_bytes = (mesh.n_elements() * nl * 48) as u64;
-        let particle_bytes = (n.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
         check_size(&ctx, "the field coefficients", coef_bytes)?;
-        check_size(&ctx, "the particle state", particle_bytes)?;
         check_size(&ctx, "the layer sigmas", (sig.len() * 4) as u64)?;
         let d = &ctx.device;
-        let usage_rw = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let gpu_particles = to_gpu(&particles, mesh);
-        let particles_buf = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("particles"),
-            contents: if n == 0 {
-                &[0u8; 48]
-            } else {
-                bytemuck::cast_slice(&gpu_particles)
-            },
-            usage: usage_rw,
-        });
-        let staging = [0, 1].map(|k| {
-            d.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(if k == 0 { "staging 0" } else { "staging 1" }),
-                size: particle_bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
+        let (particles_buf, staging, counts) = particle_buffers(&ctx, cap, owner.is_some())?;
+        if n > 0 {
+            ctx.queue.write_buffer(
+                &particles_buf,
+                0,
+                bytemuck::cast_slice(&to_gpu(&particles, mesh)),
+            );
+        }
         let elements_buf = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("elements"),
             contents: bytemuck::cast_slice(&elements),
@@ -480,14 +537,6 @@ impl GpuPartition {
             scal_bytes,
         )?;
         let scal = level_buf("scalars", scal_bytes);
-        let counts = d.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("counts"),
-            size: COUNTS_BYTES,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
         let counts_staging = d.create_buffer(&wgpu::BufferDescriptor {
             label: Some("counts staging"),
             size: COUNTS_BYTES,
@@ -509,6 +558,10 @@ impl GpuPartition {
         Ok(GpuPartition {
             ctx: ctx.clone(),
             n,
+            cap,
+            n_elements: mesh.n_elements(),
+            n_nodes: mesh.n_nodes(),
+            n_layers: nl,
             particles: particles_buf,
             staging,
             next_staging: 0,
@@ -529,6 +582,11 @@ impl GpuPartition {
             temp_base,
             temp_room: temp_floats > 0,
             mirror: particles,
+            me: owner.map(|(_, me)| me),
+            vacant: Vec::new(),
+            migrants: 0,
+            quarantined: 0,
+            readback_bytes: 0,
         })
     }
 
@@ -585,38 +643,87 @@ impl GpuPartition {
         );
     }
 
-    /// Uploads `level` into slot `s`.
+    /// Uploads `level` into slot `s`. A node's partition-local level (slots for the elements
+    /// and nodes it holds) is laid out by mesh number on the device, a stretch of elements at a
+    /// time, with its stand-in (NaN surface, zero velocity) wherever it holds nothing: a
+    /// particle that reaches one is quarantined, as on the CPU.
     fn upload(&mut self, s: usize, level: &FieldLevel) {
         let q = &self.ctx.queue;
-        // Built on the host once per level (a few per run) and dropped after the copy.
-        let coef = shoal_common::fields::padded_coef(&level.coef);
-        q.write_buffer(&self.coef[s], 0, bytemuck::cast_slice(&coef));
+        let nl = self.n_layers;
         let at = (s * self.scal_len * 4) as u64;
-        // The surface at the element's nodes, and 1 where the element is wet, 0 where dry.
-        let zeta: Vec<[f32; 4]> = level
-            .zeta_elem
-            .iter()
-            .enumerate()
-            .map(|(e, z)| [z[0], z[1], z[2], if level.is_wet(e) { 1.0 } else { 0.0 }])
-            .collect();
-        q.write_buffer(&self.scal, at, bytemuck::cast_slice(&zeta));
-        if let (true, Some(kh)) = (self.kh_room, &level.kh) {
-            // Whole levels hold nodes in mesh order, node-major: node * n_levels + level.
+        // Built on the host a stretch at a time (a few levels per run) and dropped after the
+        // copy.
+        const STRETCH: usize = 16_384;
+        for first in (0..self.n_elements).step_by(STRETCH) {
+            let last = (first + STRETCH).min(self.n_elements);
+            let slots: Vec<usize> = (first..last).map(|e| level.slot(e)).collect();
+            let coef: Vec<[f32; shoal_common::fields::N_COEF]> = slots
+                .iter()
+                .flat_map(|&k| level.coef[k * nl..(k + 1) * nl].iter().copied())
+                .collect();
+            let coef = shoal_common::fields::padded_coef(&coef);
+            q.write_buffer(
+                &self.coef[s],
+                (first * nl * 48) as u64,
+                bytemuck::cast_slice(&coef),
+            );
+            // The surface at the element's nodes, and 1 where the element is wet, 0 where dry,
+            // -1 where it cannot be sampled: a node's level lacks it (its stand-in, slot 0, or
+            // an element whose neighbours have not all come yet), or the file's surface there
+            // is not a number. The shader tests the flag, not the NaN, which its compiler may
+            // assume never happens.
+            let zeta: Vec<[f32; 4]> = slots
+                .iter()
+                .map(|&k| {
+                    let z = level.zeta_elem[k];
+                    let wet = level.wet.as_ref().is_none_or(|w| w[k] != 0);
+                    let lacking = z.iter().any(|v| !v.is_finite());
+                    let flag = match (lacking, wet) {
+                        (true, _) => -1.0,
+                        (false, true) => 1.0,
+                        (false, false) => 0.0,
+                    };
+                    [z[0], z[1], z[2], flag]
+                })
+                .collect();
             q.write_buffer(
                 &self.scal,
-                at + (zeta.len() * 16) as u64,
-                bytemuck::cast_slice(kh),
+                at + (first * 16) as u64,
+                bytemuck::cast_slice(&zeta),
             );
         }
+        // Values per node, node-major (node * per + k), laid out by mesh node.
+        let by_node = |v: &[f32], per: usize| -> Vec<f32> {
+            if level.node_slot.is_none() {
+                return v.to_vec();
+            }
+            (0..self.n_nodes)
+                .flat_map(|n| {
+                    let k = level.node(n);
+                    v[k * per..(k + 1) * per].iter().copied()
+                })
+                .collect()
+        };
+        let elements_end = at + (self.n_elements * 16) as u64;
+        if let (true, Some(kh)) = (self.kh_room, &level.kh) {
+            let kh = by_node(kh, nl + 1);
+            q.write_buffer(&self.scal, elements_end, bytemuck::cast_slice(&kh));
+        }
         if let (true, Some(temp)) = (self.temp_room, &level.temp) {
-            // Node-major too: node * n_layers + layer.
+            let temp = by_node(temp, nl);
             q.write_buffer(
                 &self.scal,
                 at + self.temp_base as u64 * 4,
-                bytemuck::cast_slice(temp),
+                bytemuck::cast_slice(&temp),
             );
         }
         self.slot_time[s] = level.time;
+    }
+
+    /// Forgets the levels on the device, so that each is uploaded again when next needed: a
+    /// node calls it once it has fetched values its levels lacked.
+    pub fn forget_levels(&mut self) {
+        self.slot_time = [f64::NAN; 3];
     }
 
     /// One step from `t` to `t + dt`; its stages may lie in different field intervals.
@@ -633,9 +740,6 @@ impl GpuPartition {
         let times = [t, t + 0.5 * params.dt, t + params.dt];
         let brackets = times.map(|tau| window.bracket(tau));
         let levels: Vec<&FieldLevel> = brackets.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
-        if levels.iter().any(|l| l.elem_slot.is_some()) {
-            return Err("the GPU path steps whole field levels, not a partition's".into());
-        }
         let slots = self.place(&levels)?;
         let stage = |k: usize| {
             let w = brackets[k].2;
@@ -692,12 +796,15 @@ impl GpuPartition {
             s0: stage(0),
             sh: stage(1),
             s1: stage(2),
+            me: self.me.unwrap_or(0),
+            pad: [0; 3],
         };
         let q = &self.ctx.queue;
         q.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
         // Counts by status, then the happy count, the highest happiness (f32 bits: happiness is
         // never negative, so the bits order as the numbers) and the smallest id holding it.
-        let zeroed: [u32; COUNTS] = [0, 0, 0, 0, 0, 0, 0, u32::MAX, 0, 0, 0, 0];
+        let mut zeroed = [0u32; COUNTS];
+        zeroed[7] = u32::MAX;
         q.write_buffer(&self.counts, 0, bytemuck::cast_slice(&zeroed));
         let mut enc = self
             .ctx
@@ -720,11 +827,19 @@ impl GpuPartition {
                 pass.set_pipeline(&self.ctx.happiest);
                 pass.dispatch_workgroups(gx, groups.div_ceil(gx), 1);
             }
+            if self.me.is_some() {
+                // Then the particles that left the partition, out of their slots.
+                pass.set_pipeline(&self.ctx.emigrate);
+                pass.dispatch_workgroups(gx, groups.div_ceil(gx), 1);
+            }
         }
         enc.copy_buffer_to_buffer(&self.counts, 0, &self.counts_staging, 0, COUNTS_BYTES);
         q.submit([enc.finish()]);
         let c = read_buffer(&self.ctx, &self.counts_staging, COUNTS_BYTES)?;
+        self.readback_bytes += COUNTS_BYTES;
         let c: &[u32] = bytemuck::cast_slice(&c);
+        self.migrants = c[9] as usize;
+        self.quarantined = c[10] as usize;
         let mut tally = Tally::empty();
         tally.active = c[0] as u64;
         tally.pending = c[1] as u64;
@@ -741,8 +856,18 @@ impl GpuPartition {
     }
 
     /// Reads the particle state back into [`GpuPartition::mirror`] (through a ring of staging
-    /// buffers) and returns it.
+    /// buffers) and returns it, vacant slots included.
     pub fn download(&mut self, mesh: &Mesh) -> Result<&Particles, String> {
+        let raw = self.read_particles()?;
+        let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
+        for (i, g) in gp.iter().take(self.n).enumerate() {
+            from_gpu(mesh, g, &mut self.mirror, i);
+        }
+        Ok(&self.mirror)
+    }
+
+    /// The device's particle slots in use, as bytes.
+    fn read_particles(&mut self) -> Result<Vec<u8>, String> {
         let bytes = (self.n.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
         let staging = &self.staging[self.next_staging];
         self.next_staging = 1 - self.next_staging;
@@ -755,23 +880,232 @@ impl GpuPartition {
         enc.copy_buffer_to_buffer(&self.particles, 0, staging, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
         let raw = read_buffer(&self.ctx, staging, bytes)?;
-        let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
-        let m = &mut self.mirror;
-        for (i, g) in gp.iter().take(self.n).enumerate() {
-            let c = mesh.geom((g.elem as usize).min(mesh.n_elements() - 1));
-            m.x[i] = c.xc + g.ox as f64;
-            m.y[i] = c.yc + g.oy as f64;
-            m.z[i] = g.z as f64;
-            m.element[i] = g.elem;
-            m.status[i] = g.status as u8;
-            m.happiness[i] = f32::from_bits(g.happiness);
+        self.readback_bytes += bytes;
+        Ok(raw)
+    }
+
+    /// The particles held (vacant slots left out), read back: a node's snapshot.
+    pub fn live(&mut self, mesh: &Mesh) -> Result<Particles, String> {
+        let vacant = self.vacant.len();
+        let m = self.download(mesh)?;
+        let mut out = Particles::with_capacity(m.len().saturating_sub(vacant));
+        for i in (0..m.len()).filter(|&i| m.status[i] != VACANT) {
+            out.push_from(m, i);
         }
-        Ok(&self.mirror)
+        Ok(out)
+    }
+
+    /// Particles the last step quarantined.
+    pub fn quarantined(&self) -> usize {
+        self.quarantined
+    }
+
+    /// Reads back the particles the last step quarantined (they kept their state at the
+    /// step's start): their slots, and the particles with the status each had then.
+    pub fn take_quarantined(&mut self, mesh: &Mesh) -> Result<(Vec<u32>, Particles), String> {
+        // The device marks them BAD_FIELD with their earlier status plus one in the next byte.
+        let raw = self.read_particles()?;
+        let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
+        let mut slots = Vec::new();
+        let mut out = Particles::default();
+        for (i, g) in gp.iter().take(self.n).enumerate() {
+            from_gpu(mesh, g, &mut self.mirror, i);
+            let mark = g.status >> 8;
+            if g.status & 0xff == status::BAD_FIELD as u32 && mark != 0 {
+                slots.push(i as u32);
+                out.push_from(&self.mirror, i);
+                let last = out.len() - 1;
+                out.status[last] = (mark - 1) as u8;
+            }
+        }
+        Ok((slots, out))
+    }
+
+    /// Writes particle `k` of `from` into slot `slot` (device and mirror).
+    fn write_slot(&mut self, mesh: &Mesh, slot: usize, from: &Particles, k: usize) {
+        let mut one = Particles::with_capacity(1);
+        one.push_from(from, k);
+        let g = to_gpu(&one, mesh);
+        let at = (slot * std::mem::size_of::<GpuParticle>()) as u64;
+        self.ctx
+            .queue
+            .write_buffer(&self.particles, at, bytemuck::cast_slice(&g));
+        if slot < self.mirror.len() {
+            self.mirror.set_from(slot, from, k);
+        } else {
+            self.mirror.push_from(from, k);
+        }
+    }
+
+    /// Puts the particles [`GpuPartition::take_quarantined`] gave back into their slots once
+    /// stepped again; those not `kept` (they left the partition) leave their slots vacant.
+    pub fn put_back(&mut self, mesh: &Mesh, slots: &[u32], p: &Particles, kept: &[bool]) {
+        for (k, &slot) in slots.iter().enumerate() {
+            if kept[k] {
+                self.write_slot(mesh, slot as usize, p, k);
+            } else {
+                self.vacate(mesh, slot as usize);
+            }
+        }
+    }
+
+    fn vacate(&mut self, mesh: &Mesh, slot: usize) {
+        let mut gone = Particles::with_capacity(1);
+        gone.push_from(&self.mirror, slot);
+        gone.status[0] = VACANT;
+        self.write_slot(mesh, slot, &gone, 0);
+        self.vacant.push(slot as u32);
+    }
+
+    /// Reads back the particles the last step found in elements another partition owns; their
+    /// slots are vacant now.
+    pub fn take_migrants(&mut self, mesh: &Mesh) -> Result<Particles, String> {
+        let k = std::mem::take(&mut self.migrants);
+        let mut out = Particles::with_capacity(k);
+        if k == 0 {
+            return Ok(out);
+        }
+        let bytes = (k * MIGRANT_WORDS * 4) as u64;
+        // The particle staging buffers hold a particle in 32 bytes, a migrant in 36: one
+        // buffer of the right size, made for the purpose (a few per run at most grow it).
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("migrants staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("migrants"),
+            });
+        enc.copy_buffer_to_buffer(&self.counts, COUNTS_BYTES, &staging, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let raw = read_buffer(&self.ctx, &staging, bytes)?;
+        self.readback_bytes += bytes;
+        let words: &[u32] = bytemuck::cast_slice(&raw);
+        let mut rows: Vec<(u32, GpuParticle)> = words
+            .chunks_exact(MIGRANT_WORDS)
+            .map(|w| {
+                let g: GpuParticle = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[1..]));
+                (w[0], g)
+            })
+            .collect();
+        // In slot order, whatever order the device found them in.
+        rows.sort_unstable_by_key(|r| r.0);
+        for (slot, g) in rows {
+            let slot = slot as usize;
+            if slot >= self.n {
+                return Err(format!(
+                    "the device named migrant slot {slot} of {}",
+                    self.n
+                ));
+            }
+            out.push_from(&self.mirror, slot);
+            let last = out.len() - 1;
+            from_gpu(mesh, &g, &mut out, last);
+            self.mirror.status[slot] = VACANT;
+            self.vacant.push(slot as u32);
+        }
+        Ok(out)
+    }
+
+    /// Takes in migrants from other partitions: into vacant slots first, then at the end, the
+    /// buffers growing by half when they are full.
+    pub fn append(&mut self, mesh: &Mesh, p: &Particles) -> Result<(), String> {
+        let fresh = p.len().saturating_sub(self.vacant.len());
+        if self.n + fresh > self.cap {
+            self.grow(self.n + fresh)?;
+        }
+        // The lowest vacant slots first.
+        self.vacant.sort_unstable_by(|a, b| b.cmp(a));
+        for k in 0..p.len() {
+            let slot = match self.vacant.pop() {
+                Some(s) => s as usize,
+                None => {
+                    self.n += 1;
+                    self.n - 1
+                }
+            };
+            self.write_slot(mesh, slot, p, k);
+        }
+        Ok(())
+    }
+
+    /// Room for at least `need` particle slots: new buffers, the state copied on the device.
+    fn grow(&mut self, need: usize) -> Result<(), String> {
+        let cap = need.max(self.cap + self.cap / 2);
+        let (particles, staging, counts) = particle_buffers(&self.ctx, cap, self.me.is_some())?;
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("grow"),
+            });
+        let bytes = (self.n * std::mem::size_of::<GpuParticle>()) as u64;
+        if bytes > 0 {
+            enc.copy_buffer_to_buffer(&self.particles, 0, &particles, 0, bytes);
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        self.particles = particles;
+        self.staging = staging;
+        self.counts = counts;
+        self.cap = cap;
+        self.bind_group = bind(
+            &self.ctx,
+            [&self.params, &self.particles, &self.elements],
+            [
+                &self.coef[0],
+                &self.coef[1],
+                self.coef.get(2).unwrap_or(&self.coef[0]),
+            ],
+            [&self.scal, &self.counts, &self.sig],
+        );
+        Ok(())
     }
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
     }
+}
+
+/// The buffers sized by the particle slots: the particles, two staging buffers to read them
+/// back, and the counts (with room for every particle as a migrant on a node).
+fn particle_buffers(
+    ctx: &GpuContext,
+    cap: usize,
+    migrants: bool,
+) -> Result<(wgpu::Buffer, [wgpu::Buffer; 2], wgpu::Buffer), String> {
+    let bytes = (cap.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
+    check_size(ctx, "the particle state", bytes)?;
+    let counts_bytes = COUNTS_BYTES
+        + if migrants {
+            (cap * MIGRANT_WORDS * 4) as u64
+        } else {
+            0
+        };
+    check_size(ctx, "the migrants", counts_bytes)?;
+    let d = &ctx.device;
+    let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+        d.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let rw =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+    Ok((
+        buffer("particles", bytes, rw),
+        [
+            buffer("staging 0", bytes, read),
+            buffer("staging 1", bytes, read),
+        ],
+        buffer("counts", counts_bytes, rw),
+    ))
 }
 
 /// Copies a buffer's first `bytes` out, waiting for the device.
@@ -783,10 +1117,15 @@ fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u
     ctx.device
         .poll(wgpu::PollType::Wait {
             submission_index: None,
-            timeout: None,
+            timeout: Some(GPU_PATIENCE),
         })
-        .map_err(|e| format!("waiting for the GPU: {e}"))?;
-    rx.recv()
+        .map_err(|e| {
+            format!(
+                "waiting for the GPU ({} s at most): {e}",
+                GPU_PATIENCE.as_secs()
+            )
+        })?;
+    rx.recv_timeout(GPU_PATIENCE)
         .map_err(|e| format!("GPU readback: {e}"))?
         .map_err(|e| format!("GPU readback: {e}"))?;
     let out = buf
@@ -823,6 +1162,18 @@ fn bind(
     })
 }
 
+/// Row `i` of `m` from the device's particle `g` (positions from the host element's centroid;
+/// id, release and fate times stay the host's).
+fn from_gpu(mesh: &Mesh, g: &GpuParticle, m: &mut Particles, i: usize) {
+    let c = mesh.geom((g.elem as usize).min(mesh.n_elements() - 1));
+    m.x[i] = c.xc + g.ox as f64;
+    m.y[i] = c.yc + g.oy as f64;
+    m.z[i] = g.z as f64;
+    m.element[i] = g.elem;
+    m.status[i] = g.status as u8;
+    m.happiness[i] = f32::from_bits(g.happiness);
+}
+
 fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
     (0..p.len())
         .map(|i| {
@@ -843,7 +1194,7 @@ fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
 
 pub mod selftest;
 
-const _: () = assert!(std::mem::size_of::<Params>() == 160);
+const _: () = assert!(std::mem::size_of::<Params>() == 176);
 
 /// Status codes written by the shader are the CPU's.
 const _: () = assert!(

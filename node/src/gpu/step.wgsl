@@ -20,7 +20,7 @@ struct Element {
     b0: f32, b1: f32, b2: f32, c0: f32,
     c1: f32, c2: f32, h0: f32, h1: f32,
     h2: f32, n0: u32, n1: u32, n2: u32,
-    v0: u32, v1: u32, v2: u32, pad: u32,
+    v0: u32, v1: u32, v2: u32, owner: u32,
 };
 
 // Each stage time of the step (its start, middle and end) reads the two field levels around it
@@ -38,13 +38,21 @@ struct Params {
     happy: u32, temp_on: u32, temp_base: u32, lay_base: u32,
     preferred: f32, tolerance: f32, threshold: f32, scal_len: u32,
     s0: Stage, sh: Stage, s1: Stage,
+    me: u32, pad0: u32, pad1: u32, pad2: u32,
 };
 
 const ACTIVE: u32 = 0u;
 const PENDING: u32 = 1u;
 const EXITED: u32 = 2u;
 const BAD_FIELD: u32 = 3u;
+const OUTSIDE_MESH: u32 = 4u;
 const STRANDED: u32 = 7u;
+// A slot whose particle went to another partition (a node's GPU partition keeps the hole and
+// fills it with the next migrant that comes in); never stepped nor counted.
+const VACANT: u32 = 255u;
+// The counts' header, words; a node's migrants follow it, MIGRANT words each.
+const HEADER: u32 = 16u;
+const MIGRANT: u32 = 9u;
 const LAND: u32 = 0xffffffffu;
 const OPEN: u32 = 0xfffffffeu;
 
@@ -62,8 +70,10 @@ const OPEN: u32 = 0xfffffffeu;
 // `P.kh_base`, then temperature, n_layers values per node from `P.temp_base`.
 @group(0) @binding(6) var<storage, read> scal: array<f32>;
 // Status counts of this step: active, pending, exited, bad_field, outside_mesh; then the happy
-// count, the highest happiness (f32 bits) and the smallest id holding it; then stranded.
-@group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>, 12>;
+// count, the highest happiness (f32 bits) and the smallest id holding it; then stranded, the
+// migrants found by `emigrate`, and the particles quarantined by this step. After the HEADER
+// words, the migrants: each its slot and its 8 words of particle state.
+@group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>>;
 // Each element's layer sigmas, n_layers per element, where layers are uneven or vary from node
 // to node (FVCOM's generalized sigma; `P.uneven`), four placeholder zeros otherwise; then from
 // `P.lev_base` the nodes' level sigmas, n_levels per node (one column if `P.lev_uniform`), and
@@ -72,8 +82,15 @@ const OPEN: u32 = 0xfffffffeu;
 
 fn sc(slot: u32, i: u32) -> f32 { return scal[slot * P.scal_len + i]; }
 
+// Set when the step read an element it cannot sample (the level marks those with a wet flag
+// of -1: a node's partition lacks its values, or its surface is not a number): the particle
+// is quarantined where it was, and on a node stepped again once the values are fetched. A
+// flag, not a NaN test, since shader compilers may assume floats are never NaN.
+var<private> lacking: bool;
+
 fn surface(slot: u32, e: u32) -> vec3<f32> {
     let o = slot * P.scal_len + 4u * e;
+    if (scal[o + 3u] < 0.0) { lacking = true; }
     return vec3<f32>(scal[o], scal[o + 1u], scal[o + 2u]);
 }
 
@@ -293,8 +310,39 @@ fn philox(ctr: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 
 fn unit_open(b: u32) -> f32 { return (f32(b) + 0.5) * (1.0 / 4294967296.0); }
 
-fn count(s: u32) {
+fn count(tagged: u32) {
+    let s = tagged & 0xffu;
     if (s == STRANDED) { atomicAdd(&counts[8], 1u); } else { atomicAdd(&counts[min(s, 4u)], 1u); }
+}
+
+// Quarantine where it was: BAD_FIELD, with the status it had at the step's start (plus one) in
+// the next byte, so that a node can step it again once it has fetched the values it lacked.
+fn quarantine(was: u32) -> u32 {
+    atomicAdd(&counts[10], 1u);
+    return BAD_FIELD | ((was + 1u) << 8u);
+}
+
+// A node's pass after the step: every particle whose element another partition owns leaves
+// this one. It is copied after the header for the host to send on, and its slot is left vacant.
+@compute @workgroup_size(64)
+fn emigrate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * 64u;
+    if (i >= P.n) { return; }
+    let p = particles[i];
+    if (p.status == VACANT || p.status == OUTSIDE_MESH || elements[p.elem].owner == P.me) {
+        return;
+    }
+    let o = HEADER + atomicAdd(&counts[9], 1u) * MIGRANT;
+    atomicStore(&counts[o], i);
+    atomicStore(&counts[o + 1u], bitcast<u32>(p.ox));
+    atomicStore(&counts[o + 2u], bitcast<u32>(p.oy));
+    atomicStore(&counts[o + 3u], bitcast<u32>(p.z));
+    atomicStore(&counts[o + 4u], bitcast<u32>(p.release));
+    atomicStore(&counts[o + 5u], p.elem);
+    atomicStore(&counts[o + 6u], p.status);
+    atomicStore(&counts[o + 7u], p.id);
+    atomicStore(&counts[o + 8u], p.happiness);
+    particles[i].status = VACANT;
 }
 
 @compute @workgroup_size(64)
@@ -302,6 +350,9 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let i = gid.x + gid.y * groups.x * 64u;
     if (i >= P.n) { return; }
     var p = particles[i];
+    if (p.status == VACANT) { return; }
+    lacking = false;
+    let was = p.status;
     let dt = P.dt;
     // The field levels and weights of the step's stage times.
     let w0 = P.s0;
@@ -323,7 +374,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if (due_now || p.release <= P.clock + dt) {
             let c = column(e0, x0, y0, at);
             if (c.x != c.x || c.y != c.y) {
-                p.status = BAD_FIELD;
+                p.status = quarantine(was);
             } else {
                 p.z = clamp(c.x + p.z, c.x - c.y, c.x);
                 p.status = ACTIVE;
@@ -377,8 +428,8 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     // NaN or infinity anywhere: quarantine where it was (x != x is the NaN test).
     let probe = dxn + dyn_ + zn + s1.zeta;
-    if (probe != probe || abs(probe) > 3.0e38) {
-        p.status = BAD_FIELD;
+    if (lacking || probe != probe || abs(probe) > 3.0e38) {
+        p.status = quarantine(was);
         finish(i, p);
         return;
     }
@@ -485,9 +536,9 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let c = column(e, nx, ny, w1);
-    if (c.x != c.x) {
+    if (lacking || c.x != c.x) {
         // No free surface where it would land: quarantined where it was.
-        p.status = BAD_FIELD;
+        p.status = quarantine(was);
     } else if (!wet(w1, e)) {
         // It would end in a dry cell: it stays where it was.
         p.status = STRANDED;
