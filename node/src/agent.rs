@@ -754,10 +754,12 @@ struct PartitionAgent<'a> {
     early: Vec<Arrival>,
     pool: Option<Arc<rayon::ThreadPool>>,
     /// Where the partition steps; on the GPU, its particles live there and `part` is empty.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     choice: &'a crate::Choice,
     #[cfg(feature = "gpu")]
     gpu: Option<Box<crate::gpu::GpuPartition>>,
     /// Particles found leaving while quarantined ones were stepped again on the host.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     host_out: Particles,
 }
 
