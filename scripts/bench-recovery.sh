@@ -47,7 +47,7 @@ zenoh_config = "m.json5"
 EOF
 }
 node() {
-    "$BIN/shoal-node" --cluster bench --name "$1" --zenoh-config "$DIR/n.json5" --quiet &
+    "$BIN/shoal-node" --cluster bench --name "$1" --zenoh-config "$DIR/n.json5" --quiet --device cpu &
     PIDS+=($!)
 }
 config clean

@@ -159,7 +159,7 @@ write_config netns
 # --- Multi-host: node agents in their namespaces, the manager in its own. ---
 k=1
 for ns in "${NODES[@]}"; do
-    ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node$k" \
+    ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node$k" --device cpu \
         >"$DIR/node$k.log" 2>&1 &
     NODE_PIDS+=($!)
     k=$((k + 1))
@@ -268,7 +268,7 @@ NODE_PIDS=()
 join_start=$EPOCHREALTIME
 k=1
 for ns in "${NODES[@]}"; do
-    ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node$k" \
+    ip netns exec "$ns" "$BIN/shoal-node" --cluster "$CLUSTER" --name "node$k" --device cpu \
         --zenoh-config "$DIR/quic-$ns.json5" >"$DIR/quic-node$k.log" 2>&1 &
     NODE_PIDS+=($!)
     k=$((k + 1))

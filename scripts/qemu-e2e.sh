@@ -105,18 +105,19 @@ write_config mixed
 "$BIN/shoal" run "$DIR/native.toml" --quiet >"$DIR/native.log" 2>&1
 
 # The nodes outlive the three manager processes below, so they listen and every manager
-# connects to them; they find each other through zenoh's gossip, as peers do.
+# connects to them; they find each other through zenoh's gossip, as peers do. Both step on
+# their cores (`--device cpu`): the check is the CPU kernel's bits on two architectures.
 read -r P1 P2 < <("$PYTHON" -c '
 import socket
 s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
 EP1="tcp/127.0.0.1:$P1" EP2="tcp/127.0.0.1:$P2"
-"$BIN/shoal-node" --cluster "$CLUSTER" --listen "$EP1" --threads 1 --name x86 \
+"$BIN/shoal-node" --cluster "$CLUSTER" --listen "$EP1" --threads 1 --name x86 --device cpu \
     >"$DIR/node-x86.log" 2>&1 &
 PIDS+=($!)
 "${QEMU[@]}" "$NODE_A64" --cluster "$CLUSTER" --listen "$EP2" --connect "$EP1" --threads 1 \
-    --name pi-qemu >"$DIR/node-aarch64.log" 2>&1 &
+    --name pi-qemu --device cpu >"$DIR/node-aarch64.log" 2>&1 &
 PIDS+=($!)
 FLEET=(--cluster "$CLUSTER" --connect "$EP1" --connect "$EP2" --listen tcp/127.0.0.1:0 --nodes 2 --wait 120)
 

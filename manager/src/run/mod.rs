@@ -237,8 +237,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     // The status page: served from before the first step until the run's end.
     let device_words = if named {
         (
-            "cpu".to_string(),
-            "a named cluster's nodes step on their CPUs".to_string(),
+            "auto".to_string(),
+            "a named cluster's nodes each choose (shoal-node --device, with run.device); \
+             the run's log names each partition's device"
+                .to_string(),
         )
     } else {
         (

@@ -41,8 +41,13 @@ pub struct NodeCard {
 }
 
 impl NodeCard {
-    /// A node's card from its answer to a checkup; `device` and `reason` say what it steps on.
+    /// A node's card from its answer to a checkup; `device` and `reason` say what it steps on
+    /// where the node did not say (its full checkup names its own choice and why).
     pub fn from_health(h: &Health, device: &str, reason: &str) -> NodeCard {
+        let (device, reason) = match h.device.split_once(':') {
+            Some((word, _)) => (word, h.device.as_str()),
+            None => (device, reason),
+        };
         let t = &h.thermal;
         let mut throttling: Vec<String> = Vec::new();
         if let Some(bits) = t.throttled {
@@ -535,7 +540,9 @@ pub fn watch_fleet(
         .spawn(move || {
             // The full checkups' GPU verdicts, asked once per node beside the quick ones, on
             // threads of their own that give up when the watch stops.
-            let verdicts: Arc<Mutex<BTreeMap<String, Option<GpuHealth>>>> = Default::default();
+            // With each, the node's own choice of device and why (empty where unknown).
+            type Verdict = (GpuHealth, String);
+            let verdicts: Arc<Mutex<BTreeMap<String, Option<Verdict>>>> = Default::default();
             let mut full_checkups = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
@@ -567,12 +574,12 @@ pub fn watch_fleet(
                                     &session, &cluster, &dropped, &name, full, &stop,
                                 )
                                 .map_or_else(
-                                    |e| GpuHealth::Absent {
-                                        why: shoal_common::wire::text(&format!(
-                                            "no full checkup: {e:#}"
-                                        )),
+                                    |e| {
+                                        let why = format!("no full checkup: {e:#}");
+                                        let why = shoal_common::wire::text(&why);
+                                        (GpuHealth::Absent { why }, String::new())
                                     },
-                                    |h| h.gpu,
+                                    |h| (h.gpu, h.device),
                                 );
                                 verdicts
                                     .lock()
@@ -608,7 +615,8 @@ pub fn watch_fleet(
                                 .unwrap_or_else(|p| p.into_inner())
                                 .get(&name)
                             {
-                                h.gpu = g.clone();
+                                h.gpu = g.0.clone();
+                                h.device = g.1.clone();
                             }
                             board.set_node(&name, NodeCard::from_health(&h, &device.0, &device.1));
                         }

@@ -227,8 +227,9 @@ pub fn status_page(
             stop.clone(),
             true,
             (
-                "cpu".to_string(),
-                "a named cluster's nodes step on their CPUs".to_string(),
+                "auto".to_string(),
+                "a named cluster's nodes each choose (shoal-node --device, with run.device)"
+                    .to_string(),
             ),
         );
         let began = Instant::now();

@@ -121,7 +121,11 @@ struct Params {
     s1: Stage,
     /// The node's partition, for `emigrate`.
     me: u32,
-    pad: [u32; 3],
+    /// Particle slots the buffers hold room for (where the quarantined records start).
+    cap: u32,
+    /// 1 on a node: migrants and quarantined particles are recorded after the header.
+    node: u32,
+    pad: u32,
 }
 
 /// The limits a Raspberry Pi 4/5 VideoCore offers through Vulkan, requested exactly.
@@ -797,7 +801,9 @@ impl GpuPartition {
             sh: stage(1),
             s1: stage(2),
             me: self.me.unwrap_or(0),
-            pad: [0; 3],
+            cap: self.cap as u32,
+            node: u32::from(self.me.is_some()),
+            pad: 0,
         };
         let q = &self.ctx.queue;
         q.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
@@ -901,24 +907,61 @@ impl GpuPartition {
     }
 
     /// Reads back the particles the last step quarantined (they kept their state at the
-    /// step's start): their slots, and the particles with the status each had then.
+    /// step's start): their slots, and the particles with the status each had then. Only their
+    /// records come back (36 bytes each), not the partition's state.
     pub fn take_quarantined(&mut self, mesh: &Mesh) -> Result<(Vec<u32>, Particles), String> {
-        // The device marks them BAD_FIELD with their earlier status plus one in the next byte.
-        let raw = self.read_particles()?;
-        let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
-        let mut slots = Vec::new();
-        let mut out = Particles::default();
-        for (i, g) in gp.iter().take(self.n).enumerate() {
-            from_gpu(mesh, g, &mut self.mirror, i);
-            let mark = g.status >> 8;
-            if g.status & 0xff == status::BAD_FIELD as u32 && mark != 0 {
-                slots.push(i as u32);
-                out.push_from(&self.mirror, i);
-                let last = out.len() - 1;
-                out.status[last] = (mark - 1) as u8;
-            }
+        let k = std::mem::take(&mut self.quarantined);
+        let at = COUNTS_BYTES + (self.cap * MIGRANT_WORDS * 4) as u64;
+        let rows = self.read_records(at, k)?;
+        let mut slots = Vec::with_capacity(k);
+        let mut out = Particles::with_capacity(k);
+        for (slot, g) in rows {
+            out.push_from(&self.mirror, slot);
+            let last = out.len() - 1;
+            from_gpu(mesh, &g, &mut out, last);
+            slots.push(slot as u32);
         }
         Ok((slots, out))
+    }
+
+    /// `k` records (a slot and its particle) from byte `at` of the counts buffer, in slot order
+    /// whatever order the device wrote them in.
+    fn read_records(&mut self, at: u64, k: usize) -> Result<Vec<(usize, GpuParticle)>, String> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = (k * MIGRANT_WORDS * 4) as u64;
+        // A record is 36 bytes, a particle in the staging ring 32: a buffer of the right size,
+        // made for the purpose.
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("records staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("records"),
+            });
+        enc.copy_buffer_to_buffer(&self.counts, at, &staging, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let raw = read_buffer(&self.ctx, &staging, bytes)?;
+        self.readback_bytes += bytes;
+        let words: &[u32] = bytemuck::cast_slice(&raw);
+        let mut rows: Vec<(usize, GpuParticle)> = words
+            .chunks_exact(MIGRANT_WORDS)
+            .map(|w| {
+                let g: GpuParticle = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[1..]));
+                (w[0] as usize, g)
+            })
+            .collect();
+        rows.sort_unstable_by_key(|r| r.0);
+        if let Some((slot, _)) = rows.iter().find(|r| r.0 >= self.n) {
+            return Err(format!("the device named slot {slot} of {}", self.n));
+        }
+        Ok(rows)
     }
 
     /// Writes particle `k` of `from` into slot `slot` (device and mirror).
@@ -961,47 +1004,9 @@ impl GpuPartition {
     /// slots are vacant now.
     pub fn take_migrants(&mut self, mesh: &Mesh) -> Result<Particles, String> {
         let k = std::mem::take(&mut self.migrants);
+        let rows = self.read_records(COUNTS_BYTES, k)?;
         let mut out = Particles::with_capacity(k);
-        if k == 0 {
-            return Ok(out);
-        }
-        let bytes = (k * MIGRANT_WORDS * 4) as u64;
-        // The particle staging buffers hold a particle in 32 bytes, a migrant in 36: one
-        // buffer of the right size, made for the purpose (a few per run at most grow it).
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("migrants staging"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("migrants"),
-            });
-        enc.copy_buffer_to_buffer(&self.counts, COUNTS_BYTES, &staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
-        let raw = read_buffer(&self.ctx, &staging, bytes)?;
-        self.readback_bytes += bytes;
-        let words: &[u32] = bytemuck::cast_slice(&raw);
-        let mut rows: Vec<(u32, GpuParticle)> = words
-            .chunks_exact(MIGRANT_WORDS)
-            .map(|w| {
-                let g: GpuParticle = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[1..]));
-                (w[0], g)
-            })
-            .collect();
-        // In slot order, whatever order the device found them in.
-        rows.sort_unstable_by_key(|r| r.0);
         for (slot, g) in rows {
-            let slot = slot as usize;
-            if slot >= self.n {
-                return Err(format!(
-                    "the device named migrant slot {slot} of {}",
-                    self.n
-                ));
-            }
             out.push_from(&self.mirror, slot);
             let last = out.len() - 1;
             from_gpu(mesh, &g, &mut out, last);
@@ -1079,9 +1084,10 @@ fn particle_buffers(
 ) -> Result<(wgpu::Buffer, [wgpu::Buffer; 2], wgpu::Buffer), String> {
     let bytes = (cap.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
     check_size(ctx, "the particle state", bytes)?;
+    // Room for every particle as a migrant, then as a quarantined particle.
     let counts_bytes = COUNTS_BYTES
         + if migrants {
-            (cap * MIGRANT_WORDS * 4) as u64
+            (2 * cap * MIGRANT_WORDS * 4) as u64
         } else {
             0
         };

@@ -38,7 +38,7 @@ struct Params {
     happy: u32, temp_on: u32, temp_base: u32, lay_base: u32,
     preferred: f32, tolerance: f32, threshold: f32, scal_len: u32,
     s0: Stage, sh: Stage, s1: Stage,
-    me: u32, pad0: u32, pad1: u32, pad2: u32,
+    me: u32, cap: u32, node: u32, pad0: u32,
 };
 
 const ACTIVE: u32 = 0u;
@@ -71,8 +71,9 @@ const OPEN: u32 = 0xfffffffeu;
 @group(0) @binding(6) var<storage, read> scal: array<f32>;
 // Status counts of this step: active, pending, exited, bad_field, outside_mesh; then the happy
 // count, the highest happiness (f32 bits) and the smallest id holding it; then stranded, the
-// migrants found by `emigrate`, and the particles quarantined by this step. After the HEADER
-// words, the migrants: each its slot and its 8 words of particle state.
+// migrants found by `emigrate`, and the particles quarantined by this step. On a node, after the
+// HEADER words, room for P.cap migrants, each its slot and its 8 words of particle state, then
+// for P.cap quarantined particles alike.
 @group(0) @binding(7) var<storage, read_write> counts: array<atomic<u32>>;
 // Each element's layer sigmas, n_layers per element, where layers are uneven or vary from node
 // to node (FVCOM's generalized sigma; `P.uneven`), four placeholder zeros otherwise; then from
@@ -315,10 +316,30 @@ fn count(tagged: u32) {
     if (s == STRANDED) { atomicAdd(&counts[8], 1u); } else { atomicAdd(&counts[min(s, 4u)], 1u); }
 }
 
-// Quarantine where it was: BAD_FIELD, with the status it had at the step's start (plus one) in
-// the next byte, so that a node can step it again once it has fetched the values it lacked.
-fn quarantine(was: u32) -> u32 {
-    atomicAdd(&counts[10], 1u);
+// Copies particle `q` of slot `i` to the counts' record at word `o`.
+fn record(o: u32, i: u32, q: Particle) {
+    atomicStore(&counts[o], i);
+    atomicStore(&counts[o + 1u], bitcast<u32>(q.ox));
+    atomicStore(&counts[o + 2u], bitcast<u32>(q.oy));
+    atomicStore(&counts[o + 3u], bitcast<u32>(q.z));
+    atomicStore(&counts[o + 4u], bitcast<u32>(q.release));
+    atomicStore(&counts[o + 5u], q.elem);
+    atomicStore(&counts[o + 6u], q.status);
+    atomicStore(&counts[o + 7u], q.id);
+    atomicStore(&counts[o + 8u], q.happiness);
+}
+
+// Quarantine where it was (`q`, the particle as the step found it): BAD_FIELD, with the status
+// it had then (plus one) in the next byte. On a node it is also recorded after the migrants'
+// room (P.cap records), with that status, for the host to step it again once it has fetched
+// the values it lacked.
+fn quarantine(i: u32, q: Particle, was: u32) -> u32 {
+    let k = atomicAdd(&counts[10], 1u);
+    if (P.node == 1u) {
+        var r = q;
+        r.status = was;
+        record(HEADER + (P.cap + k) * MIGRANT, i, r);
+    }
     return BAD_FIELD | ((was + 1u) << 8u);
 }
 
@@ -332,16 +353,7 @@ fn emigrate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (p.status == VACANT || p.status == OUTSIDE_MESH || elements[p.elem].owner == P.me) {
         return;
     }
-    let o = HEADER + atomicAdd(&counts[9], 1u) * MIGRANT;
-    atomicStore(&counts[o], i);
-    atomicStore(&counts[o + 1u], bitcast<u32>(p.ox));
-    atomicStore(&counts[o + 2u], bitcast<u32>(p.oy));
-    atomicStore(&counts[o + 3u], bitcast<u32>(p.z));
-    atomicStore(&counts[o + 4u], bitcast<u32>(p.release));
-    atomicStore(&counts[o + 5u], p.elem);
-    atomicStore(&counts[o + 6u], p.status);
-    atomicStore(&counts[o + 7u], p.id);
-    atomicStore(&counts[o + 8u], p.happiness);
+    record(HEADER + atomicAdd(&counts[9], 1u) * MIGRANT, i, p);
     particles[i].status = VACANT;
 }
 
@@ -374,7 +386,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if (due_now || p.release <= P.clock + dt) {
             let c = column(e0, x0, y0, at);
             if (c.x != c.x || c.y != c.y) {
-                p.status = quarantine(was);
+                p.status = quarantine(i, p, was);
             } else {
                 p.z = clamp(c.x + p.z, c.x - c.y, c.x);
                 p.status = ACTIVE;
@@ -429,7 +441,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     // NaN or infinity anywhere: quarantine where it was (x != x is the NaN test).
     let probe = dxn + dyn_ + zn + s1.zeta;
     if (lacking || probe != probe || abs(probe) > 3.0e38) {
-        p.status = quarantine(was);
+        p.status = quarantine(i, p, was);
         finish(i, p);
         return;
     }
@@ -538,7 +550,7 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let c = column(e, nx, ny, w1);
     if (lacking || c.x != c.x) {
         // No free surface where it would land: quarantined where it was.
-        p.status = quarantine(was);
+        p.status = quarantine(i, p, was);
     } else if (!wet(w1, e)) {
         // It would end in a dry cell: it stays where it was.
         p.status = STRANDED;
