@@ -58,13 +58,91 @@ fn no_hdf5_locks() {
     });
 }
 
-/// A TCP port on loopback nobody listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The meeting point of a test's zenoh processes: a peer in the test's own process, listening
+/// on a loopback port that it holds for as long as the test keeps it. Every manager and node of
+/// the test listens on a port of its own choosing (`tcp/127.0.0.1:0`) and connects here; zenoh's
+/// gossip then links them to one another directly, as on a station's LAN. So no process needs a
+/// port chosen in advance, and a manager restarted mid-test finds the nodes again through the
+/// hub. The hub's own port is the only one chosen before it is bound: when another test's
+/// process took it in between, opening fails with "address in use" and the hub tries another
+/// port, until a deadline.
+pub struct Hub {
+    pub session: zenoh::Session,
+    /// `tcp/127.0.0.1:PORT`, for `connect` lists and `--connect`.
+    pub endpoint: String,
+}
+
+impl Hub {
+    pub fn open() -> Hub {
+        use zenoh::Wait;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("no loopback port")
+                .port();
+            let endpoint = format!("tcp/127.0.0.1:{port}");
+            let cfg = zenoh::Config::from_json5(&format!(
+                "{{ mode: \"peer\", listen: {{ endpoints: [\"{endpoint}\"], exit_on_failure: true }}, scouting: {{ multicast: {{ enabled: false }} }} }}"
+            ))
+            .unwrap();
+            match zenoh::open(cfg).wait() {
+                Ok(session) => return Hub { session, endpoint },
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("hub: {endpoint} was taken before it could be bound ({e}); trying another port");
+                }
+                Err(e) => {
+                    panic!("hub: no loopback port could be bound in {attempts} attempts: {e}")
+                }
+            }
+        }
+    }
+
+    /// A zenoh configuration file in `dir` for a process of this test: listening on a loopback
+    /// port of its own, connected to the hub.
+    pub fn config(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "{{ mode: \"peer\", listen: {{ endpoints: [\"tcp/127.0.0.1:0\"] }}, connect: {{ endpoints: [\"{}\"] }}, scouting: {{ multicast: {{ enabled: false }} }} }}",
+                self.endpoint
+            ),
+        )
+        .unwrap();
+        p
+    }
+}
+
+/// The address a process printed on `line_start...` in `log` (for a status page bound to port
+/// 0), waiting up to `within` for it to appear.
+pub fn printed_addr(
+    log: &Path,
+    line_start: &str,
+    within: std::time::Duration,
+) -> std::net::SocketAddr {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.lines().find_map(|l| l.strip_prefix(line_start)) {
+            let addr = rest
+                .trim_start_matches("http://")
+                .split(['/', ' '])
+                .next()
+                .unwrap_or_default();
+            return addr
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: `{addr}` is not an address: {e}", log.display()));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} printed no `{line_start}` line in {within:?}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A trajectory file read back whole; arrays are trajectory-major `[p * n_time + t]`.
@@ -86,7 +164,7 @@ pub struct Output {
 
 impl Output {
     pub fn read(path: &Path) -> Result<Output> {
-        let f = netcdf::open(path)?;
+        let f = shoal_manager::nc::open(path)?;
         // Packed positions (`[output] precision`) come back unpacked; floats as they are.
         let getf64 = |n: &str| -> Result<Vec<f64>> {
             shoal_manager::output::unpacked(
@@ -130,7 +208,7 @@ impl Output {
 
 /// Every variable of two NetCDF files, compared bit for bit (NaN equal to NaN of the same bits).
 pub fn files_bit_identical(a: &Path, b: &Path, skip_attributes: bool) -> Result<()> {
-    let (fa, fb) = (netcdf::open(a)?, netcdf::open(b)?);
+    let (fa, fb) = (shoal_manager::nc::open(a)?, shoal_manager::nc::open(b)?);
     let _ = skip_attributes;
     let mut names: Vec<String> = fa.variables().map(|v| v.name()).collect();
     names.sort();

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod input;
+pub mod nc;
 pub mod output;
 pub mod run;
 pub mod tools;

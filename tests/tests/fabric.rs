@@ -178,10 +178,9 @@ fn a_manager_process_and_two_node_processes_match_the_in_process_run() {
     )
     .unwrap();
     let larval = "[behaviour.migration]\nday_depth=[6.0, 8.0]\nnight_depth=1.0\nswim_speed=0.004\nlatitude=44.0\nlongitude=-63.0\n[[behaviour.stage]]\nage='1h'\nmortality_per_day=3.0\n[settlement]\npolygons='reefs.geojson'\ncompetency=['1h', '3h']\nprobability_per_hour=0.6\n";
-    let port = free_port();
-    let manager = format!("tcp/127.0.0.1:{port}");
-    json5(&dir, "manager.json5", &manager, "");
-    let node_cfg = json5(&dir, "node.json5", "tcp/127.0.0.1:0", &manager);
+    let hub = Hub::open();
+    hub.config(&dir, "manager.json5");
+    let node_cfg = hub.config(&dir, "node.json5");
     let cluster = format!("proc-{}", std::process::id());
     let mut nodes = Nodes(Vec::new());
     for k in 0..2 {
@@ -330,13 +329,10 @@ fn bad_batch(cluster: &str, run: u64, kind: u64, step: u32, to: u32, from: u32) 
 #[test]
 fn garbage_on_every_key_is_dropped_and_counted_and_the_run_is_unharmed() {
     let (dir, toml) = setup("fabric_garbage");
-    let port = free_port();
-    let attacker_at = format!("tcp/127.0.0.1:{port}");
-    let attacker_cfg = json5(&dir, "attacker.json5", &attacker_at, "");
-    json5(&dir, "fabric.json5", "tcp/127.0.0.1:0", &attacker_at);
-    let attacker = zenoh::open(zenoh::Config::from_file(&attacker_cfg).unwrap())
-        .wait()
-        .unwrap();
+    // The attacker is the hub the run's session connects to.
+    let hub = Hub::open();
+    hub.config(&dir, "fabric.json5");
+    let attacker = hub.session.clone();
     let done = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let (d, s) = (done.clone(), sent.clone());

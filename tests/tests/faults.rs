@@ -3,31 +3,35 @@
 //! finished file must equal the one-machine run value by value, and the survivors must take
 //! the next run without being restarted.
 
-use crate::fabric::{clean, json5, run_with, setup, Nodes};
+use crate::fabric::{clean, run_with, setup, Nodes};
 use shoal_manager::run::{RunOptions, RunReport};
 use shoal_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output as ProcessOutput, Stdio};
 use std::time::{Duration, Instant};
 
-/// A named cluster on loopback: the manager listens on a fixed port, nodes connect to it.
+/// A named cluster on loopback: the manager (in this process or as its own, restarted ones
+/// too) and the nodes each listen on a port of their own and meet at the test's hub.
 pub(crate) struct Station {
     dir: PathBuf,
     pub(crate) cluster: String,
     node_cfg: PathBuf,
     nodes: Nodes,
+    // Declared last: dropped after the nodes are gone.
+    _hub: Hub,
 }
 
 impl Station {
     pub(crate) fn new(dir: &Path, tag: &str) -> Station {
-        let manager = format!("tcp/127.0.0.1:{}", free_port());
-        json5(dir, "manager.json5", &manager, "");
-        let node_cfg = json5(dir, "node.json5", "tcp/127.0.0.1:0", &manager);
+        let hub = Hub::open();
+        hub.config(dir, "manager.json5");
+        let node_cfg = hub.config(dir, "node.json5");
         Station {
             dir: dir.to_path_buf(),
             cluster: format!("{tag}-{}", std::process::id()),
             node_cfg,
             nodes: Nodes(Vec::new()),
+            _hub: hub,
         }
     }
 

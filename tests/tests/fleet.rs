@@ -28,10 +28,10 @@ fn hot_pi_sysfs(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn doctor_and_pi_over_node_processes() {
     let dir = scratch("fleet_processes");
-    let port = free_port();
-    let hub = format!("tcp/127.0.0.1:{port}");
-    let first = json5(&dir, "n0.json5", &hub, "");
-    let second = json5(&dir, "n1.json5", "tcp/127.0.0.1:0", &hub);
+    let meeting = Hub::open();
+    let hub = meeting.endpoint.clone();
+    let first = meeting.config(&dir, "n0.json5");
+    let second = meeting.config(&dir, "n1.json5");
     let cluster = format!("fleet-{}", std::process::id());
     let mut nodes = Nodes(Vec::new());
     for (k, cfg) in [first, second].iter().enumerate() {

@@ -79,9 +79,9 @@ fn larval_toml(out: &str, seed: u64, release: &str) -> String {
 /// the active particles whose position falls in the cell.
 fn check_density(traj: &Path, density: &Path, sites: usize) {
     let out = Output::read(traj).unwrap();
-    let f = netcdf::open(traj).unwrap();
+    let f = shoal_manager::nc::open(traj).unwrap();
     let origin: Vec<i32> = f.variable("origin").unwrap().get_values(..).unwrap();
-    let d = netcdf::open(density).unwrap();
+    let d = shoal_manager::nc::open(density).unwrap();
     let xs: Vec<f64> = d.variable("x").unwrap().get_values(..).unwrap();
     let ys: Vec<f64> = d.variable("y").unwrap().get_values(..).unwrap();
     let times: Vec<f64> = d.variable("time").unwrap().get_values(..).unwrap();
@@ -210,7 +210,7 @@ fn polygon_releases_are_exact_inside_in_the_water_and_the_same_on_every_path() {
     shoal_manager::plot::plot(&dir.join("density-direct.nc"), None, &svg, 300).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("<rect"), "{text}");
-    let f = netcdf::open(dir.join("direct.nc")).unwrap();
+    let f = shoal_manager::nc::open(dir.join("direct.nc")).unwrap();
     let origin: Vec<i32> = f.variable("origin").unwrap().get_values(..).unwrap();
     for k in 0..3 {
         assert_eq!(origin.iter().filter(|&&o| o == k).count(), 120, "site {k}");
@@ -415,7 +415,7 @@ fn connectivity_in_uniform_flow_follows_the_geometry() {
     };
     let file = on_both_paths(&dir, &toml, &["conn"]);
     let out = Output::read(&file).unwrap();
-    let f = netcdf::open(&file).unwrap();
+    let f = shoal_manager::nc::open(&file).unwrap();
     let dest: Vec<i32> = f.variable("destination").unwrap().get_values(..).unwrap();
     let when: Vec<f64> = f
         .variable("settlement_time")
@@ -463,7 +463,7 @@ fn connectivity_in_uniform_flow_follows_the_geometry() {
         (share_a - 0.2).abs() < 4.0 * (0.2f64 * 0.8 / 500.0).sqrt(),
         "{share_a}"
     );
-    let c = netcdf::open(dir.join("conn-direct.nc")).unwrap();
+    let c = shoal_manager::nc::open(dir.join("conn-direct.nc")).unwrap();
     let count: Vec<i32> = c.variable("count").unwrap().get_values(..).unwrap();
     assert_eq!(count, expect.concat());
     let prob: Vec<f64> = c.variable("probability").unwrap().get_values(..).unwrap();
@@ -563,7 +563,7 @@ fn lateral_shares_under_diffusion_follow_the_gaussian() {
         )
     };
     on_both_paths(&dir, &toml, &["conn"]);
-    let c = netcdf::open(dir.join("conn-direct.nc")).unwrap();
+    let c = shoal_manager::nc::open(dir.join("conn-direct.nc")).unwrap();
     let count: Vec<i32> = c.variable("count").unwrap().get_values(..).unwrap();
     for (k, (a, b)) in bands.iter().enumerate() {
         let want = phi(*b) - phi(*a);
@@ -708,7 +708,7 @@ fn backward_tracking_returns_to_the_release() {
                 "{flow:?}: particle {p} ends {d} m from its release"
             );
         }
-        let nc = netcdf::open(&file).unwrap();
+        let nc = shoal_manager::nc::open(&file).unwrap();
         let dir_attr: String = nc
             .attribute("shoal_direction")
             .unwrap()
@@ -743,7 +743,7 @@ fn wetting_and_drying_strands_and_frees_particles() {
     };
     let file = on_both_paths(&dir, &toml, &[]);
     let out = Output::read(&file).unwrap();
-    let input = netcdf::open(dir.join("f.nc")).unwrap();
+    let input = shoal_manager::nc::open(dir.join("f.nc")).unwrap();
     let wet: Vec<i32> = input.variable("wet_cells").unwrap().get_values(..).unwrap();
     let ne = input.dimension_len("nele").unwrap();
     let mut stranded = 0;

@@ -25,7 +25,7 @@ fn output_is_a_cf_trajectory_file_with_the_configuration() {
     let dir = scratch("cf");
     let cfg = happy_setup(&dir, "");
     let rep = run_quiet(&cfg, 2).unwrap();
-    let f = netcdf::open(dir.join("out.nc")).unwrap();
+    let f = shoal_manager::nc::open(dir.join("out.nc")).unwrap();
     let attr = |n: &str| String::try_from(f.attribute(n).unwrap().value().unwrap()).unwrap();
     assert_eq!(attr("featureType"), "trajectory");
     assert_eq!(attr("Conventions"), "CF-1.8");
@@ -140,7 +140,7 @@ fn compressed_and_quantized_outputs_agree_with_full_floats() {
         "{full_bytes} bytes of floats, {deflated_bytes} deflated, {packed_bytes} packed"
     );
     // Chunks of one record and at most 4 096 particles (here all 400).
-    let f = netcdf::open(dir.join("deflated.nc")).unwrap();
+    let f = shoal_manager::nc::open(dir.join("deflated.nc")).unwrap();
     let chunk = f.variable("x").unwrap().chunking().unwrap().unwrap();
     assert_eq!(chunk, [400, 1], "{chunk:?}");
     // xarray unpacks the integers itself.
@@ -229,4 +229,70 @@ fn a_killed_run_leaves_a_readable_file() {
     assert_eq!(out.n_time, 7);
     assert_eq!(out.time[6], 3600.0);
     assert!(out.x.iter().all(|v| *v == 1.0));
+}
+
+const HDF5_CHILD: &str = "SHOAL_TEST_HDF5_CHILD";
+
+/// A thread-safe HDF5 prints a whole error stack for each failed call on any thread where
+/// netcdf-c did not turn printing off, and netcdf-c fails some calls on purpose (it asks for the
+/// optional `_Quantize*` attributes of every variable it opens): this test suite printed 12 500
+/// of them. A child process of this test binary synthesises a file, runs on it with two
+/// in-process nodes, and reads the output back on fresh threads, as the tests do; its stderr
+/// must hold no stack. The `shoal` command in its own process must show none either.
+#[test]
+fn no_hdf5_error_stack_reaches_stderr_from_any_thread() {
+    if std::env::var_os(HDF5_CHILD).is_some() {
+        let dir = scratch("hdf5_quiet_child");
+        let cfg = happy_setup(&dir, "");
+        run_quiet(&cfg, 2).unwrap();
+        for _ in 0..3 {
+            let out = dir.join("out.nc");
+            std::thread::spawn(move || Output::read(&out).unwrap())
+                .join()
+                .unwrap();
+        }
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(me)
+        .args([
+            "--exact",
+            "output::no_hdf5_error_stack_reaches_stderr_from_any_thread",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HDF5_CHILD, "1")
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}\n{err}"
+    );
+    assert!(!err.contains("HDF5-DIAG"), "an HDF5 error stack:\n{err}");
+
+    // The CLI, in its own process: a run with two nodes, the reader's report, a plot.
+    let dir = scratch("hdf5_quiet");
+    happy_setup(&dir, "");
+    let runs: [&[&str]; 3] = [
+        &["run", "run.toml", "--quiet", "--nodes", "2"],
+        &["inspect", "f.nc"],
+        &["plot", "out.nc", "-o", "out.png"],
+    ];
+    for args in runs {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "shoal {args:?} failed:\n{err}");
+        assert!(
+            !err.contains("HDF5-DIAG"),
+            "shoal {args:?} printed an HDF5 error stack:\n{err}"
+        );
+    }
 }

@@ -398,7 +398,7 @@ fn a_variable_of_the_wrong_shape_is_refused_when_the_file_opens_naming_it() {
     let path = synth_file(&dir, "f.nc", &base());
     {
         // Salinity at nodes without layers: a layered variable of the wrong shape.
-        let mut f = netcdf::append(&path).unwrap();
+        let mut f = shoal_manager::nc::append(&path).unwrap();
         f.add_variable::<f32>("salinity", &["time", "node"])
             .unwrap();
     }
@@ -411,7 +411,7 @@ fn a_variable_of_the_wrong_shape_is_refused_when_the_file_opens_naming_it() {
     // Text where numbers belong.
     let other = synth_file(&dir, "g.nc", &base());
     {
-        let mut f = netcdf::append(&other).unwrap();
+        let mut f = shoal_manager::nc::append(&other).unwrap();
         f.add_string_variable("wet_cells", &["time", "nele"])
             .unwrap();
     }

@@ -121,7 +121,7 @@ fn sfbofs_sites_in_lon_lat_and_a_density_map_per_site() {
     run_quiet(&cfg, 2).unwrap();
     let out = Output::read(&dir.join("sites.nc")).unwrap();
     let (lon, lat) = (out.lon.as_ref().unwrap(), out.lat.as_ref().unwrap());
-    let f = netcdf::open(dir.join("sites.nc")).unwrap();
+    let f = shoal_manager::nc::open(dir.join("sites.nc")).unwrap();
     let origin: Vec<i32> = f.variable("origin").unwrap().get_values(..).unwrap();
     assert_eq!(out.n_traj, 400);
     for p in 0..out.n_traj {
@@ -136,7 +136,7 @@ fn sfbofs_sites_in_lon_lat_and_a_density_map_per_site() {
         );
     }
     assert_eq!(origin.iter().filter(|&&o| o == 1).count(), 200);
-    let d = netcdf::open(dir.join("density.nc")).unwrap();
+    let d = shoal_manager::nc::open(dir.join("density.nc")).unwrap();
     assert!(d.variable("lon").is_some() && d.variable("lat").is_some());
     let counts: Vec<i32> = d.variable("density").unwrap().get_values(..).unwrap();
     let active = out
@@ -188,7 +188,7 @@ fn sfbofs_larvae_write_a_connectivity_matrix() {
         .count();
     assert!(settled > 0, "nobody settled: {:?}", report.last);
     assert_eq!(settled as u64, report.last.settled);
-    let c = netcdf::open(dir.join("connectivity.nc")).unwrap();
+    let c = shoal_manager::nc::open(dir.join("connectivity.nc")).unwrap();
     let count: Vec<i32> = c.variable("count").unwrap().get_values(..).unwrap();
     assert_eq!(count.iter().sum::<i32>() as usize, settled);
     let released: Vec<i32> = c.variable("released").unwrap().get_values(..).unwrap();

@@ -150,8 +150,6 @@ fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
     .replace("count=3000", "count=40000")
     .replace("duration='3h'\ndt='60s'", "duration='4h'\ndt='5s'");
     std::fs::write(dir.join("page.toml"), run).unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let _manager = Killed(
         clean(env!("CARGO_BIN_EXE_shoal"))
             .args([
@@ -161,7 +159,7 @@ fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
                 "--cluster",
                 &cluster,
                 "--status",
-                &addr,
+                "127.0.0.1:0",
             ])
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -169,6 +167,13 @@ fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
             .spawn()
             .unwrap(),
     );
+    // The page binds a port of its own and says which.
+    let addr = printed_addr(
+        &dir.join("manager.log"),
+        "status page: ",
+        Duration::from_secs(120),
+    );
+    let port = addr.port();
     until(
         port,
         Duration::from_secs(120),
@@ -241,17 +246,22 @@ fn shoal_status_serves_the_fleet_alone_with_each_nodes_device_verdict() {
         station.start(name, None);
     }
     let cluster = station.cluster.clone();
-    let port = free_port();
     let _status = Killed(
         clean(env!("CARGO_BIN_EXE_shoal"))
             .args(["status", "--cluster", &cluster, "--zenoh-config"])
             .arg(dir.join("manager.json5"))
-            .args(["--serve", &format!("127.0.0.1:{port}"), "--seconds", "150"])
+            .args(["--serve", "127.0.0.1:0", "--seconds", "150"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("status.log")).unwrap())
             .spawn()
             .unwrap(),
     );
+    let port = printed_addr(
+        &dir.join("status.log"),
+        "status page: ",
+        Duration::from_secs(120),
+    )
+    .port();
     // The full checkup (with the GPU self-test) comes once per node; quick ones follow.
     let j = until(
         port,

@@ -78,7 +78,7 @@ fn open(path: &Path) -> Result<netcdf::File> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    netcdf::open(path).map_err(|e| {
+    crate::nc::open(path).map_err(|e| {
         anyhow!(
             "{}: cannot open as NetCDF ({e}); is the file complete?",
             path.display()
@@ -543,6 +543,7 @@ impl FvcomReader {
     /// Reads time slice `index` (into the concatenated axis); `origin` is the run clock's zero in
     /// Unix seconds.
     pub fn read_slice(&self, index: usize, origin: f64) -> Result<RawSlice> {
+        crate::nc::quiet(); // field servers read on threads of their own
         let (k, i) = self.slots[index];
         let Source { path, file } = &self.sources[k];
         let l = &self.layout;

@@ -217,6 +217,7 @@ impl DensityWriter {
 
     /// Counts one output time's particles (every snapshot row) and appends the map.
     pub fn write(&mut self, t: f64, snap: &[Snapshot]) -> Result<()> {
+        crate::nc::quiet();
         let cells = self.grid.nx * self.grid.ny;
         let mut counts = vec![0i32; cells * self.layers];
         for s in snap {
@@ -276,7 +277,7 @@ impl DensityWriter {
         let (grid, projection, origin, layers) = Self::layout(spec, mesh, n, origins)?;
         let path = &spec.file;
         let ctx = || format!("reopening density map {} to resume", path.display());
-        let file = netcdf::append(path).with_context(ctx)?;
+        let file = crate::nc::append(path).with_context(ctx)?;
         let (xn, yn) = names(spec.degrees);
         let dim = |name: &str| file.dimension(name).map(|d| d.len());
         if dim(xn) != Some(grid.nx)

@@ -20,7 +20,7 @@ pub(crate) fn create_cf(path: &Path, title: &str) -> Result<netcdf::FileMut> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = netcdf::create(path)?;
+    let mut f = crate::nc::create(path)?;
     f.add_attribute("Conventions", "CF-1.8")?;
     f.add_attribute("title", title)?;
     f.add_attribute("source", format!("shoal {}", shoal_node::VERSION))?;
@@ -447,6 +447,7 @@ impl TrajectoryWriter {
 
     /// Appends one snapshot at `t` seconds after the reference. Rows may come in any order.
     pub fn write(&mut self, t: f64, snap: &[Snapshot]) -> Result<()> {
+        crate::nc::quiet(); // the writer may live on another thread than its creator
         let path = self.path.clone();
         let ctx = || format!("writing output {}", path.display());
         let it = self.written;
@@ -586,7 +587,7 @@ impl TrajectoryWriter {
         records: usize,
     ) -> Result<Self> {
         let ctx = || format!("reopening output {} to resume", path.display());
-        let file = netcdf::append(path).with_context(ctx)?;
+        let file = crate::nc::append(path).with_context(ctx)?;
         let dim = |name: &str| file.dimension(name).map(|d| d.len());
         let (trajectories, times) = (dim("trajectory"), dim("time"));
         if trajectories != Some(n) || times.is_none_or(|t| t < records) {

@@ -263,7 +263,8 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned());
             let board = status::Board::new(&station, Some((name, painter)));
             let server = status::serve(addr, board.clone())?;
-            say(opts.quiet, format!("status page: http://{}/", server.addr));
+            // Printed even when quiet: with port 0 the address is known only now.
+            eprintln!("status page: http://{}/", server.addr);
             let stop = Arc::new(AtomicBool::new(false));
             // In-process nodes and the direct path step here: this machine is the fleet.
             let here = named_cluster.is_none().then(|| {

@@ -37,7 +37,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
     let mut out = String::new();
     let (reader, mesh, notes) = FvcomReader::open(paths, &[])?;
     for p in paths {
-        let f = netcdf::open(p)?;
+        let f = crate::nc::open(p)?;
         writeln!(out, "{}", p.display())?;
         let dims: Vec<String> = f
             .dimensions()

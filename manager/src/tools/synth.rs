@@ -317,7 +317,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     let g = o.grid();
     let (nn, ne, nl) = (g.x.len(), g.nv.len(), o.layers.max(1));
     let (surface, two_d) = (o.surface_only, o.two_d || o.surface_only);
-    let mut f = netcdf::create(path).with_context(ctx)?;
+    let mut f = crate::nc::create(path).with_context(ctx)?;
     f.add_attribute("title", "shoal synthetic FVCOM output")
         .with_context(ctx)?;
     f.add_attribute(

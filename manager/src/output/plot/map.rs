@@ -318,7 +318,7 @@ impl Colours {
 }
 
 fn open(output: &Path) -> Result<netcdf::File> {
-    netcdf::open(output)
+    crate::nc::open(output)
         .with_context(|| format!("{}: cannot open trajectory file", output.display()))
 }
 

@@ -53,7 +53,7 @@ pub fn plot(output: &Path, mesh_file: Option<&Path>, image: &Path, size: u32) ->
 }
 
 pub fn plot_with(output: &Path, image: &Path, opts: &MapOptions) -> Result<()> {
-    let f = netcdf::open(output)
+    let f = crate::nc::open(output)
         .with_context(|| format!("{}: cannot open trajectory file", output.display()))?;
     let grid = f.variable("density").is_some() && f.dimension("trajectory").is_none();
     let matrix = f.variable("probability").is_some() && f.dimension("destination").is_some();
