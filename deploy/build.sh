@@ -48,6 +48,9 @@ main() {
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+# Cargo's target directory: CARGO_TARGET_DIR where set (CI keeps one outside the clone),
+# otherwise the workspace's own target/.
+TARGET_BASE="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")"
 
 SIZE_LIMIT=8000000 # bytes: the aarch64 shoal-node must fit in 8 MB
 ALL_FLAVOURS="pi4 pi5 armv7 x86_64"
@@ -308,12 +311,16 @@ declare -gA build_seconds
 build_flavour() { # $1 = flavour; sets BIN_DIR, BUILT (names)
     local f="$1" tdir var flags link t0 t1 t2 cargo_common
     flavour_info "$f"
-    tdir="$ROOT/target/deploy/$f"
+    tdir="$TARGET_BASE/deploy/$f"
     var="CARGO_TARGET_$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
     flags=()
     [ -n "$CPU" ] && flags+=(-C "target-cpu=$CPU")
-    # Paths in panic messages: the workspace and the registry, not this machine's layout.
-    flags+=("--remap-path-prefix=$ROOT=/shoal" "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo")
+    # Paths in panic messages: the registry and the target directory (build scripts' output),
+    # not this machine's layout. The workspace's own paths are relative already (cargo compiles
+    # members from the workspace root), so the checkout's path is in no flag: a clone elsewhere
+    # (each CI run's) then reuses the dependencies built for an earlier one, and
+    # check_no_checkout_path proves the binaries do not name it.
+    flags+=("--remap-path-prefix=$TARGET_BASE=/target" "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo")
     # Link options go to the binaries only (`cargo rustc -- ...`), so changing them relinks
     # without rebuilding the dependencies. Pi flavours link with the toolchain's own lld, which
     # packs relative relocations (DT_RELR: 0.33 MB less than .rela.dyn in shoal-node; Debian
@@ -434,7 +441,7 @@ package_flavour() { # $1 = flavour, $2 = dir with binaries, $3... = binary names
             echo "build: prebuilt binaries packaged from $src (profile and flags as built there)"
         else
             echo "build: cargo --profile deploy (lto = fat, codegen-units = 1, opt-level 3 for the workspace and rayon, \"z\" for the other dependencies, strip, panic = unwind)"
-            echo "rustflags: $RUSTFLAGS_USED" | sed "s#$ROOT#<workspace>#g; s#${CARGO_HOME:-$HOME/.cargo}#<cargo home>#g"
+            echo "rustflags: $RUSTFLAGS_USED" | sed "s#$TARGET_BASE#<target>#g; s#$ROOT#<workspace>#g; s#${CARGO_HOME:-$HOME/.cargo}#<cargo home>#g"
             echo "link: ${LINKFLAGS_USED:-default}" | sed "s#-B[^ ]*/gcc-ld#-B<rustc sysroot>/lib/rustlib/$host_triple/bin/gcc-ld#"
         fi
         echo "rustc: $rustc_version"
@@ -455,6 +462,10 @@ package_flavour() { # $1 = flavour, $2 = dir with binaries, $3... = binary names
         echo "    $f/bin/$b: $size bytes ($mb MB)"
         echo "      $(file -b "$pkg/bin/$b")"
         summary+=("$f|$b|$size|$mb|${build_seconds[$f:$b]:-prebuilt}")
+        # Built binaries must not name the checkout's path (it is in no flag; see build_flavour).
+        if [ -z "$prebuilt" ] && grep -qaF "$ROOT/" "$pkg/bin/$b"; then
+            die "$f/bin/$b names the checkout's path $ROOT: $(grep -aoF "$ROOT/" "$pkg/bin/$b" | head -1)..."
+        fi
         if [ "$b" = shoal-node ] && [ "$DEBARCH" = arm64 ] && [ "$size" -gt "$SIZE_LIMIT" ]; then
             echo "    $f/bin/shoal-node is over the 8 MB limit ($size > $SIZE_LIMIT bytes)" >&2
             oversize=1

@@ -19,6 +19,7 @@
 # and netCDF4, and the release binaries (cargo build --release -p shoal-manager -p shoal-node).
 # Run as: sudo scripts/ansible-test.sh
 # CI=1 turns "skipped" into a failure. SHOAL_BIN picks the binaries (default target/release);
+# SHOAL_ANSIBLE_VENV picks the virtual environment (default target/ansible-venv);
 # SHOAL_ANSIBLE_KEEP=1 keeps the temporary directory (inventory, hosts, logs) even on success;
 # SHOAL_ANSIBLE_RUNS=N runs the deployed job N times (default 1), each of which must succeed.
 set -euo pipefail
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 BIN=$(realpath -m "${SHOAL_BIN:-target/release}")
-VENV=$ROOT/target/ansible-venv
+VENV=${SHOAL_ANSIBLE_VENV:-$ROOT/target/ansible-venv}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CLUSTER=ansci
 RUNS=${SHOAL_ANSIBLE_RUNS:-1}     # how many times to run the deployed job

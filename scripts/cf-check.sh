@@ -3,7 +3,8 @@
 # environment of its own): the demo's trajectories with no warnings at all, and a geographic run
 # on the real SFBOFS subset with positions packed to 1 cm with no errors (the checker's section
 # 9.1 warnings about the common time coordinate are allowed; see scripts/cf_check.py).
-# Run from a checkout after `./dev demo` and `cargo build --release`.
+# Run from a checkout after `./dev demo` and `cargo build --release`; SHOAL_BIN picks the binaries
+# (default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${SHOAL_CF_VENV:-/tmp/shoal-cf}"
@@ -34,5 +35,5 @@ file = "geo.nc"
 interval = "30min"
 precision = "1cm"
 TOML
-target/release/shoal run --quiet "$dir/geo.toml" 2>/dev/null
+"${SHOAL_BIN:-target/release}/shoal" run --quiet "$dir/geo.toml"
 python3 scripts/cf_check.py "$checker" "$dir/geo.nc" --allow 9.1
