@@ -164,6 +164,30 @@ enum Command {
         /// Also write NAME_obc.dat naming the east side as open boundary.
         #[arg(long)]
         obc_east: Option<PathBuf>,
+        /// UGRID as tile and data servers publish FVCOM output: nv(nele, 3) with start_index,
+        /// and a mesh_topology variable.
+        #[arg(long)]
+        ugrid: bool,
+        /// Leave siglev out (it follows from siglay, FVCOM's mid-levels).
+        #[arg(long)]
+        no_siglev: bool,
+        /// Write time in these CF units, e.g. "hours since 1858-11-17 00:00:00" (f64; i64 with
+        /// --time-int64) instead of FVCOM's f32 days.
+        #[arg(long)]
+        time_units: Option<String>,
+        #[arg(long, requires = "time_units")]
+        time_int64: bool,
+        /// Round u, v, temp and zeta to this many significant bits, as netCDF's BitRound
+        /// quantization writes them (with its attribute).
+        #[arg(long, value_name = "BITS")]
+        quantize: Option<u32>,
+        /// Write lon/lat around "lon,lat" beside the Cartesian x/y.
+        #[arg(long, value_name = "LON,LAT")]
+        lonlat_too: Option<String>,
+        /// Slivers in every fourth square each way: triangles with this share of their area
+        /// (0.01 for 1 %), and very obtuse neighbours.
+        #[arg(long, value_name = "RATIO")]
+        slivers: Option<f64>,
     },
     /// Summarise a FVCOM file: mesh, times, variables, what is missing.
     Inspect { files: Vec<PathBuf> },
@@ -455,6 +479,13 @@ where
             time_style,
             a1u,
             obc_east,
+            ugrid,
+            no_siglev,
+            time_units,
+            time_int64,
+            quantize,
+            lonlat_too,
+            slivers,
         } => {
             let (x0, y0) = pair(&offset, "offset")?;
             let o = SynthOptions {
@@ -494,8 +525,26 @@ where
                 omit_u: false,
                 a1u,
                 epoch: None,
+                ugrid,
+                no_siglev,
+                time_units,
+                time_int64,
+                quantize,
+                lonlat_too: lonlat_too
+                    .as_deref()
+                    .map(|s| pair(s, "lonlat-too"))
+                    .transpose()?,
+                slivers,
             };
             anyhow::ensure!(o.interval > 0.0, "--interval must be positive");
+            anyhow::ensure!(
+                o.quantize.is_none_or(|b| (1..=23).contains(&b)),
+                "--quantize takes 1 to 23 bits"
+            );
+            anyhow::ensure!(
+                o.slivers.is_none_or(|r| r > 0.0 && r < 1.0),
+                "--slivers takes a share of the area between 0 and 1"
+            );
             synth::write(&output, &o)?;
             if let Some(p) = obc_east {
                 synth::write_obc_east(&p, &o)?;

@@ -530,3 +530,266 @@ fn a_cartesian_file_that_names_its_utm_zone_gets_lon_lat_in_the_output() {
     .unwrap();
     assert!(Output::read(&dir.join("odd_out.nc")).unwrap().lon.is_none());
 }
+
+/// File shapes from model servers (THREDDS, ERDDAP and tile services cutting FVCOM hindcasts):
+/// UGRID connectivity `nv(nele, 3)` with `start_index`, `siglay` without `siglev`, `time` as
+/// i64 or f64 in any CF unit, and BitRound-quantized fields. Each reads to the same mesh, times
+/// and sigma levels as FVCOM's own layout, and the same velocities up to the quantization.
+#[test]
+fn files_as_model_servers_publish_them_read_as_fvcoms_own() {
+    let dir = scratch("served");
+    let (r0, m0, _) = FvcomReader::open(&[synth_file(&dir, "plain.nc", &base())], &[]).unwrap();
+    let s0 = r0.read_slice(2, r0.times[0]).unwrap();
+    let general = SynthOptions {
+        general_sigma: true,
+        ..base()
+    };
+    let (_, mg, _) = FvcomReader::open(&[synth_file(&dir, "general.nc", &general)], &[]).unwrap();
+    let variants: Vec<(&str, SynthOptions)> = vec![
+        (
+            "ugrid.nc",
+            SynthOptions {
+                ugrid: true,
+                ..base()
+            },
+        ),
+        (
+            "ugrid0.nc",
+            SynthOptions {
+                ugrid: true,
+                zero_based: true,
+                no_nbe: true,
+                ..base()
+            },
+        ),
+        (
+            "no_siglev.nc",
+            SynthOptions {
+                no_siglev: true,
+                ..base()
+            },
+        ),
+        (
+            "general_no_siglev.nc",
+            SynthOptions {
+                no_siglev: true,
+                ..general.clone()
+            },
+        ),
+        (
+            "hours_i64.nc",
+            SynthOptions {
+                time_units: Some("hours since 1858-11-17 00:00:00".into()),
+                time_int64: true,
+                time_style: TimeStyle::Float,
+                ..base()
+            },
+        ),
+        (
+            "seconds_f64.nc",
+            SynthOptions {
+                time_units: Some("seconds since 2024-05-23T00:00:00".into()),
+                time_style: TimeStyle::Float,
+                ..base()
+            },
+        ),
+        (
+            "quantized.nc",
+            SynthOptions {
+                quantize: Some(12),
+                ..base()
+            },
+        ),
+    ];
+    for (name, o) in variants {
+        let p = synth_file(&dir, name, &o);
+        let (r, m, _) = FvcomReader::open(&[p], &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(m.nv, m0.nv, "{name}");
+        assert_eq!(m.nbe, m0.nbe, "{name}");
+        assert_eq!(r.times, r0.times, "{name}");
+        let s = r.read_slice(2, r.times[0]).unwrap();
+        let close = |a: &[f32], b: &[f32], tol: f32| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= tol)
+        };
+        match name {
+            "no_siglev.nc" | "general_no_siglev.nc" => {
+                let reference = if name == "no_siglev.nc" { &m0 } else { &mg };
+                assert!(
+                    close(
+                        &m.vertical.siglev_node,
+                        &reference.vertical.siglev_node,
+                        1e-6
+                    ),
+                    "{name}: levels {:?} against {:?}",
+                    &m.vertical.siglev_node[..5],
+                    &reference.vertical.siglev_node[..5]
+                );
+                assert!(
+                    r.warnings
+                        .iter()
+                        .any(|w| w.contains("no `siglev`") && w.contains("mid-levels")),
+                    "{name}: {:?}",
+                    r.warnings
+                );
+            }
+            "hours_i64.nc" | "seconds_f64.nc" => {
+                assert_eq!(r.time_source, vec!["time"], "{name}");
+                assert!(
+                    !r.warnings.iter().any(|w| w.contains("single-precision")),
+                    "{name}: {:?}",
+                    r.warnings
+                );
+            }
+            "quantized.nc" => {
+                // 12 significant bits: within 2^-12 of each value (the temperatures, which vary
+                // in x; the tide's velocities are round numbers), and not all the same bits.
+                let (q, t) = (s.temp.as_ref().unwrap(), s0.temp.as_ref().unwrap());
+                let within = q
+                    .iter()
+                    .zip(t)
+                    .all(|(q, t)| (q - t).abs() <= t.abs() * 2f32.powi(-12));
+                assert!(within, "quantized temperatures stray too far");
+                assert_ne!(q, t, "nothing was quantized");
+            }
+            _ => {}
+        }
+        if name != "quantized.nc" {
+            assert_eq!(s.u, s0.u, "{name}");
+            assert_eq!(s.v, s0.v, "{name}");
+        }
+    }
+}
+
+/// A file shaped like a 45-layer GOM4 subset from a data server (UGRID, `siglay` without
+/// `siglev`, i64 hours since 1858-11-17, quantized, and a `CoordinateProjection` of
+/// `init=nad83:1802`, which proj4rs cannot read, beside `lon`/`lat`), written with the CLI:
+/// it runs, tracking in the file's lon/lat with a warning that names the attribute, and the
+/// tracks match those of the same flow in FVCOM's own Cartesian layout.
+#[test]
+fn a_gom4_shaped_file_runs_in_its_lon_lat() {
+    let dir = scratch("gom4_shape");
+    let synth = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "shoal",
+            "synth",
+            "--flow",
+            "rotation",
+            "--nx",
+            "24",
+            "--ny",
+            "24",
+            "--dx",
+            "400",
+            "--layers",
+            "12",
+            "--duration",
+            "6h",
+            "--period",
+            "12h",
+            "-o",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if *a == name {
+                    dir.join(a).to_string_lossy().into_owned()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        run_cli(args).unwrap();
+    };
+    synth("plain.nc", &[]);
+    synth(
+        "gom4.nc",
+        &[
+            "--ugrid",
+            "--no-siglev",
+            "--time-units",
+            "hours since 1858-11-17 00:00:00",
+            "--time-int64",
+            "--time-style",
+            "float",
+            "--quantize",
+            "16",
+            "--projection",
+            "init=nad83:1802",
+            "--lonlat-too=-68.5,43.7",
+        ],
+    );
+    let (r, _, _) = FvcomReader::open(&[dir.join("gom4.nc")], &[]).unwrap();
+    assert_eq!(r.coordinates, Coordinates::Geographic);
+    let text = shoal_manager::inspect::inspect(&[dir.join("gom4.nc")]).unwrap();
+    assert!(
+        text.contains("shape: smallest angle") && text.contains("0 sliver(s)"),
+        "{text}"
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("`CoordinateProjection`")
+                && w.contains("init=nad83:1802")
+                && w.contains("`lon`/`lat`")),
+        "{:?}",
+        r.warnings
+    );
+    let o = SynthOptions {
+        nx: 24,
+        ny: 24,
+        dx: 400.0,
+        ..Default::default()
+    };
+    let (cx, cy) = o.centre();
+    for name in ["plain", "gom4"] {
+        let centre = if name == "gom4" {
+            "-68.5,43.7".to_string()
+        } else {
+            format!("{cx},{cy}")
+        };
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!("seed=3\n[input]\nfiles=['{name}.nc']\n[release.generate]\ncount=200\ncentre=[{centre}]\nradius=3000.0\nz=-2.0\n[run]\nduration='3h'\ndt='60s'\n[output]\nfile='{name}_out.nc'\ninterval='1h'\n"),
+        )
+        .unwrap();
+        run_cli([
+            "shoal",
+            "run",
+            "--quiet",
+            dir.join(format!("{name}.toml")).to_str().unwrap(),
+        ])
+        .unwrap();
+    }
+    let plain = Output::read(&dir.join("plain_out.nc")).unwrap();
+    let gom4 = Output::read(&dir.join("gom4_out.nc")).unwrap();
+    let (lon, lat) = (gom4.lon.as_ref().unwrap(), gom4.lat.as_ref().unwrap());
+    assert_eq!(gom4.n_time, plain.n_time);
+    assert!(
+        gom4.status.iter().all(|s| *s == 0),
+        "every particle stays active"
+    );
+    // The release draws the same offsets around each centre; the tracks, put back into the
+    // synthetic file's frame, agree to within the f32 lon/lat the file holds and the small turn
+    // between that frame and the reader's own projection.
+    let tm = TransverseMercator::new(-68.5, 43.7);
+    let mut worst = 0.0f64;
+    for k in 0..plain.x.len() {
+        let l = if lon[k] > 180.0 {
+            lon[k] - 360.0
+        } else {
+            lon[k]
+        };
+        let (x, y) = tm.forward(l, lat[k]);
+        let (x, y) = (x + cx, y + cy);
+        let start = (k / plain.n_time) * plain.n_time;
+        let travelled = (plain.x[k] - plain.x[start]).hypot(plain.y[k] - plain.y[start]);
+        let apart = (x - plain.x[k]).hypot(y - plain.y[k]);
+        worst = worst.max(apart - 0.002 * travelled);
+    }
+    assert!(
+        worst < 5.0,
+        "tracks part by up to {worst} m beyond 0.2 % of the distance"
+    );
+}

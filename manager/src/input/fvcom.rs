@@ -637,7 +637,20 @@ fn read_mesh(
     let xy_empty = all_zero_or_missing(file, path, "x")? || all_zero_or_missing(file, path, "y")?;
     let ll_empty =
         all_zero_or_missing(file, path, "lon")? || all_zero_or_missing(file, path, "lat")?;
-    let coordinates = if declared.contains("cartesian") && !xy_empty {
+    // A projection that cannot be read leaves x/y without a place on the globe; where the file
+    // carries lon/lat too, track in those instead, so the output can go on a map.
+    let unreadable = string_attr(None, file, "CoordinateProjection")
+        .and_then(|text| crate::crs::parse(&text).err().map(|why| (text, why)))
+        .filter(|_| !xy_empty && !ll_empty);
+    if let Some((text, why)) = &unreadable {
+        warnings.push(format!(
+            "{}: global attribute `CoordinateProjection` (\"{text}\") is not understood: {why}; tracking in the file's `lon`/`lat` instead of `x`/`y`",
+            path.display()
+        ));
+    }
+    let coordinates = if unreadable.is_some() {
+        Coordinates::Geographic
+    } else if declared.contains("cartesian") && !xy_empty {
         Coordinates::Cartesian
     } else if (declared.contains("geo") || declared.contains("spher")) && !ll_empty {
         Coordinates::Geographic
@@ -719,7 +732,27 @@ fn read_mesh(
     let nv = read_table(file, path, "nv", 3, n_elements)?;
     let min = nv.iter().flatten().copied().min().unwrap_or(0);
     let max = nv.iter().flatten().copied().max().unwrap_or(0);
-    let base = if min == 0 { 0 } else { 1 };
+    // UGRID files say where node numbers start (`start_index`); FVCOM's own start at 1, and
+    // subsets that renumber from 0 give themselves away by a 0.
+    let base = match file
+        .variable("nv")
+        .and_then(|v| v.attribute_value("start_index"))
+    {
+        Some(Ok(value)) => match i64::try_from(value) {
+            Ok(b @ (0 | 1)) => b,
+            _ => bail!(
+                "{}: attribute `start_index` of variable `nv` is neither 0 nor 1",
+                path.display()
+            ),
+        },
+        _ => {
+            if min == 0 {
+                0
+            } else {
+                1
+            }
+        }
+    };
     if max - base >= n_nodes as i64 || min < 0 {
         bail!(
             "{}: variable `nv` holds node numbers {min}..{max}, outside 1..{n_nodes}",
@@ -782,9 +815,19 @@ fn read_mesh(
             input.siglev = node_major;
         }
     }
+    if n_layers > 1 && !input.siglay.is_empty() && input.siglev.is_empty() {
+        // Files cut out by tile and data servers often carry `siglay` alone.
+        let (levels, how) = levels_from_layers(&input.siglay, n_layers)
+            .map_err(|why| anyhow!("{}: `siglay` without `siglev`: {why}", path.display()))?;
+        input.siglev = levels;
+        warnings.push(format!(
+            "{}: no `siglev`; sigma levels {how}",
+            path.display()
+        ));
+    }
     if n_layers > 1 && (input.siglay.is_empty() || input.siglev.is_empty()) {
         bail!(
-            "{}: 3-D fields need `siglay` and `siglev`, which are missing",
+            "{}: 3-D fields need `siglay` (and `siglev`, or `siglay` to derive it from), which is missing",
             path.display()
         );
     }
@@ -801,6 +844,48 @@ fn read_mesh(
         input.open_boundary_nodes = agree_on_open_nodes(path, bnd, open_boundary_nodes)?;
     }
     Ok((input, coordinates))
+}
+
+/// Sigma levels (`n_layers + 1` per column, from 0 at the surface to -1 at the bed) for layer
+/// centres `siglay` (`n_layers` per column, one column or one per node). FVCOM defines each
+/// layer's sigma as the mean of the levels above and below it, so the levels follow exactly,
+/// one from the next; where the layers are not such means (the levels would not close at -1,
+/// or not fall monotonically), each inner level is taken halfway between its layers instead.
+/// Also says which of the two it did.
+fn levels_from_layers(siglay: &[f32], n_layers: usize) -> Result<(Vec<f32>, &'static str)> {
+    let per = n_layers + 1;
+    let mut exact = Vec::with_capacity(siglay.len() / n_layers * per);
+    let mut closes = true;
+    for col in siglay.chunks(n_layers) {
+        let mut level = 0.0f64;
+        exact.push(0.0f32);
+        for (k, &lay) in col.iter().enumerate() {
+            let next = 2.0 * lay as f64 - level;
+            closes &= next < level && next >= -1.0 - 1e-3;
+            level = next;
+            exact.push(if k + 1 == n_layers { -1.0 } else { next as f32 });
+        }
+        closes &= (level + 1.0).abs() <= 1e-3;
+    }
+    if closes {
+        return Ok((
+            exact,
+            "derived from `siglay`, whose values are FVCOM's mid-levels",
+        ));
+    }
+    let mut halfway = Vec::with_capacity(exact.len());
+    for col in siglay.chunks(n_layers) {
+        if col.windows(2).any(|w| w[1] >= w[0]) || col[0] >= 0.0 || col[n_layers - 1] <= -1.0 {
+            bail!("its values do not fall from 0 towards -1 within (0, -1)");
+        }
+        halfway.push(0.0f32);
+        halfway.extend(col.windows(2).map(|w| 0.5 * (w[0] + w[1])));
+        halfway.push(-1.0);
+    }
+    Ok((
+        halfway,
+        "taken halfway between the layers of `siglay` (which are not FVCOM's exact mid-levels here)",
+    ))
 }
 
 /// The open-boundary nodes (0-based) of GNOME's boundary table `bnd(nbnd, 4)`, if the file has

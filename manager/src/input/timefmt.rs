@@ -79,10 +79,16 @@ pub fn format_datetime(unix: f64) -> String {
 
 /// A CF time `units` string, e.g. `days since 1858-11-17 00:00:00`: (seconds per unit, epoch).
 pub fn parse_cf_units(units: &str) -> Result<(f64, f64)> {
-    let lower = units.trim().to_ascii_lowercase();
-    let (unit, since) = lower
-        .split_once(" since ")
+    // The unit is matched in lower case; the date keeps its case (ISO's `T`, a trailing `Z`).
+    let trimmed = units.trim();
+    let at = trimmed
+        .to_ascii_lowercase()
+        .find(" since ")
         .ok_or_else(|| anyhow!("time units `{units}` are not of the form `<unit> since <date>`"))?;
+    let (unit, since) = (
+        trimmed[..at].to_ascii_lowercase(),
+        &trimmed[at + " since ".len()..],
+    );
     let scale = match unit.trim() {
         "days" | "day" | "d" => 86_400.0,
         "hours" | "hour" | "h" | "hr" => 3600.0,
@@ -151,6 +157,15 @@ mod tests {
         }
         assert!(parse_datetime("2024-13-01").is_err());
         assert!(parse_datetime("yesterday").is_err());
+        // CF units as servers write them: any case for the unit, ISO dates with T and Z.
+        for (units, scale, epoch) in [
+            ("seconds since 1970-01-01T00:00:00Z", 1.0, 0.0),
+            ("Hours since 1858-11-17 00:00:00", 3600.0, MJD_EPOCH),
+            ("days since 1858-11-17", 86_400.0, MJD_EPOCH),
+        ] {
+            assert_eq!(parse_cf_units(units).unwrap(), (scale, epoch), "{units}");
+        }
+        assert!(parse_cf_units("fortnights since 1970-01-01").is_err());
     }
 
     #[test]

@@ -91,6 +91,25 @@ pub struct SynthOptions {
     /// Unix time at which the analytic flow's clock is zero (default `start`), so several files
     /// of one run agree.
     pub epoch: Option<f64>,
+    /// UGRID, as tile and data servers publish FVCOM output: `nv(nele, 3)` with its
+    /// `start_index`, and a `mesh_topology` variable naming coordinates and connectivity.
+    pub ugrid: bool,
+    /// Leave `siglev` out (its dimension stays, for `kh`): the levels follow from `siglay`.
+    pub no_siglev: bool,
+    /// `time` in these CF units (e.g. "hours since 1858-11-17 00:00:00") as f64, or as i64
+    /// with `time_int64`, instead of FVCOM's f32 days since 1858-11-17.
+    pub time_units: Option<String>,
+    pub time_int64: bool,
+    /// Velocities, temperature and surface elevation rounded to this many significant bits,
+    /// with the attribute netCDF's BitRound quantization writes.
+    pub quantize: Option<u32>,
+    /// A Cartesian file that also carries `lon`/`lat` (around this point), as FVCOM runs on a
+    /// map projection write them.
+    pub lonlat_too: Option<(f64, f64)>,
+    /// Slivers: in every fourth square each way (from square (1, 1)), the far corner of the
+    /// square's second triangle moves onto the square's diagonal, leaving that triangle this
+    /// share of its area (0.01 for 1 %) and its other neighbours very obtuse.
+    pub slivers: Option<f64>,
 }
 
 impl Default for SynthOptions {
@@ -129,8 +148,27 @@ impl Default for SynthOptions {
             omit_u: false,
             a1u: false,
             epoch: None,
+            ugrid: false,
+            no_siglev: false,
+            time_units: None,
+            time_int64: false,
+            quantize: None,
+            lonlat_too: None,
+            slivers: None,
         }
     }
+}
+
+/// `v` rounded to `bits` significant bits of its mantissa, as netCDF's BitRound quantization
+/// does (half up in magnitude, the dropped bits zero); fill values and NaN pass unchanged.
+pub fn bit_round(v: f32, bits: u32) -> f32 {
+    if !v.is_finite() || bits >= 23 {
+        return v;
+    }
+    let drop = 23 - bits;
+    let half = 1u32 << (drop - 1);
+    let keep = !((1u32 << drop) - 1);
+    f32::from_bits((v.to_bits().wrapping_add(half)) & keep)
 }
 
 /// A synthetic mesh in FVCOM's conventions: node coordinates and clockwise, 0-based triangles.
@@ -198,6 +236,16 @@ impl SynthOptions {
                 } else {
                     g.nv.push([a, d, b]);
                     g.nv.push([a, c, d]);
+                }
+            }
+        }
+        if let Some(ratio) = self.slivers {
+            // Squares (1 + 4i, 1 + 4j): (ix + jy) is even, so their triangles are [a, c, b] and
+            // [b, c, d] with the diagonal b-c, and their far corners d are distinct inside nodes.
+            for jy in (1..ny.saturating_sub(1)).step_by(4) {
+                for ix in (1..nx.saturating_sub(1)).step_by(4) {
+                    let (b, c, d) = (id(ix + 1, jy), id(ix, jy + 1), id(ix + 1, jy + 1));
+                    shoal_common::mesh::squash_onto_edge(&mut g.x, &mut g.y, b, c, d, ratio);
                 }
             }
         }
@@ -315,6 +363,17 @@ unsafe impl netcdf::types::NcTypeDescriptor for NcChar {
 pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
     let g = o.grid();
+    // Jitter and slivers must leave every triangle clockwise, as FVCOM's are.
+    if let Some(e) = g.nv.iter().position(|t| {
+        let (a, b, c) = (t[0], t[1], t[2]);
+        (g.x[b] - g.x[a]) * (g.y[c] - g.y[a]) - (g.x[c] - g.x[a]) * (g.y[b] - g.y[a]) >= 0.0
+    }) {
+        anyhow::bail!(
+            "{}: element {} would be turned over or flat; use less jitter",
+            path.display(),
+            e + 1
+        );
+    }
     let (nn, ne, nl) = (g.x.len(), g.nv.len(), o.layers.max(1));
     let (surface, two_d) = (o.surface_only, o.two_d || o.surface_only);
     let mut f = crate::nc::create(path).with_context(ctx)?;
@@ -361,8 +420,24 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             var.put_values(&d, ..).with_context(ctx)?;
         }};
     }
-    let (xs, ys, lon, lat, lonc, latc) = match o.spherical {
-        None => (
+    // Longitudes and latitudes of nodes and centroids around (lon0, lat0).
+    let lonlat = |(lon0, lat0): (f64, f64)| {
+        let tm = TransverseMercator::new(lon0, lat0);
+        let (cx, cy) = o.centre();
+        let to = |x: &f64, y: &f64| tm.inverse(x - cx, y - cy);
+        let ll: Vec<(f64, f64)> = g.x.iter().zip(&g.y).map(|(x, y)| to(x, y)).collect();
+        let llc: Vec<(f64, f64)> = g.xc.iter().zip(&g.yc).map(|(x, y)| to(x, y)).collect();
+        // FVCOM often writes 0..360 longitudes.
+        let l360 = |l: f64| l.rem_euclid(360.0);
+        (
+            ll.iter().map(|p| l360(p.0)).collect::<Vec<f64>>(),
+            ll.iter().map(|p| p.1).collect::<Vec<f64>>(),
+            llc.iter().map(|p| l360(p.0)).collect::<Vec<f64>>(),
+            llc.iter().map(|p| p.1).collect::<Vec<f64>>(),
+        )
+    };
+    let (xs, ys, lon, lat, lonc, latc) = match (o.spherical, o.lonlat_too) {
+        (None, None) => (
             g.x.clone(),
             g.y.clone(),
             vec![0.0; nn],
@@ -370,22 +445,13 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             vec![0.0; ne],
             vec![0.0; ne],
         ),
-        Some((lon0, lat0)) => {
-            let tm = TransverseMercator::new(lon0, lat0);
-            let (cx, cy) = o.centre();
-            let to = |x: &f64, y: &f64| tm.inverse(x - cx, y - cy);
-            let ll: Vec<(f64, f64)> = g.x.iter().zip(&g.y).map(|(x, y)| to(x, y)).collect();
-            let llc: Vec<(f64, f64)> = g.xc.iter().zip(&g.yc).map(|(x, y)| to(x, y)).collect();
-            // FVCOM often writes 0..360 longitudes.
-            let l360 = |l: f64| l.rem_euclid(360.0);
-            (
-                vec![0.0; nn],
-                vec![0.0; nn],
-                ll.iter().map(|p| l360(p.0)).collect(),
-                ll.iter().map(|p| p.1).collect(),
-                llc.iter().map(|p| l360(p.0)).collect(),
-                llc.iter().map(|p| p.1).collect(),
-            )
+        (None, Some(around)) => {
+            let (lon, lat, lonc, latc) = lonlat(around);
+            (g.x.clone(), g.y.clone(), lon, lat, lonc, latc)
+        }
+        (Some(around), _) => {
+            let (lon, lat, lonc, latc) = lonlat(around);
+            (vec![0.0; nn], vec![0.0; nn], lon, lat, lonc, latc)
         }
     };
     var!(f32, "x", &["node"], xs.iter().map(|v| *v as f32).collect(), "units" => "meters");
@@ -400,13 +466,34 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         var!(f32, "h", &["node"], g.x.iter().map(|&x| o.bed(x) as f32).collect::<Vec<_>>(), "units" => "m", "positive" => "down");
     }
     let base = if o.zero_based { 0 } else { 1 };
-    let mut nv = vec![0i32; 3 * ne];
-    for (e, t) in g.nv.iter().enumerate() {
-        for k in 0..3 {
-            nv[k * ne + e] = t[k] as i32 + base;
+    if o.ugrid {
+        let nv: Vec<i32> =
+            g.nv.iter()
+                .flat_map(|t| t.map(|n| n as i32 + base))
+                .collect();
+        var!(i32, "nv", &["nele", "three"], nv, "long_name" => "nodes surrounding element", "cf_role" => "face_node_connectivity", "start_index" => base);
+        let mut topo = f
+            .add_variable::<i32>("mesh_topology", &[])
+            .with_context(ctx)?;
+        for (k, v) in [
+            ("cf_role", "mesh_topology"),
+            ("node_coordinates", "lon lat"),
+            ("face_node_connectivity", "nv"),
+            ("face_dimension", "nele"),
+        ] {
+            topo.put_attribute(k, v).with_context(ctx)?;
         }
+        topo.put_attribute("topology_dimension", 2i32)
+            .with_context(ctx)?;
+    } else {
+        let mut nv = vec![0i32; 3 * ne];
+        for (e, t) in g.nv.iter().enumerate() {
+            for k in 0..3 {
+                nv[k * ne + e] = t[k] as i32 + base;
+            }
+        }
+        var!(i32, "nv", &["three", "nele"], nv, "long_name" => "nodes surrounding element");
     }
-    var!(i32, "nv", &["three", "nele"], nv, "long_name" => "nodes surrounding element");
     if !o.no_nbe {
         // Neighbours in the file's (clockwise) node order, boundary as 0 (1-based) or -1.
         let ccw: Vec<[u32; 3]> =
@@ -501,18 +588,51 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             (per_node(o.siglay()), per_node(o.siglev()))
         };
         var!(f32, "siglay", &["siglay", "node"], siglay, "positive" => "up");
-        var!(f32, "siglev", &["siglev", "node"], siglev, "positive" => "up");
+        if !o.no_siglev {
+            var!(f32, "siglev", &["siglev", "node"], siglev, "positive" => "up");
+        }
     }
 
     // Time axis variables.
+    let time_units = match &o.time_units {
+        Some(u) => Some((
+            u.as_str(),
+            crate::timefmt::parse_cf_units(u).context("time units")?,
+        )),
+        None => None,
+    };
     {
-        let mut v = f.add_variable::<f32>("time", &["time"]).with_context(ctx)?;
-        v.put_attribute("units", "days since 1858-11-17 00:00:00")
-            .with_context(ctx)?;
-        v.put_attribute("format", "modified julian day (MJD)")
-            .with_context(ctx)?;
+        let mut v = match (&time_units, o.time_int64) {
+            (None, _) => f.add_variable::<f32>("time", &["time"]),
+            (Some(_), false) => f.add_variable::<f64>("time", &["time"]),
+            (Some(_), true) => f.add_variable::<i64>("time", &["time"]),
+        }
+        .with_context(ctx)?;
+        match &time_units {
+            None => {
+                v.put_attribute("units", "days since 1858-11-17 00:00:00")
+                    .with_context(ctx)?;
+                v.put_attribute("format", "modified julian day (MJD)")
+                    .with_context(ctx)?;
+            }
+            Some((u, _)) => {
+                v.put_attribute("units", *u).with_context(ctx)?;
+            }
+        }
         v.put_attribute("time_zone", "UTC").with_context(ctx)?;
     }
+    let quantized = |f: &mut netcdf::FileMut, name: &str| -> Result<()> {
+        if let (Some(bits), Some(mut var)) = (o.quantize, f.variable_mut(name)) {
+            var.put_attribute("_QuantizeBitRoundNumberOfSignificantBits", bits as i32)
+                .with_context(ctx)?;
+        }
+        Ok(())
+    };
+    let round = |data: &mut [f32]| {
+        if let Some(bits) = o.quantize {
+            data.iter_mut().for_each(|v| *v = bit_round(*v, bits));
+        }
+    };
     if o.time_style == TimeStyle::All {
         f.add_variable::<i32>("Itime", &["time"])
             .with_context(ctx)?
@@ -583,6 +703,9 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             .with_context(ctx)?;
     }
 
+    for name in [uname, vname, "zeta", "temp"] {
+        quantized(&mut f, name)?;
+    }
     let siglay = o.siglay();
     // Each element's layer centres as the reader takes them: the mean of its nodes'.
     let siglay_elem: Vec<Vec<f64>> =
@@ -599,10 +722,23 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
         let unix = o.start + it as f64 * o.interval;
         let t = unix - o.epoch.unwrap_or(o.start);
         let mjd = (unix - MJD_EPOCH) / 86_400.0;
-        f.variable_mut("time")
-            .unwrap()
-            .put_values(&[mjd as f32], it..it + 1)
-            .with_context(ctx)?;
+        let mut time = f.variable_mut("time").unwrap();
+        match &time_units {
+            None => time.put_values(&[mjd as f32], it..it + 1),
+            Some((u, (scale, epoch))) => {
+                let value = (unix - epoch) / scale;
+                if o.time_int64 {
+                    anyhow::ensure!(
+                        value == value.round(),
+                        "time slice {it} is not a whole number of `{u}`"
+                    );
+                    time.put_values(&[value as i64], it..it + 1)
+                } else {
+                    time.put_values(&[value], it..it + 1)
+                }
+            }
+        }
+        .with_context(ctx)?;
         if o.time_style == TimeStyle::All {
             let day = mjd.floor();
             let ms = ((mjd - day) * 86_400_000.0).round() as i32;
@@ -668,6 +804,8 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                 var.put_values(data, (it..it + 1, .., ..)).with_context(ctx)
             }
         };
+        round(&mut u);
+        round(&mut v);
         if !o.omit_u {
             put3(&mut f, uname, &u)?;
         }
@@ -676,9 +814,11 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
             put3(&mut f, "ww", &vec![0f32; nl * ne])?;
         }
         if !surface {
+            let mut surface = vec![zeta as f32; nn];
+            round(&mut surface);
             f.variable_mut("zeta")
                 .unwrap()
-                .put_values(&vec![zeta as f32; nn], (it..it + 1, ..))
+                .put_values(&surface, (it..it + 1, ..))
                 .with_context(ctx)?;
         }
         if o.drying.is_some() {
@@ -710,6 +850,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
                     temp[k * nn + n] = o.temperature(g.x[n], s as f64) as f32;
                 }
             }
+            round(&mut temp);
             f.variable_mut("temp")
                 .unwrap()
                 .put_values(&temp, (it..it + 1, .., ..))
