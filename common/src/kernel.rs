@@ -366,7 +366,7 @@ fn layered_at(
 }
 
 /// Vertical diffusivity and its z-derivative at a point.
-fn vertical_kh(
+pub fn vertical_kh(
     mesh: &Mesh,
     window: Window,
     t: f64,
@@ -416,6 +416,15 @@ pub enum Moved {
     Exited { x: f64, y: f64, element: u32 },
 }
 
+/// How far beyond an edge's line, in metres, an end point may lie and still be on the edge: far
+/// above the rounding of positions a million metres from the origin (about 1e-10 m), far below
+/// any distance that matters.
+const ON_EDGE_M: f64 = 1e-6;
+
+/// How far past a vertex, in metres, a path through it is followed to find the element it
+/// enters: far below any element's size, far above the rounding of positions.
+const PAST_VERTEX_M: f64 = 1e-4;
+
 /// Moves a particle in a straight line from (x0, y0) in `e0` to (x1, y1), element by element,
 /// reflecting the rest of the path off land edges and stopping at open edges.
 pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved {
@@ -459,15 +468,82 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
                 }
             }
         }
-        let Some((i, s)) = best else {
-            // Only the edge we came through is negative: numerical noise at a corner.
-            return Moved::Inside {
-                x: ax,
-                y: ay,
-                element: e,
-            };
+        let (mut i, cx, cy) = match best {
+            Some((i, s)) => (i, ax + s * (bx - ax), ay + s * (by - ay)),
+            None => {
+                // Only the edge we came in by has the end point beyond it. A straight segment
+                // that crossed that edge's line cannot cross it back, so either the end point
+                // lies on the edge within rounding (it is here), or the segment never entered
+                // this element's inside: it passed through an end of that edge, a vertex, into
+                // an element of the vertex's fan that shares no edge with the one we came from.
+                // Then step a hair past the vertex along the path and find the element there
+                // (a short walk around the fan): the path goes on from it, or, when that point
+                // lies beyond the coast, the path meets land (or open water) at the vertex.
+                // (Stopping here, as this once did, left particles at the vertex for good:
+                // every later step started at it and passed through it again.)
+                let j = mesh.edge_to(e, came_from);
+                if j == 3 {
+                    return Moved::Inside {
+                        x: ax,
+                        y: ay,
+                        element: e,
+                    };
+                }
+                let beyond = -wb[j] / g.b[j].hypot(g.c[j]);
+                if beyond < ON_EDGE_M {
+                    return Moved::Inside {
+                        x: bx,
+                        y: by,
+                        element: e,
+                    };
+                }
+                let (px, py, past) = past_vertex(mesh, e, (ax, ay), (bx, by));
+                match past {
+                    Walk::Found(f) => {
+                        e = f;
+                        ax = px;
+                        ay = py;
+                        came_from = u32::MAX;
+                        continue;
+                    }
+                    Walk::Boundary { element, edge } => {
+                        e = element;
+                        (edge as usize, ax, ay)
+                    }
+                    Walk::GaveUp(_) => {
+                        return Moved::Inside {
+                            x: ax,
+                            y: ay,
+                            element: e,
+                        };
+                    }
+                }
+            }
         };
-        let (cx, cy) = (ax + s * (bx - ax), ay + s * (by - ay));
+        if !is_element(mesh.nbe[e as usize][i]) {
+            // A boundary edge crossed at one of its ends: the path may only graze the coast
+            // at that vertex (past a land corner) and go on in the water. Look past it.
+            let wc = g.weights(cx, cy);
+            let at_end = [(i + 1) % 3, (i + 2) % 3]
+                .iter()
+                .any(|&k| wc[k] / g.b[k].hypot(g.c[k]) < ON_EDGE_M);
+            if at_end {
+                match past_vertex(mesh, e, (cx, cy), (bx, by)) {
+                    (px, py, Walk::Found(f)) => {
+                        e = f;
+                        ax = px;
+                        ay = py;
+                        came_from = u32::MAX;
+                        continue;
+                    }
+                    (_, _, Walk::Boundary { element, edge }) => {
+                        e = element;
+                        i = edge as usize;
+                    }
+                    (_, _, Walk::GaveUp(_)) => {}
+                }
+            }
+        }
         let next = mesh.nbe[e as usize][i];
         if is_element(next) {
             came_from = e;
@@ -495,8 +571,9 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
         by -= 2.0 * d * ny;
         // Restart from just inside the crossing point, moving toward the centroid.
         let inset = 1e-9;
-        ax = cx + (g.xc - cx) * inset;
-        ay = cy + (g.yc - cy) * inset;
+        let (xc, yc) = mesh.centroid(e as usize);
+        ax = cx + (xc - cx) * inset;
+        ay = cy + (yc - cy) * inset;
         came_from = u32::MAX;
     }
     // Pathological geometry: stay at the last safe point.
@@ -513,6 +590,19 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
             element: e,
         },
     }
+}
+
+/// A path from `a` (at a vertex of element `e`) toward `b`, followed [`PAST_VERTEX_M`] past the
+/// vertex: that point, and where a walk from `e` finds it (the element of the vertex's fan the
+/// path enters, or the boundary edge beyond which it lies).
+fn past_vertex(mesh: &Mesh, e: u32, a: (f64, f64), b: (f64, f64)) -> (f64, f64, Walk) {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    if dx == 0.0 && dy == 0.0 {
+        return (a.0, a.1, Walk::GaveUp(e));
+    }
+    let hair = PAST_VERTEX_M / dx.hypot(dy);
+    let (px, py) = (a.0 + dx * hair, a.1 + dy * hair);
+    (px, py, mesh.walk_around_coast(e, px, py))
 }
 
 /// The element to evaluate an intermediate stage in, and the point's weights there: where the
@@ -1139,7 +1229,14 @@ mod tests {
     /// A 60 x 60 grid of 200 m squares at UTM-sized offsets, and a steady level of the flow
     /// `uv(x, y)` sampled at element centroids.
     fn steady(uv: impl Fn(f64, f64) -> (f64, f64)) -> (Mesh, FieldLevel) {
-        let input = grid_mesh(60, 60, 200.0, X0, Y0);
+        steady_on(grid_mesh(60, 60, 200.0, X0, Y0), uv)
+    }
+
+    /// The steady level of the flow `uv(x, y)` on the mesh `input`.
+    fn steady_on(
+        input: crate::mesh::MeshInput,
+        uv: impl Fn(f64, f64) -> (f64, f64),
+    ) -> (Mesh, FieldLevel) {
         let centroid =
             |t: &[i64; 3], c: &[f64]| t.iter().map(|&n| c[n as usize]).sum::<f64>() / 3.0;
         let (u, v): (Vec<f32>, Vec<f32>) = input
@@ -1275,5 +1372,178 @@ mod tests {
                 "{axis} variance {got} vs 2Kt {expect}"
             );
         }
+    }
+
+    /// The grid of `steady`, every inside node jittered by up to 30 m, and slivers: in each
+    /// listed square the far corner of its second triangle is moved to just off the square's
+    /// diagonal, so that triangle keeps `ratio` of its area and its other neighbours turn very
+    /// obtuse. The slivers' nodes, for releases that start on them.
+    fn slivered() -> (crate::mesh::MeshInput, Vec<(f64, f64)>) {
+        let (nx, dx) = (60usize, 200.0);
+        let mut m = grid_mesh(nx, nx, dx, X0, Y0);
+        let id = |i: usize, j: usize| j * (nx + 1) + i;
+        let jitter = |k: usize, salt: u32| {
+            let bits = crate::rng::philox4x32_10([k as u32, salt, 0, 0], [7, 9])[0];
+            bits as f64 / 4_294_967_296.0 * 60.0 - 30.0
+        };
+        for j in 1..nx {
+            for i in 1..nx {
+                let k = id(i, j);
+                m.x[k] += jitter(k, 1);
+                m.y[k] += jitter(k, 2);
+            }
+        }
+        let squares = [
+            (35, 30, 0.03),
+            (30, 40, 0.01),
+            (22, 27, 0.03),
+            (40, 21, 0.01),
+            (26, 18, 0.02),
+            (44, 36, 0.01),
+        ];
+        let mut nodes = Vec::new();
+        for (i, j, ratio) in squares {
+            let (a, b, c) = (id(i + 1, j), id(i, j + 1), id(i + 1, j + 1));
+            crate::mesh::squash_onto_edge(&mut m.x, &mut m.y, a, b, c, ratio);
+            nodes.extend([a, b, c].map(|k| (m.x[k], m.y[k])));
+        }
+        // Every triangle keeps the grid's (clockwise) orientation: the mesh is valid.
+        for t in &m.nv {
+            let [p, q, r] = t.map(|k| k as usize);
+            let area2 =
+                (m.x[q] - m.x[p]) * (m.y[r] - m.y[p]) - (m.x[r] - m.x[p]) * (m.y[q] - m.y[p]);
+            assert!(area2 < 0.0, "a triangle turned over: {t:?}");
+        }
+        (m, nodes)
+    }
+
+    /// Solid-body rotation on a mesh with slivers down to 1 % of their neighbours' area and very
+    /// obtuse triangles, no diffusion, particles released on rings through the slivers' nodes
+    /// and on the nodes themselves: every particle keeps moving, no two end at one point, a
+    /// revolution brings each back to its start, and the backward run from the end brings each
+    /// back within 1 m. Particles once stopped at such vertices for good.
+    #[test]
+    fn no_particle_is_trapped_by_slivers_or_vertices() {
+        let (cx, cy) = (X0 + 6000.0, Y0 + 6000.0);
+        let omega = std::f64::consts::TAU / (6.0 * 3600.0);
+        let (input, nodes) = slivered();
+        let (mesh, level) = steady_on(input, |x, y| (-omega * (y - cy), omega * (x - cx)));
+        let q = mesh.quality();
+        assert!(q.slivers >= 6 && q.smallest_angle_deg < 1.0, "{q:?}");
+        let mut start = Vec::new();
+        for &(x, y) in &nodes {
+            let (r, a0) = ((x - cx).hypot(y - cy), (y - cy).atan2(x - cx));
+            for k in 1..24 {
+                let a = a0 + k as f64 * std::f64::consts::TAU / 24.0;
+                start.push((cx + r * a.cos(), cy + r * a.sin()));
+            }
+            start.push((x, y));
+        }
+        let n = start.len();
+        let mut p = release(&mesh, &start);
+        let fwd = params(60.0, 0.0);
+        let mut before: Vec<(f64, f64)> = start.clone();
+        for hour in 0..6u32 {
+            let levels = std::slice::from_ref(&level);
+            for s in hour * 60..(hour + 1) * 60 {
+                for c in p.chunks_mut(64) {
+                    advance(&mesh, Window { levels }, &fwd, s as f64 * 60.0, s, c);
+                }
+            }
+            for i in 0..n {
+                assert_eq!(p.status[i], status::ACTIVE, "particle {i}");
+                let r = (start[i].0 - cx).hypot(start[i].1 - cy);
+                let moved = (p.x[i] - before[i].0).hypot(p.y[i] - before[i].1);
+                // An hour is a sixth of a revolution: a chord of length r.
+                assert!(
+                    (moved - r).abs() < 1.0,
+                    "particle {i} moved {moved} m in hour {hour}, not {r} m"
+                );
+                before[i] = (p.x[i], p.y[i]);
+            }
+        }
+        let mut ends: Vec<(f64, f64, usize)> = (0..n).map(|i| (p.x[i], p.y[i], i)).collect();
+        ends.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for w in ends.windows(2) {
+            assert!(
+                (w[0].0, w[0].1) != (w[1].0, w[1].1),
+                "particles {} and {} end at one point",
+                w[0].2,
+                w[1].2
+            );
+        }
+        let mut worst = 0.0f64;
+        for (i, &(x, y)) in start.iter().enumerate() {
+            worst = worst.max((p.x[i] - x).hypot(p.y[i] - y));
+        }
+        assert!(
+            worst < 0.05,
+            "a revolution ends up to {worst} m from the start"
+        );
+        // Backward from the ends, on the run clock counting down.
+        let back = params(-60.0, 0.0);
+        let levels = std::slice::from_ref(&level);
+        for s in 0..360u32 {
+            for c in p.chunks_mut(64) {
+                advance(&mesh, Window { levels }, &back, -(s as f64) * 60.0, s, c);
+            }
+        }
+        // Backward from a full revolution's end is a full revolution back to the start.
+        let mut worst = 0.0f64;
+        for (i, &(x, y)) in start.iter().enumerate() {
+            assert_eq!(p.status[i], status::ACTIVE, "particle {i}");
+            worst = worst.max((p.x[i] - x).hypot(p.y[i] - y));
+        }
+        assert!(
+            worst < 1.0,
+            "the backward run misses a release point by {worst} m"
+        );
+    }
+
+    /// Paths through the vertex of a concave land corner, touching the land only there, at many
+    /// slopes and in both directions: each goes on to its end point. The walk meets the coast on
+    /// the way, so these are the trace's own paths; they once stopped at the corner for good.
+    #[test]
+    fn a_path_through_a_coastal_vertex_goes_on_past_it() {
+        // An L-shaped sea: a 20 x 20 grid of 200 m squares without its north-east quarter.
+        let mut input = grid_mesh(20, 20, 200.0, X0, Y0);
+        let (vx, vy) = (X0 + 2000.0, Y0 + 2000.0);
+        input.nv.retain(|t| {
+            let c = |v: &[f64]| t.iter().map(|&n| v[n as usize]).sum::<f64>() / 3.0;
+            !(c(&input.x) > vx && c(&input.y) > vy)
+        });
+        let (mesh, _) = Mesh::build(input).unwrap();
+        let mut checked = 0;
+        for (p, q) in [
+            (1.0, 1.0),
+            (2.0, 1.0),
+            (1.0, 2.0),
+            (3.0, 1.0),
+            (1.0, 3.0),
+            (5.0, 2.0),
+        ] {
+            for (s, t) in [(30.0, 50.0), (100.0, 20.0), (7.0, 150.0)] {
+                // From the western arm through the corner into the southern arm, and back.
+                let west = (vx - s * p, vy + s * q);
+                let south = (vx + t * p, vy - t * q);
+                for (a, b) in [(west, south), (south, west)] {
+                    let e = mesh.locate(a.0, a.1, None).unwrap();
+                    match trace(&mesh, e, a.0, a.1, b.0, b.1) {
+                        Moved::Inside { x, y, element } => {
+                            assert!(
+                                (x, y) == b,
+                                "{a:?} -> {b:?} through the corner ends at ({x}, {y})"
+                            );
+                            // In that element, up to a micrometre.
+                            let w = mesh.weights(element as usize, x, y);
+                            assert!(w.iter().all(|v| *v > -1e-8), "{a:?} -> {b:?}: {w:?}");
+                        }
+                        other => panic!("{a:?} -> {b:?}: {other:?}"),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 36);
     }
 }

@@ -655,32 +655,84 @@ impl Mesh {
     }
 
     /// The walk, with the point's barycentric weights in the last element visited.
+    ///
+    /// It never crosses back through the edge it entered by: having crossed that edge, the
+    /// point is on this side of it, and a negative weight there is rounding (on a sliver the
+    /// weights' rounding is far above the tolerance, since they grow as one over the element's
+    /// height). Crossing back made the walk shuttle between the two elements until it gave up.
     #[inline(always)]
     pub fn walk_weights(&self, start: u32, x: f64, y: f64) -> (Walk, [f64; 3]) {
+        self.walk_with(start, x, y, false)
+    }
+
+    /// The walk to a point just past a coastal vertex: where the coast is the most negative
+    /// edge, it goes on across another edge the point also lies beyond, when that leads to an
+    /// element (around a concave corner of the coast). Only the trace uses it: a stage's point
+    /// beyond the coast is evaluated in the element where the plain walk meets the coast.
+    pub fn walk_around_coast(&self, start: u32, x: f64, y: f64) -> Walk {
+        self.walk_with(start, x, y, true).0
+    }
+
+    #[inline(always)]
+    fn walk_with(&self, start: u32, x: f64, y: f64, around_coast: bool) -> (Walk, [f64; 3]) {
         let mut e = start;
         let mut w = [0.0; 3];
+        let mut entry = 3; // the edge we came in by; none at the start
         for _ in 0..MAX_WALK {
             w = self.weights(e as usize, x, y);
-            let (mut i_min, mut w_min) = (0, w[0]);
-            if w[1] < w_min {
-                i_min = 1;
-                w_min = w[1];
+            let (mut i_min, mut w_min) = (3, -1e-12);
+            for (i, &wi) in w.iter().enumerate() {
+                if wi < w_min && i != entry {
+                    i_min = i;
+                    w_min = wi;
+                }
             }
-            if w[2] < w_min {
-                i_min = 2;
-                w_min = w[2];
-            }
-            if w_min >= -1e-12 {
+            if i_min == 3 {
                 return (Walk::Found(e), w);
             }
-            let next = self.nbe[e as usize][i_min];
-            if !is_element(next) {
+            let mut next = self.nbe[e as usize][i_min];
+            if !is_element(next) && !around_coast {
                 let edge = i_min as u8;
                 return (Walk::Boundary { element: e, edge }, w);
             }
+            if !is_element(next) {
+                // The coast is the most negative edge, but another edge the point also lies
+                // beyond may lead to it (around a concave corner of the coast).
+                let mut other = (3, -1e-12);
+                for (i, &wi) in w.iter().enumerate() {
+                    if i != entry
+                        && i != i_min
+                        && wi < other.1
+                        && is_element(self.nbe[e as usize][i])
+                    {
+                        other = (i, wi);
+                    }
+                }
+                if other.0 == 3 {
+                    let edge = i_min as u8;
+                    return (Walk::Boundary { element: e, edge }, w);
+                }
+                next = self.nbe[e as usize][other.0];
+            }
+            entry = self.edge_to(next, e);
             e = next;
         }
         (Walk::GaveUp(e), w)
+    }
+
+    /// The edge of element `e` shared with element `neighbour` (3 when they share none).
+    #[inline(always)]
+    pub fn edge_to(&self, e: u32, neighbour: u32) -> usize {
+        let row = self.nbe[e as usize];
+        if row[0] == neighbour {
+            0
+        } else if row[1] == neighbour {
+            1
+        } else if row[2] == neighbour {
+            2
+        } else {
+            3
+        }
     }
 
     pub fn locate_indexed(&self, x: f64, y: f64) -> Option<u32> {
@@ -735,6 +787,87 @@ impl Mesh {
         }
         m
     }
+
+    /// The mesh's shape as it matters for tracking: its smallest angle, its slivers, and the
+    /// elements whose velocity reconstruction leans on neighbours nearly in line.
+    pub fn quality(&self) -> MeshQuality {
+        let mut q = MeshQuality {
+            smallest_angle_deg: 180.0,
+            worst_element: 0,
+            slivers: 0,
+            ill_conditioned: 0,
+        };
+        for (e, t) in self.nv.iter().enumerate() {
+            let p = t.map(|n| (self.x[n as usize], self.y[n as usize]));
+            let mut smallest = 180.0f64;
+            for i in 0..3 {
+                let (a, b, c) = (p[i], p[(i + 1) % 3], p[(i + 2) % 3]);
+                let (u, v) = ((b.0 - a.0, b.1 - a.1), (c.0 - a.0, c.1 - a.1));
+                let angle = (u.0 * v.1 - u.1 * v.0)
+                    .abs()
+                    .atan2(u.0 * v.0 + u.1 * v.1)
+                    .to_degrees();
+                smallest = smallest.min(angle);
+            }
+            if smallest < q.smallest_angle_deg {
+                q.smallest_angle_deg = smallest;
+                q.worst_element = e as u32;
+            }
+            if smallest < MeshQuality::SLIVER_DEG {
+                q.slivers += 1;
+            }
+            // The least-squares normal matrix of the offsets to the neighbours' centroids.
+            let c = self.centroid(e);
+            let (mut sxx, mut sxy, mut syy, mut n) = (0.0, 0.0, 0.0, 0);
+            for &nb in &self.nbe[e] {
+                if is_element(nb) {
+                    let d = self.centroid(nb as usize);
+                    let (dx, dy) = (d.0 - c.0, d.1 - c.1);
+                    (sxx, sxy, syy, n) = (sxx + dx * dx, sxy + dx * dy, syy + dy * dy, n + 1);
+                }
+            }
+            if n >= 2 {
+                let (mean, half) = ((sxx + syy) / 2.0, ((sxx - syy) / 2.0).hypot(sxy));
+                if mean - half <= (mean + half) / MeshQuality::CONDITION_LIMIT {
+                    q.ill_conditioned += 1;
+                }
+            }
+        }
+        q
+    }
+}
+
+/// [`Mesh::quality`]'s findings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeshQuality {
+    /// The smallest interior angle of any element, degrees, and that element.
+    pub smallest_angle_deg: f64,
+    pub worst_element: u32,
+    /// Elements with an angle under [`MeshQuality::SLIVER_DEG`].
+    pub slivers: usize,
+    /// Elements with two or three neighbours whose centroids lie so nearly in line that the
+    /// least-squares gradient's normal matrix has a condition number over
+    /// [`MeshQuality::CONDITION_LIMIT`].
+    pub ill_conditioned: usize,
+}
+
+impl MeshQuality {
+    pub const SLIVER_DEG: f64 = 10.0;
+    pub const CONDITION_LIMIT: f64 = 100.0;
+}
+
+/// Moves node `far` onto the middle of edge (`a`, `b`), leaving it `ratio` of its distance
+/// from the edge's line, so the triangle (`a`, `b`, `far`) keeps `ratio` of its area: a sliver,
+/// for the meshes that test the tracker (`shoal synth --slivers`, the kernel's tests).
+pub fn squash_onto_edge(x: &mut [f64], y: &mut [f64], a: usize, b: usize, far: usize, ratio: f64) {
+    let (mx, my) = (0.5 * (x[a] + x[b]), 0.5 * (y[a] + y[b]));
+    let (ex, ey) = (x[b] - x[a], y[b] - y[a]);
+    let len = ex.hypot(ey);
+    let (nx, ny) = (-ey / len, ex / len);
+    // Signed: the unit normal times the height keeps `far` on its own side.
+    let height = (x[far] - mx) * nx + (y[far] - my) * ny;
+    x[far] = mx + ratio * height * nx;
+    y[far] = my + ratio * height * ny;
 }
 
 /// Where a neighbour walk stopped.

@@ -109,6 +109,22 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
         boundary.len(),
         open
     )?;
+    let q = mesh.quality();
+    writeln!(
+        out,
+        "  shape: smallest angle {:.1}° (element {}), {} sliver(s) (an angle under {:.0}°), {} element(s) whose velocity reconstruction is ill-conditioned (neighbour centroids nearly in line)",
+        q.smallest_angle_deg,
+        mesh.file_element[q.worst_element as usize] + 1,
+        q.slivers,
+        shoal_common::mesh::MeshQuality::SLIVER_DEG,
+        q.ill_conditioned,
+    )?;
+    if q.slivers > 0 || q.ill_conditioned > 0 {
+        writeln!(
+            out,
+            "  what that means: particles still pass through slivers, vertices and along edges (none is stopped by the geometry), but velocities there come from a linear fit over neighbours nearly in line, so they are less certain; well-made FVCOM meshes keep angles above about 30°"
+        )?;
+    }
     for n in &notes {
         writeln!(out, "  note: {n}")?;
     }

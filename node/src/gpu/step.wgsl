@@ -134,6 +134,19 @@ fn weights(e: Element, dx: f32, dy: f32) -> vec3<f32> {
         1.0 / 3.0 + e.b2 * dx + e.c2 * dy);
 }
 
+// The gradient of the weight of node `j`: it points into the element, across edge `j`.
+fn grad(e: Element, j: u32) -> vec2<f32> {
+    if (j == 0u) { return vec2<f32>(e.b0, e.c0); }
+    if (j == 1u) { return vec2<f32>(e.b1, e.c1); }
+    return vec2<f32>(e.b2, e.c2);
+}
+
+// How far beyond an edge's line, in metres, an end point may lie and still be on the edge, and
+// how far past a vertex a path through it is followed: above the rounding of f32 offsets from a
+// centroid kilometres away, below any distance that matters.
+const ON_EDGE_M: f32 = 1e-2;
+const PAST_VERTEX_M: f32 = 1e-2;
+
 struct Walked { elem: u32, found: bool, edge: u32 };
 
 // Offset from element `el`'s centroid to the centroid of `home`: differences of nearby
@@ -144,18 +157,46 @@ fn shift(home: Element, el: Element) -> vec2<f32> {
 
 // Walk from `start` towards the point (px, py), given relative to the centroid of `home`.
 fn walk(start: u32, px: f32, py: f32, home: Element) -> Walked {
+    return walk_ex(start, px, py, home, false);
+}
+
+// The walk; `around_coast` (the trace's look past a coastal vertex) goes on across another edge
+// the point lies beyond where the coast is the most negative one (Mesh::walk_around_coast).
+fn walk_ex(start: u32, px: f32, py: f32, home: Element, around_coast: bool) -> Walked {
     var e = start;
+    // Never back through the edge we came in by (Mesh::walk_weights on the CPU says why).
+    var entry = 3u;
     for (var k = 0u; k < P.max_walk; k = k + 1u) {
         let el = elements[e];
         let o = shift(home, el);
         let w = weights(el, o.x + px, o.y + py);
-        var i_min = 0u;
-        var w_min = w.x;
-        if (w.y < w_min) { i_min = 1u; w_min = w.y; }
-        if (w.z < w_min) { i_min = 2u; w_min = w.z; }
-        if (w_min >= -1e-6) { return Walked(e, true, 0u); }
-        let next = nbe(el, i_min);
-        if (!is_element(next)) { return Walked(e, false, i_min); }
+        var i_min = 3u;
+        var w_min = -1e-6;
+        for (var j = 0u; j < 3u; j = j + 1u) {
+            if (w[j] < w_min && j != entry) { i_min = j; w_min = w[j]; }
+        }
+        if (i_min == 3u) { return Walked(e, true, 0u); }
+        var next = nbe(el, i_min);
+        if (!is_element(next) && !around_coast) { return Walked(e, false, i_min); }
+        if (!is_element(next)) {
+            // The coast is the most negative edge, but another edge the point also lies beyond
+            // may lead to it (around a concave corner of the coast), as on the CPU.
+            var other = 3u;
+            var w_other = -1e-6;
+            for (var j = 0u; j < 3u; j = j + 1u) {
+                if (j != entry && j != i_min && w[j] < w_other && is_element(nbe(el, j))) {
+                    other = j;
+                    w_other = w[j];
+                }
+            }
+            if (other == 3u) { return Walked(e, false, i_min); }
+            next = nbe(el, other);
+        }
+        let ne = elements[next];
+        entry = 3u;
+        for (var j = 0u; j < 3u; j = j + 1u) {
+            if (nbe(ne, j) == e) { entry = j; }
+        }
         e = next;
     }
     return Walked(e, false, 3u);
@@ -483,9 +524,9 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var done = false;
     var reflected = false;
     for (var it = 0u; it < 4u * P.max_walk; it = it + 1u) {
-        let el = elements[e];
+        var el = elements[e];
         let o = shift(el0, el);
-        let ox = o.x; let oy = o.y;
+        var ox = o.x; var oy = o.y;
         let wa = weights(el, ox + ax, oy + ay);
         let wb = weights(el, ox + bx, oy + by);
         if (min(wb.x, min(wb.y, wb.z)) >= -1e-6) { done = true; break; }
@@ -500,9 +541,63 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (s < best_s) { best = j; best_s = s; }
             }
         }
-        if (best == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
-        let cx = ax + best_s * (bx - ax);
-        let cy = ay + best_s * (by - ay);
+        var cx = ax + best_s * (bx - ax);
+        var cy = ay + best_s * (by - ay);
+        if (best == 3u) {
+            // Only the edge we came in by has the end point beyond it: the end point lies on
+            // that edge within rounding (it is here), or the segment passed through an end of
+            // the edge, a vertex, into an element of its fan that shares no edge with the one
+            // we came from. Then follow the path a hair past the vertex and walk to the element
+            // there; where that point lies beyond the coast, the path meets it at the vertex
+            // (kernel::trace on the CPU does the same).
+            var j = 3u;
+            for (var k = 0u; k < 3u; k = k + 1u) {
+                if (came != LAND && nbe(el, k) == came) { j = k; }
+            }
+            if (j == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
+            if (-wb[j] / length(grad(el, j)) < ON_EDGE_M) { done = true; break; }
+            let dd = vec2<f32>(bx - ax, by - ay);
+            if (length(dd) == 0.0) { done = true; break; }
+            let hair = PAST_VERTEX_M / length(dd);
+            let px = ax + dd.x * hair;
+            let py = ay + dd.y * hair;
+            let past = walk_ex(e, px, py, el0, true);
+            if (past.found) { e = past.elem; came = LAND; ax = px; ay = py; continue; }
+            if (past.edge == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
+            e = past.elem;
+            el = elements[e];
+            let o2 = shift(el0, el);
+            ox = o2.x;
+            oy = o2.y;
+            best = past.edge;
+            cx = ax;
+            cy = ay;
+        }
+        if (!is_element(nbe(el, best))) {
+            // A boundary edge crossed at one of its ends: the path may only graze the coast at
+            // that vertex and go on in the water. Look past it, as on the CPU.
+            let wc = weights(el, ox + cx, oy + cy);
+            let k1 = (best + 1u) % 3u;
+            let k2 = (best + 2u) % 3u;
+            let dd = vec2<f32>(bx - cx, by - cy);
+            let at_end = wc[k1] / length(grad(el, k1)) < ON_EDGE_M
+                || wc[k2] / length(grad(el, k2)) < ON_EDGE_M;
+            if (at_end && length(dd) > 0.0) {
+                let hair = PAST_VERTEX_M / length(dd);
+                let px = cx + dd.x * hair;
+                let py = cy + dd.y * hair;
+                let past = walk_ex(e, px, py, el0, true);
+                if (past.found) { e = past.elem; came = LAND; ax = px; ay = py; continue; }
+                if (past.edge != 3u) {
+                    e = past.elem;
+                    el = elements[e];
+                    let o3 = shift(el0, el);
+                    ox = o3.x;
+                    oy = o3.y;
+                    best = past.edge;
+                }
+            }
+        }
         let next = nbe(el, best);
         if (is_element(next)) {
             came = e; e = next; ax = cx; ay = cy;
@@ -511,12 +606,10 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if (next == OPEN) { bx = cx; by = cy; exited = true; done = true; break; }
         // Land: reflect the rest of the path in the edge (nodes j+1, j+2 of the element); the
         // edge direction follows from the barycentric gradient of the opposite node.
-        var gx = el.b0; var gy = el.c0;
-        if (best == 1u) { gx = el.b1; gy = el.c1; }
-        if (best == 2u) { gx = el.b2; gy = el.c2; }
+        let g = grad(el, best);
         // grad w_best points into the element, so the outward normal is -grad / |grad|.
-        let len = sqrt(gx * gx + gy * gy);
-        let nx = -gx / len; let ny = -gy / len;
+        let len = length(g);
+        let nx = -g.x / len; let ny = -g.y / len;
         let d = (bx - cx) * nx + (by - cy) * ny;
         bx = bx - 2.0 * d * nx;
         by = by - 2.0 * d * ny;
