@@ -427,6 +427,7 @@ const PAST_VERTEX_M: f64 = 1e-4;
 
 /// Moves a particle in a straight line from (x0, y0) in `e0` to (x1, y1), element by element,
 /// reflecting the rest of the path off land edges and stopping at open edges.
+#[inline(always)]
 pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved {
     // Fast path: the walk finds the end point without touching the boundary.
     if let Walk::Found(e) = mesh.walk(e0, x1, y1) {
@@ -436,6 +437,14 @@ pub fn trace(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved 
             element: e,
         };
     }
+    trace_segment(mesh, e0, x0, y0, x1, y1)
+}
+
+/// [`trace`] element by element, for the moves the walk alone cannot finish: out of its way so
+/// that the fast path stays small where it is inlined.
+#[cold]
+#[inline(never)]
+fn trace_segment(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Moved {
     let (mut ax, mut ay) = (x0, y0);
     let (mut bx, mut by) = (x1, y1);
     let mut e = e0;

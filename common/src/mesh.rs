@@ -675,46 +675,54 @@ impl Mesh {
 
     #[inline(always)]
     fn walk_with(&self, start: u32, x: f64, y: f64, around_coast: bool) -> (Walk, [f64; 3]) {
+        // No element has this number; LAND and OPEN are the two above it.
+        const NONE: u32 = u32::MAX - 2;
         let mut e = start;
+        let mut came_from = NONE;
         let mut w = [0.0; 3];
-        let mut entry = 3; // the edge we came in by; none at the start
         for _ in 0..MAX_WALK {
             w = self.weights(e as usize, x, y);
-            let (mut i_min, mut w_min) = (3, -1e-12);
-            for (i, &wi) in w.iter().enumerate() {
-                if wi < w_min && i != entry {
-                    i_min = i;
-                    w_min = wi;
-                }
+            let (mut i_min, mut w_min) = (0, w[0]);
+            if w[1] < w_min {
+                i_min = 1;
+                w_min = w[1];
             }
-            if i_min == 3 {
+            if w[2] < w_min {
+                i_min = 2;
+                w_min = w[2];
+            }
+            if w_min >= -1e-12 {
                 return (Walk::Found(e), w);
             }
-            let mut next = self.nbe[e as usize][i_min];
-            if !is_element(next) && !around_coast {
-                let edge = i_min as u8;
-                return (Walk::Boundary { element: e, edge }, w);
+            let row = self.nbe[e as usize];
+            let mut next = row[i_min];
+            if next == came_from {
+                // Back through the edge we came in by: rounding (see `walk_weights`). The
+                // more negative of the other two edges, if the point lies beyond either.
+                let (a, b) = ((i_min + 1) % 3, (i_min + 2) % 3);
+                let k = if w[b] < w[a] { b } else { a };
+                if w[k] >= -1e-12 {
+                    return (Walk::Found(e), w);
+                }
+                i_min = k;
+                next = row[k];
             }
             if !is_element(next) {
-                // The coast is the most negative edge, but another edge the point also lies
-                // beyond may lead to it (around a concave corner of the coast).
-                let mut other = (3, -1e-12);
-                for (i, &wi) in w.iter().enumerate() {
-                    if i != entry
-                        && i != i_min
-                        && wi < other.1
-                        && is_element(self.nbe[e as usize][i])
-                    {
-                        other = (i, wi);
+                // Where the coast is the most negative edge, the walk around it goes on
+                // across another edge the point also lies beyond (a concave corner).
+                let other = (0..3)
+                    .filter(|&i| around_coast && i != i_min && w[i] < -1e-12)
+                    .filter(|&i| is_element(row[i]) && row[i] != came_from)
+                    .min_by(|&i, &j| w[i].total_cmp(&w[j]));
+                match other {
+                    Some(i) => next = row[i],
+                    None => {
+                        let edge = i_min as u8;
+                        return (Walk::Boundary { element: e, edge }, w);
                     }
                 }
-                if other.0 == 3 {
-                    let edge = i_min as u8;
-                    return (Walk::Boundary { element: e, edge }, w);
-                }
-                next = self.nbe[e as usize][other.0];
             }
-            entry = self.edge_to(next, e);
+            came_from = e;
             e = next;
         }
         (Walk::GaveUp(e), w)
