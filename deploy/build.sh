@@ -15,10 +15,10 @@
 #   x86_64  x86_64-unknown-linux-gnu       (none: baseline x86-64, runs on any x86-64 CPU)
 #
 # Each flavour builds with the workspace's `deploy` profile (fat LTO, one codegen unit, stripped,
-# dependencies optimised for size) in one target directory, target/deploy, shared by all: build
-# scripts and proc macros (host code, the same for every flavour) are built once, and cargo
-# keeps each target-cpu's artifacts apart (its file names hash the flags), so pi4 and pi5 do not
-# rebuild each other's. Each flavour's binaries are packaged before the next one builds. The
+# dependencies optimised for size) in its own target directory, target/deploy/<flavour> (under
+# CARGO_TARGET_DIR where that is set). One directory for all was tried: cargo hashes the flags
+# into the names of compiled crates, but not into the output directories of build scripts, so
+# pi4 and pi5 re-ran each other's build scripts and rebuilt everything above them. The
 # target-cpu goes into
 # CARGO_TARGET_<TRIPLE>_RUSTFLAGS, which cargo applies to the target's crates only: build scripts
 # and proc macros run on this machine and are built for it as usual. Link options go to the two
@@ -314,7 +314,7 @@ declare -gA build_seconds
 build_flavour() { # $1 = flavour; sets BIN_DIR, BUILT (names)
     local f="$1" tdir var flags link t0 t1 t2 cargo_common
     flavour_info "$f"
-    tdir="$TARGET_BASE/deploy"
+    tdir="$TARGET_BASE/deploy/$f"
     var="CARGO_TARGET_$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
     flags=()
     [ -n "$CPU" ] && flags+=(-C "target-cpu=$CPU")
