@@ -477,17 +477,26 @@ fn trace_segment(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Mo
                 }
             }
         }
-        let (mut i, cx, cy) = match best {
-            Some((i, s)) => (i, ax + s * (bx - ax), ay + s * (by - ay)),
+        // Where the path leaves, and whether it does so at a vertex, whose far side decides.
+        let (mut i, cx, cy, at_vertex) = match best {
+            Some((i, s)) => {
+                let (cx, cy) = (ax + s * (bx - ax), ay + s * (by - ay));
+                // A boundary edge crossed at one of its ends: the path may only graze the
+                // coast at that vertex (past a land corner) and go on in the water.
+                let at_end = !is_element(mesh.nbe[e as usize][i]) && {
+                    let wc = g.weights(cx, cy);
+                    [(i + 1) % 3, (i + 2) % 3]
+                        .iter()
+                        .any(|&k| wc[k] / g.b[k].hypot(g.c[k]) < ON_EDGE_M)
+                };
+                (i, cx, cy, at_end)
+            }
             None => {
                 // Only the edge we came in by has the end point beyond it. A straight segment
                 // that crossed that edge's line cannot cross it back, so either the end point
                 // lies on the edge within rounding (it is here), or the segment never entered
                 // this element's inside: it passed through an end of that edge, a vertex, into
                 // an element of the vertex's fan that shares no edge with the one we came from.
-                // Then step a hair past the vertex along the path and find the element there
-                // (a short walk around the fan): the path goes on from it, or, when that point
-                // lies beyond the coast, the path meets land (or open water) at the vertex.
                 // (Stopping here, as this once did, left particles at the vertex for good:
                 // every later step started at it and passed through it again.)
                 let j = mesh.edge_to(e, came_from);
@@ -498,59 +507,40 @@ fn trace_segment(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Mo
                         element: e,
                     };
                 }
-                let beyond = -wb[j] / g.b[j].hypot(g.c[j]);
-                if beyond < ON_EDGE_M {
+                if -wb[j] / g.b[j].hypot(g.c[j]) < ON_EDGE_M {
                     return Moved::Inside {
                         x: bx,
                         y: by,
                         element: e,
                     };
                 }
-                let (px, py, past) = past_vertex(mesh, e, (ax, ay), (bx, by));
-                match past {
-                    Walk::Found(f) => {
-                        e = f;
-                        ax = px;
-                        ay = py;
-                        came_from = u32::MAX;
-                        continue;
-                    }
-                    Walk::Boundary { element, edge } => {
-                        e = element;
-                        (edge as usize, ax, ay)
-                    }
-                    Walk::GaveUp(_) => {
-                        return Moved::Inside {
-                            x: ax,
-                            y: ay,
-                            element: e,
-                        };
-                    }
-                }
+                (j, ax, ay, true)
             }
         };
-        if !is_element(mesh.nbe[e as usize][i]) {
-            // A boundary edge crossed at one of its ends: the path may only graze the coast
-            // at that vertex (past a land corner) and go on in the water. Look past it.
-            let wc = g.weights(cx, cy);
-            let at_end = [(i + 1) % 3, (i + 2) % 3]
-                .iter()
-                .any(|&k| wc[k] / g.b[k].hypot(g.c[k]) < ON_EDGE_M);
-            if at_end {
-                match past_vertex(mesh, e, (cx, cy), (bx, by)) {
-                    (px, py, Walk::Found(f)) => {
-                        e = f;
-                        ax = px;
-                        ay = py;
-                        came_from = u32::MAX;
-                        continue;
-                    }
-                    (_, _, Walk::Boundary { element, edge }) => {
-                        e = element;
-                        i = edge as usize;
-                    }
-                    (_, _, Walk::GaveUp(_)) => {}
+        if at_vertex {
+            // Step a hair past the vertex along the path and find the element there (a short
+            // walk around the fan): the path goes on from it, or, when that point lies beyond
+            // the coast, it meets land (or open water) at the vertex.
+            match past_vertex(mesh, e, (cx, cy), (bx, by)) {
+                (px, py, Walk::Found(f)) => {
+                    e = f;
+                    ax = px;
+                    ay = py;
+                    came_from = u32::MAX;
+                    continue;
                 }
+                (_, _, Walk::Boundary { element, edge }) => {
+                    e = element;
+                    i = edge as usize;
+                }
+                (_, _, Walk::GaveUp(_)) if best.is_none() => {
+                    return Moved::Inside {
+                        x: ax,
+                        y: ay,
+                        element: e,
+                    };
+                }
+                (_, _, Walk::GaveUp(_)) => {}
             }
         }
         let next = mesh.nbe[e as usize][i];

@@ -543,60 +543,54 @@ fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         var cx = ax + best_s * (bx - ax);
         var cy = ay + best_s * (by - ay);
+        // Whether the path leaves at a vertex, whose far side decides (kernel::trace on the CPU
+        // does the same).
+        var at_vertex = false;
         if (best == 3u) {
             // Only the edge we came in by has the end point beyond it: the end point lies on
             // that edge within rounding (it is here), or the segment passed through an end of
             // the edge, a vertex, into an element of its fan that shares no edge with the one
-            // we came from. Then follow the path a hair past the vertex and walk to the element
-            // there; where that point lies beyond the coast, the path meets it at the vertex
-            // (kernel::trace on the CPU does the same).
+            // we came from.
             var j = 3u;
             for (var k = 0u; k < 3u; k = k + 1u) {
                 if (came != LAND && nbe(el, k) == came) { j = k; }
             }
             if (j == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
             if (-wb[j] / length(grad(el, j)) < ON_EDGE_M) { done = true; break; }
-            let dd = vec2<f32>(bx - ax, by - ay);
-            if (length(dd) == 0.0) { done = true; break; }
-            let hair = PAST_VERTEX_M / length(dd);
-            let px = ax + dd.x * hair;
-            let py = ay + dd.y * hair;
-            let past = walk_ex(e, px, py, el0, true);
-            if (past.found) { e = past.elem; came = LAND; ax = px; ay = py; continue; }
-            if (past.edge == 3u) { bx = ax; by = ay; done = true; reflected = true; break; }
-            e = past.elem;
-            el = elements[e];
-            let o2 = shift(el0, el);
-            ox = o2.x;
-            oy = o2.y;
-            best = past.edge;
+            best = j;
             cx = ax;
             cy = ay;
-        }
-        if (!is_element(nbe(el, best))) {
+            at_vertex = true;
+        } else if (!is_element(nbe(el, best))) {
             // A boundary edge crossed at one of its ends: the path may only graze the coast at
-            // that vertex and go on in the water. Look past it, as on the CPU.
+            // that vertex and go on in the water.
             let wc = weights(el, ox + cx, oy + cy);
             let k1 = (best + 1u) % 3u;
             let k2 = (best + 2u) % 3u;
-            let dd = vec2<f32>(bx - cx, by - cy);
-            let at_end = wc[k1] / length(grad(el, k1)) < ON_EDGE_M
+            at_vertex = wc[k1] / length(grad(el, k1)) < ON_EDGE_M
                 || wc[k2] / length(grad(el, k2)) < ON_EDGE_M;
-            if (at_end && length(dd) > 0.0) {
-                let hair = PAST_VERTEX_M / length(dd);
-                let px = cx + dd.x * hair;
-                let py = cy + dd.y * hair;
-                let past = walk_ex(e, px, py, el0, true);
-                if (past.found) { e = past.elem; came = LAND; ax = px; ay = py; continue; }
-                if (past.edge != 3u) {
-                    e = past.elem;
-                    el = elements[e];
-                    let o3 = shift(el0, el);
-                    ox = o3.x;
-                    oy = o3.y;
-                    best = past.edge;
-                }
+        }
+        let dd = vec2<f32>(bx - cx, by - cy);
+        if (at_vertex && length(dd) > 0.0) {
+            // Follow the path a hair past the vertex and walk to the element there; where that
+            // point lies beyond the coast, the path meets it at the vertex.
+            let hair = PAST_VERTEX_M / length(dd);
+            let px = cx + dd.x * hair;
+            let py = cy + dd.y * hair;
+            let past = walk_ex(e, px, py, el0, true);
+            if (past.found) { e = past.elem; came = LAND; ax = px; ay = py; continue; }
+            if (past.edge != 3u) {
+                e = past.elem;
+                el = elements[e];
+                let o2 = shift(el0, el);
+                ox = o2.x;
+                oy = o2.y;
+                best = past.edge;
+            } else if (is_element(nbe(el, best))) {
+                bx = ax; by = ay; done = true; reflected = true; break;
             }
+        } else if (at_vertex && is_element(nbe(el, best))) {
+            done = true; break;
         }
         let next = nbe(el, best);
         if (is_element(next)) {
