@@ -188,6 +188,13 @@ enum Command {
         /// (0.01 for 1 %), and very obtuse neighbours.
         #[arg(long, value_name = "RATIO")]
         slivers: Option<f64>,
+        /// Land: a rectangle of grid squares "IX,JY,W,H" with no water (an island, a headland
+        /// from the edge, a channel's banks); repeat for more.
+        #[arg(long, value_name = "IX,JY,W,H")]
+        land: Vec<String>,
+        /// Where the tidal, sheared and uniform flows go, degrees anticlockwise from east.
+        #[arg(long, default_value_t = 0.0)]
+        heading: f64,
     },
     /// Summarise a FVCOM file: mesh, times, variables, what is missing.
     Inspect { files: Vec<PathBuf> },
@@ -390,6 +397,28 @@ fn pair(s: &str, what: &str) -> Result<(f64, f64)> {
     }
 }
 
+/// `--land` rectangles "IX,JY,W,H" as the squares they cover.
+fn land_squares(rects: &[String]) -> Result<Vec<(usize, usize)>> {
+    let mut squares = Vec::new();
+    for r in rects {
+        let v: Vec<usize> = r
+            .split(',')
+            .map(|v| v.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|v: &Vec<usize>| v.len() == 4)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--land: expected `ix,jy,w,h` (whole squares), found `{r}`")
+            })?;
+        for j in v[1]..v[1] + v[3] {
+            for i in v[0]..v[0] + v[2] {
+                squares.push((i, j));
+            }
+        }
+    }
+    Ok(squares)
+}
+
 /// Runs one command line (`args[0]` is the program name).
 pub fn run_cli<I, T>(args: I) -> Result<()>
 where
@@ -486,6 +515,8 @@ where
             quantize,
             lonlat_too,
             slivers,
+            land,
+            heading,
         } => {
             let (x0, y0) = pair(&offset, "offset")?;
             let o = SynthOptions {
@@ -535,6 +566,8 @@ where
                     .map(|s| pair(s, "lonlat-too"))
                     .transpose()?,
                 slivers,
+                land: land_squares(&land)?,
+                heading,
             };
             anyhow::ensure!(o.interval > 0.0, "--interval must be positive");
             anyhow::ensure!(
@@ -545,6 +578,10 @@ where
                 o.slivers.is_none_or(|r| r > 0.0 && r < 1.0),
                 "--slivers takes a share of the area between 0 and 1"
             );
+            anyhow::ensure!(
+                o.land.is_empty() || obc_east.is_none(),
+                "--obc-east names the whole rectangle's east side, so it does not go with --land"
+            );
             synth::write(&output, &o)?;
             if let Some(p) = obc_east {
                 synth::write_obc_east(&p, &o)?;
@@ -552,7 +589,7 @@ where
             println!(
                 "wrote {} ({} elements, {} time slices)",
                 output.display(),
-                2 * nx * ny,
+                o.grid().nv.len(),
                 o.n_times()
             );
         }
@@ -637,4 +674,19 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn land_rectangles_become_their_squares_and_a_bad_one_is_named() {
+        let squares = land_squares(&["1,2,2,1".into(), "5, 5, 1, 2".into()]).unwrap();
+        assert_eq!(squares, vec![(1, 2), (2, 2), (5, 5), (5, 6)]);
+        for bad in ["1,2,3", "1,2,3,x", "1,2,3,4,5"] {
+            let e = land_squares(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("--land") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -110,6 +110,12 @@ pub struct SynthOptions {
     /// square's second triangle moves onto the square's diagonal, leaving that triangle this
     /// share of its area (0.01 for 1 %) and its other neighbours very obtuse.
     pub slivers: Option<f64>,
+    /// Land: squares `(ix, jy)` of the grid with no water. Their two triangles are left out and
+    /// nodes no element uses are dropped, for islands, headlands, concave coasts and channels
+    /// one element wide. Every boundary, the islands' too, is land.
+    pub land: Vec<(usize, usize)>,
+    /// Where the tidal, sheared and uniform flows go: degrees anticlockwise from east.
+    pub heading: f64,
 }
 
 impl Default for SynthOptions {
@@ -155,6 +161,8 @@ impl Default for SynthOptions {
             quantize: None,
             lonlat_too: None,
             slivers: None,
+            land: Vec::new(),
+            heading: 0.0,
         }
     }
 }
@@ -249,6 +257,35 @@ impl SynthOptions {
                 }
             }
         }
+        if !self.land.is_empty() {
+            let land: std::collections::HashSet<usize> =
+                self.land.iter().map(|&(i, j)| j * nx + i).collect();
+            // Two triangles per square, in the squares' order.
+            let mut e = 0;
+            g.nv.retain(|_| {
+                e += 1;
+                !land.contains(&((e - 1) / 2))
+            });
+            let mut used = vec![false; g.x.len()];
+            for t in &g.nv {
+                for &n in t {
+                    used[n] = true;
+                }
+            }
+            let mut renumber = vec![usize::MAX; g.x.len()];
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for n in (0..g.x.len()).filter(|&n| used[n]) {
+                renumber[n] = x.len();
+                x.push(g.x[n]);
+                y.push(g.y[n]);
+            }
+            for t in &mut g.nv {
+                for n in t.iter_mut() {
+                    *n = renumber[*n];
+                }
+            }
+            (g.x, g.y) = (x, y);
+        }
         for t in &g.nv {
             g.xc.push((g.x[t[0]] + g.x[t[1]] + g.x[t[2]]) / 3.0);
             g.yc.push((g.y[t[0]] + g.y[t[1]] + g.y[t[2]]) / 3.0);
@@ -298,14 +335,20 @@ impl SynthOptions {
                 let w = std::f64::consts::TAU / self.period;
                 (-w * (y - ym), w * (x - xm))
             }
-            Flow::Tidal => (
-                self.speed * (std::f64::consts::TAU * t / self.period).cos(),
-                0.0,
-            ),
-            Flow::Shear => (self.speed * (1.0 + sigma), 0.0),
-            Flow::Uniform => (self.speed, 0.0),
+            Flow::Tidal => self.along(self.speed * (std::f64::consts::TAU * t / self.period).cos()),
+            Flow::Shear => self.along(self.speed * (1.0 + sigma)),
+            Flow::Uniform => self.along(self.speed),
             Flow::Still => (0.0, 0.0),
         }
+    }
+
+    /// A speed along `heading`, as (u, v).
+    fn along(&self, speed: f64) -> (f64, f64) {
+        if self.heading == 0.0 {
+            return (speed, 0.0);
+        }
+        let (s, c) = self.heading.to_radians().sin_cos();
+        (speed * c, speed * s)
     }
 
     pub fn temperature(&self, x: f64, sigma: f64) -> f64 {
@@ -362,7 +405,25 @@ unsafe impl netcdf::types::NcTypeDescriptor for NcChar {
 /// Writes the synthetic run to `path`, one time slice at a time.
 pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
+    anyhow::ensure!(
+        o.land.is_empty() || !o.bnd,
+        "{}: a boundary table (`bnd`) is written for the whole rectangle only, not with land",
+        path.display()
+    );
+    if let Some(&(i, j)) = o.land.iter().find(|&&(i, j)| i >= o.nx || j >= o.ny) {
+        anyhow::bail!(
+            "{}: land square ({i}, {j}) is outside the {} x {} grid",
+            path.display(),
+            o.nx,
+            o.ny
+        );
+    }
     let g = o.grid();
+    anyhow::ensure!(
+        !g.nv.is_empty(),
+        "{}: the land leaves no water",
+        path.display()
+    );
     // Jitter and slivers must leave every triangle clockwise, as FVCOM's are.
     if let Some(e) = g.nv.iter().position(|t| {
         let (a, b, c) = (t[0], t[1], t[2]);
