@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -562,9 +562,14 @@ pub enum Command {
 pub struct Control {
     pub step: u32,
     pub command: Command,
-    /// The partitions whose batches of `step` the receiver must merge before going on.
-    pub expect: Vec<u32>,
-    /// Send the partition's state (a [`Message::Snapshot`]) once they are merged.
+    /// The last step the partition may take before it hears from the manager again: it steps
+    /// on neighbour to neighbour (every partition merges every other's batch of a step before
+    /// the next) and sends its summaries without waiting for their answers, up to this step.
+    pub through: u32,
+    /// The steps whose state (the particles as they are when the step begins, a
+    /// [`Message::Snapshot`]) the manager wants, among those up to `through + 1`.
+    pub states: Vec<u32>,
+    /// Send the partition's state after `step` once its batches are merged.
     pub snapshot: bool,
 }
 
@@ -906,7 +911,8 @@ mod tests {
                         step: self.u32(),
                         command: [Command::Start, Command::Continue, Command::Stop][self.len(2)]
                             .clone(),
-                        expect: self.u32s(n),
+                        through: self.u32(),
+                        states: self.u32s(n),
                         snapshot: self.u32() % 2 == 0,
                     })
                 }
@@ -1082,7 +1088,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -1091,14 +1097,15 @@ mod tests {
         let control = me().envelope(Message::Control(Control {
             step: 300,
             command: Command::Stop,
-            expect: vec![1, 200],
+            through: 301,
+            states: vec![1, 200],
             snapshot: true,
         }));
-        // ... 7 (control), step 300, 2 (stop), expect [1, 200], snapshot true.
+        // ... 7 (control), step 300, 2 (stop), through 301, states [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
-            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 2, 1, 0xc8,
-            0x01, 1,
+            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 0xad, 0x02, 2,
+            1, 0xc8, 0x01, 1,
         ];
         assert_eq!(encode(&control).unwrap(), golden_control);
         assert_eq!(decode(golden_control, &me()).unwrap(), control);
@@ -1109,7 +1116,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 10, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);
@@ -1147,7 +1154,8 @@ mod tests {
         let env = me().envelope(Message::Control(Control {
             step: 1,
             command: Command::Stop,
-            expect: vec![],
+            through: 1,
+            states: vec![],
             snapshot: false,
         }));
         let bytes = encode(&env).unwrap();

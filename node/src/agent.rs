@@ -803,10 +803,10 @@ impl<'a> PartitionAgent<'a> {
             .and_then(|_| owned(&particles))
             .map_err(|e| anyhow!("partition {p}'s particles: {e}"))?;
         let particles = particles.into_particles();
-        let mut neighbours: Vec<u32> = topo.halo_owner.clone();
-        neighbours.sort_unstable();
-        neighbours.dedup();
-        neighbours.retain(|&n| n != p);
+        // Every other partition: each sends every other a batch each step, empty too, so a
+        // partition knows whose batches to merge without asking the manager (a particle may
+        // leave for a partition beyond its halo's owners).
+        let neighbours: Vec<u32> = (0..spec.n_parts).filter(|&n| n != p).collect();
         let mut topo_elements = topo.owned.clone();
         topo_elements.extend_from_slice(&topo.halo);
 
@@ -937,6 +937,7 @@ impl<'a> PartitionAgent<'a> {
         )
     }
 
+    /// Sends `m` on the partition's sync key and waits for the manager's control.
     fn sync(&self, m: Message, abandon: &AtomicBool) -> Result<Control> {
         let b = bytes(self.me, m)?;
         match self.ask(&self.keys.sync(self.p), Some(&b), STEP_PATIENCE, abandon)? {
@@ -1203,10 +1204,10 @@ impl<'a> PartitionAgent<'a> {
         Ok(out)
     }
 
-    /// Waits for the batches of `step` from every partition in `expect`, merging them; returns
-    /// the particles received.
-    fn merge(&mut self, step: u32, expect: &[u32], abandon: &AtomicBool) -> Result<u64> {
-        let mut waiting: BTreeSet<u32> = expect.iter().copied().collect();
+    /// Waits for the batches of `step` from every other partition, merging them; returns the
+    /// particles received.
+    fn merge(&mut self, step: u32, abandon: &AtomicBool) -> Result<u64> {
+        let mut waiting: BTreeSet<u32> = self.neighbours.iter().copied().collect();
         let mut received = 0u64;
         // Batches that came early first, then the inbox.
         let mut pending: Vec<Arrival> = std::mem::take(&mut self.early);
@@ -1328,79 +1329,161 @@ impl<'a> PartitionAgent<'a> {
             self.fields.heap_bytes() as f64 / (1 << 20) as f64,
             crate::health::rss_words()
         ));
-        let mut received = 0u64;
-        let mut s = first;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                bail!("stopped");
+        // Summaries go to the manager from a thread of their own, answered in their order: the
+        // partition steps on, neighbour to neighbour, while the manager reads them, and waits
+        // for an answer only where its grant (`through`) ends.
+        let (session, me, dropped, quiet) =
+            (self.session, self.me, self.dropped.clone(), self.log.quiet);
+        let key = self.keys.sync(self.p);
+        let done = AtomicBool::new(false);
+        let s = std::thread::scope(|scope| -> Result<u32> {
+            let (summaries, outbox) = mpsc::channel::<Message>();
+            let (answer, answers) = mpsc::channel::<Result<Control>>();
+            let done = &done;
+            scope.spawn(move || {
+                for m in outbox {
+                    let c = bytes(me, m).and_then(|b| {
+                        match ask(
+                            session,
+                            &key,
+                            Some(&b),
+                            me,
+                            &dropped,
+                            STEP_PATIENCE,
+                            done,
+                            quiet,
+                        )? {
+                            Message::Control(c) => Ok(c),
+                            other => bail!("expected a control, got a {}", other.kind()),
+                        }
+                    });
+                    let failed = c.is_err();
+                    if answer.send(c).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            // However the loop ends, the thread stops asking.
+            struct Done<'d>(&'d AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
             }
-            if injected_fault("kill", s) {
-                // SAFETY: kill(2) on this process; it never returns.
-                unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            let _done = Done(done);
+            let mut granted = start.through;
+            let mut wanted: BTreeSet<u32> = start.states.iter().copied().collect();
+            let mut answered: Option<u32> = None;
+            let mut received = 0u64;
+            let mut s = first;
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("stopped");
+                }
+                if injected_fault("kill", s) {
+                    // SAFETY: kill(2) on this process; it never returns.
+                    unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+                }
+                if injected_fault("panic", s) {
+                    panic!("injected at step {s} (SHOAL_TEST_FAULT)");
+                }
+                let busy = Instant::now();
+                let t = step_time(s, dt, spec.duration);
+                let t1 = step_time(s + 1, dt, spec.duration);
+                self.cover(t, t1, abandon)?;
+                let tally = self.step(s, t, t1, abandon)?;
+                let mut out = self.emigrants()?;
+                for &n in &self.neighbours {
+                    out.entry(n).or_default();
+                }
+                let mut sent_to = Vec::with_capacity(out.len());
+                let mut sent_counts = Vec::with_capacity(out.len());
+                for (to, batch) in out {
+                    sent_to.push(to);
+                    sent_counts.push(batch.len() as u32);
+                    let b = bytes(
+                        self.me,
+                        Message::ParticleBatch(ParticleBatch::of(self.p, to, s, batch)),
+                    )?;
+                    self.publisher(to, abandon)?
+                        .put(b)
+                        .wait()
+                        .map_err(|e| anyhow!("sending to partition {to}: {e}"))?;
+                }
+                let summary = StepSummary {
+                    partition: self.p,
+                    step: s,
+                    active: tally.active,
+                    pending: tally.pending,
+                    exited: tally.exited,
+                    bad_field: tally.bad_field,
+                    outside_mesh: tally.outside_mesh,
+                    settled: tally.settled,
+                    dead: tally.dead,
+                    stranded: tally.stranded,
+                    sent: sent_counts.iter().map(|&c| c as u64).sum(),
+                    received,
+                    happy: tally.happy,
+                    max_happiness: tally.max_happiness,
+                    happiest: tally.happiest,
+                    sent_to,
+                    sent_counts,
+                    dropped: self.dropped.get(),
+                    peak_rss_kib: crate::health::peak_rss_kib(),
+                    busy_us: busy.elapsed().as_micros() as u64,
+                };
+                summaries
+                    .send(Message::StepSummary(summary))
+                    .map_err(|_| anyhow!("the manager's controls stopped"))?;
+                received = self.merge(s, abandon)?;
+                // The answers so far; past the grant, wait for the one that extends it.
+                let mut stop_here = false;
+                let deadline = Instant::now() + STEP_PATIENCE;
+                loop {
+                    let c = if s + 1 > granted && !stop_here {
+                        match answers.recv_timeout(Duration::from_millis(250)) {
+                            Ok(c) => c?,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                if abandon.load(Ordering::Relaxed) || Instant::now() > deadline {
+                                    bail!("step {s}: no control from the manager");
+                                }
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                bail!("the manager's controls stopped")
+                            }
+                        }
+                    } else {
+                        match answers.try_recv() {
+                            Ok(c) => c?,
+                            Err(_) => break,
+                        }
+                    };
+                    let expected = answered.map_or(first, |a| a + 1);
+                    if c.step != expected {
+                        bail!("control for step {}, expected {expected}", c.step);
+                    }
+                    answered = Some(c.step);
+                    wanted.extend(c.states.iter().copied());
+                    if c.snapshot {
+                        wanted.insert(c.step + 1);
+                    }
+                    match c.command {
+                        Command::Continue => granted = granted.max(c.through),
+                        Command::Stop if c.step == s => stop_here = true,
+                        Command::Stop => bail!("a stop at step {} while at step {s}", c.step),
+                        other => bail!("step {s}: cannot {other:?}"),
+                    }
+                }
+                if wanted.remove(&(s + 1)) {
+                    self.snapshot(s + 1, abandon)?;
+                }
+                s += 1;
+                if stop_here {
+                    return Ok(s);
+                }
             }
-            if injected_fault("panic", s) {
-                panic!("injected at step {s} (SHOAL_TEST_FAULT)");
-            }
-            let busy = Instant::now();
-            let t = step_time(s, dt, spec.duration);
-            let t1 = step_time(s + 1, dt, spec.duration);
-            self.cover(t, t1, abandon)?;
-            let tally = self.step(s, t, t1, abandon)?;
-            let mut out = self.emigrants()?;
-            for &n in &self.neighbours {
-                out.entry(n).or_default();
-            }
-            let mut sent_to = Vec::with_capacity(out.len());
-            let mut sent_counts = Vec::with_capacity(out.len());
-            for (to, batch) in out {
-                sent_to.push(to);
-                sent_counts.push(batch.len() as u32);
-                let b = bytes(
-                    self.me,
-                    Message::ParticleBatch(ParticleBatch::of(self.p, to, s, batch)),
-                )?;
-                self.publisher(to, abandon)?
-                    .put(b)
-                    .wait()
-                    .map_err(|e| anyhow!("sending to partition {to}: {e}"))?;
-            }
-            let summary = StepSummary {
-                partition: self.p,
-                step: s,
-                active: tally.active,
-                pending: tally.pending,
-                exited: tally.exited,
-                bad_field: tally.bad_field,
-                outside_mesh: tally.outside_mesh,
-                settled: tally.settled,
-                dead: tally.dead,
-                stranded: tally.stranded,
-                sent: sent_counts.iter().map(|&c| c as u64).sum(),
-                received,
-                happy: tally.happy,
-                max_happiness: tally.max_happiness,
-                happiest: tally.happiest,
-                sent_to,
-                sent_counts,
-                dropped: self.dropped.get(),
-                peak_rss_kib: crate::health::peak_rss_kib(),
-                busy_us: busy.elapsed().as_micros() as u64,
-            };
-            let control = self.sync(Message::StepSummary(summary), abandon)?;
-            if control.step != s {
-                bail!("control for step {}, expected {s}", control.step);
-            }
-            received = self.merge(s, &control.expect, abandon)?;
-            if control.snapshot {
-                self.snapshot(s + 1, abandon)?;
-            }
-            s += 1;
-            match control.command {
-                Command::Continue => {}
-                Command::Stop => break,
-                other => bail!("step {s}: cannot {other:?}"),
-            }
-        }
+        })?;
         #[cfg(feature = "gpu")]
         let readback = self.gpu.as_ref().map_or(String::new(), |g| {
             format!(

@@ -270,7 +270,8 @@ fn garbage(cluster: &str, run: u64, k: u64) -> Vec<u8> {
     let control = Message::Control(Control {
         step: 1,
         command: Command::Continue,
-        expect: vec![0, 1],
+        through: 2,
+        states: vec![0, 1],
         snapshot: false,
     });
     let good = wire::encode(&me.envelope(control.clone())).unwrap();

@@ -93,6 +93,9 @@ pub struct ClusterSection {
     /// cluster, 4096 for in-process nodes): what a node holds in flight while a field level
     /// arrives.
     pub field_piece_kib: Option<usize>,
+    /// Steps a partition may take past the last one the manager has heard of (default 16; 1
+    /// steps in lock with the manager). A run with a happiness stop always steps in lock.
+    pub ahead_steps: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -289,6 +292,8 @@ pub struct ClusterConfig {
     /// Bytes of velocities per field slice piece (`None`: the default for the kind of nodes,
     /// [`shoal_common::wire::FIELD_PIECE_BYTES`] and its in-process variant).
     pub field_piece_bytes: Option<usize>,
+    /// Steps a partition may run past the manager's knowledge (at least 1).
+    pub ahead_steps: u32,
 }
 
 fn density_spec(
@@ -754,6 +759,9 @@ impl RunConfig {
         if c.halo_rings == Some(0) {
             bail!("key `cluster.halo_rings`: at least one ring");
         }
+        if c.ahead_steps == Some(0) {
+            bail!("key `cluster.ahead_steps`: at least 1 (1 steps in lock with the manager)");
+        }
         if c.field_piece_kib == Some(0) {
             bail!("key `cluster.field_piece_kib`: at least 1 KiB");
         }
@@ -766,6 +774,7 @@ impl RunConfig {
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
             patience_seconds,
             field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
+            ahead_steps: c.ahead_steps.unwrap_or(16),
         };
         let polygons = polygon_release(&file.release, &resolve)?;
         let larvae = larvae(b)?;

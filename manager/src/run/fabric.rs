@@ -45,6 +45,14 @@ enum Event {
     Lost(String),
 }
 
+/// What a phase makes of a sync message: its own (partition and value), one for a later phase,
+/// or one it refuses (its kind).
+enum Pick<T> {
+    Take(u32, T),
+    Later(Message),
+    Refuse(&'static str),
+}
+
 /// Runs the schedule on the fabric: the embedded default's in-process nodes or a named cluster.
 pub fn run(
     cfg: &RunConfig,
@@ -160,6 +168,12 @@ struct FabricStepper<'a> {
     duration: f64,
     quiet: bool,
     patience: Duration,
+    /// Steps a partition may take past the last one the manager has heard of (1: in lock, as
+    /// a run with a happiness stop must step, since any step may be its last).
+    ahead: u32,
+    /// The schedule's cadences, in steps: it wants every particle's state at these steps.
+    output_every: u32,
+    checkpoint_every: u32,
     jobs: mpsc::Sender<Job>,
     events: mpsc::Receiver<Event>,
     event_tx: mpsc::Sender<Event>,
@@ -189,12 +203,13 @@ struct Epoch<'a> {
     me: Endpoint,
     assignment: Vec<Vec<u32>>,
     part_of: Vec<u32>,
-    /// Syncs that came while states were being gathered (a partition that sent its state goes
-    /// straight on to its next step).
+    /// Syncs that came before the schedule wanted them: while states were gathered, or a
+    /// summary of a later step (partitions step on ahead of the manager).
     deferred: VecDeque<(Message, Query)>,
-    /// The summaries of the step in progress, answered by `end_step`.
+    /// States of later steps than the one being gathered.
+    deferred_states: VecDeque<(ParticleBatch, Query)>,
+    /// The summaries of the step in progress still to answer, answered by `end_step`.
     pending: Vec<(StepSummary, Query)>,
-    expect: Vec<Vec<u32>>,
     /// Particles sent by the previous step of this epoch (none before its first).
     sent_before: Option<u64>,
     _queryables: Vec<Queryable<()>>,
@@ -243,6 +258,13 @@ impl<'a> FabricStepper<'a> {
             duration: plan.duration,
             quiet: plan.quiet,
             patience: Duration::from_secs_f64(cfg.cluster.patience_seconds),
+            ahead: if cfg.stop_when_happy_share.is_some() {
+                1
+            } else {
+                cfg.cluster.ahead_steps.max(1)
+            },
+            output_every: plan.output_every.max(1),
+            checkpoint_every: plan.checkpoint_every,
             jobs,
             events,
             event_tx,
@@ -342,14 +364,35 @@ impl<'a> FabricStepper<'a> {
         }
     }
 
-    /// Every partition's sync message for one phase, with the queries to answer.
+    /// Every partition's sync message for one phase, with the queries to answer. Messages
+    /// `pick` leaves for later (`Pick::Later`) and states that come meanwhile are kept, in
+    /// order, for the phases that want them.
     fn gather_sync<T>(
         &mut self,
         what: &str,
-        pick: impl Fn(Message) -> std::result::Result<(u32, T), &'static str>,
+        pick: impl Fn(Message) -> Pick<T>,
     ) -> Result<Vec<(T, Query)>> {
         let deadline = Instant::now() + self.patience;
         let mut got: BTreeMap<u32, (T, Query)> = BTreeMap::new();
+        let mut later: Vec<(Message, Query)> = Vec::new();
+        let result = self.gather_into(what, &pick, deadline, &mut got, &mut later);
+        if let Some(e) = self.epoch.as_mut() {
+            for m in later.into_iter().rev() {
+                e.deferred.push_front(m);
+            }
+        }
+        result?;
+        Ok(got.into_values().collect())
+    }
+
+    fn gather_into<T>(
+        &mut self,
+        what: &str,
+        pick: &dyn Fn(Message) -> Pick<T>,
+        deadline: Instant,
+        got: &mut BTreeMap<u32, (T, Query)>,
+        later: &mut Vec<(Message, Query)>,
+    ) -> Result<()> {
         while got.len() < self.n_parts {
             let deferred = self.epoch.as_mut().and_then(|e| e.deferred.pop_front());
             let event = match deferred {
@@ -365,28 +408,54 @@ impl<'a> FabricStepper<'a> {
                 // A deferred failure: the same as one heard now.
                 Event::Sync(_, Message::Failure(f), q) => return Err(self.failed(f, q)),
                 Event::Sync(_, m, q) => match pick(m) {
-                    Ok((p, v)) if (p as usize) < self.n_parts => {
+                    Pick::Take(p, v) if (p as usize) < self.n_parts => {
                         // A retry replaces the query it repeats.
                         got.insert(p, (v, q));
                     }
-                    Ok((p, _)) => {
+                    Pick::Take(p, _) => {
                         let _ = q.reply_err(format!("no partition {p}")).wait();
                     }
-                    Err(kind) => {
+                    Pick::Later(m) => later.push((m, q)),
+                    Pick::Refuse(kind) => {
                         let _ = q
                             .reply_err(format!("a {kind} while waiting for {what}"))
                             .wait();
                     }
                 },
-                Event::State(_, _, q) => {
-                    let _ = q
-                        .reply_err(format!("a state while waiting for {what}"))
-                        .wait();
+                // A partition ahead of the manager sent the state of a later step.
+                Event::State(_, b, q) => {
+                    if let Some(e) = self.epoch.as_mut() {
+                        e.deferred_states.push_back((b, q));
+                    }
                 }
                 Event::Lost(_) => unreachable!("handled by next"),
             }
         }
-        Ok(got.into_values().collect())
+        Ok(())
+    }
+
+    /// Does the schedule want every particle's state at step `k` (as it begins)? The same
+    /// rule as the schedule's: output times, checkpoints and the end.
+    fn wants_state(&self, k: u32) -> bool {
+        k >= self.n_steps
+            || k.is_multiple_of(self.output_every)
+            || (self.checkpoint_every > 0 && k.is_multiple_of(self.checkpoint_every))
+    }
+
+    /// The control that lets partitions go on from step `next` (the first the manager has not
+    /// heard of): the last step they may take, and the states wanted on the way.
+    fn grant(&self, step: u32, next: u32, command: Command, snapshot: bool) -> Control {
+        let last = self.n_steps.saturating_sub(1);
+        let through = (next + self.ahead - 1).min(last).max(next.min(last));
+        Control {
+            step,
+            command,
+            through,
+            states: (next + 1..=through + 1)
+                .filter(|&k| self.wants_state(k))
+                .collect(),
+            snapshot,
+        }
     }
 
     fn run(&self) -> u64 {
@@ -400,11 +469,23 @@ impl<'a> FabricStepper<'a> {
         let deadline = Instant::now() + self.patience;
         let (ne, n) = (self.mesh.n_elements(), self.n);
         let mut got: BTreeMap<u32, ParticleBatch> = BTreeMap::new();
+        let mut early = std::mem::take(&mut self.epoch.as_mut().expect("an epoch").deferred_states);
         while got.len() < self.n_parts {
             let waiting = (0..self.n_parts as u32)
                 .filter(|p| !got.contains_key(p))
                 .collect();
-            match self.next("particle states", deadline, &waiting)? {
+            let event = match early.pop_front() {
+                Some((b, q)) => Event::State(self.run(), b, q),
+                None => self.next("particle states", deadline, &waiting)?,
+            };
+            match event {
+                Event::State(_, b, q) if b.step > step => {
+                    self.epoch
+                        .as_mut()
+                        .expect("an epoch")
+                        .deferred_states
+                        .push_back((b, q));
+                }
                 Event::State(_, b, q) if b.step == step && (b.from as usize) < self.n_parts => {
                     let part_of = &self.epoch.as_ref().expect("an epoch").part_of;
                     let owned = b.element.iter().zip(&b.status).all(|(&e, &s)| {
@@ -420,7 +501,8 @@ impl<'a> FabricStepper<'a> {
                                 Message::Control(Control {
                                     step,
                                     command: Command::Continue,
-                                    expect: vec![],
+                                    through: step,
+                                    states: vec![],
                                     snapshot: false,
                                 }),
                             )?;
@@ -930,8 +1012,8 @@ impl Stepper for FabricStepper<'_> {
             assignment: assignment.clone(),
             part_of: parts.part_of,
             deferred: VecDeque::new(),
+            deferred_states: VecDeque::new(),
             pending: Vec::new(),
-            expect: Vec::new(),
             sent_before: None,
             _queryables: queryables,
             _token: token,
@@ -981,8 +1063,8 @@ impl Stepper for FabricStepper<'_> {
             }
         }
         let ready = self.gather_sync("every partition to be ready", |m| match m {
-            Message::Ready(r) => Ok((r.partition, (r.node, r.device))),
-            m => Err(m.kind()),
+            Message::Ready(r) => Pick::Take(r.partition, (r.node, r.device)),
+            m => Pick::Refuse(m.kind()),
         })?;
         self.placement = ready
             .iter()
@@ -993,16 +1075,12 @@ impl Stepper for FabricStepper<'_> {
             self.quiet,
             format!("partitions: {}", placement_words(&self.placement)),
         );
-        let start = Control {
-            step: from,
-            command: if from >= self.n_steps {
-                Command::Stop
-            } else {
-                Command::Start
-            },
-            expect: vec![],
-            snapshot: gather,
+        let command = if from >= self.n_steps {
+            Command::Stop
+        } else {
+            Command::Start
         };
+        let start = self.grant(from, from, command, gather);
         for (_, q) in ready {
             reply(&q, &me, Message::Control(start.clone()))?;
         }
@@ -1015,13 +1093,13 @@ impl Stepper for FabricStepper<'_> {
 
     fn step(&mut self, s: u32, _fields: &mut FieldWindow) -> Result<Tally> {
         let sums = self.gather_sync("step summaries", |m| match m {
-            Message::StepSummary(x) if x.step == s => Ok((x.partition, x)),
-            m => Err(m.kind()),
+            Message::StepSummary(x) if x.step == s => Pick::Take(x.partition, x),
+            Message::StepSummary(x) if x.step > s => Pick::Later(Message::StepSummary(x)),
+            m => Pick::Refuse(m.kind()),
         })?;
         let wall = self.clock.elapsed().as_secs_f64();
         let mut tally = Tally::empty();
         let (mut sent, mut received) = (0u64, 0u64);
-        let mut expect: Vec<Vec<u32>> = vec![Vec::new(); self.n_parts];
         self.slowest = None;
         for (x, _) in &sums {
             tally = tally.merge(tally_of_summary(x));
@@ -1036,13 +1114,12 @@ impl Stepper for FabricStepper<'_> {
             received += x.received;
             let mut counted = 0u64;
             for (&to, &c) in x.sent_to.iter().zip(&x.sent_counts) {
-                let slot = expect.get_mut(to as usize).ok_or_else(|| {
-                    anyhow!(
+                if to as usize >= self.n_parts {
+                    bail!(
                         "partition {} sent to partition {to}, which does not exist",
                         x.partition
-                    )
-                })?;
-                slot.push(x.partition);
+                    );
+                }
                 counted += c as u64;
             }
             if counted != x.sent {
@@ -1065,7 +1142,17 @@ impl Stepper for FabricStepper<'_> {
         }
         epoch.sent_before = Some(sent);
         epoch.pending = sums;
-        epoch.expect = expect;
+        // Stepping ahead: the partitions hear at once that they may go on, unless this is the
+        // last step (its answer is the stop) or they step in lock (the schedule decides).
+        if self.ahead > 1 && s + 1 < self.n_steps {
+            let c = self.grant(s, s + 1, Command::Continue, false);
+            let epoch = self.epoch.as_mut().expect("an epoch");
+            let me = epoch.me.clone();
+            for (_, q) in std::mem::take(&mut epoch.pending) {
+                reply(&q, &me, Message::Control(c.clone()))?;
+            }
+        }
+        self.clock = Instant::now();
         Ok(tally)
     }
 
@@ -1078,22 +1165,18 @@ impl Stepper for FabricStepper<'_> {
     }
 
     fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>> {
-        self.clock = Instant::now();
+        let command = if stop {
+            Command::Stop
+        } else {
+            Command::Continue
+        };
+        let c = self.grant(s, s + 1, command, gather);
         let epoch = self.epoch.as_mut().expect("an epoch");
         let me = epoch.me.clone();
-        for (x, q) in std::mem::take(&mut epoch.pending) {
-            let c = Control {
-                step: s,
-                command: if stop {
-                    Command::Stop
-                } else {
-                    Command::Continue
-                },
-                expect: std::mem::take(&mut epoch.expect[x.partition as usize]),
-                snapshot: gather,
-            };
-            reply(&q, &me, Message::Control(c))?;
+        for (_, q) in std::mem::take(&mut epoch.pending) {
+            reply(&q, &me, Message::Control(c.clone()))?;
         }
+        self.clock = Instant::now();
         if gather {
             return Ok(Some(self.gather_states(s + 1)?));
         }
