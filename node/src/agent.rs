@@ -1,12 +1,13 @@
 //! The node agent: joins a cluster over zenoh, takes partitions from a manager and steps them.
 //!
 //! A node declares a liveliness token carrying its capabilities and a queryable for its
-//! assignment. Once assigned, each of its partitions runs bulk-synchronously: pull the run's
-//! specification, the partition's topology, its particles and field slices; then every step
-//! advance with the shared kernels, fetch on demand the field values of elements outside the
-//! halo that a particle reached (invariant 5), send migrants straight to the owning partition's
-//! inbox (every neighbour gets a batch, empty or not), report the step's summary to the manager
-//! and wait for its control, then merge every expected batch before the next step.
+//! assignment. Once assigned, each of its partitions pulls the run's specification, the
+//! partition's topology, its particles and field slices; then every step it advances with the
+//! shared kernels, fetches on demand the field values of elements outside the halo that a
+//! particle reached (invariant 5), sends migrants straight to the owning partition's inbox
+//! (every other partition gets a batch, empty or not), sends the step's summary to the manager
+//! without waiting for the answer, and merges every other partition's batch before the next
+//! step. It waits for the manager only where its grant ends (`Control::through`).
 
 use crate::fields::PartialFields;
 use crate::net::{ask, bytes, reply, Dropped, Fabric};

@@ -60,12 +60,17 @@ fn one_to_four_in_process_nodes_with_thin_halos_match_the_direct_path_bit_for_bi
     assert_eq!(direct.nodes, 0);
     // One-ring halos: the partitions' field stores are as small as they get, and particles
     // that step past them are stepped again after an on-demand fetch. Field slices come in
-    // pieces of 1 KiB of velocities (a few elements each), dozens per level.
-    for nodes in 1..=4 {
+    // pieces of 1 KiB of velocities (a few elements each), dozens per level. Partitions step
+    // ahead of the manager by 1 (in lock), 7, 20 (past an output time: states come early) and
+    // the default 16 steps.
+    for (nodes, ahead) in [(1, 1), (2, 7), (3, 20), (4, 16)] {
         let out = format!("nodes{nodes}.nc");
         let r = run_with(
             &dir,
-            &toml(&out, "[cluster]\nhalo_rings=1\nfield_piece_kib=1\n"),
+            &toml(
+                &out,
+                &format!("[cluster]\nhalo_rings=1\nfield_piece_kib=1\nahead_steps={ahead}\n"),
+            ),
             RunOptions {
                 nodes: Some(nodes),
                 ..Default::default()

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Node processes against the direct path (issue 27, part 5): the wall time of one run, a tidal
+# flow on a synthetic FVCOM mesh of 6 962 elements, 12 h at dt 30 s with output every 3 h, with
+# N particles released uniformly over the mesh, in four configurations:
+#   - `shoal run --direct --threads 1`
+#   - `shoal run --direct --threads $(nproc)`
+#   - `shoal run --cluster NAME` on 2 `shoal-node --threads 1` processes (`[cluster] nodes = 2`)
+#   - the same on 3 `shoal-node --threads 1` processes
+# The node processes run on loopback, started fresh for every cluster run (they find each other
+# by explicit TCP endpoints, multicast scouting off) and stopped after it; their start is not
+# timed. The time is that of the whole `shoal run` command (reading the input, stepping, writing
+# the output). Each configuration runs REPEAT times, interleaved; the table gives the median.
+# Every run's output must equal the first direct 1-thread run's value for value (every
+# variable, the variables' attributes and the global attributes, except `history`, which holds
+# the date and command line, and `shoal_config`, the run file's text, whose `[cluster]` section
+# differs), compared on `ncdump -p 9,17` (floats to 9 digits and doubles to 17: exact).
+#
+# Usage: scripts/bench-nodes.sh [PARTICLES...]   (default 20000 100000; needs cargo build --release)
+# Environment: SHOAL_BIN (default target/release), REPEAT (default 1), SHOAL_BENCH_DIR (work
+# directory, kept; default a temporary one, removed unless something failed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=$(realpath -m "${SHOAL_BIN:-target/release}")
+REPEAT=${REPEAT:-1}
+COUNTS=("$@")
+[[ ${#COUNTS[@]} -gt 0 ]] || COUNTS=(20000 100000)
+THREADS=$(nproc)
+CONFIGS=(direct1 directN nodes2 nodes3)
+
+die() { echo "bench-nodes: $*" >&2; exit 1; }
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive whole number, not \`$REPEAT'"
+for n in "${COUNTS[@]}"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "particle count \`$n' is not a positive whole number"
+done
+for b in shoal shoal-node; do
+    [[ -x "$BIN/$b" ]] || die "$BIN/$b not built (cargo build --release, or set SHOAL_BIN)"
+done
+command -v ncdump >/dev/null || die "needs ncdump (apt-get install netcdf-bin) to compare outputs"
+command -v python3 >/dev/null || die "needs python3 (to pick free loopback ports)"
+
+if [[ -n "${SHOAL_BENCH_DIR:-}" ]]; then
+    DIR=$(realpath -m "$SHOAL_BENCH_DIR")
+    mkdir -p "$DIR"
+    KEEP=1
+else
+    DIR=$(mktemp -d -t shoal-bench-nodes.XXXXXX)
+    KEEP=
+fi
+NODE_PIDS=()
+
+stop_nodes() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}"; do          # agents leave the cluster on SIGTERM; 10 s grace
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    NODE_PIDS=()
+}
+cleanup() {
+    local rc=$?
+    stop_nodes
+    if [[ $rc -ne 0 ]]; then
+        echo "bench-nodes: failed; files kept in $DIR" >&2
+    elif [[ -z $KEEP ]]; then
+        rm -rf "$DIR"
+    fi
+}
+trap cleanup EXIT
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$DIR}"
+
+# Seconds since an $EPOCHREALTIME stamp.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+# K free TCP ports on loopback, all held at once so that they differ.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# The input: a uniform eastward tide, 1 m/s, 12 h period, on 59 x 59 squares (6 962 elements).
+"$BIN/shoal" synth --flow tidal --nx 59 --ny 59 --duration 24h --interval 1h -o "$DIR/f.nc" \
+    >/dev/null
+
+# write_config NAME PARTICLES [CLUSTER-SECTION]: the run file NAME.toml, writing NAME.nc.
+write_config() {
+    cat >"$DIR/$1.toml" <<EOF
+seed = 27
+[input]
+files = ["f.nc"]
+[release.generate]
+count = $2
+z = -2.0
+[run]
+duration = "12h"
+dt = "30s"
+device = "cpu"
+[diffusion]
+horizontal_kh = 1.0
+[output]
+file = "$1.nc"
+interval = "3h"
+${3:-}
+EOF
+}
+
+# start_nodes K CLUSTER: K `shoal-node --threads 1` processes on loopback, each listening on its
+# own port and dialling the nodes started before it; writes CLUSTER-manager.json5, which dials
+# them all. Returns once every node has announced itself.
+start_nodes() {
+    local k=$1 cluster=$2 i j dial log
+    local -a ports
+    read -r -a ports <<<"$(free_ports "$k")"
+    for ((i = 0; i < k; i++)); do
+        dial=""
+        for ((j = 0; j < i; j++)); do dial+="\"tcp/127.0.0.1:${ports[j]}\", "; done
+        echo "{ mode: \"peer\", listen: { endpoints: [\"tcp/127.0.0.1:${ports[i]}\"] }," \
+            "connect: { endpoints: [$dial] }, scouting: { multicast: { enabled: false } } }" \
+            >"$DIR/$cluster-node$((i + 1)).json5"
+        log="$DIR/$cluster-node$((i + 1)).log"
+        : >"$log"                              # there before the first look at it
+        "$BIN/shoal-node" --cluster "$cluster" --name "node$((i + 1))" \
+            --zenoh-config "$DIR/$cluster-node$((i + 1)).json5" --threads 1 --device cpu \
+            >"$log" 2>&1 &
+        NODE_PIDS+=($!)
+        for _ in $(seq 300); do
+            grep -q "announced in cluster" "$log" && break
+            kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || { cat "$log" >&2; die "node$((i + 1)) of $cluster exited"; }
+            sleep 0.1
+        done
+        grep -q "announced in cluster" "$log" || die "node$((i + 1)) of $cluster did not announce itself in 30 s"
+    done
+    dial=""
+    for ((j = 0; j < k; j++)); do dial+="\"tcp/127.0.0.1:${ports[j]}\", "; done
+    echo "{ mode: \"peer\", listen: { endpoints: [\"tcp/127.0.0.1:0\"] }," \
+        "connect: { endpoints: [$dial] }, scouting: { multicast: { enabled: false } } }" \
+        >"$DIR/$cluster-manager.json5"
+}
+
+# A digest of the output's values and attributes, less `history` and `shoal_config` (and the
+# first line, which names the file).
+digest() {
+    ncdump -p 9,17 "$1" | awk '
+        NR == 1 { next }
+        skip { if (/ ;$/) skip = 0; next }
+        /^\t\t:(history|shoal_config) = / { if (!/ ;$/) skip = 1; next }
+        { print }' | sha256sum | cut -d' ' -f1
+}
+
+# run_one CONFIG PARTICLES REP: one timed run; appends "CONFIG SECONDS" to times-PARTICLES.
+declare -A REF
+MISMATCH=()
+CHECKED=0
+run_one() {
+    local cfg=$1 n=$2 rep=$3 name="n$2-$1-r$3" cluster="" k=0 t0 secs d
+    local -a args
+    case $cfg in
+        direct1) args=(--direct --threads 1) ;;
+        directN) args=(--direct --threads "$THREADS") ;;
+        nodes*)
+            k=${cfg#nodes}
+            cluster="bench-$$-$name"
+            start_nodes "$k" "$cluster"
+            args=(--cluster "$cluster")
+            ;;
+    esac
+    if [[ $k -gt 0 ]]; then
+        write_config "$name" "$n" "[cluster]
+nodes = $k
+wait_seconds = 60
+zenoh_config = \"$cluster-manager.json5\""
+    else
+        write_config "$name" "$n"
+    fi
+    t0=$EPOCHREALTIME
+    if ! "$BIN/shoal" run "$DIR/$name.toml" "${args[@]}" >"$DIR/$name.log" 2>&1; then
+        tail -n 30 "$DIR/$name.log" >&2
+        die "$name: shoal run failed"
+    fi
+    secs=$(since "$t0")
+    if [[ $k -gt 0 ]]; then
+        grep -q "^fabric: .*: $k nodes (" "$DIR/$name.log" || {
+            grep "fabric:" "$DIR/$name.log" >&2 || true
+            die "$name: the run was not on its $k node processes"
+        }
+        for pid in "${NODE_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || die "$name: a node process exited during the run"
+        done
+        stop_nodes
+    fi
+    echo "$cfg $secs" >>"$DIR/times-$n"
+    d=$(digest "$DIR/$name.nc")
+    CHECKED=$((CHECKED + 1))
+    if [[ -z "${REF[$n]:-}" ]]; then
+        REF[$n]=$d                              # the first direct 1-thread run is the reference
+    elif [[ $d != "${REF[$n]}" ]]; then
+        MISMATCH+=("$name")
+    else
+        [[ -n $KEEP ]] || rm -f "$DIR/$name.nc"
+    fi
+    printf 'bench-nodes: %8d particles, run %d/%d, %-8s %8.2f s%s\n' "$n" "$rep" "$REPEAT" \
+        "$cfg" "$secs" "$([[ $d == "${REF[$n]}" ]] && echo "" || echo "  OUTPUT DIFFERS")" >&2
+}
+
+for n in "${COUNTS[@]}"; do
+    rm -f "$DIR/times-$n"
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+        for cfg in "${CONFIGS[@]}"; do run_one "$cfg" "$n" "$rep"; done
+    done
+done
+
+# The median of CONFIG's times in FILE.
+median() {
+    awk -v c="$1" '$1 == c { print $2 }' "$2" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+echo "Wall time of \`shoal run\` (median of $REPEAT), tidal flow, 6 962 elements, 12 h at dt 30 s" \
+    "(1 440 steps), output every 3 h; $THREADS cores ($(uname -m)):"
+echo
+echo "| particles | direct, 1 thread | direct, $THREADS threads | 2 node processes | 3 node processes | speed-up, 2 processes | speed-up, 3 processes |"
+echo "|---:|---:|---:|---:|---:|---:|---:|"
+for n in "${COUNTS[@]}"; do
+    t1=$(median direct1 "$DIR/times-$n")
+    tn=$(median directN "$DIR/times-$n")
+    t2=$(median nodes2 "$DIR/times-$n")
+    t3=$(median nodes3 "$DIR/times-$n")
+    awk -v n="$n" -v t1="$t1" -v tn="$tn" -v t2="$t2" -v t3="$t3" 'BEGIN {
+        printf "| %d | %.2f s | %.2f s | %.2f s | %.2f s | %.2f | %.2f |\n", n, t1, tn, t2, t3, t1 / t2, t1 / t3 }'
+done
+echo
+if [[ ${#MISMATCH[@]} -gt 0 ]]; then
+    echo "Outputs: ${#MISMATCH[@]} of $CHECKED runs differ from the direct 1-thread run: ${MISMATCH[*]}" \
+        "(files in $DIR)"
+    KEEP=1
+    exit 1
+fi
+echo "Outputs: all $CHECKED runs identical to the direct 1-thread run of their particle count" \
+    "(every variable value for value, and every attribute but history and shoal_config)."
