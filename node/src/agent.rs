@@ -1330,12 +1330,13 @@ impl<'a> PartitionAgent<'a> {
             self.fields.heap_bytes() as f64 / (1 << 20) as f64,
             crate::health::rss_words()
         ));
-        // Summaries go to the manager from a thread of their own, answered in their order: the
-        // partition steps on, neighbour to neighbour, while the manager reads them, and waits
-        // for an answer only where its grant (`through`) ends.
+        // Summaries and states go to the manager from a thread of their own, in their order: the
+        // partition steps on, neighbour to neighbour, while the manager reads them (and writes
+        // the states), and waits for an answer only where its grant (`through`) ends. Only the
+        // summaries' answers come back; a state refused ends the partition.
         let (session, me, dropped, quiet) =
             (self.session, self.me, self.dropped.clone(), self.log.quiet);
-        let key = self.keys.sync(self.p);
+        let (sync_key, state_key) = (self.keys.sync(self.p), self.keys.snapshot(self.p));
         let done = AtomicBool::new(false);
         let s = std::thread::scope(|scope| -> Result<u32> {
             let (summaries, outbox) = mpsc::channel::<Message>();
@@ -1343,35 +1344,36 @@ impl<'a> PartitionAgent<'a> {
             let done = &done;
             scope.spawn(move || {
                 for m in outbox {
+                    let state = matches!(m, Message::Snapshot(_));
+                    let (key, patience) = match state {
+                        true => (&state_key, PATIENCE),
+                        false => (&sync_key, STEP_PATIENCE),
+                    };
                     let c = bytes(me, m).and_then(|b| {
-                        match ask(
-                            session,
-                            &key,
-                            Some(&b),
-                            me,
-                            &dropped,
-                            STEP_PATIENCE,
-                            done,
-                            quiet,
-                        )? {
+                        match ask(session, key, Some(&b), me, &dropped, patience, done, quiet)? {
                             Message::Control(c) => Ok(c),
                             other => bail!("expected a control, got a {}", other.kind()),
                         }
                     });
+                    if state && c.is_ok() {
+                        continue;
+                    }
                     let failed = c.is_err();
                     if answer.send(c).is_err() || failed {
                         break;
                     }
                 }
             });
-            // However the loop ends, the thread stops asking.
-            struct Done<'d>(&'d AtomicBool);
+            // However the loop fails, the thread stops asking.
+            struct Done<'d>(&'d AtomicBool, bool);
             impl Drop for Done<'_> {
                 fn drop(&mut self) {
-                    self.0.store(true, Ordering::Relaxed);
+                    if self.1 {
+                        self.0.store(true, Ordering::Relaxed);
+                    }
                 }
             }
-            let _done = Done(done);
+            let mut guard = Done(done, true);
             let mut granted = start.through;
             let mut wanted: BTreeSet<u32> = start.states.iter().copied().collect();
             let mut answered: Option<u32> = None;
@@ -1477,13 +1479,23 @@ impl<'a> PartitionAgent<'a> {
                     }
                 }
                 if wanted.remove(&(s + 1)) {
-                    self.snapshot(s + 1, abandon)?;
+                    let state = ParticleBatch::of(self.p, u32::MAX, s + 1, self.state()?);
+                    summaries
+                        .send(Message::Snapshot(state))
+                        .map_err(|_| anyhow!("the manager's controls stopped"))?;
                 }
                 s += 1;
                 if stop_here {
-                    return Ok(s);
+                    break;
                 }
             }
+            // The last states still go out; the thread ends when it has sent them.
+            drop(summaries);
+            for a in answers {
+                a?;
+            }
+            guard.1 = false;
+            Ok(s)
         })?;
         #[cfg(feature = "gpu")]
         let readback = self.gpu.as_ref().map_or(String::new(), |g| {
