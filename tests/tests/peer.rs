@@ -123,7 +123,10 @@ struct Mock {
 
 impl Mock {
     fn open() -> Mock {
-        let dir = scratch("pylag_mock");
+        // A directory per call: the tests run at once, and `scratch` empties its directory.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = scratch(&format!("pylag_mock_{k}"));
         let path = mock_file(&dir);
         let (reader, mesh, _) = FvcomReader::open(&[path], &[]).unwrap();
         let levels = (0..2)
