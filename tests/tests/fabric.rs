@@ -91,16 +91,70 @@ fn one_to_four_in_process_nodes_with_thin_halos_match_the_direct_path_bit_for_bi
     assert!(moved > 2000, "{moved}");
 }
 
+/// Partitions cut again where the particles are, at every output time (`rebalance_share = 0`),
+/// on in-process nodes and on two node processes: the output is the direct path's, bit for bit,
+/// and the run says how often and how uneven the load was.
+#[test]
+fn re_partitioning_where_the_particles_are_changes_no_bit() {
+    let (dir, toml) = setup("fabric_rebalance");
+    run_with(
+        &dir,
+        &toml("direct.nc", ""),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    let r = run_with(
+        &dir,
+        &toml(
+            "nodes.nc",
+            "[cluster]\nrebalance_share=0.0\nrebalance_steps=1\n",
+        ),
+        RunOptions {
+            nodes: Some(3),
+            ..Default::default()
+        },
+    );
+    // Nine output times; the last ends the run.
+    assert_eq!(r.rebalances.len(), 8, "{:?}", r.rebalances);
+    assert!(r.rebalances.iter().all(|&b| b >= 1.0), "{:?}", r.rebalances);
+    assert_eq!(r.imbalance_after.len(), 8, "{:?}", r.imbalance_after);
+    files_bit_identical(&dir.join("direct.nc"), &dir.join("nodes.nc"), false).unwrap();
+
+    let mut station = crate::faults::Station::new(&dir, "rebalance");
+    station.start("r0", None);
+    station.start("r1", None);
+    let with = |out: &str, extra: &str| {
+        toml(
+            out,
+            &extra.replace(
+                "[cluster]\n",
+                "[cluster]\nrebalance_share=0.0\nrebalance_steps=1\n",
+            ),
+        )
+    };
+    station.toml(&with, "processes.toml", "processes.nc", 2);
+    let r = station.run("processes.toml");
+    assert_eq!(r.rebalances.len(), 8, "{:?}", r.rebalances);
+    files_bit_identical(&dir.join("direct.nc"), &dir.join("processes.nc"), false).unwrap();
+}
+
 #[test]
 fn a_one_ring_halo_fetches_on_demand_and_matches_a_wide_halo() {
     let (dir, toml) = setup("fabric_halo");
     // Long steps and strong diffusion carry particles several elements per step; a snapshot
     // every step checks that every particle is in exactly one partition at every step.
+    // The partitions stay as cut at the start (re-partitioning follows measured times, and
+    // the fetch counts compared below depend on the cut).
     let fast = |out: &str, rings: usize| {
-        toml(out, &format!("[cluster]\nhalo_rings={rings}\n"))
-            .replace("dt='60s'", "dt='10min'")
-            .replace("interval='20min'", "interval='10min'")
-            .replace("horizontal_kh=2.0", "horizontal_kh=30.0")
+        toml(
+            out,
+            &format!("[cluster]\nhalo_rings={rings}\nrebalance_share=1e9\n"),
+        )
+        .replace("dt='60s'", "dt='10min'")
+        .replace("interval='20min'", "interval='10min'")
+        .replace("horizontal_kh=2.0", "horizontal_kh=30.0")
     };
     let opts = || RunOptions {
         nodes: Some(3),

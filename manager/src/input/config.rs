@@ -96,6 +96,12 @@ pub struct ClusterSection {
     /// Steps a partition may take past the last one the manager has heard of (default 16; 1
     /// steps in lock with the manager). A run with a happiness stop always steps in lock.
     pub ahead_steps: Option<u32>,
+    /// Re-partition by where the particles are at an output time or checkpoint when, since the
+    /// last one, the busiest node stepped more than this share above the nodes' mean (default
+    /// 0.2; 0: at every one, for tests).
+    pub rebalance_share: Option<f64>,
+    /// Steps the load is measured over before it may be cut again (default 100).
+    pub rebalance_steps: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -294,6 +300,8 @@ pub struct ClusterConfig {
     pub field_piece_bytes: Option<usize>,
     /// Steps a partition may run past the manager's knowledge (at least 1).
     pub ahead_steps: u32,
+    pub rebalance_share: f64,
+    pub rebalance_steps: u32,
 }
 
 fn density_spec(
@@ -759,6 +767,10 @@ impl RunConfig {
         if c.halo_rings == Some(0) {
             bail!("key `cluster.halo_rings`: at least one ring");
         }
+        let rebalance_share = c.rebalance_share.unwrap_or(0.2);
+        if !(rebalance_share >= 0.0 && rebalance_share.is_finite()) {
+            bail!("key `cluster.rebalance_share`: a share of at least 0 (0.2 for 20 % above the mean)");
+        }
         if c.ahead_steps == Some(0) {
             bail!("key `cluster.ahead_steps`: at least 1 (1 steps in lock with the manager)");
         }
@@ -775,6 +787,8 @@ impl RunConfig {
             patience_seconds,
             field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
             ahead_steps: c.ahead_steps.unwrap_or(16),
+            rebalance_share,
+            rebalance_steps: c.rebalance_steps.unwrap_or(100).max(1),
         };
         let polygons = polygon_release(&file.release, &resolve)?;
         let larvae = larvae(b)?;

@@ -120,6 +120,7 @@ pub fn run(
         let out = schedule::drive(cfg, plan, &mut stepper, io, start, prep.wall);
         let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
         let peaks = std::mem::take(&mut stepper.peaks);
+        let imbalance_after = std::mem::take(&mut stepper.imbalance_after);
         let placement = std::mem::take(&mut stepper.placement);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
@@ -130,6 +131,7 @@ pub fn run(
         report.partitions = n_parts;
         report.node_peak_rss_kib = peaks.into_iter().collect();
         report.placement = placement;
+        report.imbalance_after = imbalance_after;
         Ok(report)
     });
     watch_stop.store(true, Ordering::Relaxed);
@@ -174,6 +176,18 @@ struct FabricStepper<'a> {
     /// The schedule's cadences, in steps: it wants every particle's state at these steps.
     output_every: u32,
     checkpoint_every: u32,
+    /// Re-partition when the busiest node steps more than this share above the mean.
+    rebalance_share: f64,
+    /// ... measured over at least this many steps.
+    rebalance_steps: u32,
+    /// Each node's stepping time over the steps measured so far, microseconds.
+    busy: BTreeMap<String, u64>,
+    busy_steps: u32,
+    /// The imbalance that makes the next state a new beginning.
+    due: Option<f64>,
+    /// The imbalance over each stretch that followed a re-partition.
+    imbalance_after: Vec<f64>,
+    after_rebalance: bool,
     jobs: mpsc::Sender<Job>,
     events: mpsc::Receiver<Event>,
     event_tx: mpsc::Sender<Event>,
@@ -265,6 +279,13 @@ impl<'a> FabricStepper<'a> {
             },
             output_every: plan.output_every.max(1),
             checkpoint_every: plan.checkpoint_every,
+            rebalance_share: cfg.cluster.rebalance_share,
+            rebalance_steps: cfg.cluster.rebalance_steps,
+            busy: BTreeMap::new(),
+            busy_steps: 0,
+            due: None,
+            imbalance_after: Vec::new(),
+            after_rebalance: false,
             jobs,
             events,
             event_tx,
@@ -831,6 +852,8 @@ impl Stepper for FabricStepper<'_> {
     ) -> Result<Option<Particles>> {
         // The previous epoch ends here: its token goes and its nodes abandon it.
         self.epoch = None;
+        self.busy.clear();
+        self.busy_steps = 0;
         let members = self.fleet.wait(self.cfg.cluster.wait_seconds, &self.lost)?;
         let cluster = self.fleet.cluster.clone();
         let run = run_id();
@@ -1099,6 +1122,7 @@ impl Stepper for FabricStepper<'_> {
         })?;
         let wall = self.clock.elapsed().as_secs_f64();
         let mut tally = Tally::empty();
+        self.busy_steps += 1;
         let (mut sent, mut received) = (0u64, 0u64);
         self.slowest = None;
         for (x, _) in &sums {
@@ -1108,6 +1132,7 @@ impl Stepper for FabricStepper<'_> {
             if self.slowest.as_ref().is_none_or(|s| share > s.1) {
                 self.slowest = Some((node.clone(), share));
             }
+            *self.busy.entry(node.clone()).or_default() += x.busy_us;
             let peak = self.peaks.entry(node).or_default();
             *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
@@ -1178,9 +1203,49 @@ impl Stepper for FabricStepper<'_> {
         }
         self.clock = Instant::now();
         if gather {
-            return Ok(Some(self.gather_states(s + 1)?));
+            let state = self.gather_states(s + 1)?;
+            self.weigh_load(stop);
+            return Ok(Some(state));
         }
         Ok(None)
+    }
+
+    fn rebalance_due(&mut self) -> Option<f64> {
+        let due = self.due.take();
+        self.after_rebalance |= due.is_some();
+        due
+    }
+}
+
+impl FabricStepper<'_> {
+    /// At a state, once `rebalance_steps` steps are measured: how unevenly the nodes stepped
+    /// (the busiest node's stepping time over the nodes' mean), and whether that calls for
+    /// cutting the partitions again where the particles are now.
+    fn weigh_load(&mut self, stop: bool) {
+        if self.busy_steps < self.rebalance_steps {
+            return;
+        }
+        self.busy_steps = 0;
+        let busy = std::mem::take(&mut self.busy);
+        let times: Vec<f64> = self
+            .members
+            .iter()
+            .map(|m| busy.get(&m.name).copied().unwrap_or(0) as f64)
+            .collect();
+        let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        if mean <= 0.0 {
+            return;
+        }
+        let imbalance = times.iter().copied().fold(0.0, f64::max) / mean;
+        if std::mem::take(&mut self.after_rebalance) {
+            self.imbalance_after.push(imbalance);
+        }
+        // Partitions stepped on a GPU give the GPU's bits, not the CPU's: cut again, the run
+        // would depend on timing. Such runs keep their first cut.
+        let on_gpu = self.placement.iter().any(|(_, _, d)| d.starts_with("gpu"));
+        if self.members.len() > 1 && !stop && !on_gpu && imbalance > 1.0 + self.rebalance_share {
+            self.due = Some(imbalance);
+        }
     }
 }
 

@@ -82,6 +82,11 @@ pub struct RunReport {
     /// Where each partition stepped on the fabric, as its node said: (partition, node,
     /// device); empty on the one-machine path.
     pub placement: Vec<(u32, String, String)>,
+    /// Re-partitions by where the particles were: the imbalance that made each (the busiest
+    /// node's stepping time over the nodes' mean since the last state), and the imbalance over
+    /// the stretch after each, where one was measured.
+    pub rebalances: Vec<f64>,
+    pub imbalance_after: Vec<f64>,
 }
 
 /// The status page of a run: its board, its server and the thread that keeps this machine's
@@ -359,6 +364,21 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             cfg.output.display()
         ),
     );
+    if !report.rebalances.is_empty() {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let after = match report.imbalance_after.is_empty() {
+            true => String::new(),
+            false => format!(", {:.2} on average after", mean(&report.imbalance_after)),
+        };
+        say(
+            opts.quiet,
+            format!(
+                "re-partitioned {} times where the particles were: the busiest node stepped {:.2} times the nodes' mean on average before{after}",
+                report.rebalances.len(),
+                mean(&report.rebalances)
+            ),
+        );
+    }
     if !report.node_peak_rss_kib.is_empty() {
         let peaks: Vec<String> = report
             .node_peak_rss_kib

@@ -44,6 +44,13 @@ pub trait Stepper {
     /// state after it.
     fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>>;
 
+    /// Whether the work has drifted so far from where the partitions were cut (measured since
+    /// the last state) that the stepper wants to begin again from this state, cut anew; asked
+    /// after every state the schedule gathered, and answered with the imbalance seen.
+    fn rebalance_due(&mut self) -> Option<f64> {
+        None
+    }
+
     /// What the progress bar says of the workers after a step (the fabric: nodes at work and
     /// the busiest one's share of the step).
     fn progress_words(&self) -> Option<String> {
@@ -87,6 +94,9 @@ pub struct Outcome {
     /// From each fault's detection to the run stepping again.
     pub recovery_times: Vec<Duration>,
     pub faults: Vec<String>,
+    /// The imbalance (the busiest node's stepping time over the nodes' mean) that made each
+    /// re-partition.
+    pub rebalances: Vec<f64>,
 }
 
 /// Where the schedule observes, writes and checkpoints: the field levels it observes through
@@ -123,6 +133,7 @@ pub fn drive(
         recoveries: 0,
         recovery_times: Vec::new(),
         faults: Vec::new(),
+        rebalances: Vec::new(),
     };
     let mut ck = start;
     let first = ck.step;
@@ -230,6 +241,17 @@ pub fn drive(
                     out.output += o.elapsed();
                 }
                 ck = save(file, s + 1, writer, state, &mut out)?;
+                // The load has moved with the particles: begin again from this state, the
+                // partitions cut where the particles are now (the output cannot tell).
+                if !stop {
+                    if let Some(imbalance) = stepper.rebalance_due() {
+                        if let Err(e) = stepper.begin(ck.step, &ck.particles, fields, false) {
+                            fault = Some((e, Instant::now()));
+                            continue 'run;
+                        }
+                        out.rebalances.push(imbalance);
+                    }
+                }
             }
             out.last = tally;
             out.steps = s + 1;
@@ -314,5 +336,7 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         node_peak_rss_kib: Vec::new(),
         placement: Vec::new(),
         faults: out.faults.clone(),
+        rebalances: out.rebalances.clone(),
+        imbalance_after: Vec::new(),
     }
 }
