@@ -98,7 +98,8 @@ pub struct ClusterSection {
     pub ahead_steps: Option<u32>,
     /// Re-partition by where the particles are at an output time or checkpoint when, since the
     /// last one, the busiest node stepped more than this share above the nodes' mean (default
-    /// 0.2; 0: at every one, for tests).
+    /// 0.2 for a named cluster's nodes; in-process nodes share one pool and re-partition only
+    /// when this is given; 0: at every one, for tests).
     pub rebalance_share: Option<f64>,
     /// Steps the load is measured over before it may be cut again (default 100).
     pub rebalance_steps: Option<u32>,
@@ -300,7 +301,8 @@ pub struct ClusterConfig {
     pub field_piece_bytes: Option<usize>,
     /// Steps a partition may run past the manager's knowledge (at least 1).
     pub ahead_steps: u32,
-    pub rebalance_share: f64,
+    /// `None`: the default for the kind of nodes.
+    pub rebalance_share: Option<f64>,
     pub rebalance_steps: u32,
 }
 
@@ -767,8 +769,8 @@ impl RunConfig {
         if c.halo_rings == Some(0) {
             bail!("key `cluster.halo_rings`: at least one ring");
         }
-        let rebalance_share = c.rebalance_share.unwrap_or(0.2);
-        if !(rebalance_share >= 0.0 && rebalance_share.is_finite()) {
+        let rebalance_share = c.rebalance_share;
+        if rebalance_share.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
             bail!("key `cluster.rebalance_share`: a share of at least 0 (0.2 for 20 % above the mean)");
         }
         if c.ahead_steps == Some(0) {

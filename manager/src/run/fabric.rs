@@ -279,7 +279,12 @@ impl<'a> FabricStepper<'a> {
             },
             output_every: plan.output_every.max(1),
             checkpoint_every: plan.checkpoint_every,
-            rebalance_share: cfg.cluster.rebalance_share,
+            // In-process nodes share one pool: the load follows the particles there already.
+            rebalance_share: match (cfg.cluster.rebalance_share, fleet.in_process()) {
+                (Some(r), _) => r,
+                (None, false) => 0.2,
+                (None, true) => f64::INFINITY,
+            },
             rebalance_steps: cfg.cluster.rebalance_steps,
             busy: BTreeMap::new(),
             busy_steps: 0,
