@@ -472,7 +472,7 @@ impl<'a> FabricStepper<'a> {
     /// heard of): the last step they may take, and the states wanted on the way.
     fn grant(&self, step: u32, next: u32, command: Command, snapshot: bool) -> Control {
         let last = self.n_steps.saturating_sub(1);
-        let through = (next + self.ahead - 1).min(last).max(next.min(last));
+        let through = (next + self.ahead - 1).min(last);
         Control {
             step,
             command,
