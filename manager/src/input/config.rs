@@ -773,6 +773,9 @@ impl RunConfig {
         if rebalance_share.is_some_and(|r| !(r >= 0.0 && r.is_finite())) {
             bail!("key `cluster.rebalance_share`: a share of at least 0 (0.2 for 20 % above the mean)");
         }
+        if c.rebalance_steps == Some(0) {
+            bail!("key `cluster.rebalance_steps`: at least 1 step");
+        }
         if c.ahead_steps == Some(0) {
             bail!("key `cluster.ahead_steps`: at least 1 (1 steps in lock with the manager)");
         }
@@ -790,7 +793,7 @@ impl RunConfig {
             field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
             ahead_steps: c.ahead_steps.unwrap_or(16),
             rebalance_share,
-            rebalance_steps: c.rebalance_steps.unwrap_or(100).max(1),
+            rebalance_steps: c.rebalance_steps.unwrap_or(100),
         };
         let polygons = polygon_release(&file.release, &resolve)?;
         let larvae = larvae(b)?;
@@ -974,5 +977,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("run.dt"), "{err:#}");
+    }
+
+    #[test]
+    fn stepping_ahead_and_re_partitioning_keys_are_checked() {
+        for (bad, key) in [
+            ("ahead_steps=0", "cluster.ahead_steps"),
+            ("rebalance_steps=0", "cluster.rebalance_steps"),
+            ("rebalance_share=-0.1", "cluster.rebalance_share"),
+        ] {
+            let text = format!("[input]\nfiles=['a.nc']\n[cluster]\n{bad}\n");
+            let err = RunConfig::from_str(&text, Path::new(".")).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
+        let ok = "[input]\nfiles=['a.nc']\n[release.generate]\ncount=1\n[cluster]\nahead_steps=4\nrebalance_share=0.5\n";
+        let c = RunConfig::from_str(ok, Path::new(".")).unwrap().cluster;
+        assert_eq!(
+            (c.ahead_steps, c.rebalance_share, c.rebalance_steps),
+            (4, Some(0.5), 100)
+        );
     }
 }
