@@ -260,6 +260,17 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
                         let _ = q.reply_err("not an assignment for this node").wait();
                     }
                 },
+                Err(wire::WireError::Version { found }) => {
+                    // A manager of another release: say so where the operator looks, every
+                    // time (a manager tells a node once per wait for nodes), and refuse.
+                    let why = format!(
+                        "the manager of cluster `{cluster}` speaks protocol version {found} and \
+                         this node {}: refusing its runs until both run the same release of shoal",
+                        wire::VERSION
+                    );
+                    eprintln!("node {name}: {why}");
+                    let _ = q.reply_err(why).wait();
+                }
                 Err(e) => {
                     d.note("assignment", &e, quiet);
                     let _ = q.reply_err(format!("refused: {e}")).wait();

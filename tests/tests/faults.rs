@@ -18,7 +18,7 @@ pub(crate) struct Station {
     node_cfg: PathBuf,
     nodes: Nodes,
     // Declared last: dropped after the nodes are gone.
-    _hub: Hub,
+    hub: Hub,
 }
 
 impl Station {
@@ -31,7 +31,7 @@ impl Station {
             cluster: format!("{tag}-{}", std::process::id()),
             node_cfg,
             nodes: Nodes(Vec::new()),
-            _hub: hub,
+            hub,
         }
     }
 
@@ -100,7 +100,7 @@ impl Station {
     }
 
     /// The manager as its own process, with a fault to inject and more arguments.
-    fn manager(&self, name: &str, fault: Option<&str>, args: &[&str]) -> ProcessOutput {
+    pub(crate) fn manager(&self, name: &str, fault: Option<&str>, args: &[&str]) -> ProcessOutput {
         let mut c = clean(env!("CARGO_BIN_EXE_shoal"));
         c.args(["run", name, "--cluster", &self.cluster])
             .args(args)
@@ -272,4 +272,124 @@ fn a_killed_manager_resumes_from_its_checkpoint_with_the_nodes_there_now() {
     let r = station.run("fresh.toml");
     assert_eq!(r.recoveries, 0);
     files_bit_identical(&direct, &dir.join("fresh.nc"), false).unwrap();
+}
+
+/// A node of another protocol version: its token stands in the census as a stranger, the
+/// manager tells it which version it speaks and runs without it, and the doctor still lists it.
+/// A real node, sent an envelope of another version, refuses it naming both versions. (The old
+/// node is this test's own zenoh session with the token and assignment queryable an old
+/// `shoal-node` would declare: one build cannot hold two wire versions.)
+#[test]
+fn a_node_of_another_protocol_version_is_told_which_one_the_manager_speaks() {
+    use shoal_common::{keys, wire};
+    use std::sync::{Arc, Mutex};
+    use zenoh::Wait;
+    let (dir, toml) = setup("faults_version");
+    let mut station = Station::new(&dir, "version");
+    station.start("n0", None);
+    let cluster = wire::ident(&station.cluster).unwrap();
+    let old = wire::VERSION - 1;
+    let header = |version: u16| wire::Header {
+        magic: wire::MAGIC,
+        version,
+        cluster: cluster.clone(),
+        run: 0,
+    };
+    let hello = wire::Message::Hello(wire::Hello {
+        node: wire::ident("old").unwrap(),
+        capabilities: shoal_node::agent::capabilities(),
+    });
+    let old_hello = wire::encode(&wire::Envelope {
+        header: header(old),
+        message: hello.clone(),
+    })
+    .unwrap();
+    let session = &station.hub.session;
+    let _token = session
+        .liveliness()
+        .declare_token(keys::node_token(&cluster, "old", &old_hello))
+        .wait()
+        .unwrap();
+    let heard = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let h = heard.clone();
+    let refusal = format!(
+        "refused: protocol version {}, this build speaks {old}",
+        wire::VERSION
+    );
+    let r = refusal.clone();
+    let _assign = session
+        .declare_queryable(keys::assign(&cluster, "old"))
+        .callback(move |q| {
+            h.lock()
+                .unwrap()
+                .extend(q.payload().map(|p| p.to_bytes().to_vec()));
+            let _ = q.reply_err(r.clone()).wait();
+        })
+        .wait()
+        .unwrap();
+
+    // The run takes the one node of this version and tells the other which version it speaks.
+    station.toml(&toml, "v.toml", "v.nc", 1);
+    let out = station.manager("v.toml", None, &[]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let told = format!(
+        "fabric: node old speaks protocol version {old} and this manager {}: it takes no part \
+         until both run the same release of shoal (told it so; it answered: {refusal})",
+        wire::VERSION
+    );
+    assert!(log.contains(&told), "{log}");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "told once per wait for nodes");
+    let env = wire::decode_any_run(&heard[0], &cluster).unwrap();
+    assert_eq!(env.header.version, wire::VERSION);
+
+    // A real node refuses a manager of another version and names both.
+    let newer = wire::encode(&wire::Envelope {
+        header: header(wire::VERSION + 1),
+        message: hello,
+    })
+    .unwrap();
+    let replies = session
+        .get(keys::assign(&cluster, "n0"))
+        .payload(newer)
+        .timeout(Duration::from_secs(10))
+        .wait()
+        .unwrap();
+    let reply = replies
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let why =
+        String::from_utf8_lossy(&reply.result().unwrap_err().payload().to_bytes()).into_owned();
+    assert_eq!(
+        why,
+        format!(
+            "the manager of cluster `{}` speaks protocol version {} and this node {}: refusing \
+             its runs until both run the same release of shoal",
+            station.cluster,
+            wire::VERSION + 1,
+            wire::VERSION
+        )
+    );
+
+    // The doctor sees both: the node it can read, and the one it cannot, with the reason.
+    let out = clean(env!("CARGO_BIN_EXE_shoal"))
+        .args(["doctor", "--cluster", &station.cluster, "--connect"])
+        .arg(&station.hub.endpoint)
+        .args(["--nodes", "1", "--wait", "30"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("n0 ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "old: cannot be read: protocol version {old}, this build speaks {}",
+            wire::VERSION
+        )),
+        "{text}"
+    );
 }

@@ -92,6 +92,69 @@ pub fn census(
     ))
 }
 
+/// Tells each node of another protocol version, once, which version this manager speaks, and
+/// says on stderr that it takes no part. The node cannot read past the envelope's version, so
+/// the message under it does not matter to it; it is an assignment of nothing, which a node of
+/// this version would take as such. The node answers with its refusal, quoted here. Returns
+/// without waiting longer than a second for any one node.
+pub fn tell_strangers(
+    session: &Session,
+    cluster: &Ident,
+    strangers: &[Stranger],
+    told: &mut BTreeSet<String>,
+) {
+    for s in strangers {
+        let wire::WireError::Version { found } = s.why else {
+            continue;
+        };
+        if !told.insert(s.name.clone()) {
+            continue;
+        }
+        let answer = wire::ident(&s.name)
+            .map_err(|e| e.to_string())
+            .and_then(|node| {
+                let me = wire::Endpoint {
+                    cluster: cluster.clone(),
+                    run: 0,
+                };
+                let nothing = wire::Assignment {
+                    node,
+                    partitions: Default::default(),
+                };
+                wire::encode(&me.envelope(Message::Assignment(nothing))).map_err(|e| e.to_string())
+            })
+            .and_then(|b| refusal(session, &keys::assign(cluster, &s.name), b));
+        eprintln!(
+            "fabric: node {} speaks protocol version {found} and this manager {}: it takes no part \
+             until both run the same release of shoal ({})",
+            s.name,
+            wire::VERSION,
+            match answer {
+                Ok(text) => format!("told it so; it answered: {text}"),
+                Err(e) => format!("telling it so failed: {e}"),
+            }
+        );
+    }
+}
+
+/// Sends `payload` to `key` and returns the text of the first answer (a refusal is an error
+/// reply, whose payload is its text), waiting one second at most.
+fn refusal(session: &Session, key: &str, payload: Vec<u8>) -> Result<String, String> {
+    let replies = session
+        .get(key)
+        .payload(payload)
+        .timeout(Duration::from_secs(1))
+        .wait()
+        .map_err(|e| format!("asking {key}: {e}"))?;
+    match replies.recv_timeout(Duration::from_secs(1)) {
+        Ok(Some(reply)) => Ok(match reply.result() {
+            Ok(sample) => String::from_utf8_lossy(&sample.payload().to_bytes()).into_owned(),
+            Err(e) => String::from_utf8_lossy(&e.payload().to_bytes()).into_owned(),
+        }),
+        Ok(None) | Err(_) => Err(format!("no answer from {key} within 1 s")),
+    }
+}
+
 /// Waits for `want` nodes (0: whoever joins, once one has) until `wait` runs out, leaving out
 /// the nodes in `exclude` (those a run has lost).
 pub fn wait_for_nodes(
@@ -104,8 +167,10 @@ pub fn wait_for_nodes(
 ) -> Result<Vec<Member>> {
     let deadline = Instant::now() + wait;
     let mut settled_once = false;
+    let mut told = BTreeSet::new();
     loop {
-        let mut m = census(session, cluster, dropped)?.0;
+        let (mut m, strangers) = census(session, cluster, dropped)?;
+        tell_strangers(session, cluster, &strangers, &mut told);
         m.retain(|n| !exclude.contains(&n.name));
         if want > 0 && m.len() >= want {
             return Ok(m.into_iter().take(want).collect());
