@@ -15,9 +15,21 @@
 # the date and command line, and `shoal_config`, the run file's text, whose `[cluster]` section
 # differs), compared on `ncdump -p 9,17` (floats to 9 digits and doubles to 17: exact).
 #
+# LINKS names the networks the node processes run over (default `loopback`):
+#   - loopback: every process on this machine's loopback;
+#   - lan, wifi: the manager and each node in a network namespace of its own (needs root and
+#     iproute2), joined by a bridge whose links `tc tbf` limits to the profile's rate (1 Gbit/s;
+#     50 Mbit/s), with every connection to a node passing through `shoal link` in that node's
+#     namespace, which delays each segment each way (0.2 ms; 3 ms ± 1 ms) and makes 0.1 % of
+#     the wifi's segments wait a TCP retransmission (12 ms). Each message crosses one relay, as
+#     each packet crosses one link's delay on a station's switch. What this does not model is
+#     said in manager/src/tools/link.rs.
+# The direct runs are timed once per repetition, whatever the links.
+#
 # Usage: scripts/bench-nodes.sh [PARTICLES...]   (default 20000 100000; needs cargo build --release)
-# Environment: SHOAL_BIN (default target/release), REPEAT (default 1), SHOAL_BENCH_DIR (work
-# directory, kept; default a temporary one, removed unless something failed).
+# Environment: SHOAL_BIN (default target/release), REPEAT (default 1), LINKS (default loopback),
+# SHOAL_BENCH_DIR (work directory, kept; default a temporary one, removed unless something
+# failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +38,17 @@ REPEAT=${REPEAT:-1}
 COUNTS=("$@")
 [[ ${#COUNTS[@]} -gt 0 ]] || COUNTS=(20000 100000)
 THREADS=$(nproc)
-CONFIGS=(direct1 directN nodes2 nodes3)
+read -r -a LINK_LIST <<<"${LINKS:-loopback}"
+CONFIGS=(direct1 directN)
+for link in "${LINK_LIST[@]}"; do
+    case $link in
+        loopback) CONFIGS+=(nodes2 nodes3) ;;
+        lan | wifi) CONFIGS+=("nodes2-$link" "nodes3-$link") ;;
+        *) echo "bench-nodes: LINKS: \`$link' is not loopback, lan or wifi" >&2; exit 1 ;;
+    esac
+done
+NETNS=
+[[ " ${LINK_LIST[*]} " =~ \ (lan|wifi)\  ]] && NETNS=1
 
 die() { echo "bench-nodes: $*" >&2; exit 1; }
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive whole number, not \`$REPEAT'"
@@ -38,6 +60,10 @@ for b in shoal shoal-node; do
 done
 command -v ncdump >/dev/null || die "needs ncdump (apt-get install netcdf-bin) to compare outputs"
 command -v python3 >/dev/null || die "needs python3 (to pick free loopback ports)"
+if [[ -n $NETNS ]]; then
+    [[ $(id -u) -eq 0 ]] || die "LINKS lan and wifi need root (network namespaces)"
+    command -v ip >/dev/null && command -v tc >/dev/null || die "LINKS lan and wifi need iproute2"
+fi
 
 if [[ -n "${SHOAL_BENCH_DIR:-}" ]]; then
     DIR=$(realpath -m "$SHOAL_BENCH_DIR")
@@ -48,6 +74,11 @@ else
     KEEP=
 fi
 NODE_PIDS=()
+RELAY_PIDS=()
+NS_PREFIX="sbn$$"
+NS_SWITCH="${NS_PREFIX}sw"
+NS_MANAGER="${NS_PREFIX}m"
+NS_NODES=("${NS_PREFIX}n1" "${NS_PREFIX}n2" "${NS_PREFIX}n3")
 
 stop_nodes() {
     local pid
@@ -58,10 +89,15 @@ stop_nodes() {
         wait "$pid" 2>/dev/null || true
     done
     NODE_PIDS=()
+    for pid in "${RELAY_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    RELAY_PIDS=()
 }
 cleanup() {
     local rc=$?
     stop_nodes
+    if [[ -n $NETNS ]]; then
+        for ns in "$NS_MANAGER" "${NS_NODES[@]}" "$NS_SWITCH"; do ip netns del "$ns" 2>/dev/null || true; done
+    fi
     if [[ $rc -ne 0 ]]; then
         echo "bench-nodes: failed; files kept in $DIR" >&2
     elif [[ -z $KEEP ]]; then
@@ -143,6 +179,78 @@ start_nodes() {
         >"$DIR/$cluster-manager.json5"
 }
 
+# The simulated station (LINKS lan, wifi): a bridge in a namespace of its own, and the manager
+# and each node in theirs, at 10.27.0.1 and 10.27.0.11-13.
+if [[ -n $NETNS ]]; then
+    for ns in "$NS_SWITCH" "$NS_MANAGER" "${NS_NODES[@]}"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    ip -n "$NS_SWITCH" link add br0 type bridge
+    ip -n "$NS_SWITCH" link set br0 up
+    host=0
+    for ns in "$NS_MANAGER" "${NS_NODES[@]}"; do
+        addr=$([[ $host -eq 0 ]] && echo 10.27.0.1 || echo "10.27.0.$((10 + host))")
+        ip link add "p$host-$$" netns "$NS_SWITCH" type veth peer name eth0 netns "$ns"
+        ip -n "$NS_SWITCH" link set "p$host-$$" master br0 up
+        ip -n "$ns" addr add "$addr/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        host=$((host + 1))
+    done
+fi
+
+# set_rate LINK: every link of the station at the profile's rate, both ways (tbf on each veth's
+# two ends; burst as large as one timer tick's worth of the rate needs).
+set_rate() {
+    local rate burst host ns
+    case $1 in
+        lan) rate=1gbit burst=512kb ;;
+        wifi) rate=50mbit burst=64kb ;;
+    esac
+    host=0
+    for ns in "$NS_MANAGER" "${NS_NODES[@]}"; do
+        ip netns exec "$ns" tc qdisc replace dev eth0 root tbf rate "$rate" burst "$burst" latency 100ms
+        ip netns exec "$NS_SWITCH" tc qdisc replace dev "p$host-$$" root tbf rate "$rate" burst "$burst" latency 100ms
+        host=$((host + 1))
+    done
+}
+
+# start_nodes_on LINK K CLUSTER: K `shoal-node --threads 1` processes, node i in its namespace
+# listening on 127.0.0.1:7448 behind `shoal link --profile LINK` on 10.27.0.1i:7447, dialling
+# the nodes started before it through their relays; writes CLUSTER-manager.json5 (the manager
+# dials every relay). Gossip is off, so every connection is one of these, through a relay.
+start_nodes_on() {
+    local link=$1 k=$2 cluster=$3 i j dial log ns
+    set_rate "$link"
+    for ((i = 1; i <= k; i++)); do
+        ns=${NS_NODES[i - 1]}
+        ip netns exec "$ns" "$BIN/shoal" link --listen "10.27.0.1$i:7447" --to 127.0.0.1:7448 \
+            --profile "$link" --seed "$i" >"$DIR/$cluster-link$i.log" 2>&1 &
+        RELAY_PIDS+=($!)
+        dial=""
+        for ((j = 1; j < i; j++)); do dial+="\"tcp/10.27.0.1$j:7447\", "; done
+        echo "{ mode: \"peer\", listen: { endpoints: [\"tcp/127.0.0.1:7448\"] }," \
+            "connect: { endpoints: [$dial] }, scouting: { multicast: { enabled: false }," \
+            "gossip: { enabled: false } } }" >"$DIR/$cluster-node$i.json5"
+        log="$DIR/$cluster-node$i.log"
+        : >"$log"
+        ip netns exec "$ns" "$BIN/shoal-node" --cluster "$cluster" --name "node$i" \
+            --zenoh-config "$DIR/$cluster-node$i.json5" --threads 1 --device cpu >"$log" 2>&1 &
+        NODE_PIDS+=($!)
+        for _ in $(seq 300); do
+            grep -q "announced in cluster" "$log" && break
+            kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || { cat "$log" >&2; die "node$i of $cluster exited"; }
+            sleep 0.1
+        done
+        grep -q "announced in cluster" "$log" || die "node$i of $cluster did not announce itself in 30 s"
+    done
+    dial=""
+    for ((j = 1; j <= k; j++)); do dial+="\"tcp/10.27.0.1$j:7447\", "; done
+    echo "{ mode: \"peer\", listen: { endpoints: [\"tcp/127.0.0.1:0\"] }," \
+        "connect: { endpoints: [$dial] }, scouting: { multicast: { enabled: false }," \
+        "gossip: { enabled: false } } }" >"$DIR/$cluster-manager.json5"
+}
+
 # A digest of the output's values and attributes, less `history` and `shoal_config` (and the
 # first line, which names the file).
 digest() {
@@ -159,15 +267,22 @@ MISMATCH=()
 CHECKED=0
 run_one() {
     local cfg=$1 n=$2 rep=$3 name="n$2-$1-r$3" cluster="" k=0 t0 secs d
-    local -a args
+    local -a args inside=()
     case $cfg in
         direct1) args=(--direct --threads 1) ;;
         directN) args=(--direct --threads "$THREADS") ;;
-        nodes*)
+        nodes?)
             k=${cfg#nodes}
-            cluster="bench-$$-$name"
+            cluster="c$$n$2$1r$3"
             start_nodes "$k" "$cluster"
             args=(--cluster "$cluster")
+            ;;
+        nodes?-*)
+            k=${cfg:5:1}
+            cluster="c$$n$2$1r$3"
+            start_nodes_on "${cfg#nodes?-}" "$k" "$cluster"
+            args=(--cluster "$cluster")
+            inside=(ip netns exec "$NS_MANAGER")
             ;;
     esac
     if [[ $k -gt 0 ]]; then
@@ -179,7 +294,7 @@ zenoh_config = \"$cluster-manager.json5\""
         write_config "$name" "$n"
     fi
     t0=$EPOCHREALTIME
-    if ! "$BIN/shoal" run "$DIR/$name.toml" "${args[@]}" >"$DIR/$name.log" 2>&1; then
+    if ! "${inside[@]}" "$BIN/shoal" run "$DIR/$name.toml" "${args[@]}" >"$DIR/$name.log" 2>&1; then
         tail -n 30 "$DIR/$name.log" >&2
         die "$name: shoal run failed"
     fi
@@ -224,15 +339,18 @@ median() {
 echo "Wall time of \`shoal run\` (median of $REPEAT), tidal flow, 6 962 elements, 12 h at dt 30 s" \
     "(1 440 steps), output every 3 h; $THREADS cores ($(uname -m)):"
 echo
-echo "| particles | direct, 1 thread | direct, $THREADS threads | 2 node processes | 3 node processes | speed-up, 2 processes | speed-up, 3 processes |"
-echo "|---:|---:|---:|---:|---:|---:|---:|"
+echo "| particles | link | direct, 1 thread | direct, $THREADS threads | 2 node processes | 3 node processes | speed-up, 2 processes | speed-up, 3 processes |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|"
 for n in "${COUNTS[@]}"; do
     t1=$(median direct1 "$DIR/times-$n")
     tn=$(median directN "$DIR/times-$n")
-    t2=$(median nodes2 "$DIR/times-$n")
-    t3=$(median nodes3 "$DIR/times-$n")
-    awk -v n="$n" -v t1="$t1" -v tn="$tn" -v t2="$t2" -v t3="$t3" 'BEGIN {
-        printf "| %d | %.2f s | %.2f s | %.2f s | %.2f s | %.2f | %.2f |\n", n, t1, tn, t2, t3, t1 / t2, t1 / t3 }'
+    for link in "${LINK_LIST[@]}"; do
+        suffix=$([[ $link == loopback ]] && echo "" || echo "-$link")
+        t2=$(median "nodes2$suffix" "$DIR/times-$n")
+        t3=$(median "nodes3$suffix" "$DIR/times-$n")
+        awk -v n="$n" -v l="$link" -v t1="$t1" -v tn="$tn" -v t2="$t2" -v t3="$t3" 'BEGIN {
+            printf "| %d | %s | %.2f s | %.2f s | %.2f s | %.2f s | %.2f | %.2f |\n", n, l, t1, tn, t2, t3, t1 / t2, t1 / t3 }'
+    done
 done
 echo
 if [[ ${#MISMATCH[@]} -gt 0 ]]; then

@@ -275,6 +275,32 @@ enum Command {
         #[command(flatten)]
         fleet: FleetArgs,
     },
+    /// Relay TCP connections through a simulated link (delay, jitter, loss), for benchmarks on
+    /// a kernel without netem: `lan` is 0.2 ms each way, `wifi` 3 ± 1 ms with 0.1 % of segments
+    /// lost (each holds its stream up by a retransmission). Runs until stopped.
+    #[command(hide = true)]
+    Link {
+        /// Where to listen, e.g. 10.27.0.11:7447.
+        #[arg(long)]
+        listen: String,
+        /// Where each connection is relayed to, e.g. 127.0.0.1:7448.
+        #[arg(long)]
+        to: String,
+        /// lan, wifi or none.
+        #[arg(long, default_value = "lan")]
+        profile: String,
+        /// One-way delay in milliseconds (overrides the profile's).
+        #[arg(long = "delay-ms")]
+        delay_ms: Option<f64>,
+        /// Jitter in milliseconds, the delay drawn within ± this (overrides the profile's).
+        #[arg(long = "jitter-ms")]
+        jitter_ms: Option<f64>,
+        /// The chance a segment is lost (overrides the profile's).
+        #[arg(long)]
+        loss: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// How a map is drawn (`shoal plot`, `shoal animate`).
@@ -671,6 +697,34 @@ where
         } => {
             let report = fleet::pi(&args.options()?, samples, seed)?;
             print!("{}", report.render());
+        }
+        Command::Link {
+            listen,
+            to,
+            profile,
+            delay_ms,
+            jitter_ms,
+            loss,
+            seed,
+        } => {
+            let mut p = crate::tools::link::Profile::named(&profile)?;
+            let ms = |name: &str, x: f64| {
+                anyhow::ensure!(
+                    x.is_finite() && x >= 0.0,
+                    "--{name} {x}: milliseconds, 0 or more"
+                );
+                Ok(std::time::Duration::from_secs_f64(x / 1000.0))
+            };
+            if let Some(d) = delay_ms {
+                p.delay = ms("delay-ms", d)?;
+            }
+            if let Some(j) = jitter_ms {
+                p.jitter = ms("jitter-ms", j)?;
+            }
+            if let Some(l) = loss {
+                p.loss = l;
+            }
+            crate::tools::link::serve(&listen, &to, p, seed)?;
         }
     }
     Ok(())
