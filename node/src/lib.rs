@@ -39,6 +39,22 @@ pub mod health;
 pub mod net;
 pub mod systemd;
 
+/// Advances every particle of `set` through `step` in rayon chunks, in the current pool.
+pub fn advance_particles(
+    set: &mut Particles,
+    mesh: &Mesh,
+    window: Window,
+    params: &StepParams,
+    t: f64,
+    step: u32,
+) -> Tally {
+    let n = set.len();
+    set.chunks_mut(chunk_size(n))
+        .into_par_iter()
+        .map(|chunk| advance(mesh, window, params, t, step, chunk))
+        .reduce(Tally::empty, Tally::merge)
+}
+
 /// Particles per rayon task: large enough to amortise scheduling, small enough that every
 /// thread gets several tasks. Depends only on the particle count, never on the thread count.
 pub fn chunk_size(n: usize) -> usize {
@@ -115,12 +131,7 @@ impl Partition {
         t: f64,
         step: u32,
     ) -> Tally {
-        let n = self.particles.len();
-        self.particles
-            .chunks_mut(chunk_size(n))
-            .into_par_iter()
-            .map(|chunk| advance(mesh, window, params, t, step, chunk))
-            .reduce(Tally::empty, Tally::merge)
+        advance_particles(&mut self.particles, mesh, window, params, t, step)
     }
 
     /// Heap bytes held for the particles: their state plus the sort buffers.
