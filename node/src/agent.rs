@@ -10,7 +10,7 @@
 //! step. It waits for the manager only where its grant ends (`Control::through`).
 
 use crate::fields::PartialFields;
-use crate::net::{ask, bytes, reply, Dropped, Fabric};
+use crate::net::{ask, bytes, converse, reply, Dropped, Fabric, Talk};
 use crate::systemd::Notifier;
 use crate::Partition;
 use anyhow::{anyhow, bail, Context, Result};
@@ -1375,31 +1375,31 @@ impl<'a> PartitionAgent<'a> {
         let (sync_key, state_key) = (self.keys.sync(self.p), self.keys.snapshot(self.p));
         let done = AtomicBool::new(false);
         let s = std::thread::scope(|scope| -> Result<u32> {
-            let (summaries, outbox) = mpsc::channel::<Message>();
-            let (answer, answers) = mpsc::channel::<Result<Control>>();
+            let (tell, talk) = mpsc::channel::<Talk>();
+            let (answer, answers) = mpsc::channel::<Result<Message>>();
             let done = &done;
-            scope.spawn(move || {
-                for m in outbox {
-                    let state = matches!(m, Message::Snapshot(_));
-                    let (key, patience) = match state {
-                        true => (&state_key, PATIENCE),
-                        false => (&sync_key, STEP_PATIENCE),
-                    };
-                    let c = bytes(me, m).and_then(|b| {
-                        match ask(session, key, Some(&b), me, &dropped, patience, done, quiet)? {
-                            Message::Control(c) => Ok(c),
-                            other => bail!("expected a control, got a {}", other.kind()),
-                        }
-                    });
-                    if state && c.is_ok() {
-                        continue;
-                    }
-                    let failed = c.is_err();
-                    if answer.send(c).is_err() || failed {
-                        break;
-                    }
-                }
-            });
+            let summaries = tell.clone();
+            scope
+                .spawn(move || converse(session, me, &dropped, quiet, &tell, &talk, &answer, done));
+            let control = |a: Result<Message>| match a? {
+                Message::Control(c) => Ok(c),
+                other => Err(anyhow!("expected a control, got a {}", other.kind())),
+            };
+            let ask = |message: Message| -> Result<()> {
+                let state = matches!(message, Message::Snapshot(_));
+                let (key, patience) = match state {
+                    true => (state_key.clone(), PATIENCE),
+                    false => (sync_key.clone(), STEP_PATIENCE),
+                };
+                summaries
+                    .send(Talk::Ask {
+                        key,
+                        message,
+                        patience,
+                        keep: !state,
+                    })
+                    .map_err(|_| anyhow!("the manager's controls stopped"))
+            };
             // However the loop fails, the thread stops asking.
             struct Done<'d>(&'d AtomicBool, bool);
             impl Drop for Done<'_> {
@@ -1480,16 +1480,14 @@ impl<'a> PartitionAgent<'a> {
                     peak_rss_kib: crate::health::peak_rss_kib(),
                     busy_us: (busy + clock.elapsed()).as_micros() as u64,
                 };
-                summaries
-                    .send(Message::StepSummary(summary))
-                    .map_err(|_| anyhow!("the manager's controls stopped"))?;
+                ask(Message::StepSummary(summary))?;
                 // The answers so far; past the grant, wait for the one that extends it.
                 let mut stop_here = false;
                 let deadline = Instant::now() + STEP_PATIENCE;
                 loop {
                     let c = if s + 1 > granted && !stop_here {
                         match answers.recv_timeout(Duration::from_millis(250)) {
-                            Ok(c) => c?,
+                            Ok(c) => control(c)?,
                             Err(mpsc::RecvTimeoutError::Timeout) => {
                                 if abandon.load(Ordering::Relaxed) || Instant::now() > deadline {
                                     bail!("step {s}: no control from the manager");
@@ -1502,7 +1500,7 @@ impl<'a> PartitionAgent<'a> {
                         }
                     } else {
                         match answers.try_recv() {
-                            Ok(c) => c?,
+                            Ok(c) => control(c)?,
                             Err(_) => break,
                         }
                     };
@@ -1527,9 +1525,7 @@ impl<'a> PartitionAgent<'a> {
                     received = self.merge(s, abandon)?;
                     if state_due {
                         let state = ParticleBatch::of(self.p, u32::MAX, s + 1, self.state()?);
-                        summaries
-                            .send(Message::Snapshot(state))
-                            .map_err(|_| anyhow!("the manager's controls stopped"))?;
+                        ask(Message::Snapshot(state))?;
                     }
                 } else {
                     // Step s + 1 for the particles here while the other partitions' batches of
@@ -1556,8 +1552,8 @@ impl<'a> PartitionAgent<'a> {
                     break;
                 }
             }
-            // The last states still go out; the thread ends when it has sent them.
-            drop(summaries);
+            // The last states still go out; the thread ends when they are answered.
+            let _ = summaries.send(Talk::Close);
             for a in answers {
                 a?;
             }

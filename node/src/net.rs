@@ -320,3 +320,169 @@ pub fn reply(q: &zenoh::query::Query, me: &Endpoint, m: Message) -> Result<()> {
         .map_err(|e| anyhow!("replying on {}: {e}", q.key_expr()))
         .context("reply")
 }
+
+/// What a partition's conversation with the manager hears ([`converse`]): a question to ask
+/// (`keep`: hand its answer on; otherwise the answer is only checked), the end of the
+/// questions, or news of a question in flight from zenoh's callbacks.
+pub enum Talk {
+    Ask {
+        key: String,
+        message: Message,
+        patience: Duration,
+        keep: bool,
+    },
+    Close,
+    Reply(u64, Result<Vec<u8>, String>),
+    Finished(u64),
+}
+
+/// A question in flight.
+struct Flight {
+    key: String,
+    bytes: Vec<u8>,
+    deadline: Instant,
+    patience: Duration,
+    keep: bool,
+    answer: Option<Result<Message>>,
+    retry_at: Option<Instant>,
+}
+
+/// Asks each question as it comes, a zenoh get of its own, without waiting for the answer to
+/// the one before (so a link's round trip limits nothing but the answers' lag), and hands the
+/// answers to `answers` in the order the questions came. A question nobody answered is asked
+/// again after 50 ms until its patience runs out, as [`ask`] does. Returns after the first
+/// failed question, once every answer after [`Talk::Close`] is in, or when `abandon` is set.
+/// `tell` is the sending end of `talk`, for the callbacks.
+#[allow(clippy::too_many_arguments)]
+pub fn converse(
+    session: &Session,
+    me: &Endpoint,
+    dropped: &Dropped,
+    quiet: bool,
+    tell: &std::sync::mpsc::Sender<Talk>,
+    talk: &std::sync::mpsc::Receiver<Talk>,
+    answers: &std::sync::mpsc::Sender<Result<Message>>,
+    abandon: &AtomicBool,
+) {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc::RecvTimeoutError;
+    // Sends `Finished` when zenoh drops the get's callback, that is when the get is over.
+    struct Over(u64, std::sync::mpsc::Sender<Talk>);
+    impl Drop for Over {
+        fn drop(&mut self) {
+            let _ = self.1.send(Talk::Finished(self.0));
+        }
+    }
+    let launch = |seq: u64, f: &Flight| -> Result<()> {
+        let (tx, over) = (tell.clone(), Over(seq, tell.clone()));
+        let left = f.deadline.saturating_duration_since(Instant::now());
+        session
+            .get(&f.key)
+            .payload(f.bytes.clone())
+            .consolidation(ConsolidationMode::None)
+            .timeout(left.max(Duration::from_millis(500)))
+            .callback(move |reply| {
+                let _ = &over;
+                let r = match reply.result() {
+                    Ok(sample) => Ok(sample.payload().to_bytes().to_vec()),
+                    Err(e) => Err(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned()),
+                };
+                let _ = tx.send(Talk::Reply(seq, r));
+            })
+            .wait()
+            .map_err(|e| anyhow!("asking {}: {e}", f.key))
+    };
+    let mut flights: BTreeMap<u64, Flight> = BTreeMap::new();
+    let (mut next, mut closing) = (0u64, false);
+    loop {
+        // Answers in the questions' order.
+        while let Some(e) = flights.first_entry() {
+            if e.get().answer.is_none() {
+                break;
+            }
+            let f = e.remove();
+            match f.answer.expect("checked") {
+                Ok(_) if !f.keep => {}
+                a => {
+                    let failed = a.is_err();
+                    if answers.send(a).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        }
+        if (closing && flights.is_empty()) || abandon.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        for (&seq, f) in flights.iter_mut() {
+            if f.retry_at.is_some_and(|t| t <= now) {
+                f.retry_at = None;
+                if let Err(e) = launch(seq, f) {
+                    f.answer = Some(Err(e));
+                }
+            }
+        }
+        let event = match talk.recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match event {
+            Talk::Ask {
+                key,
+                message,
+                patience,
+                keep,
+            } => {
+                let mut f = Flight {
+                    key,
+                    bytes: Vec::new(),
+                    deadline: Instant::now() + patience,
+                    patience,
+                    keep,
+                    answer: None,
+                    retry_at: None,
+                };
+                match bytes(me, message) {
+                    Ok(b) => {
+                        f.bytes = b;
+                        if let Err(e) = launch(next, &f) {
+                            f.answer = Some(Err(e));
+                        }
+                    }
+                    Err(e) => f.answer = Some(Err(e)),
+                }
+                flights.insert(next, f);
+                next += 1;
+            }
+            Talk::Close => closing = true,
+            Talk::Reply(seq, r) => {
+                let Some(f) = flights.get_mut(&seq).filter(|f| f.answer.is_none()) else {
+                    continue;
+                };
+                match r {
+                    Ok(b) => match decode(&b, me) {
+                        Ok(env) => f.answer = Some(Ok(env.message)),
+                        Err(e) => dropped.note(&format!("reply on {}", f.key), &e, quiet),
+                    },
+                    Err(text) => f.answer = Some(Err(anyhow!("{}: {text}", f.key))),
+                }
+            }
+            Talk::Finished(seq) => {
+                let Some(f) = flights.get_mut(&seq).filter(|f| f.answer.is_none()) else {
+                    continue;
+                };
+                if Instant::now() >= f.deadline {
+                    f.answer = Some(Err(anyhow!(
+                        "no answer on {} within {} s",
+                        f.key,
+                        f.patience.as_secs()
+                    )));
+                } else {
+                    f.retry_at = Some(Instant::now() + Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
