@@ -10,7 +10,7 @@
 //! step. It waits for the manager only where its grant ends (`Control::through`).
 
 use crate::fields::PartialFields;
-use crate::net::{ask, bytes, converse, reply, Dropped, Fabric, Talk};
+use crate::net::{ask, ask_later, bytes, converse, reply, Asked, Dropped, Fabric, Talk};
 use crate::systemd::Notifier;
 use crate::Partition;
 use anyhow::{anyhow, bail, Context, Result};
@@ -764,6 +764,8 @@ struct PartitionAgent<'a> {
     publishers: HashMap<u32, zenoh::pubsub::Publisher<'a>>,
     /// Batches that arrived for a later step than the one being merged.
     early: Vec<Arrival>,
+    /// The pieces of the next level the run will need, asked for while it steps.
+    prefetch: Option<(u32, Vec<Asked>)>,
     pool: Option<Arc<rayon::ThreadPool>>,
     /// Where the partition steps; on the GPU, its particles live there and `part` is empty.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
@@ -881,6 +883,7 @@ impl<'a> PartitionAgent<'a> {
             _subscriber: subscriber,
             publishers: HashMap::new(),
             early: Vec::new(),
+            prefetch: None,
             pool: None,
             choice,
             #[cfg(feature = "gpu")]
@@ -983,12 +986,25 @@ impl<'a> PartitionAgent<'a> {
                 self.topo.nodes.len(),
                 self.mesh.vertical.n_layers,
             );
-            // The slice comes in pieces, one in flight at a time: each is added to the level
-            // and dropped before the next is asked for.
+            // The slice comes in pieces, each added to the level and dropped before the next
+            // is read: asked for one at a time, or all at once a level ahead (below).
             let size = self.spec.field_piece.max(1);
+            let mut early = match self.prefetch.take() {
+                Some((i, asked)) if i == idx => asked,
+                _ => Vec::new(),
+            }
+            .into_iter();
             for piece in 0..wire::field_pieces(self.topo_elements.len(), size) {
                 let key = self.keys.field(self.p, idx, piece as u32);
-                let slice = match self.ask(&key, None, PATIENCE, abandon)? {
+                let came = match early.next() {
+                    Some(a) => a.answer(self.me, &self.dropped, self.log.quiet, abandon)?,
+                    None => None,
+                };
+                let answer = match came {
+                    Some(m) => m,
+                    None => self.ask(&key, None, PATIENCE, abandon)?,
+                };
+                let slice = match answer {
                     Message::FieldSlice(f) if f.time_index == idx => f,
                     other => bail!("expected field slice {idx}, got a {}", other.kind()),
                 };
@@ -1003,6 +1019,30 @@ impl<'a> PartitionAgent<'a> {
             }
             // The pages of the pieces go back before the next level comes.
             crate::health::give_back_memory();
+        }
+        // The level after these, in the run's direction, comes while the partition steps
+        // through this interval: a slow link's transfer hides behind the stepping. It costs
+        // one level's pieces held as they arrive.
+        let next = if self.spec.params.dt >= 0.0 {
+            Some(hi + 1)
+        } else {
+            lo.checked_sub(1)
+        };
+        if let Some(next) = next.filter(|&n| n < self.spec.times.len()) {
+            let next = next as u32;
+            if !self.fields.has(next) && self.prefetch.as_ref().is_none_or(|(i, _)| *i != next) {
+                let size = self.spec.field_piece.max(1);
+                let asked = (0..wire::field_pieces(self.topo_elements.len(), size))
+                    .map(|piece| {
+                        ask_later(
+                            self.session,
+                            &self.keys.field(self.p, next, piece as u32),
+                            PATIENCE,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.prefetch = Some((next, asked));
+            }
         }
         Ok(())
     }
@@ -1374,7 +1414,7 @@ impl<'a> PartitionAgent<'a> {
             (self.session, self.me, self.dropped.clone(), self.log.quiet);
         let (sync_key, state_key) = (self.keys.sync(self.p), self.keys.snapshot(self.p));
         let done = AtomicBool::new(false);
-        let s = std::thread::scope(|scope| -> Result<u32> {
+        let (s, waits) = std::thread::scope(|scope| -> Result<(u32, (Duration, Duration))> {
             let (tell, talk) = mpsc::channel::<Talk>();
             let (answer, answers) = mpsc::channel::<Result<Message>>();
             let done = &done;
@@ -1416,6 +1456,7 @@ impl<'a> PartitionAgent<'a> {
             let mut received = 0u64;
             // Step s's tally and stepping time when step s was done ahead of the arrivals.
             let mut ahead: Option<(Tally, Duration)> = None;
+            let (mut waited_batches, mut waited_grant) = (Duration::ZERO, Duration::ZERO);
             let mut s = first;
             loop {
                 if stop.load(Ordering::Relaxed) {
@@ -1486,7 +1527,10 @@ impl<'a> PartitionAgent<'a> {
                 let deadline = Instant::now() + STEP_PATIENCE;
                 loop {
                     let c = if s + 1 > granted && !stop_here {
-                        match answers.recv_timeout(Duration::from_millis(250)) {
+                        let clock = Instant::now();
+                        let a = answers.recv_timeout(Duration::from_millis(250));
+                        waited_grant += clock.elapsed();
+                        match a {
                             Ok(c) => control(c)?,
                             Err(mpsc::RecvTimeoutError::Timeout) => {
                                 if abandon.load(Ordering::Relaxed) || Instant::now() > deadline {
@@ -1522,7 +1566,9 @@ impl<'a> PartitionAgent<'a> {
                 }
                 let state_due = wanted.remove(&(s + 1));
                 if stop_here || state_due || !self.steps_ahead_of_arrivals() {
+                    let clock = Instant::now();
                     received = self.merge(s, abandon)?;
+                    waited_batches += clock.elapsed();
                     if state_due {
                         let state = ParticleBatch::of(self.p, u32::MAX, s + 1, self.state()?);
                         ask(Message::Snapshot(state))?;
@@ -1538,7 +1584,9 @@ impl<'a> PartitionAgent<'a> {
                     self.cover(t, t1, abandon)?;
                     let here = self.step(s + 1, t, t1, abandon)?;
                     busy = clock.elapsed();
+                    let waiting = Instant::now();
                     let mut arrived = self.receive(s, abandon)?;
+                    waited_batches += waiting.elapsed();
                     let clock = Instant::now();
                     received = arrived.len() as u64;
                     let mut params = spec.params.clone();
@@ -1558,7 +1606,7 @@ impl<'a> PartitionAgent<'a> {
                 a?;
             }
             guard.1 = false;
-            Ok(s)
+            Ok((s, (waited_batches, waited_grant)))
         })?;
         #[cfg(feature = "gpu")]
         let readback = self.gpu.as_ref().map_or(String::new(), |g| {
@@ -1571,7 +1619,10 @@ impl<'a> PartitionAgent<'a> {
         #[cfg(not(feature = "gpu"))]
         let readback = String::new();
         self.log.say(format!(
-            "stopped after {s} steps; fetched {} halo element values on demand{readback}; {}",
+            "stopped after {s} steps; waited {:.2} s for other partitions' batches and {:.2} s \
+             for the manager's grants; fetched {} halo element values on demand{readback}; {}",
+            waits.0.as_secs_f64(),
+            waits.1.as_secs_f64(),
             self.fields.fetched,
             crate::health::rss_words()
         ));

@@ -486,3 +486,57 @@ pub fn converse(
         }
     }
 }
+
+/// A question asked now whose answer is read later ([`ask_later`]): a zenoh get in flight.
+pub struct Asked {
+    key: String,
+    replies: zenoh::handlers::FifoChannelHandler<zenoh::query::Reply>,
+}
+
+/// Asks `key` (no payload) without waiting: the answer comes while the caller works.
+pub fn ask_later(session: &Session, key: &str, patience: Duration) -> Result<Asked> {
+    let replies = session
+        .get(key)
+        .consolidation(ConsolidationMode::None)
+        .timeout(patience)
+        .wait()
+        .map_err(|e| anyhow!("asking {key}: {e}"))?;
+    Ok(Asked {
+        key: key.to_string(),
+        replies,
+    })
+}
+
+impl Asked {
+    /// The answer, once it comes: `None` when the get ended without one that decodes (the
+    /// caller asks again, with [`ask`]'s retries), an error for a refusal or when abandoned.
+    pub fn answer(
+        self,
+        me: &Endpoint,
+        dropped: &Dropped,
+        quiet: bool,
+        abandon: &AtomicBool,
+    ) -> Result<Option<Message>> {
+        loop {
+            match self.replies.recv_timeout(Duration::from_millis(250)) {
+                Ok(Some(reply)) => match reply.result() {
+                    Ok(sample) => match decode(&sample.payload().to_bytes(), me) {
+                        Ok(env) => return Ok(Some(env.message)),
+                        Err(e) => dropped.note(&format!("reply on {}", self.key), &e, quiet),
+                    },
+                    Err(err) => bail!(
+                        "{}: {}",
+                        self.key,
+                        String::from_utf8_lossy(&err.payload().to_bytes())
+                    ),
+                },
+                Ok(None) => {
+                    if abandon.load(Ordering::Relaxed) {
+                        bail!("abandoned while waiting on {}", self.key);
+                    }
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+}
