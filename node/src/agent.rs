@@ -57,6 +57,14 @@ fn injected_fault(kind: &str, step: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// `SHOAL_TEST_FAULT=slow:F` (tests only): the node steps F times as slowly as it can, by
+/// sleeping F - 1 times each stepping's time after it: a slower machine beside the others.
+fn injected_slowness() -> Option<f64> {
+    let v = std::env::var("SHOAL_TEST_FAULT").ok()?;
+    let f: f64 = v.strip_prefix("slow:")?.parse().ok()?;
+    (f.is_finite() && f > 1.0).then_some(f)
+}
+
 pub struct NodeOptions {
     pub cluster: Ident,
     /// The node's name: a key chunk, unique in the cluster.
@@ -1101,10 +1109,14 @@ impl<'a> PartitionAgent<'a> {
         let (mesh, window) = (self.mesh, self.fields.window());
         let before = set.status.clone();
         let mut work = || crate::advance_particles(set, mesh, window, params, t, s);
+        let clock = Instant::now();
         let tally = match &self.pool {
             Some(pool) => pool.install(work),
             None => work(),
         };
+        if let Some(f) = injected_slowness() {
+            std::thread::sleep(clock.elapsed().mul_f64(f - 1.0));
+        }
         let suspects: Vec<usize> = (0..set.len())
             .filter(|&i| status::in_play(before[i]) && set.status[i] == status::BAD_FIELD)
             .collect();

@@ -138,6 +138,23 @@ fn re_partitioning_where_the_particles_are_changes_no_bit() {
     let r = station.run("processes.toml");
     assert_eq!(r.rebalances.len(), 8, "{:?}", r.rebalances);
     files_bit_identical(&dir.join("direct.nc"), &dir.join("processes.nc"), false).unwrap();
+    drop(station);
+
+    // A node four times as slow as the other (it sleeps three times each stepping's time): the
+    // re-cut gives it about a fifth of the work, by the speeds measured, and no bit changes.
+    let mut station = crate::faults::Station::new(&dir, "speeds");
+    station.start("fast", None);
+    station.start("slow", Some("slow:4"));
+    station.toml(&with, "speeds.toml", "speeds.nc", 2);
+    let r = station.run("speeds.toml");
+    assert!(!r.rebalances.is_empty());
+    let share = |n: &str| r.node_shares.iter().find(|(m, _)| m == n).unwrap().1;
+    assert!(
+        share("slow") < 0.35 && share("fast") > 0.65,
+        "{:?}",
+        r.node_shares
+    );
+    files_bit_identical(&dir.join("direct.nc"), &dir.join("speeds.nc"), false).unwrap();
 }
 
 #[test]

@@ -19,7 +19,7 @@ use super::{say, RunOptions, RunReport};
 use crate::config::RunConfig;
 use crate::fvcom::FvcomReader;
 use crate::output::checkpoint::Saved;
-use crate::partition::{default_rings, halo, max_speed, partition, Partitioning};
+use crate::partition::{default_rings, halo, max_speed, partition_shared, Partitioning};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
@@ -121,6 +121,7 @@ pub fn run(
         let (members, n_parts) = (stepper.members.len(), stepper.n_parts);
         let peaks = std::mem::take(&mut stepper.peaks);
         let imbalance_after = std::mem::take(&mut stepper.imbalance_after);
+        let shares = std::mem::take(&mut stepper.shares);
         let placement = std::mem::take(&mut stepper.placement);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
@@ -132,6 +133,7 @@ pub fn run(
         report.node_peak_rss_kib = peaks.into_iter().collect();
         report.placement = placement;
         report.imbalance_after = imbalance_after;
+        report.node_shares = shares;
         Ok(report)
     });
     watch_stop.store(true, Ordering::Relaxed);
@@ -182,6 +184,13 @@ struct FabricStepper<'a> {
     rebalance_steps: u32,
     /// Each node's stepping time over the steps measured so far, microseconds.
     busy: BTreeMap<String, u64>,
+    /// Each node's particle-steps over the same steps.
+    stepped: BTreeMap<String, u64>,
+    /// Each node's speed over the last stretch measured, particle-steps per microsecond: the
+    /// next cut's target shares.
+    speeds: BTreeMap<String, f64>,
+    /// The share of the work each node was given by its speed at the last re-cut.
+    shares: Vec<(String, f64)>,
     busy_steps: u32,
     /// The imbalance that makes the next state a new beginning.
     due: Option<f64>,
@@ -287,6 +296,9 @@ impl<'a> FabricStepper<'a> {
             },
             rebalance_steps: cfg.cluster.rebalance_steps,
             busy: BTreeMap::new(),
+            stepped: BTreeMap::new(),
+            speeds: BTreeMap::new(),
+            shares: Vec::new(),
             busy_steps: 0,
             due: None,
             imbalance_after: Vec::new(),
@@ -858,6 +870,7 @@ impl Stepper for FabricStepper<'_> {
         // The previous epoch ends here: its token goes and its nodes abandon it.
         self.epoch = None;
         self.busy.clear();
+        self.stepped.clear();
         self.busy_steps = 0;
         let members = self.fleet.wait(self.cfg.cluster.wait_seconds, &self.lost)?;
         let cluster = self.fleet.cluster.clone();
@@ -878,6 +891,27 @@ impl Stepper for FabricStepper<'_> {
                 weights[*e as usize] += 1;
             }
         }
+        let assignment = assign(&members, n_parts);
+        // Once the nodes' speeds are measured (a re-cut), each partition's share of the work
+        // follows its node's speed, split among the node's partitions; a node not measured
+        // (one that joined since) counts as the mean of those that were.
+        let shares: Option<Vec<f64>> = (!self.speeds.is_empty() && n_parts > 1).then(|| {
+            let mean = self.speeds.values().sum::<f64>() / self.speeds.len() as f64;
+            let mut shares = vec![0.0; n_parts];
+            self.shares.clear();
+            for (m, parts) in members.iter().zip(&assignment) {
+                let speed = self.speeds.get(&m.name).copied().unwrap_or(mean);
+                for &p in parts {
+                    shares[p as usize] = speed / parts.len() as f64;
+                }
+                self.shares.push((m.name.clone(), speed));
+            }
+            let sum: f64 = self.shares.iter().map(|(_, s)| s).sum();
+            for (_, s) in &mut self.shares {
+                *s /= sum;
+            }
+            shares
+        });
         let parts = if n_parts == 1 {
             Partitioning {
                 n_parts: 1,
@@ -887,7 +921,7 @@ impl Stepper for FabricStepper<'_> {
                 imbalance: 1.0,
             }
         } else {
-            partition(mesh, &weights, n_parts)?
+            partition_shared(mesh, &weights, n_parts, shares.as_deref())?
         };
         let t0 = shoal_common::kernel::step_time(from, self.params.dt, self.duration);
         let rings = match cfg.cluster.halo_rings {
@@ -898,7 +932,6 @@ impl Stepper for FabricStepper<'_> {
                 default_rings(speed, cfg.dt, mesh.smallest_edge())
             }
         };
-        let assignment = assign(&members, n_parts);
         say(
             self.quiet,
             format!(
@@ -1138,6 +1171,7 @@ impl Stepper for FabricStepper<'_> {
                 self.slowest = Some((node.clone(), share));
             }
             *self.busy.entry(node.clone()).or_default() += x.busy_us;
+            *self.stepped.entry(node.clone()).or_default() += (x.active + x.stranded) as u64;
             let peak = self.peaks.entry(node).or_default();
             *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
@@ -1232,6 +1266,14 @@ impl FabricStepper<'_> {
         }
         self.busy_steps = 0;
         let busy = std::mem::take(&mut self.busy);
+        let stepped = std::mem::take(&mut self.stepped);
+        self.speeds = busy
+            .iter()
+            .filter_map(|(node, &us)| {
+                let n = *stepped.get(node)?;
+                (us > 0 && n > 0).then(|| (node.clone(), n as f64 / us as f64))
+            })
+            .collect();
         let times: Vec<f64> = self
             .members
             .iter()

@@ -87,6 +87,9 @@ pub struct RunReport {
     /// the stretch after each, where one was measured.
     pub rebalances: Vec<f64>,
     pub imbalance_after: Vec<f64>,
+    /// The share of the work each node was given at the last re-partition, in proportion to
+    /// the speed measured on it (particle-steps per second of stepping); empty without one.
+    pub node_shares: Vec<(String, f64)>,
 }
 
 /// The status page of a run: its board, its server and the thread that keeps this machine's
@@ -373,9 +376,15 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         say(
             opts.quiet,
             format!(
-                "re-partitioned {} times where the particles were: the busiest node stepped {:.2} times the nodes' mean on average before{after}",
+                "re-partitioned {} times where the particles were: the busiest node stepped {:.2} times the nodes' mean on average before{after}; last shares by measured speed: {}",
                 report.rebalances.len(),
-                mean(&report.rebalances)
+                mean(&report.rebalances),
+                report
+                    .node_shares
+                    .iter()
+                    .map(|(n, s)| format!("{n} {:.0} %", 100.0 * s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
     }

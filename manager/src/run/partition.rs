@@ -21,7 +21,30 @@ pub struct Partitioning {
 
 /// Splits `mesh` into `n_parts`, with `weights[e]` the work of element `e` (at least 1).
 pub fn partition(mesh: &Mesh, weights: &[u32], n_parts: usize) -> Result<Partitioning> {
+    partition_shared(mesh, weights, n_parts, None)
+}
+
+/// [`partition`] with each part's share of the work given (`shares[p]`, positive, any sum:
+/// they are scaled to 1), as METIS's target part weights: a faster node's parts get more. The
+/// imbalance is then the heaviest part's weight over its target.
+pub fn partition_shared(
+    mesh: &Mesh,
+    weights: &[u32],
+    n_parts: usize,
+    shares: Option<&[f64]>,
+) -> Result<Partitioning> {
     let ne = mesh.n_elements();
+    let targets: Vec<f64> = match shares {
+        Some(s) => {
+            if s.len() != n_parts || s.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                bail!("partition: shares {s:?} for {n_parts} parts");
+            }
+            let sum: f64 = s.iter().sum();
+            s.iter().map(|x| x / sum).collect()
+        }
+        None => vec![1.0 / n_parts.max(1) as f64; n_parts],
+    };
+    let tpwgts: Vec<metis::Real> = targets.iter().map(|&x| x as metis::Real).collect();
     if weights.len() != ne {
         bail!("partition: {} weights for {ne} elements", weights.len());
     }
@@ -48,14 +71,16 @@ pub fn partition(mesh: &Mesh, weights: &[u32], n_parts: usize) -> Result<Partiti
         let _one_at_a_time = METIS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        metis::Graph::new(1, n_parts as metis::Idx, &xadj, &adjncy)
+        let mut graph = metis::Graph::new(1, n_parts as metis::Idx, &xadj, &adjncy)
             .map_err(|e| anyhow!("partition: {e}"))?
             .set_vwgt(&vwgt)
-            .set_option(metis::option::Seed(17))
-            .part_kway(&mut part)
-            .map_err(|e| {
-                anyhow!("METIS failed to partition {ne} elements into {n_parts} parts: {e}")
-            })?;
+            .set_option(metis::option::Seed(17));
+        if shares.is_some() {
+            graph = graph.set_tpwgts(&tpwgts);
+        }
+        graph.part_kway(&mut part).map_err(|e| {
+            anyhow!("METIS failed to partition {ne} elements into {n_parts} parts: {e}")
+        })?;
     }
     let part_of: Vec<u32> = part.iter().map(|p| *p as u32).collect();
     let mut part_weight = vec![0u64; n_parts];
@@ -70,8 +95,12 @@ pub fn partition(mesh: &Mesh, weights: &[u32], n_parts: usize) -> Result<Partiti
             }
         }
     }
-    let mean = part_weight.iter().sum::<u64>() as f64 / n_parts as f64;
-    let imbalance = *part_weight.iter().max().unwrap() as f64 / mean;
+    let total = part_weight.iter().sum::<u64>() as f64;
+    let imbalance = part_weight
+        .iter()
+        .zip(&targets)
+        .map(|(&w, &t)| w as f64 / (total * t))
+        .fold(0.0, f64::max);
     Ok(Partitioning {
         n_parts,
         part_of,
@@ -170,6 +199,31 @@ mod tests {
         }
         m.n_layers = 1;
         Mesh::build(m).unwrap().0
+    }
+
+    #[test]
+    fn shares_give_a_faster_node_more_and_a_bad_share_is_refused() {
+        let mesh = grid(40);
+        let weights = vec![1u32; mesh.n_elements()];
+        // Three nodes, the first three times as fast as the others.
+        let p = partition_shared(&mesh, &weights, 3, Some(&[3.0, 1.0, 1.0])).unwrap();
+        let total: u64 = p.part_weight.iter().sum();
+        let got: Vec<f64> = p
+            .part_weight
+            .iter()
+            .map(|&w| w as f64 / total as f64)
+            .collect();
+        for (g, want) in got.iter().zip([0.6, 0.2, 0.2]) {
+            assert!((g - want).abs() < 0.03, "shares {got:?}");
+        }
+        assert!(p.imbalance < 1.1, "imbalance {}", p.imbalance);
+        for bad in [
+            vec![1.0, 0.0, 1.0],
+            vec![1.0, 1.0],
+            vec![1.0, f64::NAN, 1.0],
+        ] {
+            assert!(partition_shared(&mesh, &weights, 3, Some(&bad)).is_err());
+        }
     }
 
     #[test]

@@ -338,5 +338,6 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         faults: out.faults.clone(),
         rebalances: out.rebalances.clone(),
         imbalance_after: Vec::new(),
+        node_shares: Vec::new(),
     }
 }
