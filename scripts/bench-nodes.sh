@@ -25,15 +25,21 @@
 #     each packet crosses one link's delay on a station's switch. What this does not model is
 #     said in manager/src/tools/link.rs.
 # The direct runs are timed once per repetition, whatever the links.
+# PIN=1 pins node process i to core (i - 1) mod the core count (`taskset`), as on machines of
+# their own: an idle node's core then goes to nobody else (the manager is not pinned).
+# CLUSTER_EXTRA holds more `[cluster]` lines for the node runs, e.g. `rebalance_share = 1e9`.
 #
 # Usage: scripts/bench-nodes.sh [PARTICLES...]   (default 20000 100000; needs cargo build --release)
-# Environment: SHOAL_BIN (default target/release), REPEAT (default 1), LINKS (default loopback),
+# Environment: SHOAL_BIN (default target/release), SHOAL_LINK_BIN (the `shoal` whose `link`
+# relays the lan and wifi rows, default SHOAL_BIN's, for timing builds older than the relay),
+# REPEAT (default 1), LINKS (default loopback),
 # SHOAL_BENCH_DIR (work directory, kept; default a temporary one, removed unless something
 # failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=$(realpath -m "${SHOAL_BIN:-target/release}")
+LINK_BIN=$(realpath -m "${SHOAL_LINK_BIN:-$BIN/shoal}")
 REPEAT=${REPEAT:-1}
 COUNTS=("$@")
 [[ ${#COUNTS[@]} -gt 0 ]] || COUNTS=(20000 100000)
@@ -55,6 +61,11 @@ die() { echo "bench-nodes: $*" >&2; exit 1; }
 for n in "${COUNTS[@]}"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "particle count \`$n' is not a positive whole number"
 done
+if [[ -n "${PIN:-}" ]]; then
+    command -v taskset >/dev/null || die "PIN needs taskset (util-linux)"
+fi
+# pin I: the command prefix that pins node I, when PIN is set.
+pin() { [[ -n "${PIN:-}" ]] && echo "taskset -c $((($1 - 1) % THREADS))" || true; }
 for b in shoal shoal-node; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b not built (cargo build --release, or set SHOAL_BIN)"
 done
@@ -161,7 +172,7 @@ start_nodes() {
             >"$DIR/$cluster-node$((i + 1)).json5"
         log="$DIR/$cluster-node$((i + 1)).log"
         : >"$log"                              # there before the first look at it
-        "$BIN/shoal-node" --cluster "$cluster" --name "node$((i + 1))" \
+        $(pin $((i + 1))) "$BIN/shoal-node" --cluster "$cluster" --name "node$((i + 1))" \
             --zenoh-config "$DIR/$cluster-node$((i + 1)).json5" --threads 1 --device cpu \
             >"$log" 2>&1 &
         NODE_PIDS+=($!)
@@ -224,7 +235,7 @@ start_nodes_on() {
     set_rate "$link"
     for ((i = 1; i <= k; i++)); do
         ns=${NS_NODES[i - 1]}
-        ip netns exec "$ns" "$BIN/shoal" link --listen "10.27.0.1$i:7447" --to 127.0.0.1:7448 \
+        ip netns exec "$ns" "$LINK_BIN" link --listen "10.27.0.1$i:7447" --to 127.0.0.1:7448 \
             --profile "$link" --seed "$i" >"$DIR/$cluster-link$i.log" 2>&1 &
         RELAY_PIDS+=($!)
         dial=""
@@ -234,7 +245,7 @@ start_nodes_on() {
             "gossip: { enabled: false } } }" >"$DIR/$cluster-node$i.json5"
         log="$DIR/$cluster-node$i.log"
         : >"$log"
-        ip netns exec "$ns" "$BIN/shoal-node" --cluster "$cluster" --name "node$i" \
+        ip netns exec "$ns" $(pin "$i") "$BIN/shoal-node" --cluster "$cluster" --name "node$i" \
             --zenoh-config "$DIR/$cluster-node$i.json5" --threads 1 --device cpu >"$log" 2>&1 &
         NODE_PIDS+=($!)
         for _ in $(seq 300); do
@@ -289,7 +300,8 @@ run_one() {
         write_config "$name" "$n" "[cluster]
 nodes = $k
 wait_seconds = 60
-zenoh_config = \"$cluster-manager.json5\""
+zenoh_config = \"$cluster-manager.json5\"
+${CLUSTER_EXTRA:-}"
     else
         write_config "$name" "$n"
     fi
@@ -337,7 +349,7 @@ median() {
 }
 
 echo "Wall time of \`shoal run\` (median of $REPEAT), tidal flow, 6 962 elements, 12 h at dt 30 s" \
-    "(1 440 steps), output every 3 h; $THREADS cores ($(uname -m)):"
+    "(1 440 steps), output every 3 h; $THREADS cores ($(uname -m))${PIN:+; node processes pinned to a core each}${CLUSTER_EXTRA:+; [cluster] $CLUSTER_EXTRA}:"
 echo
 echo "| particles | link | direct, 1 thread | direct, $THREADS threads | 2 node processes | 3 node processes | speed-up, 2 processes | speed-up, 3 processes |"
 echo "|---:|---|---:|---:|---:|---:|---:|---:|"

@@ -122,6 +122,7 @@ pub fn run(
         let peaks = std::mem::take(&mut stepper.peaks);
         let imbalance_after = std::mem::take(&mut stepper.imbalance_after);
         let shares = std::mem::take(&mut stepper.shares);
+        let unpaid = stepper.unpaid;
         let placement = std::mem::take(&mut stepper.placement);
         // Hanging up ends the epoch (its token goes, its nodes are free) and the server.
         drop(stepper);
@@ -134,6 +135,7 @@ pub fn run(
         report.placement = placement;
         report.imbalance_after = imbalance_after;
         report.node_shares = shares;
+        report.rebalances_unpaid = unpaid;
         Ok(report)
     });
     watch_stop.store(true, Ordering::Relaxed);
@@ -191,6 +193,15 @@ struct FabricStepper<'a> {
     speeds: BTreeMap<String, f64>,
     /// The share of the work each node was given by its speed at the last re-cut.
     shares: Vec<(String, f64)>,
+    /// When the current epoch began, until its first step is heard.
+    began: Option<Instant>,
+    /// What the last beginning cost: from cutting to the first step heard (waiting for the
+    /// nodes, moving particles, topologies and the first fields).
+    begin_cost: Duration,
+    /// When the stretch of steps being measured for the load began.
+    stretch: Instant,
+    /// Re-cuts the load called for that would have cost more than they saved.
+    unpaid: u32,
     busy_steps: u32,
     /// The imbalance that makes the next state a new beginning.
     due: Option<f64>,
@@ -299,6 +310,10 @@ impl<'a> FabricStepper<'a> {
             stepped: BTreeMap::new(),
             speeds: BTreeMap::new(),
             shares: Vec::new(),
+            began: None,
+            begin_cost: Duration::ZERO,
+            stretch: Instant::now(),
+            unpaid: 0,
             busy_steps: 0,
             due: None,
             imbalance_after: Vec::new(),
@@ -869,6 +884,7 @@ impl Stepper for FabricStepper<'_> {
     ) -> Result<Option<Particles>> {
         // The previous epoch ends here: its token goes and its nodes abandon it.
         self.epoch = None;
+        self.began = Some(Instant::now());
         self.busy.clear();
         self.stepped.clear();
         self.busy_steps = 0;
@@ -1160,6 +1176,10 @@ impl Stepper for FabricStepper<'_> {
         })?;
         let wall = self.clock.elapsed().as_secs_f64();
         let mut tally = Tally::empty();
+        if let Some(t) = self.began.take() {
+            self.begin_cost = t.elapsed();
+            self.stretch = Instant::now();
+        }
         self.busy_steps += 1;
         let (mut sent, mut received) = (0u64, 0u64);
         self.slowest = None;
@@ -1243,7 +1263,7 @@ impl Stepper for FabricStepper<'_> {
         self.clock = Instant::now();
         if gather {
             let state = self.gather_states(s + 1)?;
-            self.weigh_load(stop);
+            self.weigh_load(s, stop);
             return Ok(Some(state));
         }
         Ok(None)
@@ -1260,10 +1280,13 @@ impl FabricStepper<'_> {
     /// At a state, once `rebalance_steps` steps are measured: how unevenly the nodes stepped
     /// (the busiest node's stepping time over the nodes' mean), and whether that calls for
     /// cutting the partitions again where the particles are now.
-    fn weigh_load(&mut self, stop: bool) {
+    fn weigh_load(&mut self, s: u32, stop: bool) {
         if self.busy_steps < self.rebalance_steps {
             return;
         }
+        let measured = self.busy_steps as f64;
+        let step_wall = self.stretch.elapsed().as_secs_f64() / measured;
+        self.stretch = Instant::now();
         self.busy_steps = 0;
         let busy = std::mem::take(&mut self.busy);
         let stepped = std::mem::take(&mut self.stepped);
@@ -1290,10 +1313,52 @@ impl FabricStepper<'_> {
         // Partitions stepped on a GPU give the GPU's bits, not the CPU's: cut again, the run
         // would depend on timing. Such runs keep their first cut.
         let on_gpu = self.placement.iter().any(|(_, _, d)| d.starts_with("gpu"));
-        if self.members.len() > 1 && !stop && !on_gpu && imbalance > 1.0 + self.rebalance_share {
+        if self.members.len() <= 1 || stop || on_gpu || imbalance <= 1.0 + self.rebalance_share {
+            return;
+        }
+        // Worth it? Each step the others wait for the busiest node about its time over the
+        // mean, which a cut by speed and place takes away for the rest of the run; a cut costs
+        // what the last beginning cost, and the steps run ahead that the nodes drop. (A share
+        // of 0 cuts at every chance, for tests.)
+        let (gain, cost) = recut_balance(
+            self.n_steps.saturating_sub(s + 1) as f64,
+            times.iter().copied().fold(0.0, f64::max) / measured,
+            mean / measured,
+            self.begin_cost.as_secs_f64(),
+            self.ahead as f64,
+            step_wall,
+        );
+        if self.rebalance_share == 0.0 || gain > cost {
             self.due = Some(imbalance);
+        } else {
+            self.unpaid += 1;
+            super::say(
+                self.quiet,
+                format!(
+                    "not re-partitioned at step {}: the busiest node stepped {imbalance:.2} times the mean, \
+                     but a new cut would save about {gain:.2} s and cost about {cost:.2} s",
+                    s + 1
+                ),
+            );
         }
     }
+}
+
+/// What a new cut would save over the `remaining` steps and what it would cost, in seconds:
+/// each step the other nodes wait for the busiest one its stepping time over the mean
+/// (`busiest_us` against `mean_us` a step), which a cut by place and speed takes away; a cut
+/// costs what the last beginning did (`begin_s`) and the steps the nodes ran ahead and drop (at
+/// most `ahead`, each `step_s` of wall time).
+fn recut_balance(
+    remaining: f64,
+    busiest_us: f64,
+    mean_us: f64,
+    begin_s: f64,
+    ahead: f64,
+    step_s: f64,
+) -> (f64, f64) {
+    let gain = remaining * (busiest_us - mean_us) * 1e-6;
+    (gain, begin_s + ahead.min(remaining) * step_s)
 }
 
 /// The progress bar's words on the fleet: nodes at work (and lost), and the busiest node's
@@ -1327,7 +1392,20 @@ fn tally_of_summary(x: &StepSummary) -> Tally {
 
 #[cfg(test)]
 mod tests {
-    use super::fleet_words;
+    use super::{fleet_words, recut_balance};
+
+    #[test]
+    fn a_re_cut_is_worth_what_the_waits_it_ends_would_cost() {
+        // 1000 steps left, the busiest node 1.5 ms a step against a mean of 1 ms: 0.5 s to win.
+        let (gain, cost) = recut_balance(1000.0, 1500.0, 1000.0, 0.2, 16.0, 0.003);
+        assert!((gain - 0.5).abs() < 1e-9 && (cost - 0.248).abs() < 1e-9);
+        assert!(gain > cost);
+        // Over a slow link a beginning took 3 s: not worth it; nor near the end.
+        let (gain, cost) = recut_balance(1000.0, 1500.0, 1000.0, 3.0, 16.0, 0.003);
+        assert!(gain < cost);
+        let (gain, cost) = recut_balance(10.0, 1500.0, 1000.0, 0.2, 16.0, 0.003);
+        assert!(gain < cost && (cost - 0.23).abs() < 1e-9);
+    }
 
     #[test]
     fn the_progress_bar_names_the_nodes_and_the_busiest() {

@@ -90,6 +90,9 @@ pub struct RunReport {
     /// The share of the work each node was given at the last re-partition, in proportion to
     /// the speed measured on it (particle-steps per second of stepping); empty without one.
     pub node_shares: Vec<(String, f64)>,
+    /// Re-partitions the load called for but left out: by the last beginning's cost, a new
+    /// cut would have cost more time than it saved.
+    pub rebalances_unpaid: u32,
 }
 
 /// The status page of a run: its board, its server and the thread that keeps this machine's
@@ -385,6 +388,15 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
                     .map(|(n, s)| format!("{n} {:.0} %", 100.0 * s))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+        );
+    }
+    if report.rebalances_unpaid > 0 {
+        say(
+            opts.quiet,
+            format!(
+                "not re-partitioned {} times the load called for it: each new cut would have cost more than it saved",
+                report.rebalances_unpaid
             ),
         );
     }

@@ -339,5 +339,6 @@ pub fn report(plan: &Plan, out: &Outcome, wall: Instant, from: u32) -> RunReport
         rebalances: out.rebalances.clone(),
         imbalance_after: Vec::new(),
         node_shares: Vec::new(),
+        rebalances_unpaid: 0,
     }
 }
