@@ -19,7 +19,7 @@ use super::{say, RunOptions, RunReport};
 use crate::config::RunConfig;
 use crate::fvcom::FvcomReader;
 use crate::output::checkpoint::Saved;
-use crate::partition::{default_rings, halo, max_speed, partition_shared, Partitioning};
+use crate::partition::{default_rings, edge_flux, halo, max_speed, partition_shared, Partitioning};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
@@ -193,6 +193,8 @@ struct FabricStepper<'a> {
     speeds: BTreeMap<String, f64>,
     /// The share of the work each node was given by its speed at the last re-cut.
     shares: Vec<(String, f64)>,
+    /// The water crossing each edge between elements (`partition::edge_flux`), for cuts.
+    flux: Option<Vec<[f32; 3]>>,
     /// When the current epoch began, until its first step is heard.
     began: Option<Instant>,
     /// What the last beginning cost: from cutting to the first step heard (waiting for the
@@ -310,6 +312,7 @@ impl<'a> FabricStepper<'a> {
             stepped: BTreeMap::new(),
             speeds: BTreeMap::new(),
             shares: Vec::new(),
+            flux: None,
             began: None,
             begin_cost: Duration::ZERO,
             stretch: Instant::now(),
@@ -937,7 +940,26 @@ impl Stepper for FabricStepper<'_> {
                 imbalance: 1.0,
             }
         } else {
-            partition_shared(mesh, &weights, n_parts, shares.as_deref())?
+            // Where the water goes, once per run: the run's levels, eight at most, evenly
+            // spread (a tide's phases), for cuts along the flow.
+            if self.flux.is_none() {
+                let end =
+                    shoal_common::kernel::step_time(self.n_steps, self.params.dt, self.duration);
+                let (lo, hi) = shoal_common::fields::span(&self.times, end.min(0.0), end.max(0.0));
+                let picks: BTreeSet<usize> = (0..8).map(|k| lo + (hi - lo) * k / 7).collect();
+                let slices = picks
+                    .into_iter()
+                    .map(|i| self.reader.read_slice(i, self.origin))
+                    .collect::<Result<Vec<_>>>()?;
+                self.flux = Some(edge_flux(mesh, &slices));
+            }
+            partition_shared(
+                mesh,
+                &weights,
+                n_parts,
+                shares.as_deref(),
+                self.flux.as_deref(),
+            )?
         };
         let t0 = shoal_common::kernel::step_time(from, self.params.dt, self.duration);
         let rings = match cfg.cluster.halo_rings {

@@ -21,7 +21,7 @@ pub struct Partitioning {
 
 /// Splits `mesh` into `n_parts`, with `weights[e]` the work of element `e` (at least 1).
 pub fn partition(mesh: &Mesh, weights: &[u32], n_parts: usize) -> Result<Partitioning> {
-    partition_shared(mesh, weights, n_parts, None)
+    partition_shared(mesh, weights, n_parts, None, None)
 }
 
 /// [`partition`] with each part's share of the work given (`shares[p]`, positive, any sum:
@@ -32,8 +32,22 @@ pub fn partition_shared(
     weights: &[u32],
     n_parts: usize,
     shares: Option<&[f64]>,
+    flux: Option<&[[f32; 3]]>,
 ) -> Result<Partitioning> {
     let ne = mesh.n_elements();
+    if flux.is_some_and(|f| f.len() != ne) {
+        bail!(
+            "partition: a flux for {} of {ne} elements",
+            flux.map_or(0, |f| f.len())
+        );
+    }
+    let top = flux.map_or(0.0, |f| {
+        f.iter()
+            .flatten()
+            .copied()
+            .filter(|x| x.is_finite())
+            .fold(0.0f32, f32::max)
+    });
     let targets: Vec<f64> = match shares {
         Some(s) => {
             if s.len() != n_parts || s.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
@@ -55,11 +69,13 @@ pub fn partition_shared(
     if n_parts > 1 {
         let mut xadj = Vec::with_capacity(ne + 1);
         let mut adjncy = Vec::with_capacity(3 * ne);
+        let mut adjwgt = Vec::with_capacity(3 * ne);
         xadj.push(0 as metis::Idx);
-        for row in &mesh.nbe {
-            for &n in row {
+        for (e, row) in mesh.nbe.iter().enumerate() {
+            for (i, &n) in row.iter().enumerate() {
                 if is_element(n) {
                     adjncy.push(n as metis::Idx);
+                    adjwgt.push(edge_weight(flux.map_or(0.0, |f| f[e][i]), top));
                 }
             }
             xadj.push(adjncy.len() as metis::Idx);
@@ -77,6 +93,9 @@ pub fn partition_shared(
             .set_option(metis::option::Seed(17));
         if shares.is_some() {
             graph = graph.set_tpwgts(&tpwgts);
+        }
+        if top > 0.0 {
+            graph = graph.set_adjwgt(&adjwgt);
         }
         graph.part_kway(&mut part).map_err(|e| {
             anyhow!("METIS failed to partition {ne} elements into {n_parts} parts: {e}")
@@ -160,6 +179,58 @@ pub fn halo(mesh: &Mesh, part_of: &[u32], p: u32, rings: usize) -> Vec<u32> {
     halo
 }
 
+/// A dual-graph edge's weight for METIS, which cuts the lightest edges it can: 1, plus up to
+/// 100 for the water crossing it (`flux` of the largest, `top`). A cut then runs along the flow
+/// where it can, so particles seldom cross between partitions (fewer migrants, and a load that
+/// swings less with the tide).
+fn edge_weight(flux: f32, top: f32) -> metis::Idx {
+    if top > 0.0 && flux.is_finite() {
+        1 + (100.0 * (flux / top).clamp(0.0, 1.0)).round() as metis::Idx
+    } else {
+        1
+    }
+}
+
+/// How much water crosses each edge between two elements, per element and neighbour slot
+/// (the slot of `nbe`): the depth-mean velocity of the two elements' layers across the edge's
+/// length, m²/s, the largest over `slices` (a tide's phases: slack water carries nothing).
+/// Both elements of an edge get the same value, bit for bit, as METIS needs.
+pub fn edge_flux(mesh: &Mesh, slices: &[shoal_common::RawSlice]) -> Vec<[f32; 3]> {
+    let (ne, nl) = (mesh.n_elements(), mesh.vertical.n_layers.max(1));
+    let mut out = vec![[0.0f32; 3]; ne];
+    for raw in slices {
+        if raw.u.len() < nl * ne || raw.v.len() < nl * ne {
+            continue;
+        }
+        let mean = |f: &[f32], e: usize| {
+            let fe = mesh.file_element[e] as usize;
+            (0..nl).map(|k| f[k * ne + fe] as f64).sum::<f64>() / nl as f64
+        };
+        for e in 0..ne {
+            let (ue, ve) = (mean(&raw.u, e), mean(&raw.v, e));
+            for i in 0..3 {
+                let n = mesh.nbe[e][i];
+                if !is_element(n) {
+                    continue;
+                }
+                let (un, vn) = (mean(&raw.u, n as usize), mean(&raw.v, n as usize));
+                // The edge opposite node i, and the velocity across it.
+                let (a, b) = (
+                    mesh.nv[e][(i + 1) % 3] as usize,
+                    mesh.nv[e][(i + 2) % 3] as usize,
+                );
+                let (dx, dy) = (mesh.x[b] - mesh.x[a], mesh.y[b] - mesh.y[a]);
+                let (u, v) = (0.5 * (ue + un), 0.5 * (ve + vn));
+                let q = (u * dy - v * dx).abs() as f32;
+                if q.is_finite() && q > out[e][i] {
+                    out[e][i] = q;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The fastest horizontal speed in a slice, m/s (non-finite values ignored).
 pub fn max_speed(raw: &shoal_common::RawSlice) -> f64 {
     raw.u
@@ -182,17 +253,21 @@ mod tests {
     use shoal_common::MeshInput;
 
     fn grid(n: usize) -> Mesh {
+        rect(n, n)
+    }
+
+    fn rect(nx: usize, ny: usize) -> Mesh {
         let mut m = MeshInput::default();
-        for j in 0..=n {
-            for i in 0..=n {
+        for j in 0..=ny {
+            for i in 0..=nx {
                 m.x.push(i as f64 * 100.0);
                 m.y.push(j as f64 * 100.0);
                 m.h.push(10.0);
             }
         }
-        let id = |i: usize, j: usize| (j * (n + 1) + i) as i64;
-        for j in 0..n {
-            for i in 0..n {
+        let id = |i: usize, j: usize| (j * (nx + 1) + i) as i64;
+        for j in 0..ny {
+            for i in 0..nx {
                 m.nv.push([id(i, j), id(i + 1, j), id(i + 1, j + 1)]);
                 m.nv.push([id(i, j), id(i + 1, j + 1), id(i, j + 1)]);
             }
@@ -206,7 +281,7 @@ mod tests {
         let mesh = grid(40);
         let weights = vec![1u32; mesh.n_elements()];
         // Three nodes, the first three times as fast as the others.
-        let p = partition_shared(&mesh, &weights, 3, Some(&[3.0, 1.0, 1.0])).unwrap();
+        let p = partition_shared(&mesh, &weights, 3, Some(&[3.0, 1.0, 1.0]), None).unwrap();
         let total: u64 = p.part_weight.iter().sum();
         let got: Vec<f64> = p
             .part_weight
@@ -222,7 +297,56 @@ mod tests {
             vec![1.0, 1.0],
             vec![1.0, f64::NAN, 1.0],
         ] {
-            assert!(partition_shared(&mesh, &weights, 3, Some(&bad)).is_err());
+            assert!(partition_shared(&mesh, &weights, 3, Some(&bad), None).is_err());
+        }
+    }
+
+    #[test]
+    fn a_cut_weighted_by_the_flow_runs_along_it() {
+        // A uniform eastward flow along a channel four times as long as wide: cut in two, the
+        // shortest cut runs across the channel, but the parts should lie side by side along
+        // it, so that the flow crosses (almost) no part boundary, at no cost in balance.
+        let mesh = rect(48, 12);
+        let ne = mesh.n_elements();
+        let nl = mesh.vertical.n_layers;
+        let raw = shoal_common::RawSlice {
+            u: vec![1.0; ne * nl],
+            v: vec![0.0; ne * nl],
+            ..Default::default()
+        };
+        let flux = edge_flux(&mesh, std::slice::from_ref(&raw));
+        let weights = vec![1u32; ne];
+        let crossings = |p: &Partitioning| {
+            // Edges between parts that the flow crosses (an edge with an x extent of 0).
+            let mut n = 0;
+            for e in 0..ne {
+                for i in 0..3 {
+                    let m = mesh.nbe[e][i];
+                    if is_element(m) && p.part_of[m as usize] != p.part_of[e] && flux[e][i] > 1.0 {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        let along = partition_shared(&mesh, &weights, 2, None, Some(&flux)).unwrap();
+        let blind = partition(&mesh, &weights, 2).unwrap();
+        assert!(along.imbalance < 1.05, "imbalance {}", along.imbalance);
+        // METIS is a heuristic: a step or two in its line, where the blind cut runs across.
+        let (a, b) = (crossings(&along), crossings(&blind));
+        assert!(b >= 24 && a * 4 <= b, "{a} edges across the flow cut, against {b}");
+        // The flux is symmetric, as METIS needs.
+        for e in 0..ne {
+            for i in 0..3 {
+                let m = mesh.nbe[e][i];
+                if is_element(m) {
+                    let j = mesh.nbe[m as usize]
+                        .iter()
+                        .position(|&k| k == e as u32)
+                        .unwrap();
+                    assert_eq!(flux[e][i].to_bits(), flux[m as usize][j].to_bits());
+                }
+            }
         }
     }
 

@@ -162,8 +162,11 @@ fn relay(from: TcpStream, to: SocketAddr, profile: Profile, seed: u64) -> Result
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
+    // zenoh sends a keep-alive several times a lease (10 s): a minute of silence is a peer
+    // gone without a word (a power cut), and the connection ends instead of waiting on.
     for s in [&from, &dialled] {
         s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
     }
     let back = {
         let (src, dst) = (dialled.try_clone()?, from.try_clone()?);
