@@ -710,8 +710,8 @@ where
             let mut p = crate::tools::link::Profile::named(&profile)?;
             let ms = |name: &str, x: f64| {
                 anyhow::ensure!(
-                    x.is_finite() && x >= 0.0,
-                    "--{name} {x}: milliseconds, 0 or more"
+                    x.is_finite() && (0.0..=10_000.0).contains(&x),
+                    "--{name} {x}: milliseconds, 0 to 10000"
                 );
                 Ok(std::time::Duration::from_secs_f64(x / 1000.0))
             };

@@ -1431,8 +1431,18 @@ impl<'a> PartitionAgent<'a> {
             let (answer, answers) = mpsc::channel::<Result<Message>>();
             let done = &done;
             let summaries = tell.clone();
-            scope
-                .spawn(move || converse(session, me, &dropped, quiet, &tell, &talk, &answer, done));
+            scope.spawn(move || {
+                converse(
+                    session,
+                    me,
+                    &dropped,
+                    quiet,
+                    &tell,
+                    &talk,
+                    &answer,
+                    [done, abandon],
+                )
+            });
             let control = |a: Result<Message>| match a? {
                 Message::Control(c) => Ok(c),
                 other => Err(anyhow!("expected a control, got a {}", other.kind())),

@@ -351,8 +351,8 @@ struct Flight {
 /// the one before (so a link's round trip limits nothing but the answers' lag), and hands the
 /// answers to `answers` in the order the questions came. A question nobody answered is asked
 /// again after 50 ms until its patience runs out, as [`ask`] does. Returns after the first
-/// failed question, once every answer after [`Talk::Close`] is in, or when `abandon` is set.
-/// `tell` is the sending end of `talk`, for the callbacks.
+/// failed question, once every answer after [`Talk::Close`] is in, or when either of `abandon`
+/// is set. `tell` is the sending end of `talk`, for the callbacks.
 #[allow(clippy::too_many_arguments)]
 pub fn converse(
     session: &Session,
@@ -362,7 +362,7 @@ pub fn converse(
     tell: &std::sync::mpsc::Sender<Talk>,
     talk: &std::sync::mpsc::Receiver<Talk>,
     answers: &std::sync::mpsc::Sender<Result<Message>>,
-    abandon: &AtomicBool,
+    abandon: [&AtomicBool; 2],
 ) {
     use std::collections::BTreeMap;
     use std::sync::mpsc::RecvTimeoutError;
@@ -411,7 +411,7 @@ pub fn converse(
                 }
             }
         }
-        if (closing && flights.is_empty()) || abandon.load(Ordering::Relaxed) {
+        if (closing && flights.is_empty()) || abandon.iter().any(|a| a.load(Ordering::Relaxed)) {
             return;
         }
         let now = Instant::now();

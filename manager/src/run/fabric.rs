@@ -784,9 +784,10 @@ impl Server<'_> {
         self.stats
             .read_nanos
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        // Keep the few levels around the current step.
+        // Keep the few levels around the current step: the one furthest from this one goes
+        // (the oldest in a run forward, the newest in a run backward).
         if self.cache.len() >= 4 {
-            if let Some(&old) = self.cache.keys().min() {
+            if let Some(&old) = self.cache.keys().max_by_key(|&&k| k.abs_diff(idx)) {
                 self.cache.remove(&old);
             }
         }
@@ -887,7 +888,6 @@ impl Stepper for FabricStepper<'_> {
     ) -> Result<Option<Particles>> {
         // The previous epoch ends here: its token goes and its nodes abandon it.
         self.epoch = None;
-        self.began = Some(Instant::now());
         self.busy.clear();
         self.stepped.clear();
         self.busy_steps = 0;
@@ -912,8 +912,10 @@ impl Stepper for FabricStepper<'_> {
         }
         let assignment = assign(&members, n_parts);
         // Once the nodes' speeds are measured (a re-cut), each partition's share of the work
-        // follows its node's speed, split among the node's partitions; a node not measured
-        // (one that joined since) counts as the mean of those that were.
+        // follows the speed measured on its node. That speed is a partition's: a node's
+        // partitions step side by side in its pool, and their busy times add up, so a node with
+        // two partitions gets two shares. A node not measured (one that joined since) counts as
+        // the mean of those that were.
         let shares: Option<Vec<f64>> = (!self.speeds.is_empty() && n_parts > 1).then(|| {
             let mean = self.speeds.values().sum::<f64>() / self.speeds.len() as f64;
             let mut shares = vec![0.0; n_parts];
@@ -921,9 +923,10 @@ impl Stepper for FabricStepper<'_> {
             for (m, parts) in members.iter().zip(&assignment) {
                 let speed = self.speeds.get(&m.name).copied().unwrap_or(mean);
                 for &p in parts {
-                    shares[p as usize] = speed / parts.len() as f64;
+                    shares[p as usize] = speed;
                 }
-                self.shares.push((m.name.clone(), speed));
+                self.shares
+                    .push((m.name.clone(), speed * parts.len() as f64));
             }
             let sum: f64 = self.shares.iter().map(|(_, s)| s).sum();
             for (_, s) in &mut self.shares {
@@ -931,6 +934,7 @@ impl Stepper for FabricStepper<'_> {
             }
             shares
         });
+        self.began = Some(Instant::now());
         let parts = if n_parts == 1 {
             Partitioning {
                 n_parts: 1,
@@ -941,18 +945,21 @@ impl Stepper for FabricStepper<'_> {
             }
         } else {
             // Where the water goes, once per run: the run's levels, eight at most, evenly
-            // spread (a tide's phases), for cuts along the flow.
+            // spread (a tide's phases), for cuts along the flow; one slice held at a time.
             if self.flux.is_none() {
                 let end =
                     shoal_common::kernel::step_time(self.n_steps, self.params.dt, self.duration);
                 let (lo, hi) = shoal_common::fields::span(&self.times, end.min(0.0), end.max(0.0));
                 let picks: BTreeSet<usize> = (0..8).map(|k| lo + (hi - lo) * k / 7).collect();
-                let slices = picks
-                    .into_iter()
-                    .map(|i| self.reader.read_slice(i, self.origin))
-                    .collect::<Result<Vec<_>>>()?;
-                self.flux = Some(edge_flux(mesh, &slices));
+                let mut flux = vec![[0.0f32; 3]; ne];
+                for i in picks {
+                    edge_flux(mesh, &self.reader.read_slice(i, self.origin)?, &mut flux);
+                }
+                self.flux = Some(flux);
             }
+            // What a beginning costs, for re-cuts (`recut_balance`), counts from here: past the
+            // wait for nodes and the one-off reading of the flow.
+            self.began = Some(Instant::now());
             partition_shared(
                 mesh,
                 &weights,
@@ -1319,10 +1326,14 @@ impl FabricStepper<'_> {
                 (us > 0 && n > 0).then(|| (node.clone(), n as f64 / us as f64))
             })
             .collect();
+        // A node's partitions step side by side: its busy time a partition is its load.
         let times: Vec<f64> = self
             .members
             .iter()
-            .map(|m| busy.get(&m.name).copied().unwrap_or(0) as f64)
+            .map(|m| {
+                let parts = self.parts_of(&m.name).len().max(1);
+                busy.get(&m.name).copied().unwrap_or(0) as f64 / parts as f64
+            })
             .collect();
         let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
         if mean <= 0.0 {

@@ -146,12 +146,15 @@ fn refusal(session: &Session, key: &str, payload: Vec<u8>) -> Result<String, Str
         .timeout(Duration::from_secs(1))
         .wait()
         .map_err(|e| format!("asking {key}: {e}"))?;
+    let silent = || format!("no answer from {key} within 1 s");
     match replies.recv_timeout(Duration::from_secs(1)) {
-        Ok(Some(reply)) => Ok(match reply.result() {
-            Ok(sample) => String::from_utf8_lossy(&sample.payload().to_bytes()).into_owned(),
-            Err(e) => String::from_utf8_lossy(&e.payload().to_bytes()).into_owned(),
-        }),
-        Ok(None) | Err(_) => Err(format!("no answer from {key} within 1 s")),
+        Ok(Some(reply)) => match reply.result() {
+            Ok(sample) => Ok(String::from_utf8_lossy(&sample.payload().to_bytes()).into_owned()),
+            // zenoh's own error reply when the get's time is up.
+            Err(e) if e.payload().to_bytes().as_ref() == b"Timeout" => Err(silent()),
+            Err(e) => Ok(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned()),
+        },
+        Ok(None) | Err(_) => Err(silent()),
     }
 }
 

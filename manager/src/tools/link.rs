@@ -57,6 +57,9 @@ impl Profile {
     }
 
     fn check(&self) -> Result<()> {
+        if self.delay > Duration::from_secs(10) {
+            bail!("--delay-ms {:?}: 10 s at most", self.delay);
+        }
         if !(0.0..1.0).contains(&self.loss) {
             bail!("--loss {}: a chance in [0, 1)", self.loss);
         }
@@ -167,6 +170,7 @@ fn relay(from: TcpStream, to: SocketAddr, profile: Profile, seed: u64) -> Result
     for s in [&from, &dialled] {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_write_timeout(Some(Duration::from_secs(60)))?;
     }
     let back = {
         let (src, dst) = (dialled.try_clone()?, from.try_clone()?);
@@ -185,7 +189,9 @@ fn relay(from: TcpStream, to: SocketAddr, profile: Profile, seed: u64) -> Result
 /// thread writes each at its time, what is due together in one write. The end of `src` ends
 /// `dst`'s writing side once everything before it is delivered; a failed write ends both.
 fn pump(src: TcpStream, mut dst: TcpStream, profile: Profile, seed: u64) -> Result<()> {
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    // Bounded, so a sender faster than the far side's rate feels it, as on a real link: 4096
+    // segments, 6 MB, more than a second of a 50 Mbit/s link.
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(4096);
     let mut reader_src = src.try_clone()?;
     let reader = std::thread::Builder::new()
         .name("link-read".into())
