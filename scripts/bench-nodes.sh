@@ -157,6 +157,17 @@ ${3:-}
 EOF
 }
 
+# announced LOG WHO: waits up to 30 s for the node just started (the last of NODE_PIDS), which
+# logs to LOG, to announce itself; fails naming WHO if it exits or stays silent.
+announced() {
+    for _ in $(seq 300); do
+        grep -q "announced in cluster" "$1" && return 0
+        kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || { cat "$1" >&2; die "$2 exited"; }
+        sleep 0.1
+    done
+    die "$2 did not announce itself in 30 s"
+}
+
 # start_nodes K CLUSTER: K `shoal-node --threads 1` processes on loopback, each listening on its
 # own port and dialling the nodes started before it; writes CLUSTER-manager.json5, which dials
 # them all. Returns once every node has announced itself.
@@ -176,12 +187,7 @@ start_nodes() {
             --zenoh-config "$DIR/$cluster-node$((i + 1)).json5" --threads 1 --device cpu \
             >"$log" 2>&1 &
         NODE_PIDS+=($!)
-        for _ in $(seq 300); do
-            grep -q "announced in cluster" "$log" && break
-            kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || { cat "$log" >&2; die "node$((i + 1)) of $cluster exited"; }
-            sleep 0.1
-        done
-        grep -q "announced in cluster" "$log" || die "node$((i + 1)) of $cluster did not announce itself in 30 s"
+        announced "$log" "node$((i + 1)) of $cluster"
     done
     dial=""
     for ((j = 0; j < k; j++)); do dial+="\"tcp/127.0.0.1:${ports[j]}\", "; done
@@ -248,12 +254,7 @@ start_nodes_on() {
         ip netns exec "$ns" $(pin "$i") "$BIN/shoal-node" --cluster "$cluster" --name "node$i" \
             --zenoh-config "$DIR/$cluster-node$i.json5" --threads 1 --device cpu >"$log" 2>&1 &
         NODE_PIDS+=($!)
-        for _ in $(seq 300); do
-            grep -q "announced in cluster" "$log" && break
-            kill -0 "${NODE_PIDS[-1]}" 2>/dev/null || { cat "$log" >&2; die "node$i of $cluster exited"; }
-            sleep 0.1
-        done
-        grep -q "announced in cluster" "$log" || die "node$i of $cluster did not announce itself in 30 s"
+        announced "$log" "node$i of $cluster"
     done
     dial=""
     for ((j = 1; j <= k; j++)); do dial+="\"tcp/10.27.0.1$j:7447\", "; done

@@ -59,10 +59,14 @@ fn injected_fault(kind: &str, step: u32) -> bool {
 
 /// `SHOAL_TEST_FAULT=slow:F` (tests only): the node steps F times as slowly as it can, by
 /// sleeping F - 1 times each stepping's time after it: a slower machine beside the others.
+/// Read once per process: it is asked every step.
 fn injected_slowness() -> Option<f64> {
-    let v = std::env::var("SHOAL_TEST_FAULT").ok()?;
-    let f: f64 = v.strip_prefix("slow:")?.parse().ok()?;
-    (f.is_finite() && f > 1.0).then_some(f)
+    static SLOW: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *SLOW.get_or_init(|| {
+        let v = std::env::var("SHOAL_TEST_FAULT").ok()?;
+        let f: f64 = v.strip_prefix("slow:")?.parse().ok()?;
+        (f.is_finite() && f > 1.0).then_some(f)
+    })
 }
 
 pub struct NodeOptions {

@@ -34,6 +34,19 @@ pub(crate) fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> S
     (dir, toml)
 }
 
+/// The one-machine run of `toml`, writing `direct.nc` in `dir`: what the fabric must match.
+pub(crate) fn direct(dir: &Path, toml: &dyn Fn(&str, &str) -> String) -> std::path::PathBuf {
+    run_with(
+        dir,
+        &toml("direct.nc", ""),
+        RunOptions {
+            direct: true,
+            ..Default::default()
+        },
+    );
+    dir.join("direct.nc")
+}
+
 pub(crate) fn run_with(dir: &Path, toml: &str, opts: RunOptions) -> RunReport {
     let cfg = config(dir, toml).unwrap();
     run(
@@ -97,14 +110,7 @@ fn one_to_four_in_process_nodes_with_thin_halos_match_the_direct_path_bit_for_bi
 #[test]
 fn re_partitioning_where_the_particles_are_changes_no_bit() {
     let (dir, toml) = setup("fabric_rebalance");
-    run_with(
-        &dir,
-        &toml("direct.nc", ""),
-        RunOptions {
-            direct: true,
-            ..Default::default()
-        },
-    );
+    direct(&dir, &toml);
     let r = run_with(
         &dir,
         &toml(
@@ -498,14 +504,7 @@ fn garbage_on_every_key_is_dropped_and_counted_and_the_run_is_unharmed() {
     );
     done.store(true, Ordering::Relaxed);
     thread.join().unwrap();
-    run_with(
-        &dir,
-        &toml("direct.nc", ""),
-        RunOptions {
-            direct: true,
-            ..Default::default()
-        },
-    );
+    direct(&dir, &toml);
     assert!(sent.load(Ordering::Relaxed) > 20, "the attacker barely ran");
     assert!(r.dropped > 10, "only {} dropped", r.dropped);
     files_bit_identical(&dir.join("attacked.nc"), &dir.join("direct.nc"), false).unwrap();

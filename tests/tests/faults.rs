@@ -3,7 +3,7 @@
 //! finished file must equal the one-machine run value by value, and the survivors must take
 //! the next run without being restarted.
 
-use crate::fabric::{clean, run_with, setup, Nodes};
+use crate::fabric::{clean, direct, setup, Nodes};
 use shoal_manager::run::{RunOptions, RunReport};
 use shoal_tests::*;
 use std::path::{Path, PathBuf};
@@ -150,18 +150,6 @@ fn seeded_steps(seed: u64, n: u32, count: usize) -> Vec<u32> {
         }
     }
     out
-}
-
-fn direct(dir: &Path, toml: &dyn Fn(&str, &str) -> String) -> PathBuf {
-    run_with(
-        dir,
-        &toml("direct.nc", ""),
-        RunOptions {
-            direct: true,
-            ..Default::default()
-        },
-    );
-    dir.join("direct.nc")
 }
 
 #[test]

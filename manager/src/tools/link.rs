@@ -11,6 +11,7 @@
 //! through the relay.
 
 use anyhow::{anyhow, bail, Context, Result};
+use shoal_common::rng::{philox4x32_10, unit_open};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -80,20 +81,24 @@ impl Profile {
     }
 }
 
-/// splitmix64: the relay's draws, seeded per connection and direction.
-struct Draw(u64);
+/// The relay's draws: the project's Philox, keyed by the connection's seed, counted by draw.
+struct Draw {
+    key: [u32; 2],
+    n: u64,
+}
 
 impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Draw {
+        Draw {
+            key: [seed as u32, (seed >> 32) as u32],
+            n: 0,
+        }
     }
-    /// Uniform in [0, 1).
+    /// Uniform in (0, 1).
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        let bits = philox4x32_10([self.n as u32, (self.n >> 32) as u32, 0, 0], self.key);
+        self.n += 1;
+        unit_open(bits[0])
     }
 }
 
@@ -198,7 +203,7 @@ fn pump(src: TcpStream, mut dst: TcpStream, profile: Profile, seed: u64) -> Resu
         .spawn(move || {
             let mut clock = Clock {
                 profile,
-                draw: Draw(seed),
+                draw: Draw::new(seed),
                 last: Instant::now(),
             };
             let mut buf = vec![0u8; 64 * 1024];
