@@ -93,8 +93,10 @@ pub struct ClusterSection {
     /// cluster, 4096 for in-process nodes): what a node holds in flight while a field level
     /// arrives.
     pub field_piece_kib: Option<usize>,
-    /// Steps a partition may take past the last one the manager has heard of (default 16; 1
-    /// steps in lock with the manager). A run with a happiness stop always steps in lock.
+    /// Steps a partition may take past the last one the manager has heard of (default 64: a
+    /// state's transfer over a slow link hides behind them; 1 steps in lock with the manager).
+    /// A grant never spans more than two state steps, so states in flight stay bounded. A run
+    /// with a happiness stop always steps in lock.
     pub ahead_steps: Option<u32>,
     /// Re-partition by where the particles are at an output time or checkpoint when, since the
     /// last one, the busiest node stepped more than this share above the nodes' mean (default
@@ -791,7 +793,7 @@ impl RunConfig {
             zenoh_config: c.zenoh_config.as_deref().map(resolve),
             patience_seconds,
             field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
-            ahead_steps: c.ahead_steps.unwrap_or(16),
+            ahead_steps: c.ahead_steps.unwrap_or(64),
             rebalance_share,
             rebalance_steps: c.rebalance_steps.unwrap_or(100),
         };

@@ -501,8 +501,7 @@ impl<'a> FabricStepper<'a> {
     /// The control that lets partitions go on from step `next` (the first the manager has not
     /// heard of): the last step they may take, and the states wanted on the way.
     fn grant(&self, step: u32, next: u32, command: Command, snapshot: bool) -> Control {
-        let last = self.n_steps.saturating_sub(1);
-        let through = (next + self.ahead - 1).min(last);
+        let through = grant_through(next, self.ahead, self.n_steps, |k| self.wants_state(k));
         Control {
             step,
             command,
@@ -1377,6 +1376,25 @@ impl FabricStepper<'_> {
     }
 }
 
+/// States a grant may ask for at most: a partition has no more than this many in flight, and the
+/// manager holds no more than this many of one partition's ahead of the one it gathers.
+const STATES_A_GRANT: usize = 2;
+
+/// The last step a grant lets a partition take, from `next` (the first step the manager has not
+/// heard of): `ahead` steps on, the run's last step at most, and short of the third state step
+/// `wants` names (a state at step k is sent after step k - 1).
+fn grant_through(next: u32, ahead: u32, n_steps: u32, wants: impl Fn(u32) -> bool) -> u32 {
+    let through = (next + ahead.max(1) - 1).min(n_steps.saturating_sub(1));
+    match (next + 1..=through + 1)
+        .filter(|&k| wants(k))
+        .nth(STATES_A_GRANT)
+    {
+        // The third state is at k >= next + 3: stop two short of it, after step k - 2.
+        Some(k) => k - 2,
+        None => through,
+    }
+}
+
 /// What a new cut would save over the `remaining` steps and what it would cost, in seconds:
 /// each step the other nodes wait for the busiest one its stepping time over the mean
 /// (`busiest_us` against `mean_us` a step), which a cut by place and speed takes away; a cut
@@ -1425,7 +1443,24 @@ fn tally_of_summary(x: &StepSummary) -> Tally {
 
 #[cfg(test)]
 mod tests {
-    use super::{fleet_words, recut_balance};
+    use super::{fleet_words, grant_through, recut_balance};
+
+    #[test]
+    fn a_grant_runs_ahead_but_spans_two_states_at_most() {
+        let every = |n: u32| move |k: u32| k >= 1440 || k % n == 0;
+        // Output every 360 steps: the whole window, to the run's end at most.
+        assert_eq!(grant_through(0, 64, 1440, every(360)), 63);
+        assert_eq!(grant_through(1400, 64, 1440, every(360)), 1439);
+        // A checkpoint every 10 steps: states after steps 9 and 19, not 29.
+        assert_eq!(grant_through(1, 64, 1440, every(10)), 28);
+        let names = |through: u32| (2..=through + 1).filter(|&k| every(10)(k)).count();
+        assert_eq!(names(28), 2);
+        // A state every step: the step asked for and the next.
+        assert_eq!(grant_through(5, 64, 1440, every(1)), 6);
+        // In lock.
+        assert_eq!(grant_through(5, 1, 1440, every(1)), 5);
+        assert_eq!(grant_through(5, 0, 1440, every(7)), 5);
+    }
 
     #[test]
     fn a_re_cut_is_worth_what_the_waits_it_ends_would_cost() {
