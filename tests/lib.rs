@@ -2,9 +2,9 @@
 //! configurations, and reading trajectory output back.
 
 use anyhow::Result;
-use shoal_manager::config::RunConfig;
+use shoal_manager::input::config::RunConfig;
 use shoal_manager::run::{run, RunOptions, RunReport};
-use shoal_manager::synth::{self, SynthOptions};
+use shoal_manager::tools::synth::{self, SynthOptions};
 use std::path::{Path, PathBuf};
 
 /// A fresh directory under the target dir, removed and recreated per test name.

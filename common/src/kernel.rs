@@ -635,8 +635,8 @@ fn reflect_vertical(z: f64, zeta: f64, depth: f64) -> f64 {
     z.clamp(bottom, zeta)
 }
 
-/// Outcome of one particle's step, folded into the step's summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Outcome of one particle's step, folded into the step's summary (which carries it as it is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
     pub active: u64,
     pub pending: u64,

@@ -40,7 +40,9 @@ pub mod status {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Every particle's state, one record from the kernel to the wire, the checkpoint and the
+/// output: a new per-particle variable is a field here (and in the push/extend helpers below).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Particles {
     pub id: Vec<u32>,
     pub x: Vec<f64>,
@@ -112,6 +114,29 @@ impl Particles {
         self.release_time.push(release_time);
         self.happiness.push(0.0);
         self.fate_time.push(f64::NAN);
+    }
+
+    /// Whether the arrays have one length and the ids increase (as a batch's and a checkpoint's
+    /// must), and if not, why.
+    pub fn check_layout(&self) -> Result<(), &'static str> {
+        let n = self.id.len();
+        let lens = [
+            self.x.len(),
+            self.y.len(),
+            self.z.len(),
+            self.element.len(),
+            self.status.len(),
+            self.release_time.len(),
+            self.happiness.len(),
+            self.fate_time.len(),
+        ];
+        if lens.iter().any(|&l| l != n) {
+            return Err("arrays differ in length");
+        }
+        if self.id.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("ids are not in increasing order");
+        }
+        Ok(())
     }
 
     /// Particle `i` of `other`, appended.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every envelope.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Protocol version; bump on any change to the encoding of any message.
-pub const VERSION: u16 = 11;
+pub const VERSION: u16 = 12;
 /// Largest envelope accepted, bytes (a field slice of a large partition fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// Capacity of identifiers (cluster and node names).
@@ -371,63 +371,35 @@ pub struct PiShare {
     pub threads: u32,
 }
 
-/// Particles moving from one partition to another after `step`, structure of arrays, in id
-/// order. An empty batch still travels: it tells the receiver that nothing more is coming.
+/// Particles moving from one partition to another after `step`, in id order. An empty batch
+/// still travels: it tells the receiver that nothing more is coming. A partition's state for the
+/// manager is one too (`to` unused).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParticleBatch {
     pub from: u32,
     pub to: u32,
     pub step: u32,
-    pub id: Vec<u32>,
-    pub x: Vec<f64>,
-    pub y: Vec<f64>,
-    pub z: Vec<f64>,
-    pub element: Vec<u32>,
-    pub status: Vec<u8>,
-    pub release_time: Vec<f64>,
-    pub happiness: Vec<f32>,
-    pub fate_time: Vec<f64>,
+    pub particles: crate::Particles,
 }
 
 impl ParticleBatch {
-    /// The batch carrying `p` (sorted by id first) from partition `from` to `to` after `step`.
-    pub fn of(from: u32, to: u32, step: u32, mut p: crate::Particles) -> ParticleBatch {
-        p.sort_by_id();
+    /// The batch carrying `particles` (sorted by id first) from partition `from` to `to` after
+    /// `step`.
+    pub fn of(from: u32, to: u32, step: u32, mut particles: crate::Particles) -> ParticleBatch {
+        particles.sort_by_id();
         ParticleBatch {
             from,
             to,
             step,
-            id: p.id,
-            x: p.x,
-            y: p.y,
-            z: p.z,
-            element: p.element,
-            status: p.status,
-            release_time: p.release_time,
-            happiness: p.happiness,
-            fate_time: p.fate_time,
-        }
-    }
-
-    pub fn into_particles(self) -> crate::Particles {
-        crate::Particles {
-            id: self.id,
-            x: self.x,
-            y: self.y,
-            z: self.z,
-            element: self.element,
-            status: self.status,
-            release_time: self.release_time,
-            happiness: self.happiness,
-            fate_time: self.fate_time,
+            particles,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.id.len()
+        self.particles.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.id.is_empty()
+        self.particles.is_empty()
     }
 
     /// Checks what decoding cannot know: that every particle is one of the run's
@@ -441,14 +413,14 @@ impl ParticleBatch {
                 why,
             })
         };
-        if self.id.last().is_some_and(|&i| i as usize >= n_particles) {
+        let p = &self.particles;
+        if p.id.last().is_some_and(|&i| i as usize >= n_particles) {
             return bad("a particle id beyond the run's particles");
         }
-        if self.element.iter().any(|&e| e as usize >= n_elements) {
+        if p.element.iter().any(|&e| e as usize >= n_elements) {
             return bad("an element outside the mesh");
         }
-        if self
-            .status
+        if p.status
             .iter()
             .any(|s| !crate::status::FLAG_VALUES.contains(s))
         {
@@ -460,20 +432,26 @@ impl ParticleBatch {
 
 /// First bytes of a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"SHCK";
-/// Version of the checkpoint layout; bump on any change to [`Checkpoint`].
-pub const CHECKPOINT_VERSION: u16 = 2;
+/// Version of the checkpoint layout; bump on any change to [`Checkpoint`] or [`Saved`].
+pub const CHECKPOINT_VERSION: u16 = 3;
 
-/// Everything a run needs to go on from the end of step `step`: every particle's state (`from`
-/// and `to` unused), how many time records the output holds by then, and the hash of the
-/// configuration and input it belongs to. The manager writes one at every output time.
+/// Everything a run needs to go on from the end of step `step`: every particle's state and how
+/// many time records the output holds by then. The schedule holds the last one to roll back to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub step: u32,
+    pub records: u32,
+    pub particles: crate::Particles,
+}
+
+/// A checkpoint file: a [`Saved`] state and the hash of the configuration and input it belongs
+/// to. The manager writes one at every output time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub magic: [u8; 4],
     pub version: u16,
     pub run_hash: u64,
-    pub step: u32,
-    pub records: u32,
-    pub particles: ParticleBatch,
+    pub saved: Saved,
 }
 
 /// Encodes a checkpoint (no size bound: it is a local file, not a message).
@@ -485,7 +463,7 @@ pub fn encode_checkpoint(c: &Checkpoint) -> Result<Vec<u8>, WireError> {
 /// particle arrays as [`decode`] checks a batch. Never panics.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, WireError> {
     let c: Checkpoint = take_versioned(bytes, CHECKPOINT_MAGIC, CHECKPOINT_VERSION)?;
-    check_batch(&c.particles)?;
+    check_particles(&c.saved.particles)?;
     Ok(c)
 }
 
@@ -525,19 +503,10 @@ fn take_versioned<T: serde::de::DeserializeOwned>(
 pub struct StepSummary {
     pub partition: u32,
     pub step: u32,
-    pub active: u64,
-    pub pending: u64,
-    pub exited: u64,
-    pub bad_field: u64,
-    pub outside_mesh: u64,
-    pub settled: u64,
-    pub dead: u64,
-    pub stranded: u64,
+    /// The step's counts and reductions over the partition's particles, as the kernel gave them.
+    pub tally: crate::kernel::Tally,
     pub sent: u64,
     pub received: u64,
-    pub happy: u64,
-    pub max_happiness: f32,
-    pub happiest: u32,
     /// Partitions sent a batch this step (every neighbour, empty or not, then any other
     /// partition a particle reached), with the number of particles in each.
     pub sent_to: Vec<u32>,
@@ -662,32 +631,12 @@ fn decode_for(bytes: &[u8], cluster: &Ident, run: Option<u64>) -> Result<Envelop
     Ok(env)
 }
 
-/// A batch's arrays have one length and its ids increase.
-fn check_batch(b: &ParticleBatch) -> Result<(), WireError> {
-    let lens = [
-        b.id.len(),
-        b.x.len(),
-        b.y.len(),
-        b.z.len(),
-        b.element.len(),
-        b.status.len(),
-        b.release_time.len(),
-        b.happiness.len(),
-        b.fate_time.len(),
-    ];
-    let bad = |why| {
-        Err(WireError::Inconsistent {
-            kind: "particle batch",
-            why,
-        })
-    };
-    if lens.windows(2).any(|w| w[0] != w[1]) {
-        return bad("arrays differ in length");
-    }
-    if b.id.windows(2).any(|w| w[0] >= w[1]) {
-        return bad("ids are not in increasing order");
-    }
-    Ok(())
+/// Particles' arrays have one length and their ids increase.
+fn check_particles(p: &crate::Particles) -> Result<(), WireError> {
+    p.check_layout().map_err(|why| WireError::Inconsistent {
+        kind: "particle batch",
+        why,
+    })
 }
 
 /// What a message's layout alone cannot refuse: structure-of-arrays messages must have arrays
@@ -695,7 +644,7 @@ fn check_batch(b: &ParticleBatch) -> Result<(), WireError> {
 fn check(m: &Message) -> Result<(), WireError> {
     let bad = |kind, why| Err(WireError::Inconsistent { kind, why });
     match m {
-        Message::ParticleBatch(b) | Message::Snapshot(b) => check_batch(b)?,
+        Message::ParticleBatch(b) | Message::Snapshot(b) => check_particles(&b.particles)?,
         Message::Topology(t) => {
             if t.halo.len() != t.halo_owner.len() {
                 return bad("topology", "halo and halo_owner differ in length");
@@ -855,33 +804,37 @@ mod tests {
                         from: self.u32(),
                         to: self.u32(),
                         step: self.u32(),
-                        id,
-                        x: self.f64s(n),
-                        y: self.f64s(n),
-                        z: self.f64s(n),
-                        element: self.u32s(n),
-                        status: (0..n).map(|_| self.u32() as u8 % 8).collect(),
-                        release_time: self.f64s(n),
-                        happiness: self.f32s(n),
-                        fate_time: self.f64s(n),
+                        particles: crate::Particles {
+                            id,
+                            x: self.f64s(n),
+                            y: self.f64s(n),
+                            z: self.f64s(n),
+                            element: self.u32s(n),
+                            status: (0..n).map(|_| self.u32() as u8 % 8).collect(),
+                            release_time: self.f64s(n),
+                            happiness: self.f32s(n),
+                            fate_time: self.f64s(n),
+                        },
                     })
                 }
                 5 => Message::StepSummary(StepSummary {
                     partition: self.u32(),
                     step: self.u32(),
-                    active: self.u32() as u64 * 7,
-                    pending: 0,
-                    exited: self.u32() as u64,
-                    bad_field: 1,
-                    outside_mesh: 2,
-                    settled: 6,
-                    dead: 7,
-                    stranded: 8,
+                    tally: crate::kernel::Tally {
+                        active: self.u32() as u64 * 7,
+                        pending: 0,
+                        exited: self.u32() as u64,
+                        bad_field: 1,
+                        outside_mesh: 2,
+                        settled: 6,
+                        dead: 7,
+                        stranded: 8,
+                        happy: 5,
+                        max_happiness: self.f64() as f32,
+                        happiest: self.u32(),
+                    },
                     sent: 3,
                     received: 4,
-                    happy: 5,
-                    max_happiness: self.f64() as f32,
-                    happiest: self.u32(),
                     sent_to: vec![1, 2, 9],
                     sent_counts: vec![0, 40, 1],
                     dropped: self.u32() as u64,
@@ -894,15 +847,17 @@ mod tests {
                         from: self.u32(),
                         to: u32::MAX,
                         step: self.u32(),
-                        id: (0..n).map(|i| i * 3).collect(),
-                        x: self.f64s(n as usize),
-                        y: self.f64s(n as usize),
-                        z: self.f64s(n as usize),
-                        element: self.u32s(n as usize),
-                        status: vec![0; n as usize],
-                        release_time: self.f64s(n as usize),
-                        happiness: self.f32s(n as usize),
-                        fate_time: self.f64s(n as usize),
+                        particles: crate::Particles {
+                            id: (0..n).map(|i| i * 3).collect(),
+                            x: self.f64s(n as usize),
+                            y: self.f64s(n as usize),
+                            z: self.f64s(n as usize),
+                            element: self.u32s(n as usize),
+                            status: vec![0; n as usize],
+                            release_time: self.f64s(n as usize),
+                            happiness: self.f32s(n as usize),
+                            fate_time: self.f64s(n as usize),
+                        },
                     })
                 }
                 7 => {
@@ -1088,7 +1043,7 @@ mod tests {
             },
         }));
         let golden_hello: &[u8] = &[
-            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 12, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 0, 4, b'p', b'i', b'-', b'4', 7,
             b'a', b'a', b'r', b'c', b'h', b'6', b'4', 5, b'0', b'.', b'1', b'.', b'0', 4, 0xd4,
             0x1d, 0,
@@ -1103,7 +1058,7 @@ mod tests {
         }));
         // ... 7 (control), step 300, 2 (stop), through 301, states [1, 200], snapshot true.
         let golden_control: &[u8] = &[
-            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 12, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 7, 0xac, 0x02, 2, 0xad, 0x02, 2,
             1, 0xc8, 0x01, 1,
         ];
@@ -1116,7 +1071,7 @@ mod tests {
         }));
         // ... 14 (pi request), seed 7, first 300, count 2.
         let golden_pi: &[u8] = &[
-            b'S', b'H', b'O', b'L', 11, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
+            b'S', b'H', b'O', b'L', 12, 13, b'f', b'i', b'e', b'l', b'd', b'-', b's', b't', b'a',
             b't', b'i', b'o', b'n', 0x81, 0x80, 0xb4, 0xf7, 0x05, 14, 7, 0xac, 0x02, 2,
         ];
         assert_eq!(encode(&pi).unwrap(), golden_pi);
@@ -1129,15 +1084,17 @@ mod tests {
             from: 1,
             to: 2,
             step: 3,
-            id: (0..n).collect(),
-            x: vec![1.5; n as usize],
-            y: vec![2.5; n as usize],
-            z: vec![-3.0; n as usize],
-            element: vec![77; n as usize],
-            status: vec![0; n as usize],
-            release_time: vec![0.0; n as usize],
-            happiness: vec![0.5; n as usize],
-            fate_time: vec![f64::NAN; n as usize],
+            particles: crate::Particles {
+                id: (0..n).collect(),
+                x: vec![1.5; n as usize],
+                y: vec![2.5; n as usize],
+                z: vec![-3.0; n as usize],
+                element: vec![77; n as usize],
+                status: vec![0; n as usize],
+                release_time: vec![0.0; n as usize],
+                happiness: vec![0.5; n as usize],
+                fate_time: vec![f64::NAN; n as usize],
+            },
         };
         // ids (varint), 5 f64 arrays, element (varint), status, happiness.
         let payload = n as usize * (4 + 5 * 8 + 4 + 1 + 4);
@@ -1203,15 +1160,11 @@ mod tests {
             from: 0,
             to: 1,
             step: 0,
-            id: vec![1, 2],
-            x: vec![0.0],
-            y: vec![],
-            z: vec![],
-            element: vec![],
-            status: vec![],
-            release_time: vec![],
-            happiness: vec![],
-            fate_time: vec![],
+            particles: crate::Particles {
+                id: vec![1, 2],
+                x: vec![0.0],
+                ..Default::default()
+            },
         }));
         assert!(matches!(
             decode(&encode(&bad).unwrap(), &me()),
@@ -1259,15 +1212,17 @@ mod tests {
             from: 0,
             to: 1,
             step: 2,
-            id: ids,
-            x: vec![1.0; n],
-            y: vec![2.0; n],
-            z: vec![-1.0; n],
-            element,
-            status,
-            release_time: vec![0.0; n],
-            happiness: vec![0.0; n],
-            fate_time: vec![3600.0; n],
+            particles: crate::Particles {
+                id: ids,
+                x: vec![1.0; n],
+                y: vec![2.0; n],
+                z: vec![-1.0; n],
+                element,
+                status,
+                release_time: vec![0.0; n],
+                happiness: vec![0.0; n],
+                fate_time: vec![3600.0; n],
+            },
         }
     }
 
@@ -1288,9 +1243,11 @@ mod tests {
             magic: CHECKPOINT_MAGIC,
             version: CHECKPOINT_VERSION,
             run_hash: 0xdead_beef_0123,
-            step: 40,
-            records: 3,
-            particles: batch(vec![0, 1, 7], vec![1, 2, 3], vec![0, 2, 4]),
+            saved: Saved {
+                step: 40,
+                records: 3,
+                particles: batch(vec![0, 1, 7], vec![1, 2, 3], vec![0, 2, 4]).particles,
+            },
         };
         let bytes = encode_checkpoint(&c).unwrap();
         assert_eq!(decode_checkpoint(&bytes).unwrap(), c);

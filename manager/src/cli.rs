@@ -1,9 +1,11 @@
 //! The command line: argument parsing and dispatch, shared by the `shoal` binary and the tests.
 
-use crate::fleet::{self, FleetOptions};
-use crate::run::RunOptions;
-use crate::synth::{Flow, SynthOptions, TimeStyle};
-use crate::{bench, config, demo, inspect, plot, run, synth, timefmt};
+use crate::input::{config, timefmt};
+use crate::output::plot;
+use crate::run::{self, RunOptions};
+use crate::station::fleet::{self, FleetOptions};
+use crate::tools::synth::{self, Flow, SynthOptions, TimeStyle};
+use crate::tools::{bench, demo, inspect};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -663,7 +665,7 @@ where
             rings,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
-            print!("{}", crate::partition::report(&cfg, parts, rings)?);
+            print!("{}", crate::run::partition::report(&cfg, parts, rings)?);
         }
         Command::Bench(args) => bench::bench(&args)?,
         Command::Doctor {

@@ -1,17 +1,23 @@
 //! shoal-manager: the `shoal` CLI's library, in folders that follow the data: [`input`] (FVCOM
-//! reader, run configuration, release), [`run`] (preparation, the one schedule, and the two ways
-//! of stepping it: in this process or on the zenoh fabric), [`output`] (trajectory writer,
-//! checkpoints, plots) and [`tools`] (synth, bench, inspect, demo, doctor and pi).
+//! reader, run configuration, release), [`output`] (trajectory writer, checkpoints, plots),
+//! [`station`] (the fleet: membership, check-ups, the status page), [`run`] (preparation, the
+//! one schedule, and the two ways of stepping it: in this process or on the zenoh fabric) and
+//! [`tools`] (synth, bench, inspect, demo, the link relay), with [`nc`] and [`fault`] beneath
+//! them all and [`cli`] above.
+//!
+//! Imports run one way, down this list: `input` uses none of the others; `output` uses
+//! `input`; `station` uses `input` and `output`; `run` uses those three; `tools` and `cli` use
+//! any. Every import names its folder (`crate::input::config`, not an alias), and the test
+//! `imports_run_one_way` below reads the sources to keep it so.
 
 pub mod cli;
+pub mod fault;
 pub mod input;
 pub mod nc;
 pub mod output;
 pub mod run;
+pub mod station;
 pub mod tools;
 
-// The modules by their short names, as the crate's users and its own code name them.
-pub use input::{config, crs, fvcom, release, sites, timefmt};
-pub use output::plot;
-pub use run::partition;
-pub use tools::{bench, demo, fleet, inspect, synth};
+#[cfg(test)]
+mod layers;

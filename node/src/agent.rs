@@ -741,9 +741,14 @@ fn tell_failure(session: &Session, me: &Endpoint, p: u32, reason: &str, dropped:
 /// Refuses a batch holding a particle whose element partition `p` does not own (outside-mesh
 /// particles keep their nearest element and go with the release, so they are exempt).
 fn owned_by(b: &ParticleBatch, p: u32, part_of: &[u32]) -> Result<(), wire::WireError> {
-    let foreign = b.element.iter().zip(&b.status).any(|(&e, &s)| {
-        s != status::OUTSIDE_MESH && part_of.get(e as usize).is_none_or(|&o| o != p)
-    });
+    let foreign = b
+        .particles
+        .element
+        .iter()
+        .zip(&b.particles.status)
+        .any(|(&e, &s)| {
+            s != status::OUTSIDE_MESH && part_of.get(e as usize).is_none_or(|&o| o != p)
+        });
     if foreign {
         return Err(wire::WireError::Inconsistent {
             kind: "particle batch",
@@ -828,7 +833,7 @@ impl<'a> PartitionAgent<'a> {
             .check_against(ne as usize, spec.n_particles as usize)
             .and_then(|_| owned(&particles))
             .map_err(|e| anyhow!("partition {p}'s particles: {e}"))?;
-        let particles = particles.into_particles();
+        let particles = particles.particles;
         // Every other partition: each sends every other a batch each step, empty too, so a
         // partition knows whose batches to merge without asking the manager (a particle may
         // leave for a partition beyond its halo's owners).
@@ -1311,7 +1316,7 @@ impl<'a> PartitionAgent<'a> {
                 if at > step {
                     self.early.push((from, at, b));
                 } else if at == step && waiting.remove(&from) {
-                    received.extend(&b.into_particles());
+                    received.extend(&b.particles);
                 }
             }
             if waiting.is_empty() {
@@ -1528,19 +1533,9 @@ impl<'a> PartitionAgent<'a> {
                 let summary = StepSummary {
                     partition: self.p,
                     step: s,
-                    active: tally.active,
-                    pending: tally.pending,
-                    exited: tally.exited,
-                    bad_field: tally.bad_field,
-                    outside_mesh: tally.outside_mesh,
-                    settled: tally.settled,
-                    dead: tally.dead,
-                    stranded: tally.stranded,
+                    tally,
                     sent: sent_counts.iter().map(|&c| c as u64).sum(),
                     received,
-                    happy: tally.happy,
-                    max_happiness: tally.max_happiness,
-                    happiest: tally.happiest,
                     sent_to,
                     sent_counts,
                     dropped: self.dropped.get(),

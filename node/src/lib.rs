@@ -4,7 +4,7 @@
 //! as [`shoal_common::FieldLevel`]s from whoever drives it (the manager, in-process, for now).
 
 use rayon::prelude::*;
-use shoal_common::kernel::{advance, observe, release_due, StepParams, Tally};
+use shoal_common::kernel::{advance, release_due, StepParams, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
 
 /// The version `shoal --version` and `shoal-node --version` print: the package's, and the git
@@ -61,23 +61,7 @@ pub fn chunk_size(n: usize) -> usize {
     (n / 64).clamp(64, 4096)
 }
 
-/// Output view of every particle of a partition, keyed by particle id.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    pub id: Vec<u32>,
-    pub x: Vec<f64>,
-    pub y: Vec<f64>,
-    /// Metres below the surface (0 at the surface, negative down).
-    pub z: Vec<f32>,
-    pub sigma: Vec<f32>,
-    pub status: Vec<u8>,
-    /// Host element in the file's (FVCOM's) numbering.
-    pub element: Vec<u32>,
-    pub age: Vec<f32>,
-    pub happiness: Vec<f32>,
-    /// Run clock seconds when it settled or died (NaN until then).
-    pub fate_time: Vec<f64>,
-}
+pub use shoal_common::snapshot::Snapshot;
 
 pub struct Partition {
     pub particles: Particles,
@@ -182,47 +166,23 @@ impl Partition {
     }
 }
 
-/// The output view of `p` at time `t` (run clock): depth below the surface, sigma, age, and the
-/// host element in the file's numbering.
+/// The output view of `p` at time `t` (run clock), sampled in chunks side by side
+/// ([`Snapshot::of`] for each range, joined in order).
 pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
-    let n = p.len();
-    let rows: Vec<(f64, f64, f32, f32)> = (0..n)
-        .into_par_iter()
-        .map(|i| match p.status[i] {
-            status::PENDING => (f64::NAN, f64::NAN, f32::NAN, f32::NAN),
-            status::OUTSIDE_MESH => (p.x[i], p.y[i], f32::NAN, f32::NAN),
-            _ => {
-                let (z, s) = observe(mesh, window, t, p.x[i], p.y[i], p.z[i], p.element[i]);
-                (p.x[i], p.y[i], z as f32, s as f32)
-            }
-        })
+    let chunk = chunk_size(p.len());
+    let ranges: Vec<_> = (0..p.len())
+        .step_by(chunk)
+        .map(|a| a..(a + chunk).min(p.len()))
         .collect();
-    let unreleased =
-        |i: usize| p.status[i] == status::PENDING || p.status[i] == status::OUTSIDE_MESH;
-    Snapshot {
-        id: p.id.clone(),
-        x: rows.iter().map(|r| r.0).collect(),
-        y: rows.iter().map(|r| r.1).collect(),
-        z: rows.iter().map(|r| r.2).collect(),
-        sigma: rows.iter().map(|r| r.3).collect(),
-        status: p.status.clone(),
-        element: p
-            .element
-            .iter()
-            .map(|&e| mesh.file_element.get(e as usize).copied().unwrap_or(e))
-            .collect(),
-        age: (0..n)
-            .map(|i| {
-                if unreleased(i) {
-                    f32::NAN
-                } else {
-                    (t - p.release_time[i]).abs() as f32
-                }
-            })
-            .collect(),
-        happiness: p.happiness.clone(),
-        fate_time: p.fate_time.clone(),
-    }
+    ranges
+        .into_par_iter()
+        .map(|r| Snapshot::of(p, r, mesh, window, t))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(Snapshot::default(), |mut all, s| {
+            all.append(s);
+            all
+        })
 }
 
 pub use shoal_common::wire::Device;

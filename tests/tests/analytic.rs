@@ -1,7 +1,7 @@
 //! Flows with known answers: solid-body rotation, a uniform tide checked at every output, and a
 //! sheared 3-D flow. Meshes are jittered and sit at UTM-sized offsets.
 
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 
 #[test]

@@ -2,7 +2,7 @@
 
 use shoal_common::status;
 use shoal_manager::cli::run_cli;
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 
 fn small(flow: Flow) -> SynthOptions {

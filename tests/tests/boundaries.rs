@@ -1,8 +1,8 @@
 //! Land reflects, open boundaries retire particles with a status code, nothing leaves the mesh.
 
 use shoal_common::{status, Mesh};
-use shoal_manager::fvcom::FvcomReader;
-use shoal_manager::synth::{self, Flow, SynthOptions};
+use shoal_manager::input::fvcom::FvcomReader;
+use shoal_manager::tools::synth::{self, Flow, SynthOptions};
 use shoal_tests::*;
 
 /// A 4 km x 2 km channel with a uniform eastward current of `speed` m/s.

@@ -1,7 +1,7 @@
 //! Invariant 1 on one machine: the same run with 1 and 2 threads is bit-identical, random walks
 //! and particle sorting included.
 
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 
 #[test]

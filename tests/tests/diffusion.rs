@@ -1,7 +1,7 @@
 //! Random walks: horizontal displacement variance 2 Kh t; Visser's vertical scheme keeps a
 //! well-mixed distribution well mixed under a depth-varying diffusivity.
 
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 
 #[test]

@@ -3,7 +3,7 @@
 
 use shoal_common::wire::{self, Command, Control, Endpoint, Message};
 use shoal_manager::run::{run, RunOptions, RunReport};
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
@@ -396,22 +396,25 @@ fn bad_batch(cluster: &str, run: u64, kind: u64, step: u32, to: u32, from: u32) 
         from,
         to,
         step,
-        id: vec![3, 7],
-        x: vec![0.0; 2],
-        y: vec![0.0; 2],
-        z: vec![-1.0; 2],
-        element: vec![0, 1],
-        status: vec![0; 2],
-        release_time: vec![0.0; 2],
-        happiness: vec![0.0; 2],
-        fate_time: vec![f64::NAN; 2],
+        particles: shoal_common::Particles {
+            id: vec![3, 7],
+            x: vec![0.0; 2],
+            y: vec![0.0; 2],
+            z: vec![-1.0; 2],
+            element: vec![0, 1],
+            status: vec![0; 2],
+            release_time: vec![0.0; 2],
+            happiness: vec![0.0; 2],
+            fate_time: vec![f64::NAN; 2],
+        },
     };
+    let p = &mut b.particles;
     match kind % 4 {
-        0 => b.element = vec![5, 1 << 30],
-        1 => b.id = vec![5, 5],
-        2 => b.x = vec![0.0; 3],
+        0 => p.element = vec![5, 1 << 30],
+        1 => p.id = vec![5, 5],
+        2 => p.x = vec![0.0; 3],
         // Element 0 and 1799 are in opposite corners: no partition owns both.
-        _ => b.element = vec![0, 1799],
+        _ => p.element = vec![0, 1799],
     }
     // Encoded by hand: `wire::encode` is happy to encode what `decode` refuses.
     wire::encode(&me.envelope(Message::ParticleBatch(b))).unwrap()

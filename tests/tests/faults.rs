@@ -87,7 +87,7 @@ impl Station {
 
     /// The manager in this test's process.
     pub(crate) fn run(&self, name: &str) -> RunReport {
-        let cfg = shoal_manager::config::RunConfig::from_path(&self.dir.join(name)).unwrap();
+        let cfg = shoal_manager::input::config::RunConfig::from_path(&self.dir.join(name)).unwrap();
         shoal_manager::run::run(
             &cfg,
             &RunOptions {

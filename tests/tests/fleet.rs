@@ -3,7 +3,7 @@
 
 use super::fabric::{clean, json5, Nodes};
 use shoal_common::rng::quarter_circle_hits;
-use shoal_manager::fleet::{self, FleetOptions};
+use shoal_manager::station::fleet::{self, FleetOptions};
 use shoal_tests::*;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command as Process, Stdio};

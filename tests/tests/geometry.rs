@@ -11,7 +11,7 @@
 use crate::fabric::run_with;
 use crate::faults::Station;
 use shoal_manager::run::RunOptions;
-use shoal_manager::synth::{Flow, Grid, SynthOptions};
+use shoal_manager::tools::synth::{Flow, Grid, SynthOptions};
 use shoal_tests::*;
 use std::path::Path;
 

@@ -34,8 +34,8 @@ fn self_test_passes_against_the_cpu_kernel() {
 }
 
 use shoal_common::{status, Mesh};
-use shoal_manager::fvcom::FvcomReader;
-use shoal_manager::synth::{self, Flow, SynthOptions};
+use shoal_manager::input::fvcom::FvcomReader;
+use shoal_manager::tools::synth::{self, Flow, SynthOptions};
 use shoal_tests::*;
 
 #[test]
@@ -303,7 +303,7 @@ fn gpu_matches_cpu_and_the_analytic_drift_with_generalized_sigma() {
         ..Default::default()
     };
     let path = synth_file(&dir, "general.nc", &o);
-    let (_, mesh, _) = shoal_manager::fvcom::FvcomReader::open(&[path], &[]).unwrap();
+    let (_, mesh, _) = shoal_manager::input::fvcom::FvcomReader::open(&[path], &[]).unwrap();
     assert!(
         mesh.vertical.even_layers.is_none(),
         "the file's layers should differ from node to node"

@@ -1,11 +1,11 @@
 //! Larval dispersal: releases from named GeoJSON sites, repeated in time, on a synthetic mesh;
 //! the same file on the direct path and on three in-process nodes.
 
-use shoal_manager::fvcom::FvcomReader;
-use shoal_manager::release;
+use shoal_manager::input::fvcom::FvcomReader;
+use shoal_manager::input::release;
+use shoal_manager::input::sites;
 use shoal_manager::run::{run, RunOptions};
-use shoal_manager::sites;
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 use std::path::Path;
 
@@ -204,10 +204,10 @@ fn polygon_releases_are_exact_inside_in_the_water_and_the_same_on_every_path() {
     .unwrap();
     check_density(&dir.join("direct.nc"), &dir.join("density-direct.nc"), 3);
     let png = dir.join("density.png");
-    shoal_manager::plot::plot(&dir.join("density-direct.nc"), None, &png, 300).unwrap();
+    shoal_manager::output::plot::plot(&dir.join("density-direct.nc"), None, &png, 300).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let svg = dir.join("density.svg");
-    shoal_manager::plot::plot(&dir.join("density-direct.nc"), None, &svg, 300).unwrap();
+    shoal_manager::output::plot::plot(&dir.join("density-direct.nc"), None, &svg, 300).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("<rect"), "{text}");
     let f = shoal_manager::nc::open(dir.join("direct.nc")).unwrap();
@@ -480,11 +480,11 @@ fn connectivity_in_uniform_flow_follows_the_geometry() {
         "{csv}"
     );
     let png = dir.join("matrix.png");
-    shoal_manager::plot::plot(&dir.join("conn-direct.nc"), None, &png, 400).unwrap();
+    shoal_manager::output::plot::plot(&dir.join("conn-direct.nc"), None, &png, 400).unwrap();
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     // As SVG, the sites' names and the shares are text.
     let svg = dir.join("matrix.svg");
-    shoal_manager::plot::plot(&dir.join("conn-direct.nc"), None, &svg, 400).unwrap();
+    shoal_manager::output::plot::plot(&dir.join("conn-direct.nc"), None, &svg, 400).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     let words: Vec<&str> = text
         .split("</text>")

@@ -1,12 +1,12 @@
 //! The trajectory file: CF trajectory layout that xarray opens, the configuration in its
 //! attributes, readable after the run is killed, and the happiness reduction and stop.
 
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 
 const CHILD: &str = "SHOAL_TEST_KILLED_RUN_DIR";
 
-fn happy_setup(dir: &std::path::Path, extra: &str) -> shoal_manager::config::RunConfig {
+fn happy_setup(dir: &std::path::Path, extra: &str) -> shoal_manager::input::config::RunConfig {
     let o = SynthOptions {
         flow: Flow::Rotation,
         nx: 20,
@@ -73,7 +73,7 @@ fn compressed_and_quantized_outputs_agree_with_full_floats() {
     };
     assert_eq!(
         with("precision='1cm'\n").unwrap().storage,
-        shoal_manager::output::Storage {
+        shoal_manager::input::config::Storage {
             deflate: 1,
             precision: Some(0.01)
         }
@@ -93,7 +93,7 @@ fn compressed_and_quantized_outputs_agree_with_full_floats() {
         let e = format!("{:#}", with(bad).unwrap_err());
         assert!(e.contains(key), "{bad}: {e}");
     }
-    let write = |cfg: &shoal_manager::config::RunConfig, name: &str| {
+    let write = |cfg: &shoal_manager::input::config::RunConfig, name: &str| {
         let mut c = cfg.clone();
         c.output = dir.join(name);
         run_quiet(&c, 2).unwrap();
@@ -102,12 +102,12 @@ fn compressed_and_quantized_outputs_agree_with_full_floats() {
             std::fs::metadata(&c.output).unwrap().len(),
         )
     };
-    cfg.storage = shoal_manager::output::Storage {
+    cfg.storage = shoal_manager::input::config::Storage {
         deflate: 0,
         precision: None,
     };
     let (full, full_bytes) = write(&cfg, "full.nc");
-    cfg.storage = shoal_manager::output::Storage::default();
+    cfg.storage = shoal_manager::input::config::Storage::default();
     let (deflated, deflated_bytes) = write(&cfg, "deflated.nc");
     cfg.storage.precision = Some(0.01);
     let (packed, packed_bytes) = write(&cfg, "packed.nc");
@@ -182,7 +182,7 @@ fn killed_run_child() {
         (0.0, 0.0),
     )
     .unwrap();
-    let snap = shoal_node::Snapshot {
+    let snap = shoal_common::snapshot::Snapshot {
         id: (0..1000).collect(),
         x: vec![1.0; 1000],
         y: vec![2.0; 1000],

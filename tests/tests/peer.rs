@@ -8,7 +8,7 @@
 use shoal_common::fields::FieldLevel;
 use shoal_common::kernel::{self, Moved, VerticalMixing};
 use shoal_common::{Mesh, Window};
-use shoal_manager::fvcom::FvcomReader;
+use shoal_manager::input::fvcom::FvcomReader;
 use shoal_tests::*;
 use std::path::{Path, PathBuf};
 

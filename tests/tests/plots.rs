@@ -2,7 +2,7 @@
 //! SVG, tracks and positions at one time, colour bars and keys, and the errors a user meets.
 
 use shoal_manager::cli::run_cli;
-use shoal_manager::synth::{Flow, SynthOptions};
+use shoal_manager::tools::synth::{Flow, SynthOptions};
 use shoal_tests::*;
 use std::path::{Path, PathBuf};
 

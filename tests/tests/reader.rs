@@ -2,8 +2,8 @@
 
 use shoal_common::{MeshNote, TransverseMercator};
 use shoal_manager::cli::run_cli;
-use shoal_manager::fvcom::{Coordinates, FvcomReader};
-use shoal_manager::synth::{Flow, SynthOptions, TimeStyle};
+use shoal_manager::input::fvcom::{Coordinates, FvcomReader};
+use shoal_manager::tools::synth::{Flow, SynthOptions, TimeStyle};
 use shoal_tests::*;
 
 fn base() -> SynthOptions {
@@ -157,7 +157,7 @@ fn spherical_meshes_with_0_360_longitudes_are_projected() {
     // Grid spacing survives the round trip through degrees (f32 lon/lat: about 1 m).
     let d = (m.x[1] - m.x[0]).hypot(m.y[1] - m.y[0]);
     assert!((d - 400.0).abs() < 2.0, "{d}");
-    let text = shoal_manager::inspect::inspect(&[dir.join("sph.nc")]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(&[dir.join("sph.nc")]).unwrap();
     assert!(
         text.contains("Geographic") && text.contains("transverse Mercator"),
         "{text}"
@@ -274,7 +274,7 @@ fn the_cli_writes_inspects_and_plots() {
         nc.to_str().unwrap(),
     ])
     .unwrap();
-    let text = shoal_manager::inspect::inspect(&[nc.clone()]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(&[nc.clone()]).unwrap();
     assert!(
         text.contains("96 elements") && text.contains("4 slices"),
         "{text}"
@@ -322,7 +322,7 @@ fn surface_only_steady(dir: &std::path::Path) -> SynthOptions {
 fn a_surface_only_steady_rotation_brings_particles_back_after_a_revolution() {
     let dir = scratch("surface_only");
     let o = surface_only_steady(&dir);
-    let text = shoal_manager::inspect::inspect(&[dir.join("surface.nc")]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(&[dir.join("surface.nc")]).unwrap();
     assert!(
         text.contains("surface only: no bathymetry") && text.contains("1 slices"),
         "{text}"
@@ -437,7 +437,7 @@ fn a_cartesian_file_that_names_its_utm_zone_gets_lon_lat_in_the_output() {
         ..base()
     };
     synth_file(&dir, "utm.nc", &o);
-    let text = shoal_manager::inspect::inspect(&[dir.join("utm.nc")]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(&[dir.join("utm.nc")]).unwrap();
     assert!(text.contains("proj=utm +zone=19"), "{text}");
     let (cx, cy) = o.centre();
     let run = |file: &str, release: &str, out: &str| {
@@ -722,7 +722,7 @@ fn a_gom4_shaped_file_runs_in_its_lon_lat() {
     );
     let (r, _, _) = FvcomReader::open(&[dir.join("gom4.nc")], &[]).unwrap();
     assert_eq!(r.coordinates, Coordinates::Geographic);
-    let text = shoal_manager::inspect::inspect(&[dir.join("gom4.nc")]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(&[dir.join("gom4.nc")]).unwrap();
     assert!(
         text.contains("shape: smallest angle") && text.contains("0 sliver(s)"),
         "{text}"

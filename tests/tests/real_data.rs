@@ -2,7 +2,7 @@
 //! Found through SHOAL_REAL_FVCOM; where that is unset the test says it was skipped.
 
 use shoal_common::status;
-use shoal_manager::fvcom::FvcomReader;
+use shoal_manager::input::fvcom::FvcomReader;
 use shoal_tests::*;
 use std::path::PathBuf;
 
@@ -159,7 +159,7 @@ fn sfbofs_larvae_write_a_connectivity_matrix() {
         return;
     };
     let dir = scratch("sfbofs_larvae");
-    use shoal_manager::demo::{collection, square};
+    use shoal_manager::tools::demo::{collection, square};
     std::fs::write(
         dir.join("sites.geojson"),
         collection(&[

@@ -2,9 +2,10 @@
 //! wrote, parsed strictly (an unknown key is an error that names it); [`RunConfig`] is the
 //! resolved form with paths made absolute and durations in seconds.
 
-use crate::timefmt::{parse_datetime, parse_duration};
+use crate::input::timefmt::{parse_datetime, parse_duration};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
+use shoal_common::behaviour::Behaviour;
 use shoal_common::kernel::{Happiness, Integrator, VerticalMixing};
 use std::path::{Path, PathBuf};
 
@@ -274,11 +275,13 @@ pub struct RunConfig {
     pub output: PathBuf,
     pub output_interval: f64,
     /// How the trajectory file stores its values.
-    pub storage: crate::output::Storage,
-    pub density: Option<crate::output::density::DensitySpec>,
+    pub storage: Storage,
+    pub density: Option<DensitySpec>,
     pub connectivity: Option<PathBuf>,
     /// Larval behaviour beyond a constant sinking speed.
-    pub larvae: Option<Larvae>,
+    /// Larval behaviour as configured, in SI units (seconds, metres, per second), without the
+    /// settlement areas and clock origin the input gives.
+    pub larvae: Option<Behaviour>,
     pub settlement: Option<SettlementConfig>,
     /// Integrate back in time from `start`.
     pub backward: bool,
@@ -308,10 +311,7 @@ pub struct ClusterConfig {
     pub rebalance_steps: u32,
 }
 
-fn density_spec(
-    d: &DensitySection,
-    resolve: &dyn Fn(&str) -> PathBuf,
-) -> Result<crate::output::density::DensitySpec> {
+fn density_spec(d: &DensitySection, resolve: &dyn Fn(&str) -> PathBuf) -> Result<DensitySpec> {
     let file = d
         .file
         .as_deref()
@@ -325,7 +325,7 @@ fn density_spec(
     if !(cell > 0.0 && cell.is_finite()) {
         bail!("key `output.density.{key}`: must be a positive size");
     }
-    Ok(crate::output::density::DensitySpec {
+    Ok(DensitySpec {
         file: resolve(file),
         cell,
         degrees,
@@ -333,15 +333,48 @@ fn density_spec(
     })
 }
 
-/// Larval behaviour as configured, in SI units (seconds, metres, per second).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Larvae {
-    /// The first from age 0.
-    pub stages: Vec<shoal_common::behaviour::Stage>,
-    pub temperature_range: Option<(f64, f64)>,
-    pub salinity_range: Option<(f64, f64)>,
-    /// The run file's place for the sun (Cartesian meshes).
-    pub place: Option<shoal_common::behaviour::Place>,
+/// How the trajectory file stores its values: `[output] compression` and `precision`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Storage {
+    /// Deflate level, with the shuffle filter; 0: none.
+    pub deflate: i32,
+    /// Metres: x, y and z (and lon, lat to the same distance in degrees) stored as 32-bit
+    /// integers to this precision, packed as CF describes (`scale_factor`, `add_offset`);
+    /// `None`: full floats.
+    pub precision: Option<f64>,
+}
+
+impl Storage {
+    /// Chosen by measurement (BENCHMARKS.md, "Trajectory files"): level 1 gives nearly all of
+    /// what 9 gives on particle tracks at a fraction of the time.
+    pub const DEFAULT_DEFLATE: i32 = 1;
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            deflate: Self::DEFAULT_DEFLATE,
+            precision: None,
+        }
+    }
+}
+
+/// `[output] density` as resolved.
+#[derive(Clone, Debug)]
+pub struct DensitySpec {
+    pub file: PathBuf,
+    /// Cell size: metres, or degrees when `degrees`.
+    pub cell: f64,
+    pub degrees: bool,
+    /// A map per release site (needs a release from sites).
+    pub per_origin: bool,
+}
+
+/// Where a run's checkpoint lies: `<output>.checkpoint`, beside the trajectory file.
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".checkpoint");
+    PathBuf::from(name)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -436,7 +469,7 @@ fn speed(v: Option<f64>, key: &str) -> Result<Option<f64>> {
     }
 }
 
-fn larvae(b: &BehaviourSection) -> Result<Option<Larvae>> {
+fn larvae(b: &BehaviourSection) -> Result<Option<Behaviour>> {
     let sinking = speed(b.sinking_speed, "behaviour.sinking_speed")?.unwrap_or(0.0);
     let mut place = None;
     let first = shoal_common::behaviour::Stage {
@@ -483,11 +516,14 @@ fn larvae(b: &BehaviourSection) -> Result<Option<Larvae>> {
             migration,
         });
     }
-    let l = Larvae {
+    // The run's clock origin and settlement areas come with the input, in `run::prepare`.
+    let l = Behaviour {
         temperature_range: range(b.temperature_range, "behaviour.temperature_range")?,
         salinity_range: range(b.salinity_range, "behaviour.salinity_range")?,
         stages,
         place,
+        settlement: None,
+        clock_origin: 0.0,
     };
     let passive = l.stages.len() == 1
         && l.stages[0].mortality_rate == 0.0
@@ -820,9 +856,9 @@ impl RunConfig {
             bail!("key `output.connectivity`: needs a polygon release (`release.polygons`) and `[settlement]` polygons");
         }
         let output = resolve(file.output.file.as_deref().unwrap_or("trajectories.nc"));
-        let storage = crate::output::Storage {
+        let storage = Storage {
             deflate: match file.output.compression {
-                None => crate::output::Storage::DEFAULT_DEFLATE,
+                None => Storage::DEFAULT_DEFLATE,
                 Some(l @ 0..=9) => l as i32,
                 Some(l) => {
                     bail!("key `output.compression`: a deflate level from 0 (none) to 9, not {l}")
@@ -842,8 +878,7 @@ impl RunConfig {
             .map(|d| density_spec(d, &resolve))
             .transpose()?;
         if let Some(d) = &density {
-            let checkpoint = crate::output::checkpoint::CheckpointFile::beside(&output, 0);
-            if d.file == output || d.file == checkpoint.path() {
+            if d.file == output || d.file == checkpoint_path(&output) {
                 bail!(
                     "key `output.density.file`: {} is the trajectory file or its checkpoint",
                     d.file.display()
@@ -944,28 +979,6 @@ mod tests {
         let cfg = RunConfig::from_str(&readme[start..end], Path::new("/data")).unwrap();
         assert_eq!(cfg.files[0], PathBuf::from("/data/sfbofs_subset.nc"));
         assert_eq!(cfg.dt, 60.0);
-    }
-
-    #[test]
-    fn the_readme_shows_the_larval_demo_and_it_parses() {
-        let readme = include_str!("../../../README.md");
-        let text = crate::demo::larvae_config();
-        assert!(
-            readme.contains(text),
-            "README's larval run file differs from the demo's"
-        );
-        let cfg = RunConfig::from_str(text, Path::new("/data")).unwrap();
-        let l = cfg.larvae.unwrap();
-        assert_eq!(l.stages.len(), 2);
-        assert_eq!(l.stages[1].from_age, 86_400.0);
-        assert!(l.stages[1].migration.is_none());
-        assert_eq!(l.stages[0].mortality_rate, 0.3 / 86_400.0);
-        let s = cfg.settlement.unwrap();
-        assert_eq!(s.competency, (43_200.0, 144_000.0));
-        assert_eq!(
-            cfg.connectivity,
-            Some(PathBuf::from("/data/connectivity.nc"))
-        );
     }
 
     #[test]

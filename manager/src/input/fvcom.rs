@@ -1,7 +1,7 @@
 //! Reads FVCOM output as real files write it (DESIGN.md §3): the mesh once, then one time slice
 //! at a time on request; never a whole file's fields. Every error names the file and variable.
 
-use crate::timefmt::{parse_cf_units, parse_datetime, MJD_EPOCH};
+use crate::input::timefmt::{parse_cf_units, parse_datetime, MJD_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::mesh::{Mesh, MeshInput, MeshNote};
 use shoal_common::{RawSlice, TransverseMercator};
@@ -67,7 +67,7 @@ pub struct FvcomReader {
     pub surface_only: bool,
     /// Where the mesh lies on the Earth: the frame a geographic mesh was projected to, or the
     /// projection a Cartesian file's `CoordinateProjection` names (when proj4rs reads it).
-    pub geo: Option<crate::crs::Geo>,
+    pub geo: Option<crate::input::crs::Geo>,
 }
 
 /// The nominal water depth, metres, of a surface-only input: never seen in the output, since
@@ -456,7 +456,7 @@ impl FvcomReader {
             time_source.push(how);
             if let Some(&last) = times.last() {
                 let prev = &sources[k - 1].path;
-                let when = crate::timefmt::format_datetime;
+                let when = crate::input::timefmt::format_datetime;
                 if t[0] < last - 0.5 {
                     bail!(
                         "{}: its times ({} ..) overlap those of {} (.. {}) by more than a repeated boundary record",
@@ -493,8 +493,8 @@ impl FvcomReader {
                         bail!(
                             "{}: time slice {i} ({}) is not after the previous one ({})",
                             s.path.display(),
-                            crate::timefmt::format_datetime(ti),
-                            crate::timefmt::format_datetime(last)
+                            crate::input::timefmt::format_datetime(ti),
+                            crate::input::timefmt::format_datetime(last)
                         );
                     }
                 }
@@ -506,10 +506,10 @@ impl FvcomReader {
         let (mesh, notes) =
             Mesh::build(mesh_input.clone()).map_err(|e| anyhow!("{}: {e}", p0.display()))?;
         let geo = match (coordinates, &mesh_input.projection) {
-            (Coordinates::Geographic, Some(tm)) => Some(crate::crs::Geo::Frame(*tm)),
+            (Coordinates::Geographic, Some(tm)) => Some(crate::input::crs::Geo::Frame(*tm)),
             _ => match string_attr(None, &sources[0].file, "CoordinateProjection") {
                 None => None,
-                Some(text) => crate::crs::parse(&text).unwrap_or_else(|why| {
+                Some(text) => crate::input::crs::parse(&text).unwrap_or_else(|why| {
                     warnings.push(format!(
                         "{}: global attribute `CoordinateProjection` (\"{text}\") is not understood: {why}; the output has x/y only",
                         sources[0].path.display()
@@ -640,7 +640,7 @@ fn read_mesh(
     // A projection that cannot be read leaves x/y without a place on the globe; where the file
     // carries lon/lat too, track in those instead, so the output can go on a map.
     let unreadable = string_attr(None, file, "CoordinateProjection")
-        .and_then(|text| crate::crs::parse(&text).err().map(|why| (text, why)))
+        .and_then(|text| crate::input::crs::parse(&text).err().map(|why| (text, why)))
         .filter(|_| !xy_empty && !ll_empty);
     if let Some((text, why)) = &unreadable {
         warnings.push(format!(

@@ -3,9 +3,9 @@
 //! repeatedly. Points outside the mesh are kept, flagged and counted, never silently dropped
 //! (site points are drawn in the water only).
 
-use crate::config::{PolygonRelease, RunConfig};
-use crate::crs::Geo;
-use crate::timefmt::parse_datetime;
+use crate::input::config::{PolygonRelease, RunConfig};
+use crate::input::crs::Geo;
+use crate::input::timefmt::parse_datetime;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::rng::{draw, unit_open, Stream};
 use shoal_common::{status, Mesh, Particles};
@@ -137,7 +137,7 @@ fn polygons(
     start: f64,
     duration: f64,
 ) -> Result<Release> {
-    let sites = crate::sites::read(&pr.file, geo)?;
+    let sites = crate::input::sites::read(&pr.file, geo)?;
     if sites.len() > u16::MAX as usize {
         bail!("{}: more than {} sites", pr.file.display(), u16::MAX);
     }

@@ -5,7 +5,7 @@
 //! (inside the mesh) by rejection from the site's bounding box, each attempt keyed by (seed,
 //! particle id, attempt), so a release is the same on any machine and any number of nodes.
 
-use crate::crs::Geo;
+use crate::input::crs::Geo;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use shoal_common::rng::{draw, unit_open, Stream};

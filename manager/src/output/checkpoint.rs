@@ -7,22 +7,16 @@
 //! directory. A manager killed at any moment leaves the previous checkpoint or the new one,
 //! never a torn one.
 
-use crate::config::RunConfig;
-use crate::fvcom::FvcomReader;
+use crate::input::config::RunConfig;
+use crate::input::fvcom::FvcomReader;
 use anyhow::{anyhow, bail, Context, Result};
-use shoal_common::wire::{self, Checkpoint, ParticleBatch};
-use shoal_common::Particles;
+use shoal_common::wire::{self, Checkpoint};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// A checkpoint as the schedule holds it: the state after `step`, when the output had
-/// `records` time records.
-#[derive(Clone, Debug)]
-pub struct Saved {
-    pub step: u32,
-    pub records: u32,
-    pub particles: Particles,
-}
+/// `records` time records (the file's own record, less its header).
+pub use shoal_common::wire::Saved;
 
 /// The checkpoint file of one run's output.
 pub struct CheckpointFile {
@@ -33,10 +27,8 @@ pub struct CheckpointFile {
 impl CheckpointFile {
     /// `<output>.checkpoint`, for the run whose configuration and input hash to `run_hash`.
     pub fn beside(output: &Path, run_hash: u64) -> CheckpointFile {
-        let mut name = output.as_os_str().to_owned();
-        name.push(".checkpoint");
         CheckpointFile {
-            path: PathBuf::from(name),
+            path: crate::input::config::checkpoint_path(output),
             run_hash,
         }
     }
@@ -48,14 +40,13 @@ impl CheckpointFile {
     /// Writes `saved` atomically over the previous checkpoint.
     pub fn save(&self, saved: &Saved) -> Result<()> {
         let ctx = || format!("writing checkpoint {}", self.path.display());
-        let c = Checkpoint {
+        let mut c = Checkpoint {
             magic: wire::CHECKPOINT_MAGIC,
             version: wire::CHECKPOINT_VERSION,
             run_hash: self.run_hash,
-            step: saved.step,
-            records: saved.records,
-            particles: ParticleBatch::of(u32::MAX, u32::MAX, saved.step, saved.particles.clone()),
+            saved: saved.clone(),
         };
+        c.saved.particles.sort_by_id();
         let bytes = wire::encode_checkpoint(&c).map_err(|e| anyhow!("{e}"))?;
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -65,7 +56,7 @@ impl CheckpointFile {
             f.write_all(&bytes).with_context(ctx)?;
             f.sync_all().with_context(ctx)?;
         }
-        crate::run::fault::maybe_die("checkpoint-write", saved.step);
+        crate::fault::maybe_die("checkpoint-write", saved.step);
         std::fs::rename(&tmp, &self.path).with_context(ctx)?;
         let dir = self
             .path
@@ -75,7 +66,7 @@ impl CheckpointFile {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(ctx)?;
-        crate::run::fault::maybe_die("checkpoint", saved.step);
+        crate::fault::maybe_die("checkpoint", saved.step);
         Ok(())
     }
 
@@ -98,7 +89,7 @@ impl CheckpointFile {
                 self.run_hash
             );
         }
-        let p = &c.particles;
+        let p = &c.saved.particles;
         if p.len() != n || p.id.iter().enumerate().any(|(i, &id)| id as usize != i) {
             bail!(
                 "{}: holds {} particles, not the run's {n} each exactly once",
@@ -106,11 +97,7 @@ impl CheckpointFile {
                 p.len()
             );
         }
-        Ok(Saved {
-            step: c.step,
-            records: c.records,
-            particles: c.particles.into_particles(),
-        })
+        Ok(c.saved)
     }
 
     /// Removes the checkpoint once its run has finished.

@@ -4,25 +4,15 @@
 //! (`cell_degrees`). It is written beside the trajectories, at the same times, rewound and
 //! reopened with them, so a rolled-back or resumed run writes the same counts.
 
-use crate::release::Origins;
+use crate::input::config::DensitySpec;
+use crate::input::release::Origins;
 use anyhow::{bail, Context, Result};
+use shoal_common::snapshot::Snapshot;
 use shoal_common::{status, Mesh, TransverseMercator};
-use shoal_node::Snapshot;
 use std::path::{Path, PathBuf};
 
 /// Cells times sites (times the counts' 4 bytes) a density map may have at one time.
 pub const MAX_CELLS: usize = 50_000_000;
-
-/// `[output] density` as resolved.
-#[derive(Clone, Debug)]
-pub struct DensitySpec {
-    pub file: PathBuf,
-    /// Cell size: metres, or degrees when `degrees`.
-    pub cell: f64,
-    pub degrees: bool,
-    /// A map per release site (needs a release from sites).
-    pub per_origin: bool,
-}
 
 /// The grid: the south-west corner of cell (0, 0), the cell size and the counts of cells.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -6,12 +6,12 @@
 //! and the share of those released, as CF NetCDF with a CSV beside it.
 
 use super::create_cf;
-use crate::release::Origins;
-use crate::timefmt::format_datetime;
+use crate::input::release::Origins;
+use crate::input::timefmt::format_datetime;
 use anyhow::{Context, Result};
 use shoal_common::behaviour::Area;
+use shoal_common::snapshot::Snapshot;
 use shoal_common::status;
-use shoal_node::Snapshot;
 use std::path::{Path, PathBuf};
 
 /// The settlement polygons and, per particle, where it settled (-1: nowhere yet).

@@ -1,7 +1,7 @@
 //! CF-1.8 trajectory output (`featureType = "trajectory"`, dims `(trajectory, time)` as OpenDrift
 //! writes them), appended one snapshot at a time along an unlimited `time` and synced after each,
 //! so a run that is killed leaves a readable file of everything written so far. Values are
-//! deflated with the shuffle filter in chunks of a few thousand particles ([`Storage`]), and
+//! deflated with the shuffle filter in chunks of a few thousand particles ([`Storage`](crate::input::config::Storage)), and
 //! positions and depths may be packed as integers to a stated precision.
 
 pub mod checkpoint;
@@ -9,10 +9,11 @@ pub mod density;
 pub mod fates;
 pub mod plot;
 
-use crate::timefmt::format_datetime;
+use crate::input::config::Storage;
+use crate::input::timefmt::format_datetime;
 use anyhow::{Context, Result};
+use shoal_common::snapshot::Snapshot;
 use shoal_common::status;
-use shoal_node::Snapshot;
 use std::path::{Path, PathBuf};
 
 /// A new CF-1.8 file (its directory made if need be) with its title and source.
@@ -62,32 +63,6 @@ pub(crate) fn add_time(f: &mut netcdf::FileMut, reference: f64) -> netcdf::Resul
     )?;
     v.put_attribute("calendar", "proleptic_gregorian")?;
     Ok(())
-}
-
-/// How the trajectory file stores its values: `[output] compression` and `precision`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Storage {
-    /// Deflate level, with the shuffle filter; 0: none.
-    pub deflate: i32,
-    /// Metres: x, y and z (and lon, lat to the same distance in degrees) stored as 32-bit
-    /// integers to this precision, packed as CF describes (`scale_factor`, `add_offset`);
-    /// `None`: full floats.
-    pub precision: Option<f64>,
-}
-
-impl Storage {
-    /// Chosen by measurement (BENCHMARKS.md, "Trajectory files"): level 1 gives nearly all of
-    /// what 9 gives on particle tracks at a fraction of the time.
-    pub const DEFAULT_DEFLATE: i32 = 1;
-}
-
-impl Default for Storage {
-    fn default() -> Self {
-        Storage {
-            deflate: Self::DEFAULT_DEFLATE,
-            precision: None,
-        }
-    }
 }
 
 /// Metres in a degree of latitude (and at most in one of longitude).
@@ -172,7 +147,7 @@ pub struct TrajectoryWriter {
     written: usize,
     /// Packed variables by name.
     packed: Vec<(&'static str, Packing)>,
-    projection: Option<crate::crs::Geo>,
+    projection: Option<crate::input::crs::Geo>,
     happiness: bool,
     /// The density map written at the same times, when the run asks for one.
     density: Option<density::DensityWriter>,
@@ -188,9 +163,9 @@ impl TrajectoryWriter {
         path: &Path,
         n: usize,
         reference: f64,
-        projection: Option<crate::crs::Geo>,
+        projection: Option<crate::input::crs::Geo>,
         happiness: bool,
-        origins: Option<&crate::release::Origins>,
+        origins: Option<&crate::input::release::Origins>,
         attributes: &[(String, String)],
         storage: Storage,
         centre: (f64, f64),
@@ -582,7 +557,7 @@ impl TrajectoryWriter {
     pub fn reopen(
         path: &Path,
         n: usize,
-        projection: Option<crate::crs::Geo>,
+        projection: Option<crate::input::crs::Geo>,
         happiness: bool,
         records: usize,
     ) -> Result<Self> {

@@ -12,14 +12,16 @@
 //! tells its survivors to abandon it, and every message of an old epoch is refused as a foreign
 //! run. Every key is spelled in `shoal_common::keys`.
 
-use super::membership::{run_id, Fleet, FleetSpec, Member};
 use super::prepare::{FieldWindow, Prepared};
 use super::schedule::{self, Io, NodeLost, Plan, Stepper};
 use super::{say, RunOptions, RunReport};
-use crate::config::RunConfig;
-use crate::fvcom::FvcomReader;
+use crate::input::config::RunConfig;
+use crate::input::fvcom::FvcomReader;
 use crate::output::checkpoint::Saved;
-use crate::partition::{default_rings, edge_flux, halo, max_speed, partition_shared, Partitioning};
+use crate::run::partition::{
+    default_rings, edge_flux, halo, max_speed, partition_shared, Partitioning,
+};
+use crate::station::membership::{run_id, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
@@ -90,7 +92,7 @@ pub fn run(
     // A named cluster's nodes on the status page: asked how they are while the run goes.
     let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = match (&plan.board, &named) {
-        (Some(board), Some(_)) => Some(super::status::watch_fleet(
+        (Some(board), Some(_)) => Some(crate::station::status::watch_fleet(
             fleet.session.clone(),
             fleet.cluster.clone(),
             fleet.dropped.clone(),
@@ -543,7 +545,8 @@ impl<'a> FabricStepper<'a> {
                 }
                 Event::State(_, b, q) if b.step == step && (b.from as usize) < self.n_parts => {
                     let part_of = &self.epoch.as_ref().expect("an epoch").part_of;
-                    let owned = b.element.iter().zip(&b.status).all(|(&e, &s)| {
+                    let p = &b.particles;
+                    let owned = p.element.iter().zip(&p.status).all(|(&e, &s)| {
                         s == status::OUTSIDE_MESH
                             || part_of.get(e as usize).is_some_and(|&o| o == b.from)
                     });
@@ -587,7 +590,7 @@ impl<'a> FabricStepper<'a> {
         let mut seen = vec![false; n];
         let mut all = Particles::with_capacity(n);
         for (p, b) in got {
-            for &id in &b.id {
+            for &id in &b.particles.id {
                 let slot = &mut seen[id as usize];
                 if *slot {
                     bail!("particle {id} is in two partitions at step {step}");
@@ -595,7 +598,7 @@ impl<'a> FabricStepper<'a> {
                 *slot = true;
             }
             let _ = p;
-            all.extend(&b.into_particles());
+            all.extend(&b.particles);
         }
         if let Some(missing) = seen.iter().position(|s| !s) {
             bail!("particle {missing} is in no partition at step {step}");
@@ -1212,14 +1215,15 @@ impl Stepper for FabricStepper<'_> {
         let (mut sent, mut received) = (0u64, 0u64);
         self.slowest = None;
         for (x, _) in &sums {
-            tally = tally.merge(tally_of_summary(x));
+            tally = tally.merge(x.tally);
             let node = self.node_of(x.partition);
             let share = (x.busy_us as f64 * 1e-6 / wall.max(1e-9)).min(1.0);
             if self.slowest.as_ref().is_none_or(|s| share > s.1) {
                 self.slowest = Some((node.clone(), share));
             }
             *self.busy.entry(node.clone()).or_default() += x.busy_us;
-            *self.stepped.entry(node.clone()).or_default() += (x.active + x.stranded) as u64;
+            *self.stepped.entry(node.clone()).or_default() +=
+                (x.tally.active + x.tally.stranded) as u64;
             let peak = self.peaks.entry(node).or_default();
             *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
@@ -1423,22 +1427,6 @@ pub fn fleet_words(nodes: usize, lost: usize, slowest: Option<(&str, f64)>) -> S
         w += &format!(", slowest {name} busy {:.0} % of the step", 100.0 * share);
     }
     w
-}
-
-fn tally_of_summary(x: &StepSummary) -> Tally {
-    Tally {
-        active: x.active,
-        pending: x.pending,
-        exited: x.exited,
-        bad_field: x.bad_field,
-        outside_mesh: x.outside_mesh,
-        settled: x.settled,
-        dead: x.dead,
-        stranded: x.stranded,
-        happy: x.happy,
-        max_happiness: x.max_happiness,
-        happiest: x.happiest,
-    }
 }
 
 #[cfg(test)]

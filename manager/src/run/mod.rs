@@ -1,23 +1,21 @@
 //! A run, from configuration to trajectory file: [`prepare`] reads and places everything, the one
 //! [`schedule`] steps, writes, checkpoints and recovers, and a [`schedule::Stepper`] moves the
 //! particles: [`direct`] in this process (CPU or GPU), [`fabric`] on node agents over zenoh
-//! (in-process ones for the embedded default, or a named cluster's), found by [`membership`]
-//! and split by [`partition`].
+//! (in-process ones for the embedded default, or a named cluster's), found by the
+//! station's [`membership`](crate::station::membership) and split by [`partition`].
 
 pub mod direct;
 pub mod fabric;
-pub mod fault;
-pub mod membership;
 pub mod partition;
 pub mod prepare;
 pub mod schedule;
-pub mod status;
 
 pub use prepare::{prepare, step_params, FieldWindow, Prepared};
 
-use crate::config::RunConfig;
+use crate::input::config::RunConfig;
 use crate::output::checkpoint::{run_hash, CheckpointFile, Saved};
 use crate::output::TrajectoryWriter;
+use crate::station::status;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_common::kernel::Tally;
@@ -239,7 +237,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             "run: {n} particles, {} steps of {} s from {}, {} threads",
             prep.n_steps,
             cfg.dt,
-            crate::timefmt::format_datetime(
+            crate::input::timefmt::format_datetime(
                 prep.start + shoal_common::kernel::step_time(from, prep.params.dt, prep.duration)
             ),
             prep.threads
@@ -263,8 +261,11 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let status = match opts.status {
         None => None,
         Some(addr) => {
-            let painter =
-                crate::plot::map::SnapshotPainter::new(&prep.mesh, prep.reader.geo.clone(), 640)?;
+            let painter = crate::output::plot::map::SnapshotPainter::new(
+                &prep.mesh,
+                prep.reader.geo.clone(),
+                640,
+            )?;
             let station = named_cluster
                 .clone()
                 .unwrap_or_else(|| "this machine".to_string());

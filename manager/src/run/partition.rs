@@ -418,15 +418,17 @@ mod tests {
 
 /// `shoal partition`: how the run's mesh and release would split over `parts` nodes.
 pub fn report(
-    cfg: &crate::config::RunConfig,
+    cfg: &crate::input::config::RunConfig,
     parts: usize,
     rings: Option<usize>,
 ) -> Result<String> {
     use std::fmt::Write;
-    let (reader, mesh, _) = crate::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    let (reader, mesh, _) =
+        crate::input::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
     let (start, duration) = crate::run::prepare::span(cfg, &reader.times);
-    let points = crate::release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?.points;
-    let placed = crate::release::place(&points, &mesh);
+    let points =
+        crate::input::release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?.points;
+    let placed = crate::input::release::place(&points, &mesh);
     let mut weights = vec![1u32; mesh.n_elements()];
     for (e, s) in placed
         .particles

@@ -3,16 +3,16 @@
 //! of field levels that the schedule and the one-machine stepper read through.
 
 use super::{say, RunOptions};
-use crate::config::RunConfig;
-use crate::fvcom::FvcomReader;
+use crate::input::config::RunConfig;
+use crate::input::fvcom::FvcomReader;
+use crate::input::release;
+use crate::input::timefmt::format_datetime;
 use crate::output::TrajectoryWriter;
-use crate::release;
-use crate::timefmt::format_datetime;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::behaviour::{Behaviour, Settlement};
 use shoal_common::kernel::{StepParams, VerticalMixing};
+use shoal_common::snapshot::Snapshot;
 use shoal_common::{FieldLevel, Mesh, Particles, Window};
-use shoal_node::Snapshot;
 use std::time::{Duration, Instant};
 
 /// The field levels covering a time span, read on demand and dropped when passed. It holds the
@@ -174,7 +174,7 @@ pub fn behaviour(
         return Ok(None);
     }
     let file = reader.path(0).display();
-    let larvae = cfg.larvae.clone().unwrap_or(crate::config::Larvae {
+    let mut larvae = cfg.larvae.clone().unwrap_or(Behaviour {
         stages: vec![shoal_common::behaviour::Stage {
             from_age: 0.0,
             sinking_speed: cfg.sinking_speed,
@@ -184,6 +184,8 @@ pub fn behaviour(
         temperature_range: None,
         salinity_range: None,
         place: None,
+        settlement: None,
+        clock_origin: 0.0,
     });
     if larvae.temperature_range.is_some() && !reader.layout.temp {
         bail!("{file}: behaviour.temperature_range needs variable `temp` (layered, at nodes), which the input lacks");
@@ -203,7 +205,7 @@ pub fn behaviour(
     let (settlement, names) = match &cfg.settlement {
         None => (None, Vec::new()),
         Some(s) => {
-            let sites = crate::sites::read(&s.file, reader.geo.as_ref())
+            let sites = crate::input::sites::read(&s.file, reader.geo.as_ref())
                 .context("key `settlement.polygons`")?;
             if sites.len() > u16::MAX as usize {
                 bail!(
@@ -232,17 +234,10 @@ pub fn behaviour(
             )
         }
     };
-    Ok(Some((
-        Box::new(Behaviour {
-            stages: larvae.stages,
-            temperature_range: larvae.temperature_range,
-            salinity_range: larvae.salinity_range,
-            settlement,
-            clock_origin: start,
-            place,
-        }),
-        names,
-    )))
+    larvae.settlement = settlement;
+    larvae.clock_origin = start;
+    larvae.place = place;
+    Ok(Some((Box::new(larvae), names)))
 }
 
 pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {

@@ -7,7 +7,7 @@
 
 use super::prepare::FieldWindow;
 use super::{closing, happy_stop, progress_bar, RunReport};
-use crate::config::RunConfig;
+use crate::input::config::RunConfig;
 use crate::output::checkpoint::{CheckpointFile, Saved};
 use crate::output::TrajectoryWriter;
 use anyhow::{bail, Result};
@@ -73,7 +73,7 @@ pub struct Plan {
     /// Unix time of the run clock's zero.
     pub origin: f64,
     /// The status page's board, where one is served (`--status`).
-    pub board: Option<std::sync::Arc<super::status::Board>>,
+    pub board: Option<std::sync::Arc<crate::station::status::Board>>,
 }
 
 impl Plan {

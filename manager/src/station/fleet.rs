@@ -8,7 +8,7 @@
 //! the samples spread over every node in proportion to its cores. Sample k is a pure function of
 //! (seed, k), so the estimate is the same on any cluster, any split, any thread count.
 
-use crate::run::membership::{census, Fleet, FleetSpec, Member};
+use crate::station::membership::{census, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
 use shoal_common::keys;
 use shoal_common::wire::{
@@ -187,7 +187,7 @@ pub fn status_page(
     addr: std::net::SocketAddr,
     seconds: Option<f64>,
 ) -> Result<()> {
-    use crate::run::status;
+    use crate::station::status;
     let Some(cluster) = o.cluster.as_deref() else {
         bail!("shoal status shows a named cluster's nodes: give --cluster NAME (the embedded default's nodes live only inside a run)");
     };

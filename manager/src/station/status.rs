@@ -8,7 +8,7 @@
 //! connection is closed). HTTP/1.1 by hyper on a tokio runtime of its own thread, so a slow
 //! browser never holds up a step.
 
-use crate::run::membership::Member;
+use crate::station::membership::Member;
 use anyhow::{anyhow, Context, Result};
 use shoal_common::kernel::Tally;
 use shoal_common::wire::{GpuHealth, Health};
@@ -152,7 +152,7 @@ struct State {
 pub struct Board {
     state: Mutex<State>,
     /// The run's name (its output file), and what draws its snapshots.
-    run: Option<(String, crate::plot::map::SnapshotPainter)>,
+    run: Option<(String, crate::output::plot::map::SnapshotPainter)>,
 }
 
 impl Board {
@@ -160,7 +160,7 @@ impl Board {
     /// what draws its snapshots.
     pub fn new(
         station: &str,
-        run: Option<(String, crate::plot::map::SnapshotPainter)>,
+        run: Option<(String, crate::output::plot::map::SnapshotPainter)>,
     ) -> Arc<Board> {
         Arc::new(Board {
             state: Mutex::new(State {
@@ -218,13 +218,13 @@ impl Board {
             rate,
             eta_s,
             counts: counts.into_iter().filter(|(_, c)| *c > 0).collect(),
-            model_time: crate::timefmt::format_datetime(model_time),
+            model_time: crate::input::timefmt::format_datetime(model_time),
         };
         self.with(|s| s.run = Some(card));
     }
 
     /// At output times: a new picture of the particles, unless one was drawn very recently.
-    pub fn snapshot(&self, snap: &shoal_node::Snapshot) {
+    pub fn snapshot(&self, snap: &shoal_common::snapshot::Snapshot) {
         let Some((_, painter)) = &self.run else {
             return;
         };
@@ -349,7 +349,7 @@ fn page(s: &State) -> String {
     for (name, c) in &s.nodes {
         let hot = c
             .temperature_c
-            .is_some_and(|t| t * 1000.0 >= crate::fleet::HOT_MC as f64);
+            .is_some_and(|t| t * 1000.0 >= crate::station::fleet::HOT_MC as f64);
         let temp = c
             .temperature_c
             .map_or("unknown".to_string(), |t| format!("{t:.1} °C"));
@@ -384,7 +384,7 @@ fn page(s: &State) -> String {
     out.push_str(&format!(
         "<p><small>Read-only; reloads every {REFRESH_S} s. Also as <a href=\"/status.json\">JSON</a>. \
          Written {} UTC.</small></p>\n</body></html>\n",
-        crate::timefmt::format_datetime(
+        crate::input::timefmt::format_datetime(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
@@ -547,7 +547,7 @@ pub fn watch_fleet(
             while !stop.load(Ordering::Relaxed) {
                 let began = Instant::now();
                 let members: Vec<Member> =
-                    match crate::run::membership::census(&session, &cluster, &dropped) {
+                    match crate::station::membership::census(&session, &cluster, &dropped) {
                         Ok((m, _)) => m,
                         Err(_) => Vec::new(),
                     };
@@ -570,7 +570,7 @@ pub fn watch_fleet(
                             .name("shoal-status-full".into())
                             .spawn(move || {
                                 let full = (true, Duration::from_secs(120));
-                                let verdict = crate::fleet::checkup(
+                                let verdict = crate::station::fleet::checkup(
                                     &session, &cluster, &dropped, &name, full, &stop,
                                 )
                                 .map_or_else(
@@ -597,7 +597,7 @@ pub fn watch_fleet(
                             let stop = &stop;
                             sc.spawn(move || {
                                 let quick = (false, Duration::from_secs(2));
-                                let h = crate::fleet::checkup(
+                                let h = crate::station::fleet::checkup(
                                     session, cluster, dropped, &m.name, quick, stop,
                                 );
                                 (m.name.clone(), h)

@@ -2,9 +2,9 @@
 //! kernel alone on an in-memory synthetic mesh (no I/O); the sparse case times a whole run,
 //! NetCDF reading and trajectory writing included, on a synthetic file written first.
 
-use crate::config::RunConfig;
+use crate::input::config::RunConfig;
 use crate::run::{run, RunOptions};
-use crate::synth::{self, Flow, SynthOptions};
+use crate::tools::synth::{self, Flow, SynthOptions};
 use anyhow::{Context, Result};
 use shoal_common::kernel::{Integrator, StepParams, VerticalMixing};
 use shoal_common::rng::{draw, unit_open, Stream};
@@ -286,7 +286,7 @@ fn sparse(args: &BenchArgs) -> Result<()> {
 fn behaviour(args: &BenchArgs) -> Result<()> {
     let o = sparse_input(args)?;
     let (cx, cy) = o.centre();
-    use crate::demo::{collection, square};
+    use crate::tools::demo::{collection, square};
     std::fs::write(
         args.dir.join("behaviour_reefs.geojson"),
         collection(&[

@@ -3,9 +3,9 @@
 //! `shoal demo --larvae`, a larval dispersal study on a generated coast: two spawning sites,
 //! three reefs, diel migration, mortality and settlement, ending in a connectivity matrix.
 
-use crate::config::RunConfig;
+use crate::input::config::RunConfig;
 use crate::run::{run, RunOptions, RunReport};
-use crate::synth::{self, Flow, SynthOptions};
+use crate::tools::synth::{self, Flow, SynthOptions};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -67,7 +67,7 @@ pub fn demo(dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     let cfg = RunConfig::from_path(&cfg_path)?;
     let report = run(&cfg, opts)?;
     let png = dir.join("demo_trajectories.png");
-    crate::plot::plot(&cfg.output, Some(&input), &png, 900)?;
+    crate::output::plot::plot(&cfg.output, Some(&input), &png, 900)?;
     println!(
         "demo: trajectories in {}, picture in {}",
         cfg.output.display(),
@@ -190,7 +190,7 @@ pub fn demo_larvae(dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     let report = run(&cfg, opts)?;
     let connectivity = dir.join("connectivity.nc");
     let png = dir.join("connectivity.png");
-    crate::plot::plot(&connectivity, None, &png, 600)?;
+    crate::output::plot::plot(&connectivity, None, &png, 600)?;
     println!(
         "demo: trajectories in {}, connectivity in {} and {}, heat map in {}",
         cfg.output.display(),
@@ -199,4 +199,32 @@ pub fn demo_larvae(dir: &Path, opts: &RunOptions) -> Result<RunReport> {
         png.display()
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_readme_shows_the_larval_demo_and_it_parses() {
+        let readme = include_str!("../../../README.md");
+        let text = larvae_config();
+        assert!(
+            readme.contains(text),
+            "README's larval run file differs from the demo's"
+        );
+        let cfg = RunConfig::from_str(text, Path::new("/data")).unwrap();
+        let l = cfg.larvae.unwrap();
+        assert_eq!(l.stages.len(), 2);
+        assert_eq!(l.stages[1].from_age, 86_400.0);
+        assert!(l.stages[1].migration.is_none());
+        assert_eq!(l.stages[0].mortality_rate, 0.3 / 86_400.0);
+        let s = cfg.settlement.unwrap();
+        assert_eq!(s.competency, (43_200.0, 144_000.0));
+        assert_eq!(
+            cfg.connectivity,
+            Some(PathBuf::from("/data/connectivity.nc"))
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! `shoal inspect`: what a FVCOM file holds, what shoal will use, and what is missing.
 
-use crate::fvcom::FvcomReader;
-use crate::timefmt::format_datetime;
+use crate::input::fvcom::FvcomReader;
+use crate::input::timefmt::format_datetime;
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<String> {
         mesh.vertical.n_layers,
         reader.coordinates
     )?;
-    if let Some(crate::crs::Geo::Crs { text, .. }) = &reader.geo {
+    if let Some(crate::input::crs::Geo::Crs { text, .. }) = &reader.geo {
         writeln!(
             out,
             "  projection `{text}` (CoordinateProjection): the output carries lon/lat"

@@ -2,7 +2,7 @@
 //! (clockwise 1-based `nv`, `(siglay, node)` sigma, `Itime`/`Itime2`/`Times`/f32 `time`), with
 //! switches for every quirk the reader must survive. Tests, benchmarks and the demo all use it.
 
-use crate::timefmt::{format_datetime, MJD_EPOCH};
+use crate::input::timefmt::{format_datetime, MJD_EPOCH};
 use anyhow::{anyhow, Context, Result};
 use shoal_common::TransverseMercator;
 use std::path::Path;
@@ -658,7 +658,7 @@ pub fn write(path: &Path, o: &SynthOptions) -> Result<()> {
     let time_units = match &o.time_units {
         Some(u) => Some((
             u.as_str(),
-            crate::timefmt::parse_cf_units(u).context("time units")?,
+            crate::input::timefmt::parse_cf_units(u).context("time units")?,
         )),
         None => None,
     };

@@ -8,8 +8,8 @@
 //! each GIF frame come out the same.
 
 use super::text::{Align, Pen};
-use crate::fvcom::FvcomReader;
-use crate::timefmt;
+use crate::input::fvcom::FvcomReader;
+use crate::input::timefmt;
 use anyhow::{anyhow, bail, Context, Result};
 use image::ImageEncoder;
 use plotters::coord::Shift;
@@ -345,7 +345,7 @@ struct MapMesh {
 
 /// A point of the mesh's frame (metres) in map units: degrees, longitude in -180..180, where
 /// `geo` places the mesh on the Earth; kilometres otherwise.
-fn to_map(geo: Option<&crate::crs::Geo>, x: f64, y: f64) -> (f64, f64) {
+fn to_map(geo: Option<&crate::input::crs::Geo>, x: f64, y: f64) -> (f64, f64) {
     match geo {
         Some(g) => {
             let (lon, lat) = g.inverse(x, y);
@@ -356,7 +356,7 @@ fn to_map(geo: Option<&crate::crs::Geo>, x: f64, y: f64) -> (f64, f64) {
 }
 
 impl MapMesh {
-    fn of(mesh: &shoal_common::Mesh, geo: Option<&crate::crs::Geo>) -> MapMesh {
+    fn of(mesh: &shoal_common::Mesh, geo: Option<&crate::input::crs::Geo>) -> MapMesh {
         let (u, v) = mesh
             .x
             .iter()
@@ -1492,11 +1492,15 @@ pub fn animate(
 pub struct SnapshotPainter {
     lay: Layout,
     base: Vec<u8>,
-    geo: Option<crate::crs::Geo>,
+    geo: Option<crate::input::crs::Geo>,
 }
 
 impl SnapshotPainter {
-    pub fn new(mesh: &shoal_common::Mesh, geo: Option<crate::crs::Geo>, size: u32) -> Result<Self> {
+    pub fn new(
+        mesh: &shoal_common::Mesh,
+        geo: Option<crate::input::crs::Geo>,
+        size: u32,
+    ) -> Result<Self> {
         let map = MapMesh::of(mesh, geo.as_ref());
         let e = {
             let b = map
