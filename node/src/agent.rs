@@ -1435,7 +1435,7 @@ impl<'a> PartitionAgent<'a> {
             (self.session, self.me, self.dropped.clone(), self.log.quiet);
         let (sync_key, state_key) = (self.keys.sync(self.p), self.keys.snapshot(self.p));
         let done = AtomicBool::new(false);
-        let (s, waits) = std::thread::scope(|scope| -> Result<(u32, (Duration, Duration))> {
+        let (s, waits) = std::thread::scope(|scope| -> Result<(u32, [Duration; 3])> {
             let (tell, talk) = mpsc::channel::<Talk>();
             let (answer, answers) = mpsc::channel::<Result<Message>>();
             let done = &done;
@@ -1488,6 +1488,7 @@ impl<'a> PartitionAgent<'a> {
             // Step s's tally and stepping time when step s was done ahead of the arrivals.
             let mut ahead: Option<(Tally, Duration)> = None;
             let (mut waited_batches, mut waited_grant) = (Duration::ZERO, Duration::ZERO);
+            let mut busy_total = Duration::ZERO;
             let mut s = first;
             loop {
                 if stop.load(Ordering::Relaxed) {
@@ -1540,7 +1541,11 @@ impl<'a> PartitionAgent<'a> {
                     sent_counts,
                     dropped: self.dropped.get(),
                     peak_rss_kib: crate::health::peak_rss_kib(),
-                    busy_us: (busy + clock.elapsed()).as_micros() as u64,
+                    busy_us: {
+                        busy += clock.elapsed();
+                        busy_total += busy;
+                        busy.as_micros() as u64
+                    },
                 };
                 ask(Message::StepSummary(summary))?;
                 // The answers so far; past the grant, wait for the one that extends it.
@@ -1627,7 +1632,7 @@ impl<'a> PartitionAgent<'a> {
                 a?;
             }
             guard.1 = false;
-            Ok((s, (waited_batches, waited_grant)))
+            Ok((s, [waited_batches, waited_grant, busy_total]))
         })?;
         #[cfg(feature = "gpu")]
         let readback = self.gpu.as_ref().map_or(String::new(), |g| {
@@ -1640,10 +1645,12 @@ impl<'a> PartitionAgent<'a> {
         #[cfg(not(feature = "gpu"))]
         let readback = String::new();
         self.log.say(format!(
-            "stopped after {s} steps; waited {:.2} s for other partitions' batches and {:.2} s \
-             for the manager's grants; fetched {} halo element values on demand{readback}; {}",
-            waits.0.as_secs_f64(),
-            waits.1.as_secs_f64(),
+            "stopped after {s} steps; busy {:.2} s; waited {:.2} s for other partitions' batches \
+             and {:.2} s for the manager's grants; fetched {} halo element values on \
+             demand{readback}; {}",
+            waits[2].as_secs_f64(),
+            waits[0].as_secs_f64(),
+            waits[1].as_secs_f64(),
             self.fields.fetched,
             crate::health::rss_words()
         ));

@@ -23,6 +23,7 @@ use crate::run::partition::{
 };
 use crate::station::membership::{run_id, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
+use shoal_common::kernel::release_due;
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::{
@@ -885,7 +886,7 @@ impl Stepper for FabricStepper<'_> {
         &mut self,
         from: u32,
         particles: &Particles,
-        _fields: &mut FieldWindow,
+        fields: &mut FieldWindow,
         gather: bool,
     ) -> Result<Option<Particles>> {
         // The previous epoch ends here: its token goes and its nodes abandon it.
@@ -1188,13 +1189,28 @@ impl Stepper for FabricStepper<'_> {
         } else {
             Command::Start
         };
-        let start = self.grant(from, from, command, gather);
+        // The state a fresh run begins from is the particles given, released as a partition
+        // releases them at `from`: the manager computes it alone, by the same kernel on the
+        // same field values, so no state crosses a slow link before the first step.
+        let start = self.grant(from, from, command, false);
         for (_, q) in ready {
             reply(&q, &me, Message::Control(start.clone()))?;
         }
         self.clock = Instant::now();
         if gather {
-            return Ok(Some(self.gather_states(from)?));
+            let dt = self.params.dt;
+            let t0 = shoal_common::kernel::step_time(from, dt, self.duration);
+            fields.cover(
+                t0,
+                shoal_common::kernel::step_time(from + 1, dt, self.duration),
+            )?;
+            let mut state = particles.clone();
+            let n = state.len().max(1);
+            for chunk in state.chunks_mut(n) {
+                release_due(self.mesh, fields.window(), t0, dt >= 0.0, chunk);
+            }
+            state.sort_by_id();
+            return Ok(Some(state));
         }
         Ok(None)
     }
