@@ -156,7 +156,7 @@ mod tests {
         // One sample at a time, straight from the definition.
         let one_by_one: u64 = (0..n)
             .map(|k| {
-                let w = draw(seed, (k / 2) as u32, (k / 2 >> 32) as u32, Stream::Sample);
+                let w = draw(seed, (k / 2) as u32, ((k / 2) >> 32) as u32, Stream::Sample);
                 let (a, b) = if k % 2 == 0 {
                     (w[0], w[1])
                 } else {

@@ -645,10 +645,8 @@ fn check(m: &Message) -> Result<(), WireError> {
     let bad = |kind, why| Err(WireError::Inconsistent { kind, why });
     match m {
         Message::ParticleBatch(b) | Message::Snapshot(b) => check_particles(&b.particles)?,
-        Message::Topology(t) => {
-            if t.halo.len() != t.halo_owner.len() {
-                return bad("topology", "halo and halo_owner differ in length");
-            }
+        Message::Topology(t) if t.halo.len() != t.halo_owner.len() => {
+            return bad("topology", "halo and halo_owner differ in length");
         }
         Message::FieldSlice(f) => {
             if f.u.len() != f.v.len() || (!f.ww.is_empty() && f.ww.len() != f.u.len()) {
@@ -676,10 +674,8 @@ fn check(m: &Message) -> Result<(), WireError> {
                 return bad("field slice", "wet_cells do not match its elements");
             }
         }
-        Message::StepSummary(s) => {
-            if s.sent_to.len() != s.sent_counts.len() {
-                return bad("step summary", "sent_to and sent_counts differ in length");
-            }
+        Message::StepSummary(s) if s.sent_to.len() != s.sent_counts.len() => {
+            return bad("step summary", "sent_to and sent_counts differ in length");
         }
         Message::RunSpec(r) => {
             if r.part_of.len() != r.mesh.nv.len() {
@@ -695,10 +691,8 @@ fn check(m: &Message) -> Result<(), WireError> {
                 return bad("run specification", "it starts after its last step");
             }
         }
-        Message::PiShare(p) => {
-            if p.inside > p.count {
-                return bad("pi share", "more samples inside than taken");
-            }
+        Message::PiShare(p) if p.inside > p.count => {
+            return bad("pi share", "more samples inside than taken");
         }
         _ => {}
     }
@@ -748,7 +742,7 @@ mod tests {
                         version: text("0.1.0"),
                         cores: self.u32() as u16,
                         memory_mib: self.u32(),
-                        gpu: if self.u32() % 2 == 0 {
+                        gpu: if self.u32().is_multiple_of(2) {
                             None
                         } else {
                             Some(text("V3D 4.2.14.0 (Vulkan)"))
@@ -776,7 +770,7 @@ mod tests {
                     let nl = 1 + self.len(20);
                     let ne = self.len(50);
                     let nn = self.len(50);
-                    let explicit = self.u32() % 2 == 0;
+                    let explicit = self.u32().is_multiple_of(2);
                     Message::FieldSlice(FieldSlice {
                         partition: self.u32(),
                         time_index: self.u32(),
@@ -868,7 +862,7 @@ mod tests {
                             .clone(),
                         through: self.u32(),
                         states: self.u32s(n),
-                        snapshot: self.u32() % 2 == 0,
+                        snapshot: self.u32().is_multiple_of(2),
                     })
                 }
                 8 => {
@@ -933,10 +927,10 @@ mod tests {
                     reason: format!("{}: no field", self.name()),
                 }),
                 12 => Message::Checkup(Checkup {
-                    full: self.u32() % 2 == 0,
+                    full: self.u32().is_multiple_of(2),
                 }),
                 13 => {
-                    let some = self.u32() % 2 == 0;
+                    let some = self.u32().is_multiple_of(2);
                     Message::Health(Box::new(Health {
                         node: self.name(),
                         capabilities: Capabilities {

@@ -151,7 +151,7 @@ impl Dropped {
     pub fn note(&self, what: &str, e: &WireError, quiet: bool) {
         let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
         // Say so for the first few and then every thousandth, never flood the log.
-        if !quiet && (n <= 3 || n % 1000 == 0) {
+        if !quiet && (n <= 3 || n.is_multiple_of(1000)) {
             eprintln!("dropped {what}: {e} ({n} dropped so far)");
         }
     }

@@ -28,7 +28,7 @@ impl Notifier {
         let ours = std::env::var("WATCHDOG_PID")
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
-            .map_or(true, |p| p == std::process::id());
+            .is_none_or(|p| p == std::process::id());
         let watchdog = std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|u| u.parse::<u64>().ok())

@@ -778,9 +778,8 @@ fn read_mesh(
         && file.variable("a1u").is_some()
         && file.variable("a2u").is_some()
     {
-        let as_rows = |name: &str| -> Result<Vec<[f32; 4]>> {
-            Ok(read_table_f(file, path, name, n_elements)?)
-        };
+        let as_rows =
+            |name: &str| -> Result<Vec<[f32; 4]>> { read_table_f(file, path, name, n_elements) };
         input.a1u = Some(as_rows("a1u")?);
         input.a2u = Some(as_rows("a2u")?);
     }

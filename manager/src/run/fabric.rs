@@ -1238,8 +1238,7 @@ impl Stepper for FabricStepper<'_> {
                 self.slowest = Some((node.clone(), share));
             }
             *self.busy.entry(node.clone()).or_default() += x.busy_us;
-            *self.stepped.entry(node.clone()).or_default() +=
-                (x.tally.active + x.tally.stranded) as u64;
+            *self.stepped.entry(node.clone()).or_default() += x.tally.active + x.tally.stranded;
             let peak = self.peaks.entry(node).or_default();
             *peak = (*peak).max(x.peak_rss_kib);
             sent += x.sent;
@@ -1451,7 +1450,7 @@ mod tests {
 
     #[test]
     fn a_grant_runs_ahead_but_spans_two_states_at_most() {
-        let every = |n: u32| move |k: u32| k >= 1440 || k % n == 0;
+        let every = |n: u32| move |k: u32| k >= 1440 || k.is_multiple_of(n);
         // Output every 360 steps: the whole window, to the run's end at most.
         assert_eq!(grant_through(0, 64, 1440, every(360)), 63);
         assert_eq!(grant_through(1400, 64, 1440, every(360)), 1439);

@@ -246,6 +246,66 @@ pub fn default_rings(max_speed: f64, dt: f64, smallest_edge: f64) -> usize {
     ((max_speed.abs() * dt / smallest_edge.max(1e-9)).ceil() as usize + 1).max(1)
 }
 
+/// `shoal partition`: how the run's mesh and release would split over `parts` nodes.
+pub fn report(
+    cfg: &crate::input::config::RunConfig,
+    parts: usize,
+    rings: Option<usize>,
+) -> Result<String> {
+    use std::fmt::Write;
+    let (reader, mesh, _) =
+        crate::input::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
+    let (start, duration) = crate::run::prepare::span(cfg, &reader.times);
+    let points =
+        crate::input::release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?.points;
+    let placed = crate::input::release::place(&points, &mesh);
+    let mut weights = vec![1u32; mesh.n_elements()];
+    for (e, s) in placed
+        .particles
+        .element
+        .iter()
+        .zip(&placed.particles.status)
+    {
+        if *s != shoal_common::status::OUTSIDE_MESH {
+            weights[*e as usize] += 1;
+        }
+    }
+    let max_speed = max_speed(&reader.read_slice(0, start)?);
+    let rings = rings.unwrap_or_else(|| default_rings(max_speed, cfg.dt, mesh.smallest_edge()));
+    let p = partition(&mesh, &weights, parts)?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{} elements, {} particles released in the mesh, {parts} parts",
+        mesh.n_elements(),
+        placed.particles.len() - placed.outside
+    )?;
+    writeln!(
+        out,
+        "edge cut {} (of {} interior edges), imbalance {:.3}",
+        p.edge_cut,
+        mesh.nbe
+            .iter()
+            .flatten()
+            .filter(|n| is_element(**n))
+            .count()
+            / 2,
+        p.imbalance
+    )?;
+    writeln!(out, "halo: {rings} rings (max speed {max_speed:.2} m/s x dt {} s over smallest edge {:.1} m, plus one)", cfg.dt, mesh.smallest_edge())?;
+    for k in 0..parts {
+        let owned = p.part_of.iter().filter(|q| **q == k as u32).count();
+        let h = halo(&mesh, &p.part_of, k as u32, rings);
+        writeln!(
+            out,
+            "  part {k}: {owned} elements, weight {}, halo {} elements",
+            p.part_weight[k],
+            h.len()
+        )?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,64 +474,4 @@ mod tests {
         assert_eq!(default_rings(1.5, 60.0, 100.0), 2);
         assert_eq!(default_rings(0.0, 60.0, 100.0), 1);
     }
-}
-
-/// `shoal partition`: how the run's mesh and release would split over `parts` nodes.
-pub fn report(
-    cfg: &crate::input::config::RunConfig,
-    parts: usize,
-    rings: Option<usize>,
-) -> Result<String> {
-    use std::fmt::Write;
-    let (reader, mesh, _) =
-        crate::input::fvcom::FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
-    let (start, duration) = crate::run::prepare::span(cfg, &reader.times);
-    let points =
-        crate::input::release::points(cfg, &mesh, reader.geo.as_ref(), start, duration)?.points;
-    let placed = crate::input::release::place(&points, &mesh);
-    let mut weights = vec![1u32; mesh.n_elements()];
-    for (e, s) in placed
-        .particles
-        .element
-        .iter()
-        .zip(&placed.particles.status)
-    {
-        if *s != shoal_common::status::OUTSIDE_MESH {
-            weights[*e as usize] += 1;
-        }
-    }
-    let max_speed = max_speed(&reader.read_slice(0, start)?);
-    let rings = rings.unwrap_or_else(|| default_rings(max_speed, cfg.dt, mesh.smallest_edge()));
-    let p = partition(&mesh, &weights, parts)?;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "{} elements, {} particles released in the mesh, {parts} parts",
-        mesh.n_elements(),
-        placed.particles.len() - placed.outside
-    )?;
-    writeln!(
-        out,
-        "edge cut {} (of {} interior edges), imbalance {:.3}",
-        p.edge_cut,
-        mesh.nbe
-            .iter()
-            .flatten()
-            .filter(|n| is_element(**n))
-            .count()
-            / 2,
-        p.imbalance
-    )?;
-    writeln!(out, "halo: {rings} rings (max speed {max_speed:.2} m/s x dt {} s over smallest edge {:.1} m, plus one)", cfg.dt, mesh.smallest_edge())?;
-    for k in 0..parts {
-        let owned = p.part_of.iter().filter(|q| **q == k as u32).count();
-        let h = halo(&mesh, &p.part_of, k as u32, rings);
-        writeln!(
-            out,
-            "  part {k}: {owned} elements, weight {}, halo {} elements",
-            p.part_weight[k],
-            h.len()
-        )?;
-    }
-    Ok(out)
 }

@@ -387,7 +387,7 @@ pub struct GpuPartition {
 
 fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), String> {
     let l = ctx.device.limits();
-    let max = (l.max_storage_buffer_binding_size as u64).min(l.max_buffer_size);
+    let max = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
     if bytes > max {
         return Err(format!(
             "{what} needs {bytes} bytes, more than the adapter's {max}"
