@@ -64,7 +64,7 @@ pub struct Particles {
 /// A column on the wire: every value, or the one value every particle shares (compared bit for
 /// bit). Most of a state's columns are one value for the whole run or long stretches of it (a
 /// single release's time, no fate yet, no happiness, a release depth), so a state or a batch
-/// over a slow link is about 40 % smaller than the arrays.
+/// over a slow link is less than half the arrays' size.
 #[derive(serde::Serialize)]
 enum Column<'a, T> {
     Each(&'a [T]),
