@@ -4,9 +4,17 @@
 //! state. Sampling is per particle, so any split of the particles into ranges gives the same
 //! view (the node crate samples ranges side by side).
 
-use crate::kernel::observe;
+use crate::kernel::{observe, salinity_at, temperature_at};
 use crate::{status, Mesh, Particles, Window};
 use std::ops::Range;
+
+/// Field values sampled at each particle for the output, beyond its position: the run file's
+/// `[output] variables`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampled {
+    pub temperature: bool,
+    pub salinity: bool,
+}
 
 /// Output view of particles, keyed by particle id.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -24,15 +32,40 @@ pub struct Snapshot {
     pub happiness: Vec<f32>,
     /// Run clock seconds when it settled or died (NaN until then).
     pub fate_time: Vec<f64>,
+    /// The water's temperature and salinity where the particle is (NaN where it has no
+    /// position or the fields hold none); empty unless [`Sampled`] asks for them.
+    pub temperature: Vec<f32>,
+    pub salinity: Vec<f32>,
 }
 
 impl Snapshot {
     /// The view of particles `range` of `p` at time `t` (run clock): depth below the surface,
-    /// sigma, age, and the host element in the file's numbering. Particles not yet released
-    /// have no position; those released outside the mesh have no depth.
-    pub fn of(p: &Particles, range: Range<usize>, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
+    /// sigma, age, the host element in the file's numbering, and the fields `sampled` names.
+    /// Particles not yet released have no position; those released outside the mesh have no
+    /// depth.
+    pub fn of(
+        p: &Particles,
+        range: Range<usize>,
+        mesh: &Mesh,
+        window: Window,
+        t: f64,
+        sampled: Sampled,
+    ) -> Snapshot {
         let mut s = Snapshot::default();
         for i in range {
+            let placed = p.status[i] != status::PENDING && p.status[i] != status::OUTSIDE_MESH;
+            let at = |f: fn(&Mesh, Window, f64, f64, f64, f64, u32) -> Option<f64>| {
+                placed
+                    .then(|| f(mesh, window, t, p.x[i], p.y[i], p.z[i], p.element[i]))
+                    .flatten()
+                    .map_or(f32::NAN, |v| v as f32)
+            };
+            if sampled.temperature {
+                s.temperature.push(at(temperature_at));
+            }
+            if sampled.salinity {
+                s.salinity.push(at(salinity_at));
+            }
             let (x, y, z, sigma) = match p.status[i] {
                 status::PENDING => (f64::NAN, f64::NAN, f32::NAN, f32::NAN),
                 status::OUTSIDE_MESH => (p.x[i], p.y[i], f32::NAN, f32::NAN),
@@ -74,6 +107,8 @@ impl Snapshot {
         self.age.append(&mut other.age);
         self.happiness.append(&mut other.happiness);
         self.fate_time.append(&mut other.fate_time);
+        self.temperature.append(&mut other.temperature);
+        self.salinity.append(&mut other.salinity);
     }
 
     pub fn len(&self) -> usize {

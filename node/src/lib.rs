@@ -159,16 +159,17 @@ impl Partition {
         self.particles.permute(&self.order, &mut self.keys);
         self.steps_since_sort = 0;
     }
-
-    /// The output view at time `t` (run clock), in the partition's current order.
-    pub fn snapshot(&self, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
-        snapshot_of(&self.particles, mesh, window, t)
-    }
 }
 
-/// The output view of `p` at time `t` (run clock), sampled in chunks side by side
-/// ([`Snapshot::of`] for each range, joined in order).
-pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapshot {
+/// The output view of `p` at time `t` (run clock), with the fields `sampled` names, sampled in
+/// chunks side by side ([`Snapshot::of`] for each range, joined in order).
+pub fn snapshot_of(
+    p: &Particles,
+    mesh: &Mesh,
+    window: Window,
+    t: f64,
+    sampled: shoal_common::snapshot::Sampled,
+) -> Snapshot {
     let chunk = chunk_size(p.len());
     let ranges: Vec<_> = (0..p.len())
         .step_by(chunk)
@@ -176,7 +177,7 @@ pub fn snapshot_of(p: &Particles, mesh: &Mesh, window: Window, t: f64) -> Snapsh
         .collect();
     ranges
         .into_par_iter()
-        .map(|r| Snapshot::of(p, r, mesh, window, t))
+        .map(|r| Snapshot::of(p, r, mesh, window, t, sampled))
         .collect::<Vec<_>>()
         .into_iter()
         .fold(Snapshot::default(), |mut all, s| {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zenoh::Wait;
 
-/// A rotating, diffusing, temperature-seeking release over a 30 x 30 mesh.
+/// A rotating, diffusing, temperature-seeking release over a 30 x 30 mesh, recording the
+/// water's temperature and salinity along each track (so every path samples them).
 pub(crate) fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> String) {
     let dir = scratch(name);
     let o = SynthOptions {
@@ -21,6 +22,7 @@ pub(crate) fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> S
         ny: 30,
         kh: true,
         temp: true,
+        salinity: true,
         duration: 4.0 * 3600.0,
         ..Default::default()
     };
@@ -28,7 +30,7 @@ pub(crate) fn setup(name: &str) -> (std::path::PathBuf, impl Fn(&str, &str) -> S
     let (cx, cy) = o.centre();
     let toml = move |out: &str, extra: &str| {
         format!(
-            "seed=11\n[input]\nfiles=['f.nc']\n[release.generate]\ncount=3000\ncentre=[{cx},{cy}]\nradius=5000.0\nz=-3.0\n[run]\nduration='3h'\ndt='60s'\nsort_every=4\n[diffusion]\nhorizontal_kh=2.0\nvertical='file'\n[behaviour]\npreferred_temperature=15.0\n[output]\nfile='{out}'\ninterval='20min'\n{extra}"
+            "seed=11\n[input]\nfiles=['f.nc']\n[release.generate]\ncount=3000\ncentre=[{cx},{cy}]\nradius=5000.0\nz=-3.0\n[run]\nduration='3h'\ndt='60s'\nsort_every=4\n[diffusion]\nhorizontal_kh=2.0\nvertical='file'\n[behaviour]\npreferred_temperature=15.0\n[output]\nfile='{out}'\ninterval='20min'\nvariables=['temperature','salinity']\n{extra}"
         )
     };
     (dir, toml)

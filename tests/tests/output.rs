@@ -175,7 +175,7 @@ fn killed_run_child() {
         1000,
         0.0,
         None,
-        false,
+        shoal_manager::output::Columns::default(),
         None,
         &[],
         cfg.storage,
@@ -193,6 +193,8 @@ fn killed_run_child() {
         age: vec![0.0; 1000],
         happiness: vec![0.0; 1000],
         fate_time: vec![f64::NAN; 1000],
+        temperature: vec![],
+        salinity: vec![],
     };
     for k in 0..7 {
         writer
@@ -295,4 +297,111 @@ fn no_hdf5_error_stack_reaches_stderr_from_any_thread() {
             "shoal {args:?} printed an HDF5 error stack:\n{err}"
         );
     }
+}
+
+/// `[output] variables`: the water's temperature and salinity where each particle is, along its
+/// track, against the synthetic file's own fields (linear in x and sigma, so the sampling's
+/// barycentric and between-layer interpolation is exact but within half a layer of the surface
+/// or bed, where it holds the nearest layer's value); refused by name where the input lacks one.
+#[test]
+fn temperature_and_salinity_along_each_track() {
+    let dir = scratch("sampled");
+    let o = SynthOptions {
+        flow: Flow::Rotation,
+        nx: 20,
+        ny: 20,
+        temp: true,
+        salinity: true,
+        duration: 3.0 * 3600.0,
+        ..Default::default()
+    };
+    synth_file(&dir, "f.nc", &o);
+    let (cx, cy) = o.centre();
+    let toml = |extra: &str| {
+        format!("seed=3\n[input]\nfiles=['f.nc']\n[release.generate]\ncount=300\ncentre=[{cx},{cy}]\nradius=6000.0\nz=-4.0\n[run]\nduration='2h'\ndt='60s'\n[diffusion]\nhorizontal_kh=1.0\n[output]\nfile='out.nc'\ninterval='30min'\n{extra}")
+    };
+    let cfg = config(&dir, &toml("variables=['temperature','salinity']\n")).unwrap();
+    run_quiet(&cfg, 2).unwrap();
+    let f = shoal_manager::nc::open(dir.join("out.nc")).unwrap();
+    let values = |name: &str| -> Vec<f64> {
+        let v = f.variable(name).unwrap();
+        if name == "temperature" {
+            let units = String::try_from(v.attribute("units").unwrap().value().unwrap()).unwrap();
+            assert_eq!(units, "degree_Celsius");
+        }
+        v.get_values::<f64, _>(..).unwrap()
+    };
+    let (x, sigma, t, s) = (
+        values("x"),
+        values("sigma"),
+        values("temperature"),
+        values("salinity"),
+    );
+    let status = f
+        .variable("status")
+        .unwrap()
+        .get_values::<i8, _>(..)
+        .unwrap();
+    let half_layer = 0.5 / o.layers as f64;
+    let mut checked = 0;
+    for k in 0..x.len() {
+        // Released outside the mesh: no depth, so no water to sample.
+        if status[k] == shoal_common::status::OUTSIDE_MESH as i8 {
+            assert!(t[k].is_nan() && s[k].is_nan(), "record {k}");
+            continue;
+        }
+        assert!(
+            x[k].is_finite() && t[k].is_finite() && s[k].is_finite(),
+            "record {k}"
+        );
+        assert!(
+            (s[k] - o.salinity(x[k])).abs() < 1e-3,
+            "salinity {} at x {}",
+            s[k],
+            x[k]
+        );
+        // Between the layer centres, the field's own value; nearer the surface or bed, the
+        // nearest centre's.
+        let inner = sigma[k].clamp(-1.0 + half_layer, -half_layer);
+        assert!(
+            (t[k] - o.temperature(x[k], inner)).abs() < 2e-3,
+            "temperature {} at x {} sigma {}",
+            t[k],
+            x[k],
+            sigma[k]
+        );
+        checked += 1;
+    }
+    assert!(checked > 300 * 5 / 2, "{checked} records in the water");
+    // Without the key, neither variable is in the file.
+    drop(f);
+    let plain = config(&dir, &toml("")).unwrap();
+    run_quiet(&plain, 2).unwrap();
+    let f = shoal_manager::nc::open(dir.join("out.nc")).unwrap();
+    assert!(f.variable("temperature").is_none() && f.variable("salinity").is_none());
+    // A name shoal does not sample, or one named twice, is refused by the key.
+    for bad in [
+        "variables=['oxygen']\n",
+        "variables=['salinity','salinity']\n",
+    ] {
+        let e = format!("{:#}", config(&dir, &toml(bad)).unwrap_err());
+        assert!(e.contains("output.variables"), "{e}");
+    }
+    // An input without salinity: the file, the key and the variable are named.
+    synth_file(
+        &dir,
+        "f.nc",
+        &SynthOptions {
+            salinity: false,
+            ..o.clone()
+        },
+    );
+    let e = format!(
+        "{:#}",
+        run_quiet(&config(&dir, &toml("variables=['salinity']\n")).unwrap(), 1).unwrap_err()
+    );
+    assert!(
+        e.contains("f.nc") && e.contains("output.variables") && e.contains("`salinity`"),
+        "{e}"
+    );
 }

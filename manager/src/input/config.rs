@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use shoal_common::behaviour::Behaviour;
 use shoal_common::kernel::{Happiness, Integrator, VerticalMixing};
+use shoal_common::snapshot::Sampled;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize, Default)]
@@ -220,6 +221,9 @@ pub struct OutputSection {
     /// `precision = "1cm"`: positions and depths stored as integers to this precision (CF
     /// packing) instead of full floats.
     pub precision: Option<toml::Value>,
+    /// `variables = ["temperature", "salinity"]`: the water's values sampled where each
+    /// particle is, recorded along its track.
+    pub variables: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -276,6 +280,8 @@ pub struct RunConfig {
     pub output_interval: f64,
     /// How the trajectory file stores its values.
     pub storage: Storage,
+    /// Field values sampled along each track (`[output] variables`).
+    pub sampled: Sampled,
     pub density: Option<DensitySpec>,
     pub connectivity: Option<PathBuf>,
     /// Larval behaviour beyond a constant sinking speed.
@@ -368,6 +374,24 @@ pub struct DensitySpec {
     pub degrees: bool,
     /// A map per release site (needs a release from sites).
     pub per_origin: bool,
+}
+
+/// `[output] variables`: each name once, each one the output knows.
+fn sampled(names: Option<&[String]>) -> Result<Sampled> {
+    let mut s = Sampled::default();
+    for name in names.unwrap_or_default() {
+        let slot = match name.as_str() {
+            "temperature" => &mut s.temperature,
+            "salinity" => &mut s.salinity,
+            other => bail!(
+                "key `output.variables`: `{other}` is not a variable shoal samples (temperature, salinity)"
+            ),
+        };
+        if std::mem::replace(slot, true) {
+            bail!("key `output.variables`: `{name}` is named twice");
+        }
+    }
+    Ok(s)
 }
 
 /// Where a run's checkpoint lies: `<output>.checkpoint`, beside the trajectory file.
@@ -929,6 +953,7 @@ impl RunConfig {
             output,
             output_interval,
             storage,
+            sampled: sampled(file.output.variables.as_deref())?,
             density,
             connectivity,
             larvae,

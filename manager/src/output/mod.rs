@@ -12,7 +12,7 @@ pub mod plot;
 use crate::input::config::Storage;
 use crate::input::timefmt::format_datetime;
 use anyhow::{Context, Result};
-use shoal_common::snapshot::Snapshot;
+use shoal_common::snapshot::{Sampled, Snapshot};
 use shoal_common::status;
 use std::path::{Path, PathBuf};
 
@@ -140,6 +140,77 @@ pub fn unpacked(v: &netcdf::Variable) -> Result<Vec<f64>> {
     })
 }
 
+/// Which of the optional per-record variables a trajectory file holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// With a preferred temperature.
+    pub happiness: bool,
+    /// `[output] variables`.
+    pub sampled: Sampled,
+}
+
+/// A per-record variable of single floats, one value a particle from its snapshot row.
+struct Float {
+    name: &'static str,
+    attrs: &'static [(&'static str, &'static str)],
+    value: fn(&Snapshot, usize) -> f32,
+    /// Whether a file of these columns holds it.
+    held: fn(Columns) -> bool,
+}
+
+/// The writer's one list of single-float variables, in the file's order: a new per-particle
+/// output variable is a row here. (`z`, which may be packed with the positions, and the integer
+/// `status` and `element` are written beside them.)
+const FLOATS: [Float; 5] = [
+    Float {
+        name: "sigma",
+        attrs: &[
+            ("long_name", "sigma coordinate (0 surface, -1 bottom)"),
+            ("units", "1"),
+        ],
+        value: |s, i| s.sigma[i],
+        held: |_| true,
+    },
+    Float {
+        name: "age",
+        attrs: &[("long_name", "time since release"), ("units", "s")],
+        value: |s, i| s.age[i],
+        held: |_| true,
+    },
+    Float {
+        name: "happiness",
+        attrs: &[
+            ("long_name", "happiness from preferred temperature (0..1)"),
+            ("units", "1"),
+        ],
+        value: |s, i| s.happiness[i],
+        held: |c| c.happiness,
+    },
+    Float {
+        name: "temperature",
+        attrs: &[
+            ("standard_name", "sea_water_temperature"),
+            ("long_name", "the water's temperature where the particle is"),
+            ("units", "degree_Celsius"),
+        ],
+        value: |s, i| s.temperature[i],
+        held: |c| c.sampled.temperature,
+    },
+    Float {
+        name: "salinity",
+        attrs: &[
+            ("standard_name", "sea_water_salinity"),
+            (
+                "long_name",
+                "the water's salinity where the particle is, as the input holds it",
+            ),
+            ("units", "1e-3"),
+        ],
+        value: |s, i| s.salinity[i],
+        held: |c| c.sampled.salinity,
+    },
+];
+
 pub struct TrajectoryWriter {
     file: netcdf::FileMut,
     path: PathBuf,
@@ -148,7 +219,7 @@ pub struct TrajectoryWriter {
     /// Packed variables by name.
     packed: Vec<(&'static str, Packing)>,
     projection: Option<crate::input::crs::Geo>,
-    happiness: bool,
+    columns: Columns,
     /// The density map written at the same times, when the run asks for one.
     density: Option<density::DensityWriter>,
     /// Where particles settled, when the run settles them.
@@ -164,7 +235,7 @@ impl TrajectoryWriter {
         n: usize,
         reference: f64,
         projection: Option<crate::input::crs::Geo>,
-        happiness: bool,
+        columns: Columns,
         origins: Option<&crate::input::release::Origins>,
         attributes: &[(String, String)],
         storage: Storage,
@@ -322,28 +393,8 @@ impl TrajectoryWriter {
             )?,
             None => add_f32(&mut f, "z", &z_attrs)?,
         }
-        add_f32(
-            &mut f,
-            "sigma",
-            &[
-                ("long_name", "sigma coordinate (0 surface, -1 bottom)"),
-                ("units", "1"),
-            ],
-        )?;
-        add_f32(
-            &mut f,
-            "age",
-            &[("long_name", "time since release"), ("units", "s")],
-        )?;
-        if happiness {
-            add_f32(
-                &mut f,
-                "happiness",
-                &[
-                    ("long_name", "happiness from preferred temperature (0..1)"),
-                    ("units", "1"),
-                ],
-            )?;
+        for v in FLOATS.iter().filter(|v| (v.held)(columns)) {
+            add_f32(&mut f, v.name, v.attrs)?;
         }
         {
             let mut v = f.add_variable::<i8>("status", &dims).with_context(ctx)?;
@@ -396,7 +447,7 @@ impl TrajectoryWriter {
             written: 0,
             packed,
             projection,
-            happiness,
+            columns,
             density: None,
             fates: None,
         })
@@ -477,10 +528,9 @@ impl TrajectoryWriter {
             }
             None => self.put("z", &colf(&|s, i| s.z[i]), it)?,
         }
-        self.put("sigma", &colf(&|s, i| s.sigma[i]), it)?;
-        self.put("age", &colf(&|s, i| s.age[i]), it)?;
-        if self.happiness {
-            self.put("happiness", &colf(&|s, i| s.happiness[i]), it)?;
+        let columns = self.columns;
+        for v in FLOATS.iter().filter(|v| (v.held)(columns)) {
+            self.put(v.name, &colf(&v.value), it)?;
         }
         let st: Vec<i8> = slot
             .iter()
@@ -558,7 +608,7 @@ impl TrajectoryWriter {
         path: &Path,
         n: usize,
         projection: Option<crate::input::crs::Geo>,
-        happiness: bool,
+        columns: Columns,
         records: usize,
     ) -> Result<Self> {
         let ctx = || format!("reopening output {} to resume", path.display());
@@ -571,12 +621,20 @@ impl TrajectoryWriter {
                 path.display()
             );
         }
-        if file.variable("lon").is_some() != projection.is_some()
-            || file.variable("happiness").is_some() != happiness
+        if file.variable("lon").is_some() != projection.is_some() {
+            anyhow::bail!(
+                "{}: its variables are not those this configuration writes (lon and lat)",
+                path.display()
+            );
+        }
+        if let Some(v) = FLOATS
+            .iter()
+            .find(|v| file.variable(v.name).is_some() != (v.held)(columns))
         {
             anyhow::bail!(
-                "{}: its variables are not those this configuration writes",
-                path.display()
+                "{}: its variables are not those this configuration writes ({})",
+                path.display(),
+                v.name
             );
         }
         let packed = ["x", "y", "z", "lon", "lat"]
@@ -590,7 +648,7 @@ impl TrajectoryWriter {
             written: records,
             packed,
             projection,
-            happiness,
+            columns,
             density: None,
             fates: None,
         })

@@ -206,7 +206,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             &cfg.output,
             n,
             prep.reader.geo.clone(),
-            cfg.happiness.is_some(),
+            crate::output::Columns {
+                happiness: cfg.happiness.is_some(),
+                sampled: cfg.sampled,
+            },
             saved.records as usize,
         )?;
         if let Some(spec) = &cfg.density {
@@ -315,6 +318,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         pool: prep.pool.clone(),
     };
     let mut fields = FieldWindow::new(&prep.reader, &prep.mesh, prep.start);
+    fields.sampled = cfg.sampled;
     let mut io = schedule::Io {
         fields: &mut fields,
         writer: &mut writer,

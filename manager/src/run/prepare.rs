@@ -11,7 +11,7 @@ use crate::output::TrajectoryWriter;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_common::behaviour::{Behaviour, Settlement};
 use shoal_common::kernel::{StepParams, VerticalMixing};
-use shoal_common::snapshot::Snapshot;
+use shoal_common::snapshot::{Sampled, Snapshot};
 use shoal_common::{FieldLevel, Mesh, Particles, Window};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ pub struct FieldWindow<'a> {
     first: usize,
     origin: f64,
     pub read_time: Duration,
+    /// The fields the output samples along each track.
+    pub sampled: Sampled,
 }
 
 impl<'a> FieldWindow<'a> {
@@ -35,6 +37,7 @@ impl<'a> FieldWindow<'a> {
             first: 0,
             origin,
             read_time: Duration::ZERO,
+            sampled: Sampled::default(),
         }
     }
 
@@ -92,6 +95,7 @@ impl<'a> FieldWindow<'a> {
             self.mesh,
             self.window(),
             t,
+            self.sampled,
         ))
     }
 }
@@ -322,11 +326,12 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
     let say = |s: String| say(opts.quiet, s);
     let wall = Instant::now();
     let (mut reader, mesh, notes) = FvcomReader::open(&cfg.files, &cfg.open_boundary_nodes)?;
-    // Salinity is read only for a lethal range.
-    reader.layout.salinity &= cfg
-        .larvae
-        .as_ref()
-        .is_some_and(|l| l.salinity_range.is_some());
+    // Salinity is read only for a lethal range or the output.
+    reader.layout.salinity &= cfg.sampled.salinity
+        || cfg
+            .larvae
+            .as_ref()
+            .is_some_and(|l| l.salinity_range.is_some());
     for w in &reader.warnings {
         eprintln!("warning: {w}");
     }
@@ -343,6 +348,27 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         format_datetime(reader.times[0]),
         format_datetime(*reader.times.last().unwrap())
     ));
+    for (asked, name, var, has) in [
+        (
+            cfg.sampled.temperature,
+            "temperature",
+            "temp",
+            reader.layout.temp,
+        ),
+        (
+            cfg.sampled.salinity,
+            "salinity",
+            "salinity",
+            reader.layout.salinity,
+        ),
+    ] {
+        if asked && !has {
+            bail!(
+                "{}: key `output.variables` names `{name}`, which needs variable `{var}` (layered, at nodes, with 3-D velocities), which the input lacks",
+                reader.path(0).display()
+            );
+        }
+    }
     if cfg.happiness.is_some() && !reader.layout.temp {
         bail!(
             "{}: behaviour.preferred_temperature needs variable `temp`, which the input lacks",
@@ -483,7 +509,10 @@ pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWrite
         prep.n(),
         prep.start,
         prep.reader.geo.clone(),
-        cfg.happiness.is_some(),
+        crate::output::Columns {
+            happiness: cfg.happiness.is_some(),
+            sampled: cfg.sampled,
+        },
         prep.origins.as_ref(),
         &config_attributes(cfg),
         cfg.storage,
