@@ -538,7 +538,8 @@ pub struct Control {
     /// The steps whose state (the particles as they are when the step begins, a
     /// [`Message::Snapshot`]) the manager wants, among those up to `through + 1`.
     pub states: Vec<u32>,
-    /// Send the partition's state after `step` once its batches are merged.
+    /// Send the partition's state after `step` once its batches are merged. (Never on the
+    /// start: the manager computes a fresh run's first state itself.)
     pub snapshot: bool,
 }
 

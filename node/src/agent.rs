@@ -1357,15 +1357,6 @@ impl<'a> PartitionAgent<'a> {
         Ok(self.part.particles.clone())
     }
 
-    /// Sends the partition's whole state after `step` to the manager, which writes the output
-    /// and the checkpoint from it.
-    fn snapshot(&mut self, step: u32, abandon: &AtomicBool) -> Result<()> {
-        let state = ParticleBatch::of(self.p, u32::MAX, step, self.state()?);
-        let b = bytes(self.me, Message::Snapshot(state))?;
-        self.ask(&self.keys.snapshot(self.p), Some(&b), PATIENCE, abandon)?;
-        Ok(())
-    }
-
     /// The bulk-synchronous loop; returns the steps done.
     fn run(&mut self, abandon: &AtomicBool, stop: &AtomicBool) -> Result<u32> {
         let spec = self.spec;
@@ -1413,9 +1404,6 @@ impl<'a> PartitionAgent<'a> {
             )
             .map_err(|e| anyhow!("partition {}: GPU setup: {e}", self.p))?;
             self.gpu = Some(Box::new(gpu));
-        }
-        if start.snapshot {
-            self.snapshot(first, abandon)?;
         }
         if start.command == Command::Stop {
             return Ok(0);

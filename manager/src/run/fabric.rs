@@ -23,7 +23,6 @@ use crate::run::partition::{
 };
 use crate::station::membership::{run_id, Fleet, FleetSpec, Member};
 use anyhow::{anyhow, bail, Result};
-use shoal_common::kernel::release_due;
 use shoal_common::keys::{self, RunKeys};
 use shoal_common::mesh::is_element;
 use shoal_common::wire::{
@@ -235,6 +234,8 @@ struct FabricStepper<'a> {
     placement: Vec<(u32, String, String)>,
     /// The run's device setting, for the nodes to combine with their own.
     device: shoal_node::Device,
+    /// The run's worker pool, for the first state's release.
+    pool: Arc<rayon::ThreadPool>,
 }
 
 /// One epoch: a run id, its nodes and partitions, its queryables and token.
@@ -290,6 +291,7 @@ impl<'a> FabricStepper<'a> {
             reader: &prep.reader,
             fleet,
             params: prep.params.clone(),
+            pool: prep.pool.clone(),
             times: prep.reader.times.iter().map(|t| t - prep.start).collect(),
             origin: prep.start,
             n: plan.n,
@@ -1200,15 +1202,12 @@ impl Stepper for FabricStepper<'_> {
         if gather {
             let dt = self.params.dt;
             let t0 = shoal_common::kernel::step_time(from, dt, self.duration);
-            fields.cover(
-                t0,
-                shoal_common::kernel::step_time(from + 1, dt, self.duration),
-            )?;
-            let mut state = particles.clone();
-            let n = state.len().max(1);
-            for chunk in state.chunks_mut(n) {
-                release_due(self.mesh, fields.window(), t0, dt >= 0.0, chunk);
-            }
+            fields.cover(t0, t0)?;
+            let mut part = shoal_node::Partition::new(particles.clone());
+            let (mesh, window) = (self.mesh, fields.window());
+            self.pool
+                .install(|| part.release(mesh, window, t0, dt >= 0.0));
+            let mut state = part.particles;
             state.sort_by_id();
             return Ok(Some(state));
         }
