@@ -317,8 +317,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         quiet: opts.quiet,
         pool: prep.pool.clone(),
     };
-    let mut fields = FieldWindow::new(&prep.reader, &prep.mesh, prep.start);
-    fields.sampled = cfg.sampled;
+    let mut fields = FieldWindow::new(&prep.reader, &prep.mesh, prep.start, cfg.sampled);
     let mut io = schedule::Io {
         fields: &mut fields,
         writer: &mut writer,

@@ -25,11 +25,13 @@ pub struct FieldWindow<'a> {
     origin: f64,
     pub read_time: Duration,
     /// The fields the output samples along each track.
-    pub sampled: Sampled,
+    sampled: Sampled,
 }
 
 impl<'a> FieldWindow<'a> {
-    pub fn new(reader: &'a FvcomReader, mesh: &'a Mesh, origin: f64) -> Self {
+    /// Levels of `reader`'s fields on `mesh`, on the run clock from `origin`; `observe` samples
+    /// what `sampled` names.
+    pub fn new(reader: &'a FvcomReader, mesh: &'a Mesh, origin: f64, sampled: Sampled) -> Self {
         FieldWindow {
             reader,
             mesh,
@@ -37,7 +39,7 @@ impl<'a> FieldWindow<'a> {
             first: 0,
             origin,
             read_time: Duration::ZERO,
-            sampled: Sampled::default(),
+            sampled,
         }
     }
 
