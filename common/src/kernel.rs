@@ -73,6 +73,36 @@ pub fn step_time(s: u32, dt: f64, duration: f64) -> f64 {
     }
 }
 
+/// What one step of the kernel needs besides the particles: the mesh, the field levels that
+/// bracket the step, the run's parameters (`params.dt` is this step's length), the model time
+/// the step starts at and the step's number (for the random streams).
+#[derive(Clone, Copy)]
+pub struct StepContext<'a> {
+    pub mesh: &'a Mesh,
+    pub window: Window<'a>,
+    pub params: &'a StepParams,
+    pub t: f64,
+    pub step: u32,
+}
+
+impl<'a> StepContext<'a> {
+    pub fn new(
+        mesh: &'a Mesh,
+        window: Window<'a>,
+        params: &'a StepParams,
+        t: f64,
+        step: u32,
+    ) -> Self {
+        StepContext {
+            mesh,
+            window,
+            params,
+            t,
+            step,
+        }
+    }
+}
+
 /// What the flow is at a point.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sample {
@@ -258,27 +288,36 @@ fn velocity_at(mesh: &Mesh, br: &Bracket, p: &ColumnPosition) -> [f64; 3] {
     ]
 }
 
-/// [`sample`] for a batch of points, in two passes: first every point's column position (the
-/// geometry and surface loads), then every point's coefficient blocks.
-#[allow(clippy::too_many_arguments)]
+/// A batch's points: positions, host elements and barycentric weights there, lane by lane.
+#[derive(Clone, Copy)]
+struct Points {
+    x: [f64; BATCH],
+    y: [f64; BATCH],
+    z: [f64; BATCH],
+    e: [u32; BATCH],
+    w: [[f64; 3]; BATCH],
+}
+
+impl Points {
+    const EMPTY: Points = Points {
+        x: [0.0; BATCH],
+        y: [0.0; BATCH],
+        z: [0.0; BATCH],
+        e: [0; BATCH],
+        w: [[0.0; 3]; BATCH],
+    };
+}
+
+/// [`sample`] for the first `n` points of a batch, in two passes: first every point's column
+/// position (the geometry and surface loads), then every point's coefficient blocks.
 #[inline(always)]
-fn sample_batch(
-    mesh: &Mesh,
-    br: &Bracket,
-    n: usize,
-    x: &[f64; BATCH],
-    y: &[f64; BATCH],
-    z: &[f64; BATCH],
-    e: &[u32; BATCH],
-    w: &[[f64; 3]; BATCH],
-    out: &mut [Sample; BATCH],
-) {
+fn sample_batch(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut [Sample; BATCH]) {
     let mut pos = [ColumnPosition::default(); BATCH];
-    for j in 0..n {
-        pos[j] = column_position(mesh, br, x[j], y[j], z[j], e[j], &w[j]);
+    for (j, p) in pos.iter_mut().enumerate().take(n) {
+        *p = column_position(mesh, br, at.x[j], at.y[j], at.z[j], at.e[j], &at.w[j]);
     }
-    for j in 0..n {
-        out[j] = pos[j].sample(velocity_at(mesh, br, &pos[j]));
+    for (o, p) in out.iter_mut().zip(&pos).take(n) {
+        *o = p.sample(velocity_at(mesh, br, p));
     }
 }
 
@@ -292,6 +331,8 @@ pub fn column_at(mesh: &Mesh, window: Window, t: f64, x: f64, y: f64, e: u32) ->
 
 /// A node field of `lvl` (`values`, by node slot) given at sigma values `cols` (by mesh node),
 /// interpolated at a point.
+// The innermost interpolation, called six times a sample point: plain arguments keep it free
+// of a struct built and taken apart on the hot path.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn node_profile_at(
@@ -305,15 +346,15 @@ fn node_profile_at(
     values: &[f32],
 ) -> f64 {
     let mut out = 0.0;
-    for i in 0..3 {
-        let n = mesh.nv[e][i] as usize;
+    for (&node, &wi) in mesh.nv[e].iter().zip(w) {
+        let n = node as usize;
         let c = mesh.vertical.column(n);
         let col = &cols[c * per_node..(c + 1) * per_node];
         let (k, wk) = sigma_bracket(col, sigma);
         let k1 = (k + 1).min(per_node - 1);
         let s = lvl.node(n);
         let val = &values[s * per_node..(s + 1) * per_node];
-        out += w[i] * lerp(val[k] as f64, val[k1] as f64, wk);
+        out += wi * lerp(val[k] as f64, val[k1] as f64, wk);
     }
     out
 }
@@ -365,18 +406,10 @@ fn layered_at(
     Some(lerp(va, vb, wt))
 }
 
-/// Vertical diffusivity and its z-derivative at a point.
-pub fn vertical_kh(
-    mesh: &Mesh,
-    window: Window,
-    t: f64,
-    x: f64,
-    y: f64,
-    z: f64,
-    e: u32,
-    mixing: VerticalMixing,
-) -> (f64, f64) {
-    match mixing {
+/// Vertical diffusivity and its z-derivative at a point, at the step's start.
+pub fn vertical_kh(cx: &StepContext, x: f64, y: f64, z: f64, e: u32) -> (f64, f64) {
+    let (mesh, window, t) = (cx.mesh, cx.window, cx.t);
+    match cx.params.vertical_mixing {
         VerticalMixing::None => (0.0, 0.0),
         VerticalMixing::Constant(k) => (k, 0.0),
         VerticalMixing::FromFile => {
@@ -463,9 +496,7 @@ fn trace_segment(mesh: &Mesh, e0: u32, x0: f64, y0: f64, x1: f64, y1: f64) -> Mo
         // The edge through which the segment leaves: smallest positive crossing parameter.
         let mut best: Option<(usize, f64)> = None;
         for i in 0..3 {
-            if wb[i] < 0.0 && mesh.nbe[e as usize][i] != came_from
-                || (wb[i] < 0.0 && came_from == u32::MAX)
-            {
+            if wb[i] < 0.0 && (mesh.nbe[e as usize][i] != came_from || came_from == u32::MAX) {
                 let denom = wa[i] - wb[i];
                 let s = if denom > 0.0 {
                     (wa[i] / denom).clamp(0.0, 1.0)
@@ -769,19 +800,15 @@ struct Vertical {
 
 /// What behaviour decides before particle `i` moves: `Err(())` when it dies now (lethal water,
 /// mortality, or past competency unsettled), else its own vertical motion.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn before_move(
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
+    cx: &StepContext,
     b: &Behaviour,
     sun: Option<&Sun>,
-    t: f64,
-    step: u32,
     p: &ParticlesMut,
     i: usize,
 ) -> Result<Vertical, ()> {
+    let (mesh, window, params, t, step) = (cx.mesh, cx.window, cx.params, cx.t, cx.step);
     let age = (t - p.release_time[i]).abs();
     if let Some(s) = &b.settlement {
         if s.die_after_competency && age > s.competency.1 {
@@ -874,15 +901,8 @@ pub const BATCH: usize = 16;
 /// Advances every particle of `p` from time `t` to `t + dt`. `step` numbers the step for the
 /// random streams. Pending particles due at `t` are released first, those due before `t + dt`
 /// at its end.
-pub fn advance(
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
-    t: f64,
-    step: u32,
-    p: ParticlesMut,
-) -> Tally {
-    advance_touching(mesh, window, params, t, step, p, &mut ())
+pub fn advance(cx: &StepContext, p: ParticlesMut) -> Tally {
+    advance_touching(cx, p, &mut ())
 }
 
 /// Told of every element whose field values a step reads beyond the particle's own starting
@@ -905,15 +925,8 @@ impl Touch for Vec<u32> {
 }
 
 /// [`advance`], telling `touched` of the elements read (see [`Touch`]).
-pub fn advance_touching<T: Touch>(
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
-    t: f64,
-    step: u32,
-    mut p: ParticlesMut,
-    touched: &mut T,
-) -> Tally {
+pub fn advance_touching<T: Touch>(cx: &StepContext, mut p: ParticlesMut, touched: &mut T) -> Tally {
+    let (mesh, window, params, t, step) = (cx.mesh, cx.window, cx.params, cx.t, cx.step);
     let mut tally = Tally::empty();
     let dt = params.dt;
     let forward = dt >= 0.0;
@@ -941,7 +954,7 @@ pub fn advance_touching<T: Touch>(
         // Stranded or not, a particle can die.
         let own_motion = match behaviour {
             None => passive,
-            Some(b) => match before_move(mesh, window, params, b, sun.as_ref(), t, step, &p, i) {
+            Some(b) => match before_move(cx, b, sun.as_ref(), &p, i) {
                 Ok(v) => v,
                 Err(()) => {
                     p.status[i] = status::DEAD;
@@ -959,21 +972,11 @@ pub fn advance_touching<T: Touch>(
         batch[nb] = i;
         nb += 1;
         if nb == BATCH {
-            advance_batch(mesh, window, params, t, step, &mut p, &batch, &own, touched);
+            advance_batch(cx, &mut p, &batch, &own, touched);
             nb = 0;
         }
     }
-    advance_batch(
-        mesh,
-        window,
-        params,
-        t,
-        step,
-        &mut p,
-        &batch[..nb],
-        &own,
-        touched,
-    );
+    advance_batch(cx, &mut p, &batch[..nb], &own, touched);
     if let Some(b) = behaviour.filter(|b| b.settlement.is_some()) {
         for i in 0..p.id.len() {
             // Only what moved this step settles: not a particle released at its end.
@@ -1011,37 +1014,30 @@ pub fn tally_of(params: &StepParams, id: &[u32], state: &[u8], happiness: &[f32]
 /// One step for the active particles at indices `batch` of `p`, each with its own vertical
 /// motion `own[j]`. Each particle's arithmetic is exactly that of a particle stepped alone; only
 /// the interleaving differs.
-#[allow(clippy::too_many_arguments)]
 fn advance_batch<T: Touch>(
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
-    t: f64,
-    step: u32,
+    cx: &StepContext,
     p: &mut ParticlesMut,
     batch: &[usize],
     own: &[Vertical; BATCH],
     touched: &mut T,
 ) {
+    let (mesh, window, params, t) = (cx.mesh, cx.window, cx.params, cx.t);
     let n = batch.len();
     let dt = params.dt;
-    let mut x0 = [0.0; BATCH];
-    let mut y0 = [0.0; BATCH];
-    let mut z0 = [0.0; BATCH];
-    let mut e0 = [0u32; BATCH];
+    let mut start = Points::EMPTY;
     for (j, &i) in batch.iter().enumerate() {
-        x0[j] = p.x[i];
-        y0[j] = p.y[i];
-        z0[j] = p.z[i];
-        e0[j] = p.element[i];
+        start.x[j] = p.x[i];
+        start.y[j] = p.y[i];
+        start.z[j] = p.z[i];
+        start.e[j] = p.element[i];
     }
     let mut s1 = [Sample::default(); BATCH];
     let br = window.at(t);
-    let mut w0 = [[0.0; 3]; BATCH];
     for j in 0..n {
-        w0[j] = mesh.weights(e0[j] as usize, x0[j], y0[j]);
+        start.w[j] = mesh.weights(start.e[j] as usize, start.x[j], start.y[j]);
     }
-    sample_batch(mesh, &br, n, &x0, &y0, &z0, &e0, &w0, &mut s1);
+    sample_batch(mesh, &br, n, &start, &mut s1);
+    let (x0, y0, z0, e0) = (&start.x, &start.y, &start.z, &start.e);
     // Own vertical speed (positive up): sinking, and swimming toward the band from the depth
     // below the surface at the start.
     let mut wo = [0.0; BATCH];
@@ -1065,11 +1061,10 @@ fn advance_batch<T: Touch>(
         }
         Integrator::Rk4 => {
             let h = 0.5 * dt;
-            let mut xs = [0.0; BATCH];
-            let mut ys = [0.0; BATCH];
-            let mut zs = [0.0; BATCH];
-            let mut es = e0;
-            let mut ws3 = [[0.0; 3]; BATCH];
+            let mut stage = Points {
+                e: *e0,
+                ..Points::EMPTY
+            };
             let mut prev = s1;
             // k1 + 2 k2 + 2 k3 + k4, summed in that order.
             let mut acc = [(0.0, 0.0, 0.0); BATCH];
@@ -1079,13 +1074,14 @@ fn advance_batch<T: Touch>(
             for (frac, weight, ts) in [(h, 2.0, t + h), (h, 2.0, t + h), (dt, 1.0, t + dt)] {
                 let br = window.at(ts);
                 for j in 0..n {
-                    xs[j] = x0[j] + frac * prev[j].u;
-                    ys[j] = y0[j] + frac * prev[j].v;
-                    zs[j] = z0[j] + frac * (prev[j].w + wo[j]);
-                    (es[j], ws3[j]) = stage_element(mesh, es[j], xs[j], ys[j]);
-                    touched.touch(es[j]);
+                    let (x, y) = (x0[j] + frac * prev[j].u, y0[j] + frac * prev[j].v);
+                    stage.x[j] = x;
+                    stage.y[j] = y;
+                    stage.z[j] = z0[j] + frac * (prev[j].w + wo[j]);
+                    (stage.e[j], stage.w[j]) = stage_element(mesh, stage.e[j], x, y);
+                    touched.touch(stage.e[j]);
                 }
-                sample_batch(mesh, &br, n, &xs, &ys, &zs, &es, &ws3, &mut prev);
+                sample_batch(mesh, &br, n, &stage, &mut prev);
                 for j in 0..n {
                     acc[j].0 += weight * prev[j].u;
                     acc[j].1 += weight * prev[j].v;
@@ -1104,41 +1100,30 @@ fn advance_batch<T: Touch>(
     for (j, &i) in batch.iter().enumerate() {
         let start = (x0[j], y0[j], z0[j], e0[j]);
         let advected = (xn[j], yn[j], zn[j], s1[j].zeta);
-        let (id, x, y, z, e, st) = (
-            p.id[i],
-            &mut p.x[i],
-            &mut p.y[i],
-            &mut p.z[i],
-            &mut p.element[i],
-            &mut p.status[i],
-        );
-        finish_one(
-            mesh, window, params, t, step, id, start, advected, &end, x, y, z, e, st, touched,
-        );
+        finish_one(cx, p, i, start, advected, &end, touched);
     }
 }
 
 /// After advection: quarantine non-finite results, add the random walks, then move the particle
 /// with land reflection and open-boundary exits, and reflect it into the water column.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn finish_one<T: Touch>(
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
-    t: f64,
-    step: u32,
-    id: u32,
+    cx: &StepContext,
+    p: &mut ParticlesMut,
+    i: usize,
     start: (f64, f64, f64, u32),
     advected: (f64, f64, f64, f64),
     end: &Bracket,
-    x: &mut f64,
-    y: &mut f64,
-    z: &mut f64,
-    element: &mut u32,
-    state: &mut u8,
     touched: &mut T,
 ) {
+    let (mesh, params, step, id) = (cx.mesh, cx.params, cx.step, p.id[i]);
+    let (x, y, z, element, state) = (
+        &mut p.x[i],
+        &mut p.y[i],
+        &mut p.z[i],
+        &mut p.element[i],
+        &mut p.status[i],
+    );
     // Random walks spread forward in time whichever way the run goes.
     let dt = params.dt.abs();
     let (x0, y0, z0, e0) = start;
@@ -1161,9 +1146,9 @@ fn finish_one<T: Touch>(
         if vertical {
             // Visser (1997): drift by K' and a step scaled by K at the drift-corrected depth;
             // R is uniform on [-1, 1] with variance r = 1/3.
-            let (_, dkdz) = vertical_kh(mesh, window, t, x0, y0, z0, e0, params.vertical_mixing);
+            let (_, dkdz) = vertical_kh(cx, x0, y0, z0, e0);
             let zc = z0 + 0.5 * dkdz * dt;
-            let (kc, _) = vertical_kh(mesh, window, t, x0, y0, zc, e0, params.vertical_mixing);
+            let (kc, _) = vertical_kh(cx, x0, y0, zc, e0);
             let r = 2.0 * unit_open(bits[2]) - 1.0;
             zn += dkdz * dt + r * (2.0 * kc * dt * 3.0).sqrt();
         }
@@ -1294,7 +1279,14 @@ mod tests {
         for s in 0..steps {
             let t = s as f64 * prm.dt;
             for c in p.chunks_mut(chunk) {
-                advance(mesh, Window { levels }, prm, t, s, c);
+                let cx = StepContext {
+                    mesh,
+                    window: Window { levels },
+                    params: prm,
+                    t,
+                    step: s,
+                };
+                advance(&cx, c);
             }
         }
     }
@@ -1446,7 +1438,14 @@ mod tests {
             let levels = std::slice::from_ref(&level);
             for s in hour * 60..(hour + 1) * 60 {
                 for c in p.chunks_mut(64) {
-                    advance(&mesh, Window { levels }, &fwd, s as f64 * 60.0, s, c);
+                    let cx = StepContext {
+                        mesh: &mesh,
+                        window: Window { levels },
+                        params: &fwd,
+                        t: s as f64 * 60.0,
+                        step: s,
+                    };
+                    advance(&cx, c);
                 }
             }
             for i in 0..n {
@@ -1484,7 +1483,14 @@ mod tests {
         let levels = std::slice::from_ref(&level);
         for s in 0..360u32 {
             for c in p.chunks_mut(64) {
-                advance(&mesh, Window { levels }, &back, -(s as f64) * 60.0, s, c);
+                let cx = StepContext {
+                    mesh: &mesh,
+                    window: Window { levels },
+                    params: &back,
+                    t: -(s as f64) * 60.0,
+                    step: s,
+                };
+                advance(&cx, c);
             }
         }
         // Backward from a full revolution's end is a full revolution back to the start.

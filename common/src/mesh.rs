@@ -775,9 +775,9 @@ impl Mesh {
     pub fn boundary_edges(&self) -> Vec<(u32, u32, u32)> {
         let mut out = Vec::new();
         for (e, row) in self.nbe.iter().enumerate() {
-            for i in 0..3 {
-                if !is_element(row[i]) {
-                    out.push((self.nv[e][(i + 1) % 3], self.nv[e][(i + 2) % 3], row[i]));
+            for (i, &kind) in row.iter().enumerate() {
+                if !is_element(kind) {
+                    out.push((self.nv[e][(i + 1) % 3], self.nv[e][(i + 2) % 3], kind));
                 }
             }
         }

@@ -215,6 +215,9 @@ impl Particles {
         }
     }
 
+    /// Adds a particle with no happiness and no fate yet.
+    // One argument per column a caller sets: a record type would be one more copy of the
+    // columns, which this type exists to be the only one of.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -376,9 +379,9 @@ impl Particles {
     /// Reorders every array by `order` (a permutation of indices), using `scratch` so that no
     /// allocation happens on the hot path.
     pub fn permute(&mut self, order: &[u32], scratch: &mut Vec<u64>) {
-        fn apply<T: Copy>(v: &mut [T], order: &[u32], scratch: &mut Vec<u64>)
+        fn apply<T>(v: &mut [T], order: &[u32], scratch: &mut Vec<u64>)
         where
-            T: Into<u64> + FromBits,
+            T: Copy + Into<u64> + FromBits,
         {
             scratch.clear();
             scratch.extend(order.iter().map(|&i| v[i as usize].into()));

@@ -77,8 +77,8 @@ impl Raw {
             }
             let r = *row as usize;
             *row = (vel[0].len() / nl) as u32;
-            for c in 0..comps {
-                vel[c].extend_from_slice(&self.vel[c][r * nl..(r + 1) * nl]);
+            for (to, from) in vel.iter_mut().zip(&self.vel).take(comps) {
+                to.extend_from_slice(&from[r * nl..(r + 1) * nl]);
             }
         }
         self.vel = vel;

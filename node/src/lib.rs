@@ -4,8 +4,9 @@
 //! as [`shoal_common::FieldLevel`]s from whoever drives it (the manager, in-process, for now).
 
 use rayon::prelude::*;
-use shoal_common::kernel::{advance, release_due, StepParams, Tally};
+use shoal_common::kernel::{advance, release_due, StepContext, Tally};
 use shoal_common::{status, Mesh, Particles, Window};
+use std::sync::Arc;
 
 /// The version `shoal --version` and `shoal-node --version` print: the package's, and the git
 /// revision the binary was built from.
@@ -38,20 +39,16 @@ pub mod gpu;
 pub mod health;
 pub mod net;
 pub mod systemd;
+pub mod worker;
+
+pub use worker::{Owner, Quarantine, Worker};
 
 /// Advances every particle of `set` through `step` in rayon chunks, in the current pool.
-pub fn advance_particles(
-    set: &mut Particles,
-    mesh: &Mesh,
-    window: Window,
-    params: &StepParams,
-    t: f64,
-    step: u32,
-) -> Tally {
+pub fn advance_particles(set: &mut Particles, cx: &StepContext) -> Tally {
     let n = set.len();
     set.chunks_mut(chunk_size(n))
         .into_par_iter()
-        .map(|chunk| advance(mesh, window, params, t, step, chunk))
+        .map(|chunk| advance(cx, chunk))
         .reduce(Tally::empty, Tally::merge)
 }
 
@@ -71,6 +68,10 @@ pub struct Partition {
     /// Sort keys, reused as the permutation's scratch space.
     keys: Vec<u64>,
     order: Vec<u32>,
+    /// Where it steps and releases: a pool of its own, or the current one (`None`).
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Each particle's status at the last step's start, to find the ones the step quarantined.
+    pub(crate) before: Vec<u8>,
 }
 
 impl Partition {
@@ -81,41 +82,30 @@ impl Partition {
             steps_since_sort: u32::MAX,
             keys: Vec::new(),
             order: Vec::new(),
+            pool: None,
+            before: Vec::new(),
         }
     }
 
-    /// Advances every particle from `t` to `t + dt`. The result is independent of the number of
-    /// threads and of the current order of particles.
-    pub fn step(
-        &mut self,
-        mesh: &Mesh,
-        window: Window,
-        params: &StepParams,
-        t: f64,
-        step: u32,
-    ) -> Tally {
+    /// Advances every particle through `cx.step` ([`Worker::step`] for a partition), in its
+    /// pool or the current one. The result is independent of the number of threads and of the
+    /// particles' order.
+    pub fn advance(&mut self, cx: &StepContext) -> Tally {
         self.prepare();
-        self.advance_all(mesh, window, params, t, step)
+        self.before.clone_from(&self.particles.status);
+        let set = &mut self.particles;
+        match &self.pool {
+            Some(pool) => pool.install(|| advance_particles(set, cx)),
+            None => advance_particles(set, cx),
+        }
     }
 
-    /// The first half of [`Partition::step`]: re-sorts by host element when due.
-    pub fn prepare(&mut self) {
+    /// Re-sorts by host element when due (before a step).
+    fn prepare(&mut self) {
         if self.sort_every > 0 && self.steps_since_sort >= self.sort_every {
             self.sort_by_element();
         }
         self.steps_since_sort = self.steps_since_sort.saturating_add(1);
-    }
-
-    /// The second half of [`Partition::step`]: advances every particle in rayon chunks.
-    pub fn advance_all(
-        &mut self,
-        mesh: &Mesh,
-        window: Window,
-        params: &StepParams,
-        t: f64,
-        step: u32,
-    ) -> Tally {
-        advance_particles(&mut self.particles, mesh, window, params, t, step)
     }
 
     /// Heap bytes held for the particles: their state plus the sort buffers.
@@ -135,10 +125,16 @@ impl Partition {
     /// direction).
     pub fn release(&mut self, mesh: &Mesh, window: Window, t: f64, forward: bool) {
         let n = self.particles.len();
-        self.particles
-            .chunks_mut(chunk_size(n))
-            .into_par_iter()
-            .for_each(|c| release_due(mesh, window, t, forward, c));
+        let set = &mut self.particles;
+        let mut work = || {
+            set.chunks_mut(chunk_size(n))
+                .into_par_iter()
+                .for_each(|c| release_due(mesh, window, t, forward, c))
+        };
+        match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
     }
 
     /// Orders particles by (host element, id); inactive ones go last.
@@ -212,6 +208,41 @@ impl Choice {
             reason: format!("cpu: {reason}"),
         }
     }
+
+    /// The device, in words for the manager and the logs: `cpu`, or `gpu: <adapter>`.
+    pub fn device(&self) -> String {
+        #[cfg(feature = "gpu")]
+        if let Some(ctx) = &self.gpu {
+            return format!("gpu: {}", ctx.adapter.name);
+        }
+        "cpu".to_string()
+    }
+
+    /// The worker that steps `part`'s particles (released already) on the device chosen: the
+    /// partition itself on the CPU, or its particles moved to the GPU. `owner`: on a node, which
+    /// partition owns each element and which one this is (the GPU then finds the particles
+    /// leaving); `None` on the one-machine path.
+    pub fn worker(
+        &self,
+        part: Partition,
+        mesh: &Mesh,
+        params: &shoal_common::kernel::StepParams,
+        owner: Option<Owner>,
+    ) -> anyhow::Result<Box<dyn Worker>> {
+        #[cfg(feature = "gpu")]
+        if let Some(ctx) = &self.gpu {
+            let needs = gpu::Needs::of(params);
+            let (ctx, particles) = (ctx.clone(), part.particles);
+            let gpu = match owner {
+                Some(o) => gpu::GpuPartition::on_node(ctx, mesh, particles, needs, o.part_of, o.me),
+                None => gpu::GpuPartition::new(ctx, mesh, particles, needs),
+            }
+            .map_err(|e| anyhow::anyhow!("GPU setup: {e}"))?;
+            return Ok(Box::new(worker::GpuWorker::new(gpu)));
+        }
+        let _ = (mesh, params, owner);
+        Ok(Box::new(part))
+    }
 }
 
 #[cfg(feature = "gpu")]
@@ -223,8 +254,8 @@ mod probe {
     pub fn adapter() -> &'static Result<(Arc<GpuContext>, selftest::SelfTest), String> {
         static P: OnceLock<Result<(Arc<GpuContext>, selftest::SelfTest), String>> = OnceLock::new();
         P.get_or_init(|| {
-            let ctx = GpuContext::new()?;
-            let st = selftest::self_test(&ctx)?;
+            let ctx = GpuContext::new().map_err(|e| e.to_string())?;
+            let st = selftest::self_test(&ctx).map_err(|e| e.to_string())?;
             Ok((ctx, st))
         })
     }
@@ -232,7 +263,7 @@ mod probe {
     /// CPU and GPU particle-steps/s on the reference problem, once per process.
     pub fn speeds(ctx: &Arc<GpuContext>) -> &'static Result<(f64, f64), String> {
         static S: OnceLock<Result<(f64, f64), String>> = OnceLock::new();
-        S.get_or_init(|| selftest::calibrate(ctx, 50_000, 3))
+        S.get_or_init(|| selftest::calibrate(ctx, 50_000, 3).map_err(|e| e.to_string()))
     }
 }
 

@@ -179,68 +179,58 @@ pub fn bytes(me: &Endpoint, m: Message) -> Result<Vec<u8>> {
     Ok(b)
 }
 
-/// Asks `key` once and returns the first answer that decodes for `me`. Retries while nobody
-/// answers (a queryable not declared yet), until `patience` runs out; answers that do not
-/// decode are dropped and counted. A reply the answerer marks as an error is an error.
-#[allow(clippy::too_many_arguments)]
-pub fn ask(
-    session: &Session,
-    key: &str,
-    payload: Option<&[u8]>,
-    me: &Endpoint,
-    dropped: &Dropped,
-    patience: Duration,
-    abandon: &AtomicBool,
-    quiet: bool,
-) -> Result<Message> {
-    ask_decoding(
-        session,
-        key,
-        payload,
-        &|b| decode(b, me),
-        dropped,
-        patience,
-        abandon,
-        quiet,
-    )
+/// Who asks, over what: the session, the run (or cluster) the answers must be for, where
+/// answers that do not decode are counted, and whether to say so in the log.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub session: &'a Session,
+    pub me: &'a Endpoint,
+    pub dropped: &'a Dropped,
+    pub quiet: bool,
 }
 
-/// [`ask`] for an answer from a node in no run yet (its hello).
-pub fn ask_any_run(
-    session: &Session,
-    key: &str,
-    payload: &[u8],
-    cluster: &Endpoint,
-    dropped: &Dropped,
-    patience: Duration,
-    abandon: &AtomicBool,
-) -> Result<Message> {
-    let dec = |b: &[u8]| shoal_common::wire::decode_any_run(b, &cluster.cluster);
-    ask_decoding(
-        session,
-        key,
-        Some(payload),
-        &dec,
-        dropped,
-        patience,
-        abandon,
-        true,
-    )
+impl Caller<'_> {
+    /// Asks `key` once and returns the first answer that decodes for `me`. Retries while
+    /// nobody answers (a queryable not declared yet), until `patience` runs out; answers that
+    /// do not decode are dropped and counted. A reply the answerer marks as an error is an
+    /// error.
+    pub fn ask(
+        &self,
+        key: &str,
+        payload: Option<&[u8]>,
+        patience: Duration,
+        abandon: &AtomicBool,
+    ) -> Result<Message> {
+        let me = self.me;
+        ask_decoding(self, key, payload, &|b| decode(b, me), patience, abandon)
+    }
+
+    /// [`Caller::ask`] for an answer from a node in no run yet (its hello): `me` is the
+    /// cluster's endpoint.
+    pub fn ask_any_run(
+        &self,
+        key: &str,
+        payload: &[u8],
+        patience: Duration,
+        abandon: &AtomicBool,
+    ) -> Result<Message> {
+        let cluster = &self.me.cluster;
+        let dec = |b: &[u8]| shoal_common::wire::decode_any_run(b, cluster);
+        ask_decoding(self, key, Some(payload), &dec, patience, abandon)
+    }
 }
 
 type Decoder<'a> = &'a dyn Fn(&[u8]) -> Result<shoal_common::wire::Envelope, WireError>;
 
-#[allow(clippy::too_many_arguments)]
 fn ask_decoding(
-    session: &Session,
+    c: &Caller,
     key: &str,
     payload: Option<&[u8]>,
     decode: Decoder,
-    dropped: &Dropped,
     patience: Duration,
     abandon: &AtomicBool,
-    quiet: bool,
 ) -> Result<Message> {
+    let (session, dropped, quiet) = (c.session, c.dropped, c.quiet);
     let deadline = Instant::now() + patience;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -324,6 +314,8 @@ pub fn reply(q: &zenoh::query::Query, me: &Endpoint, m: Message) -> Result<()> {
 /// What a partition's conversation with the manager hears ([`converse`]): a question to ask
 /// (`keep`: hand its answer on; otherwise the answer is only checked), the end of the
 /// questions, or news of a question in flight from zenoh's callbacks.
+// A few at a time in a channel; a box per question would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Talk {
     Ask {
         key: String,
@@ -350,15 +342,11 @@ struct Flight {
 /// Asks each question as it comes, a zenoh get of its own, without waiting for the answer to
 /// the one before (so a link's round trip limits nothing but the answers' lag), and hands the
 /// answers to `answers` in the order the questions came. A question nobody answered is asked
-/// again after 50 ms until its patience runs out, as [`ask`] does. Returns after the first
+/// again after 50 ms until its patience runs out, as [`Caller::ask`] does. Returns after the first
 /// failed question, once every answer after [`Talk::Close`] is in, or when either of `abandon`
 /// is set. `tell` is the sending end of `talk`, for the callbacks.
-#[allow(clippy::too_many_arguments)]
 pub fn converse(
-    session: &Session,
-    me: &Endpoint,
-    dropped: &Dropped,
-    quiet: bool,
+    c: &Caller,
     tell: &std::sync::mpsc::Sender<Talk>,
     talk: &std::sync::mpsc::Receiver<Talk>,
     answers: &std::sync::mpsc::Sender<Result<Message>>,
@@ -366,6 +354,7 @@ pub fn converse(
 ) {
     use std::collections::BTreeMap;
     use std::sync::mpsc::RecvTimeoutError;
+    let (session, me, dropped, quiet) = (c.session, c.me, c.dropped, c.quiet);
     // Sends `Finished` when zenoh drops the get's callback, that is when the get is over.
     struct Over(u64, std::sync::mpsc::Sender<Talk>);
     impl Drop for Over {
@@ -509,14 +498,9 @@ pub fn ask_later(session: &Session, key: &str, patience: Duration) -> Result<Ask
 
 impl Asked {
     /// The answer, once it comes: `None` when the get ended without one that decodes (the
-    /// caller asks again, with [`ask`]'s retries), an error for a refusal or when abandoned.
-    pub fn answer(
-        self,
-        me: &Endpoint,
-        dropped: &Dropped,
-        quiet: bool,
-        abandon: &AtomicBool,
-    ) -> Result<Option<Message>> {
+    /// caller asks again, with [`Caller::ask`]'s retries), an error for a refusal or when abandoned.
+    pub fn answer(self, c: &Caller, abandon: &AtomicBool) -> Result<Option<Message>> {
+        let (me, dropped, quiet) = (c.me, c.dropped, c.quiet);
         loop {
             match self.replies.recv_timeout(Duration::from_millis(250)) {
                 Ok(Some(reply)) => match reply.result() {

@@ -157,8 +157,10 @@ fn re_partitioning_where_the_particles_are_changes_no_bit() {
     let r = station.run("speeds.toml");
     assert!(!r.rebalances.is_empty());
     let share = |n: &str| r.node_shares.iter().find(|(m, _)| m == n).unwrap().1;
+    // About 0.2 against 0.8 by the speeds; the bound leaves room for a machine whose other
+    // tests slow the fast node too (an even cut would be 0.5 each).
     assert!(
-        share("slow") < 0.35 && share("fast") > 0.65,
+        share("slow") < 0.4 && share("fast") > 0.6,
         "{:?}",
         r.node_shares
     );

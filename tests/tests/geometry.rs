@@ -557,7 +557,7 @@ fn check_generated(
     let slack = if what.ends_with("gpu") { 1e-3 } else { 1e-6 };
     let mut clear = vec![true; out.n_traj];
     let (mut pinned, mut gathered) = (0, 0);
-    for p in 0..out.n_traj {
+    for (p, clear_p) in clear.iter_mut().enumerate() {
         for t in 0..out.n_time {
             let k = out.at(p, t);
             let (x, y) = (out.x[k], out.y[k]);
@@ -573,7 +573,7 @@ fn check_generated(
             let u = o.velocity(x, y, sigma, 0.0);
             let step = u.0.hypot(u.1) * dt;
             if w.to_land(x, y) < 2.0 * step + 1.0 {
-                clear[p] = false;
+                *clear_p = false;
             }
             if t == 0 {
                 continue;

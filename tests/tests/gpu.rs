@@ -3,11 +3,11 @@
 //! a missing adapter fails these tests instead of skipping them.
 
 use shoal_node::gpu::selftest::{self_test, SELF_TEST_TOLERANCE_M};
-use shoal_node::gpu::GpuContext;
+use shoal_node::gpu::{GpuContext, GpuError};
 use std::sync::{Arc, OnceLock};
 
 pub fn context() -> Option<Arc<GpuContext>> {
-    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+    static CTX: OnceLock<Result<Arc<GpuContext>, GpuError>> = OnceLock::new();
     match CTX.get_or_init(GpuContext::new) {
         Ok(c) => Some(c.clone()),
         Err(e) => {

@@ -290,7 +290,18 @@ fn fields_at_a_point_are_pylags() {
         "salinity",
     );
     // kh at z = -0.2 m (sigma -0.1, halfway between levels 0 and -0.2): 0.005.
-    let (k, dkdz) = kernel::vertical_kh(&m.mesh, w, 0.0, x, y, -0.2, e0, VerticalMixing::FromFile);
+    let params = kernel::StepParams {
+        dt: 60.0,
+        integrator: kernel::Integrator::Rk4,
+        horizontal_kh: 0.0,
+        vertical_mixing: VerticalMixing::FromFile,
+        sinking_speed: 0.0,
+        seed: 0,
+        happiness: None,
+        behaviour: None,
+    };
+    let cx = kernel::StepContext::new(&m.mesh, w, &params, 0.0, 0);
+    let (k, dkdz) = kernel::vertical_kh(&cx, x, y, -0.2, e0);
     close(k, 0.005, "kh");
     // Differs by method: PyLag gives dkh/dz = -0.0026042 there; shoal differences kh over half
     // a level on either side, which inside one linear segment is the segment's own slope:

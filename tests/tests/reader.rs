@@ -274,7 +274,7 @@ fn the_cli_writes_inspects_and_plots() {
         nc.to_str().unwrap(),
     ])
     .unwrap();
-    let text = shoal_manager::tools::inspect::inspect(&[nc.clone()]).unwrap();
+    let text = shoal_manager::tools::inspect::inspect(std::slice::from_ref(&nc)).unwrap();
     assert!(
         text.contains("96 elements") && text.contains("4 slices"),
         "{text}"
@@ -402,7 +402,9 @@ fn a_variable_of_the_wrong_shape_is_refused_when_the_file_opens_naming_it() {
         f.add_variable::<f32>("salinity", &["time", "node"])
             .unwrap();
     }
-    let err = FvcomReader::open(&[path.clone()], &[]).err().unwrap();
+    let err = FvcomReader::open(std::slice::from_ref(&path), &[])
+        .err()
+        .unwrap();
     let e = format!("{err:#}");
     assert!(
         e.contains("f.nc") && e.contains("`salinity`") && e.contains("(time, node)"),

@@ -23,7 +23,7 @@ fn sfbofs_nine_hours_particles_stay_in_the_water() {
         return;
     };
     let dir = scratch("sfbofs");
-    let (reader, mesh, _) = FvcomReader::open(&[file.clone()], &[]).unwrap();
+    let (reader, mesh, _) = FvcomReader::open(std::slice::from_ref(&file), &[]).unwrap();
     assert_eq!(
         (mesh.n_nodes(), mesh.n_elements(), mesh.vertical.n_layers),
         (551, 903, 20)

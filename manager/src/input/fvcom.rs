@@ -585,7 +585,7 @@ impl FvcomReader {
                 Wetness::Cells => Some(
                     read_f32(file, path, "wet_cells", (i, ..))?
                         .iter()
-                        .map(|&w| u8::from(!(w < 0.5)))
+                        .map(|&w| u8::from(w.is_nan() || w >= 0.5))
                         .collect(),
                 ),
                 Wetness::Nodes => {
@@ -594,7 +594,12 @@ impl FvcomReader {
                         self.mesh_input
                             .nv
                             .iter()
-                            .map(|t| u8::from(t.iter().all(|&n| !(nodes[n as usize] < 0.5))))
+                            .map(|t| {
+                                u8::from(t.iter().all(|&n| {
+                                    let w = nodes[n as usize];
+                                    w.is_nan() || w >= 0.5
+                                }))
+                            })
                             .collect(),
                     )
                 }

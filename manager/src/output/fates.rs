@@ -238,12 +238,12 @@ impl Matrix {
                 .map(|t| format_datetime(reference + t))
                 .unwrap_or_default();
             for k in 0..self.origins {
-                for d in 0..self.destinations {
+                for (d, destination) in names.iter().enumerate().take(self.destinations) {
                     let i = (r * self.origins + k) * self.destinations + d;
                     out.push_str(&format!(
                         "{when},{},{},{},{},{}\n",
                         quote(&o.names[k]),
-                        quote(&names[d]),
+                        quote(destination),
                         self.count[i],
                         self.released[r * self.origins + k],
                         p[i]

@@ -229,6 +229,8 @@ pub struct TrajectoryWriter {
 impl TrajectoryWriter {
     /// `reference` is the Unix time of the run clock's zero; `attributes` go in as globals.
     /// `centre`: the middle of the mesh, where packed positions are centred.
+    // Each argument is a different part of the file's header, given at one call site (and a
+    // test); a struct for them would only be built there to be taken apart here.
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         path: &Path,

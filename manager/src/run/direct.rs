@@ -1,20 +1,14 @@
-//! Stepping in this process alone: one partition on the CPU (rayon) or the GPU (wgpu). The
-//! one-machine path (`--direct`) and the GPU's; the fabric's results are checked against it.
+//! Stepping in this process alone: one partition on the CPU (rayon) or the GPU (wgpu), through
+//! the node's [`Worker`]. The one-machine path (`--direct`) and the GPU's; the fabric's results
+//! are checked against it.
 
 use super::prepare::FieldWindow;
 use super::schedule::Stepper;
 use anyhow::{anyhow, Result};
-use shoal_common::kernel::{step_time, StepParams, Tally};
+use shoal_common::kernel::{step_time, StepContext, StepParams, Tally};
 use shoal_common::{Mesh, Particles};
-use shoal_node::Partition;
+use shoal_node::{Partition, Worker};
 use std::sync::Arc;
-
-/// Where the particles are stepped.
-enum Worker {
-    Cpu(Partition),
-    #[cfg(feature = "gpu")]
-    Gpu(Box<shoal_node::gpu::GpuPartition>),
-}
 
 pub struct Direct<'a> {
     mesh: &'a Mesh,
@@ -23,7 +17,7 @@ pub struct Direct<'a> {
     sort_every: u32,
     pool: Arc<rayon::ThreadPool>,
     choice: &'a shoal_node::Choice,
-    worker: Option<Worker>,
+    worker: Option<Box<dyn Worker>>,
 }
 
 impl<'a> Direct<'a> {
@@ -45,12 +39,7 @@ impl<'a> Direct<'a> {
 
     fn state(&mut self) -> Result<Particles> {
         match self.worker.as_mut() {
-            Some(Worker::Cpu(p)) => Ok(p.particles.clone()),
-            #[cfg(feature = "gpu")]
-            Some(Worker::Gpu(g)) => g
-                .download(self.mesh)
-                .cloned()
-                .map_err(|e| anyhow!("GPU readback: {e}")),
+            Some(w) => w.state(self.mesh),
             None => Err(anyhow!("no particles to read: the run has not begun")),
         }
     }
@@ -69,23 +58,9 @@ impl Stepper for Direct<'_> {
         fields.cover(t0, step_time(from + 1, dt, self.duration))?;
         let mut part = Partition::new(particles.clone());
         part.sort_every = self.sort_every;
-        let (mesh, window) = (self.mesh, fields.window());
-        let forward = dt >= 0.0;
-        self.pool
-            .install(|| part.release(mesh, window, t0, forward));
-        self.worker = Some(match self.choice {
-            #[cfg(feature = "gpu")]
-            shoal_node::Choice { gpu: Some(ctx), .. } => Worker::Gpu(Box::new(
-                shoal_node::gpu::GpuPartition::new(
-                    ctx.clone(),
-                    mesh,
-                    part.particles,
-                    shoal_node::gpu::Needs::of(&self.params),
-                )
-                .map_err(|e| anyhow!("GPU setup: {e}"))?,
-            )),
-            _ => Worker::Cpu(part),
-        });
+        part.pool = Some(self.pool.clone());
+        part.release(self.mesh, fields.window(), t0, dt >= 0.0);
+        self.worker = Some(self.choice.worker(part, self.mesh, &self.params, None)?);
         gather.then(|| self.state()).transpose()
     }
 
@@ -93,16 +68,18 @@ impl Stepper for Direct<'_> {
         let dt = self.params.dt;
         let t = step_time(s, dt, self.duration);
         let t1 = step_time(s + 1, dt, self.duration);
-        let mut p = self.params.clone();
-        p.dt = t1 - t;
+        let mut params = self.params.clone();
+        params.dt = t1 - t;
         fields.cover(t, t1)?;
-        let (mesh, window) = (self.mesh, fields.window());
+        let cx = StepContext {
+            mesh: self.mesh,
+            window: fields.window(),
+            params: &params,
+            t,
+            step: s,
+        };
         match self.worker.as_mut() {
-            Some(Worker::Cpu(part)) => Ok(self.pool.install(|| part.step(mesh, window, &p, t, s))),
-            #[cfg(feature = "gpu")]
-            Some(Worker::Gpu(g)) => g
-                .step(mesh, window, &p, t, s)
-                .map_err(|e| anyhow!("GPU step {s}: {e}")),
+            Some(w) => w.step(&cx),
             None => Err(anyhow!("step {s} before the run began")),
         }
     }

@@ -41,6 +41,9 @@ use zenoh::sample::SampleKind;
 use zenoh::{Session, Wait};
 
 /// What the manager's main loop hears, tagged with the epoch's run id where it has one.
+// Events are few and short-lived (one per message, matched by value): boxing the large ones
+// would cost an allocation each and patterns that cannot look inside.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Sync(u64, Message, Query),
     State(u64, ParticleBatch, Query),
@@ -49,6 +52,8 @@ enum Event {
 
 /// What a phase makes of a sync message: its own (partition and value), one for a later phase,
 /// or one it refuses (its kind).
+// One at a time, matched at once: as for `Event`, a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Pick<T> {
     Take(u32, T),
     Later(Message),
@@ -659,7 +664,6 @@ fn nodes_of<'a>(mesh: &Mesh, elements: impl Iterator<Item = &'a u32>) -> Vec<u32
 }
 
 /// Field values of `elements` and `nodes` from a slice in the file's layout, in mesh numbering.
-#[allow(clippy::too_many_arguments)]
 fn field_slice(
     mesh: &Mesh,
     raw: &RawSlice,
@@ -1148,12 +1152,15 @@ impl Stepper for FabricStepper<'_> {
                 cluster: cluster.clone(),
                 run: 0,
             };
-            let answer = shoal_node::net::ask_any_run(
+            let caller = shoal_node::net::Caller {
                 session,
+                me: &cluster_ep,
+                dropped: &self.fleet.dropped,
+                quiet: true,
+            };
+            let answer = caller.ask_any_run(
                 &keys::assign(&cluster, &m.name),
                 &b,
-                &cluster_ep,
-                &self.fleet.dropped,
                 Duration::from_secs(30),
                 &never,
             );
@@ -1204,9 +1211,8 @@ impl Stepper for FabricStepper<'_> {
             let t0 = shoal_common::kernel::step_time(from, dt, self.duration);
             fields.cover(t0, t0)?;
             let mut part = shoal_node::Partition::new(particles.clone());
-            let (mesh, window) = (self.mesh, fields.window());
-            self.pool
-                .install(|| part.release(mesh, window, t0, dt >= 0.0));
+            part.pool = Some(self.pool.clone());
+            part.release(self.mesh, fields.window(), t0, dt >= 0.0);
             let mut state = part.particles;
             state.sort_by_id();
             return Ok(Some(state));

@@ -206,10 +206,9 @@ pub fn edge_flux(mesh: &Mesh, raw: &shoal_common::RawSlice, out: &mut [[f32; 3]]
             let fe = mesh.file_element[e] as usize;
             (0..nl).map(|k| f[k * ne + fe] as f64).sum::<f64>() / nl as f64
         };
-        for e in 0..ne {
+        for (e, out_e) in out.iter_mut().enumerate() {
             let (ue, ve) = (mean(&raw.u, e), mean(&raw.v, e));
-            for i in 0..3 {
-                let n = mesh.nbe[e][i];
+            for (i, &n) in mesh.nbe[e].iter().enumerate() {
                 if !is_element(n) {
                     continue;
                 }
@@ -222,8 +221,8 @@ pub fn edge_flux(mesh: &Mesh, raw: &shoal_common::RawSlice, out: &mut [[f32; 3]]
                 let (dx, dy) = (mesh.x[b] - mesh.x[a], mesh.y[b] - mesh.y[a]);
                 let (u, v) = (0.5 * (ue + un), 0.5 * (ve + vn));
                 let q = (u * dy - v * dx).abs() as f32;
-                if q.is_finite() && q > out[e][i] {
-                    out[e][i] = q;
+                if q.is_finite() && q > out_e[i] {
+                    out_e[i] = q;
                 }
             }
         }
@@ -379,9 +378,8 @@ mod tests {
         let crossings = |p: &Partitioning| {
             // Edges between parts that the flow crosses (an edge with an x extent of 0).
             let mut n = 0;
-            for e in 0..ne {
-                for i in 0..3 {
-                    let m = mesh.nbe[e][i];
+            for (e, row) in mesh.nbe.iter().enumerate().take(ne) {
+                for (i, &m) in row.iter().enumerate() {
                     if is_element(m) && p.part_of[m as usize] != p.part_of[e] && flux[e][i] > 1.0 {
                         n += 1;
                     }

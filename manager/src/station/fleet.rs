@@ -15,7 +15,7 @@ use shoal_common::wire::{
     self, Checkup, Endpoint, GpuHealth, Health, Ident, Message, PeerLink, PiRequest, PiShare,
 };
 use shoal_node::health::throttle_words;
-use shoal_node::net::{ask_any_run, bytes, Dropped};
+use shoal_node::net::{bytes, Caller, Dropped};
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -164,15 +164,13 @@ pub fn checkup(
         run: 0,
     };
     let q = bytes(&ep, Message::Checkup(Checkup { full }))?;
-    match ask_any_run(
+    let caller = Caller {
         session,
-        &keys::doctor(cluster, name),
-        &q,
-        &ep,
+        me: &ep,
         dropped,
-        patience,
-        abandon,
-    )? {
+        quiet: true,
+    };
+    match caller.ask_any_run(&keys::doctor(cluster, name), &q, patience, abandon)? {
         Message::Health(h) if h.node.as_str() == name => Ok(*h),
         Message::Health(h) => bail!("answered as `{}`", h.node),
         other => bail!("answered with a {}", other.kind()),
@@ -696,15 +694,13 @@ fn spread_pi(fleet: &Fleet, members: &[Member], samples: u64, seed: u64) -> Resu
                 let (ep, never) = (&ep, &never);
                 s.spawn(move || -> Result<PiShare> {
                     let q = bytes(ep, Message::PiRequest(PiRequest { seed, first, count }))?;
-                    match ask_any_run(
-                        &fleet.session,
-                        &keys::pi(&fleet.cluster, &m.name),
-                        &q,
-                        ep,
-                        &fleet.dropped,
-                        patience,
-                        never,
-                    )? {
+                    let caller = Caller {
+                        session: &fleet.session,
+                        me: ep,
+                        dropped: &fleet.dropped,
+                        quiet: true,
+                    };
+                    match caller.ask_any_run(&keys::pi(&fleet.cluster, &m.name), &q, patience, never)? {
                         Message::PiShare(p)
                             if p.node.as_str() == m.name && p.first == first && p.count == count =>
                         {

@@ -6,7 +6,7 @@ use crate::input::config::RunConfig;
 use crate::run::{run, RunOptions};
 use crate::tools::synth::{self, Flow, SynthOptions};
 use anyhow::{Context, Result};
-use shoal_common::kernel::{Integrator, StepParams, VerticalMixing};
+use shoal_common::kernel::{Integrator, StepContext, StepParams, VerticalMixing};
 use shoal_common::rng::{draw, unit_open, Stream};
 use shoal_common::{status, FieldLevel, Mesh, MeshInput, Particles, RawSlice, Window};
 use shoal_node::Partition;
@@ -100,11 +100,11 @@ pub fn dense_setup(
                 salinity: None,
                 wet: None,
             };
-            for k in 0..layers {
+            for (k, &sigma) in siglay.iter().enumerate().take(layers) {
                 for e in 0..ne {
-                    let (u, v) = o.velocity(g.xc[e], g.yc[e], siglay[k] as f64, t);
+                    let (u, v) = o.velocity(g.xc[e], g.yc[e], sigma as f64, t);
                     // A little shear so the sigma interpolation does real work.
-                    let f = 1.0 + 0.2 * siglay[k] as f64;
+                    let f = 1.0 + 0.2 * sigma as f64;
                     raw.u[k * ne + e] = (u * f) as f32;
                     raw.v[k * ne + e] = (v * f) as f32;
                 }
@@ -188,10 +188,18 @@ fn dense(args: &BenchArgs) -> Result<()> {
             let mut part = Partition::new(dense_particles(&o, &mesh, args.particles));
             part.sort_every = if sorted { 8 } else { 0 };
             // One untimed step sorts and warms caches.
-            pool.install(|| part.step(&mesh, window, &params, 0.0, 0));
+            pool.install(|| part.advance(&StepContext::new(&mesh, window, &params, 0.0, 0)));
             let t = Instant::now();
             for s in 1..=args.steps {
-                pool.install(|| part.step(&mesh, window, &params, s as f64 * 60.0, s));
+                pool.install(|| {
+                    part.advance(&StepContext::new(
+                        &mesh,
+                        window,
+                        &params,
+                        s as f64 * 60.0,
+                        s,
+                    ))
+                });
             }
             let secs = t.elapsed().as_secs_f64();
             let rate = args.particles as f64 * args.steps as f64 / secs;
@@ -530,18 +538,30 @@ fn gpu(args: &BenchArgs) -> Result<()> {
         Default::default(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    cpu.step(&mesh, window, &params, 0.0, 0);
-    gpu.step(&mesh, window, &params, 0.0, 0)
+    cpu.advance(&StepContext::new(&mesh, window, &params, 0.0, 0));
+    gpu.step(&StepContext::new(&mesh, window, &params, 0.0, 0))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
     for s in 1..=args.steps {
-        cpu.step(&mesh, window, &params, s as f64 * 60.0, s);
+        cpu.advance(&StepContext::new(
+            &mesh,
+            window,
+            &params,
+            s as f64 * 60.0,
+            s,
+        ));
     }
     let cpu_rate = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for s in 1..=args.steps {
-        gpu.step(&mesh, window, &params, s as f64 * 60.0, s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        gpu.step(&StepContext::new(
+            &mesh,
+            window,
+            &params,
+            s as f64 * 60.0,
+            s,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let gpu_rate = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -555,12 +575,18 @@ fn gpu(args: &BenchArgs) -> Result<()> {
         Default::default(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    one.step(&mesh, window, &params, 0.0, 0)
+    one.step(&StepContext::new(&mesh, window, &params, 0.0, 0))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
     for s in 1..=50 {
-        one.step(&mesh, window, &params, s as f64 * 60.0, s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        one.step(&StepContext::new(
+            &mesh,
+            window,
+            &params,
+            s as f64 * 60.0,
+            s,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let overhead = t.elapsed().as_secs_f64() / 50.0;
     // The happiest particle: temperature interpolated at every particle's end of step, the
@@ -596,17 +622,17 @@ fn gpu(args: &BenchArgs) -> Result<()> {
     let mut cpu = Partition::new(dense_particles(&o, &mesh, args.particles));
     let mut gpu = GpuPartition::new(ctx.clone(), &mesh, cpu.particles.clone(), needs)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    cpu.step(&mesh, window, &happy, 0.0, 0);
-    gpu.step(&mesh, window, &happy, 0.0, 0)
+    cpu.advance(&StepContext::new(&mesh, window, &happy, 0.0, 0));
+    gpu.step(&StepContext::new(&mesh, window, &happy, 0.0, 0))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
     for s in 1..=args.steps {
-        cpu.step(&mesh, window, &happy, s as f64 * 60.0, s);
+        cpu.advance(&StepContext::new(&mesh, window, &happy, s as f64 * 60.0, s));
     }
     let cpu_happy = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for s in 1..=args.steps {
-        gpu.step(&mesh, window, &happy, s as f64 * 60.0, s)
+        gpu.step(&StepContext::new(&mesh, window, &happy, s as f64 * 60.0, s))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let gpu_happy = args.particles as f64 * args.steps as f64 / t.elapsed().as_secs_f64();

@@ -4,275 +4,81 @@
 //! Raspberry Pi's VideoCore (8 storage buffers per stage, 256 invocations and 16 KiB of shared
 //! memory per workgroup) so that what passes here runs there. The CPU kernel stays the
 //! reference: a self-test compares the two before a GPU is trusted.
+//!
+//! The module's files by job: `context.rs` the device and its limits, `layout.rs` the records
+//! shared with the shader, `levels.rs` field levels in the device's slots, `slots.rs` particle
+//! slots and reading them back; here the partition's making and its step, and [`GpuError`].
 
-use shoal_common::kernel::{Integrator, StepParams, Tally, VerticalMixing};
-use shoal_common::{status, FieldLevel, Mesh, Particles, Window};
+mod context;
+mod layout;
+mod levels;
+pub mod selftest;
+mod slots;
+
+pub use context::{videocore_limits, GpuContext};
+pub use layout::{GpuParticle, VACANT};
+
+use context::{bind, check_size, read_buffer};
+use layout::{to_gpu, GpuElement, Params, Stage, COUNTS, COUNTS_BYTES, WORKGROUP};
+use shoal_common::kernel::{Integrator, StepContext, StepParams, Tally, VerticalMixing};
+use shoal_common::{FieldLevel, Mesh, Particles};
+use slots::particle_buffers;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
-/// What a step reads back: counts by status (active, pending, exited, bad field, outside the
-/// mesh), the happy count, the highest happiness and its particle, stranded, the migrants a
-/// node's partition found, the particles this step quarantined, and spare room (`HEADER` in
-/// step.wgsl). The migrants themselves follow in the same buffer, `MIGRANT_WORDS` each.
-const COUNTS: usize = 16;
-const COUNTS_BYTES: u64 = (COUNTS * 4) as u64;
-const MIGRANT_WORDS: usize = 9;
-/// A slot whose particle left for another partition (`VACANT` in step.wgsl).
-pub const VACANT: u8 = 255;
-/// The longest a readback waits for the device: a GPU that hangs fails the step, by name,
-/// instead of stopping the node for ever.
-const GPU_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Invocations per workgroup; the shader's `@workgroup_size` says the same.
-const WORKGROUP: u32 = 64;
-
-// Mirrors `struct Particle` in step.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct GpuParticle {
-    /// Offset from the host element's centroid, metres.
-    ox: f32,
-    oy: f32,
-    z: f32,
-    release: f32,
-    elem: u32,
-    status: u32,
-    id: u32,
-    /// Happiness at the end of the last step (f32 bits), for the happiest-particle example.
-    happiness: u32,
+/// Why the GPU path failed. Its text is what the path said before it had a type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuError {
+    /// No Vulkan adapter, or none whose name contains `named` (`SHOAL_GPU_ADAPTER`).
+    NoAdapter { named: Option<String> },
+    /// The adapter would not open a device with the limits asked for; `adapter` is its name
+    /// and backend.
+    OpenDevice { adapter: String, reason: String },
+    /// A buffer beyond the adapter's limits (see `check_size`).
+    TooLarge { what: String, bytes: u64, max: u64 },
+    /// A node's partition map does not cover the mesh's elements.
+    PartitionMap { map: usize, mesh: usize },
+    /// A step would read more field levels than the device's three slots.
+    TooManyLevels,
+    /// Waiting for the device failed or ran past its patience.
+    Wait { secs: u64, reason: String },
+    /// Mapping or reading a buffer back failed.
+    Readback(String),
+    /// The device named a particle slot beyond those in use.
+    BadSlot { slot: usize, n: usize },
 }
 
-// Mirrors `struct Element` in step.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct GpuElement {
-    /// Centroid relative to the partition's origin as (hi, lo) f32 pairs.
-    xc: f32,
-    yc: f32,
-    xl: f32,
-    yl: f32,
-    b: [f32; 3],
-    c: [f32; 3],
-    h: [f32; 3],
-    nbe: [u32; 3],
-    /// The element's nodes, for values given per node (`kh` from the file).
-    nv: [u32; 3],
-    /// The partition that owns the element, on a node (`emigrate` sends the particles in
-    /// elements another owns); 0 on the one-machine path.
-    owner: u32,
-}
-
-// Mirrors `struct Stage` in step.wgsl: the slots of the levels around a stage's time, and the
-// later one's weight.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Stage {
-    a: u32,
-    b: u32,
-    w: f32,
-    /// Bit 0: the time is the earlier level's (weight 0); bit 1: the later's (weight 1).
-    edge: u32,
-}
-
-// Mirrors `struct Params` in step.wgsl (a multiple of 16 bytes, as uniforms are).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    n_layers: u32,
-    step: u32,
-    integrator: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    max_walk: u32,
-    /// Run clock at the step's start (release times are on it).
-    clock: f32,
-    dt: f32,
-    horizontal_kh: f32,
-    vertical_kh: f32,
-    sinking: f32,
-    sig_first: f32,
-    sig_step: f32,
-    /// 1: layers are found by search in each element's own layer sigmas (`sig`); 0: by
-    /// arithmetic from `sig_first` and `sig_step`.
-    uneven: u32,
-    /// 1: vertical mixing with `kh` from the file (Visser's scheme); the levels carry it.
-    kh_file: u32,
-    n_levels: u32,
-    /// Where the nodes' level sigmas start in `sig`, and whether one column serves all nodes.
-    lev_base: u32,
-    lev_uniform: u32,
-    /// Where `kh` starts in each slot's scalars (after the free surface), in floats.
-    kh_base: u32,
-    /// 1: the happiest-particle example; `temp_on`: the levels carry temperature (at
-    /// `temp_base` in each slot's scalars; layer sigmas per node from `lay_base` in `sig`).
-    happy: u32,
-    temp_on: u32,
-    temp_base: u32,
-    lay_base: u32,
-    preferred: f32,
-    tolerance: f32,
-    threshold: f32,
-    /// Floats per slot in the scalar buffer.
-    scal_len: u32,
-    /// The step's start, middle and end.
-    s0: Stage,
-    sh: Stage,
-    s1: Stage,
-    /// The node's partition, for `emigrate`.
-    me: u32,
-    /// Particle slots the buffers hold room for (where the quarantined records start).
-    cap: u32,
-    /// 1 on a node: migrants and quarantined particles are recorded after the header.
-    node: u32,
-    pad: u32,
-}
-
-/// The limits a Raspberry Pi 4/5 VideoCore offers through Vulkan, requested exactly.
-pub fn videocore_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    let mut l = wgpu::Limits::downlevel_defaults();
-    l.max_storage_buffers_per_shader_stage = 8;
-    l.max_compute_invocations_per_workgroup = 256;
-    l.max_compute_workgroup_size_x = 256;
-    l.max_compute_workgroup_size_y = 256;
-    l.max_compute_workgroup_size_z = 64;
-    l.max_compute_workgroup_storage_size = 16 * 1024;
-    l.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size.min(1 << 30);
-    l.max_buffer_size = adapter.max_buffer_size.min(1 << 30);
-    l
-}
-
-/// A device, its queue and the compiled step pipeline: built once per node.
-pub struct GpuContext {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub adapter: wgpu::AdapterInfo,
-    pipeline: wgpu::ComputePipeline,
-    /// The happiest particle's id, after the step.
-    happiest: wgpu::ComputePipeline,
-    /// A node's migrants, after the step.
-    emigrate: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
-}
-
-impl GpuContext {
-    /// Picks the best Vulkan adapter (discrete, integrated, virtual, then CPU ones such as
-    /// lavapipe); `SHOAL_GPU_ADAPTER` chooses by name instead.
-    pub fn new() -> Result<Arc<GpuContext>, String> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        desc.backends = wgpu::Backends::VULKAN;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-        let wanted = std::env::var("SHOAL_GPU_ADAPTER").ok();
-        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 3,
-            wgpu::DeviceType::Other => 4,
-        };
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.contains(w.as_str()))
-            })
-            .min_by_key(rank)
-            .ok_or_else(|| match &wanted {
-                Some(w) => format!("no Vulkan adapter named like `{w}` (SHOAL_GPU_ADAPTER)"),
-                None => {
-                    "no Vulkan adapter found (install a Vulkan driver, e.g. Mesa's)".to_string()
-                }
-            })?;
-        let info = adapter.get_info();
-        let limits = videocore_limits(&adapter.limits());
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("shoal node"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits,
-            ..Default::default()
-        }))
-        .map_err(|e| {
-            format!(
-                "{} ({:?}): cannot open device: {e}",
-                info.name, info.backend
-            )
-        })?;
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("step.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("step.wgsl").into()),
-        });
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("step"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                storage(1, false),
-                storage(2, true),
-                storage(3, true),
-                storage(4, true),
-                storage(5, true),
-                storage(6, true),
-                storage(7, false),
-                storage(8, true),
-            ],
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("step"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let entry = |name: &'static str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(name),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let pipeline = entry("step");
-        let happiest = entry("happiest");
-        let emigrate = entry("emigrate");
-        Ok(Arc::new(GpuContext {
-            device,
-            queue,
-            adapter: info,
-            pipeline,
-            happiest,
-            emigrate,
-            layout,
-        }))
-    }
-
-    /// "name (backend, device type)", for logs and `shoal doctor`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?})",
-            self.adapter.name, self.adapter.backend, self.adapter.device_type
-        )
+impl std::fmt::Display for GpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuError::NoAdapter { named: Some(w) } => {
+                write!(f, "no Vulkan adapter named like `{w}` (SHOAL_GPU_ADAPTER)")
+            }
+            GpuError::NoAdapter { named: None } => {
+                f.write_str("no Vulkan adapter found (install a Vulkan driver, e.g. Mesa's)")
+            }
+            GpuError::OpenDevice { adapter, reason } => {
+                write!(f, "{adapter}: cannot open device: {reason}")
+            }
+            GpuError::TooLarge { what, bytes, max } => {
+                write!(f, "{what} needs {bytes} bytes, more than the adapter's {max}")
+            }
+            GpuError::PartitionMap { map, mesh } => {
+                write!(f, "the partition map has {map} elements, the mesh {mesh}")
+            }
+            GpuError::TooManyLevels => f.write_str(
+                "a step reads more than three field levels (the time step is longer than the field interval); the GPU path holds three",
+            ),
+            GpuError::Wait { secs, reason } => {
+                write!(f, "waiting for the GPU ({secs} s at most): {reason}")
+            }
+            GpuError::Readback(why) => write!(f, "GPU readback: {why}"),
+            GpuError::BadSlot { slot, n } => write!(f, "the device named slot {slot} of {n}"),
+        }
     }
 }
+
+impl std::error::Error for GpuError {}
 
 /// What a run reads from its field levels besides velocities and the free surface, so that a
 /// [`GpuPartition`] makes room for it.
@@ -385,17 +191,6 @@ pub struct GpuPartition {
     pub readback_bytes: u64,
 }
 
-fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), String> {
-    let l = ctx.device.limits();
-    let max = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
-    if bytes > max {
-        return Err(format!(
-            "{what} needs {bytes} bytes, more than the adapter's {max}"
-        ));
-    }
-    Ok(())
-}
-
 impl GpuPartition {
     /// `needs`: room in each field level for what the run reads besides velocities.
     pub fn new(
@@ -403,7 +198,7 @@ impl GpuPartition {
         mesh: &Mesh,
         particles: Particles,
         needs: Needs,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GpuError> {
         Self::build(ctx, mesh, particles, needs, None)
     }
 
@@ -418,13 +213,12 @@ impl GpuPartition {
         needs: Needs,
         part_of: &[u32],
         me: u32,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GpuError> {
         if part_of.len() != mesh.n_elements() {
-            return Err(format!(
-                "the partition map has {} elements, the mesh {}",
-                part_of.len(),
-                mesh.n_elements()
-            ));
+            return Err(GpuError::PartitionMap {
+                map: part_of.len(),
+                mesh: mesh.n_elements(),
+            });
         }
         Self::build(ctx, mesh, particles, needs, Some((part_of, me)))
     }
@@ -435,7 +229,7 @@ impl GpuPartition {
         particles: Particles,
         needs: Needs,
         owner: Option<(&[u32], u32)>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GpuError> {
         let n = particles.len();
         // Room for migrants coming in without growing at once.
         let cap = if owner.is_some() {
@@ -594,151 +388,9 @@ impl GpuPartition {
         })
     }
 
-    /// Puts the levels a step reads in slots (uploading those not resident, into slots this
-    /// step does not need; a third slot is made the first time three levels are needed) and
-    /// returns each one's slot.
-    fn place(&mut self, need: &[&FieldLevel]) -> Result<Vec<u32>, String> {
-        let mut slots: Vec<Option<usize>> = need
-            .iter()
-            .map(|l| (0..self.coef.len()).find(|&s| self.slot_time[s] == l.time))
-            .collect();
-        for i in 0..need.len() {
-            if slots[i].is_some() {
-                continue;
-            }
-            if let Some(j) = (0..i).find(|&j| need[j].time == need[i].time) {
-                slots[i] = slots[j];
-                continue;
-            }
-            let free = (0..self.coef.len()).find(|s| !slots.contains(&Some(*s)));
-            let s = match free {
-                Some(s) => s,
-                None if self.coef.len() < 3 => {
-                    self.third_slot();
-                    2
-                }
-                None => {
-                    return Err(
-                        "a step reads more than three field levels (the time step is longer than the field interval); the GPU path holds three"
-                            .into(),
-                    )
-                }
-            };
-            self.upload(s, need[i]);
-            slots[i] = Some(s);
-        }
-        Ok(slots.into_iter().map(|s| s.unwrap_or(0) as u32).collect())
-    }
-
-    /// The third coefficient slot, for steps that straddle a field time.
-    fn third_slot(&mut self) {
-        let buf = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("coef 2"),
-            size: self.coef_bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.coef.push(buf);
-        self.bind_group = bind(
-            &self.ctx,
-            [&self.params, &self.particles, &self.elements],
-            [&self.coef[0], &self.coef[1], &self.coef[2]],
-            [&self.scal, &self.counts, &self.sig],
-        );
-    }
-
-    /// Uploads `level` into slot `s`. A node's partition-local level (slots for the elements
-    /// and nodes it holds) is laid out by mesh number on the device, a stretch of elements at a
-    /// time, with its stand-in (NaN surface, zero velocity) wherever it holds nothing: a
-    /// particle that reaches one is quarantined, as on the CPU.
-    fn upload(&mut self, s: usize, level: &FieldLevel) {
-        let q = &self.ctx.queue;
-        let nl = self.n_layers;
-        let at = (s * self.scal_len * 4) as u64;
-        // Built on the host a stretch at a time (a few levels per run) and dropped after the
-        // copy.
-        const STRETCH: usize = 16_384;
-        for first in (0..self.n_elements).step_by(STRETCH) {
-            let last = (first + STRETCH).min(self.n_elements);
-            let slots: Vec<usize> = (first..last).map(|e| level.slot(e)).collect();
-            let coef: Vec<[f32; shoal_common::fields::N_COEF]> = slots
-                .iter()
-                .flat_map(|&k| level.coef[k * nl..(k + 1) * nl].iter().copied())
-                .collect();
-            let coef = shoal_common::fields::padded_coef(&coef);
-            q.write_buffer(
-                &self.coef[s],
-                (first * nl * 48) as u64,
-                bytemuck::cast_slice(&coef),
-            );
-            // The surface at the element's nodes, and 1 where the element is wet, 0 where dry,
-            // -1 where it cannot be sampled: a node's level lacks it (its stand-in, slot 0, or
-            // an element whose neighbours have not all come yet), or the file's surface there
-            // is not a number. The shader tests the flag, not the NaN, which its compiler may
-            // assume never happens.
-            let zeta: Vec<[f32; 4]> = slots
-                .iter()
-                .map(|&k| {
-                    let z = level.zeta_elem[k];
-                    let wet = level.wet.as_ref().is_none_or(|w| w[k] != 0);
-                    let lacking = z.iter().any(|v| !v.is_finite());
-                    let flag = match (lacking, wet) {
-                        (true, _) => -1.0,
-                        (false, true) => 1.0,
-                        (false, false) => 0.0,
-                    };
-                    [z[0], z[1], z[2], flag]
-                })
-                .collect();
-            q.write_buffer(
-                &self.scal,
-                at + (first * 16) as u64,
-                bytemuck::cast_slice(&zeta),
-            );
-        }
-        // Values per node, node-major (node * per + k), laid out by mesh node.
-        let by_node = |v: &[f32], per: usize| -> Vec<f32> {
-            if level.node_slot.is_none() {
-                return v.to_vec();
-            }
-            (0..self.n_nodes)
-                .flat_map(|n| {
-                    let k = level.node(n);
-                    v[k * per..(k + 1) * per].iter().copied()
-                })
-                .collect()
-        };
-        let elements_end = at + (self.n_elements * 16) as u64;
-        if let (true, Some(kh)) = (self.kh_room, &level.kh) {
-            let kh = by_node(kh, nl + 1);
-            q.write_buffer(&self.scal, elements_end, bytemuck::cast_slice(&kh));
-        }
-        if let (true, Some(temp)) = (self.temp_room, &level.temp) {
-            let temp = by_node(temp, nl);
-            q.write_buffer(
-                &self.scal,
-                at + self.temp_base as u64 * 4,
-                bytemuck::cast_slice(&temp),
-            );
-        }
-        self.slot_time[s] = level.time;
-    }
-
-    /// Forgets the levels on the device, so that each is uploaded again when next needed: a
-    /// node calls it once it has fetched values its levels lacked.
-    pub fn forget_levels(&mut self) {
-        self.slot_time = [f64::NAN; 3];
-    }
-
     /// One step from `t` to `t + dt`; its stages may lie in different field intervals.
-    pub fn step(
-        &mut self,
-        mesh: &Mesh,
-        window: Window,
-        params: &StepParams,
-        t: f64,
-        step: u32,
-    ) -> Result<Tally, String> {
+    pub fn step(&mut self, cx: &StepContext) -> Result<Tally, GpuError> {
+        let (mesh, window, params, t, step) = (cx.mesh, cx.window, cx.params, cx.t, cx.step);
         // The levels around each stage time (start, middle, end) and the later one's weight,
         // as the CPU's kernel brackets them.
         let times = [t, t + 0.5 * params.dt, t + params.dt];
@@ -861,352 +513,43 @@ impl GpuPartition {
         Ok(tally)
     }
 
-    /// Reads the particle state back into [`GpuPartition::mirror`] (through a ring of staging
-    /// buffers) and returns it, vacant slots included.
-    pub fn download(&mut self, mesh: &Mesh) -> Result<&Particles, String> {
-        let raw = self.read_particles()?;
-        let gp: &[GpuParticle] = bytemuck::cast_slice(&raw);
-        for (i, g) in gp.iter().take(self.n).enumerate() {
-            from_gpu(mesh, g, &mut self.mirror, i);
-        }
-        Ok(&self.mirror)
-    }
-
-    /// The device's particle slots in use, as bytes.
-    fn read_particles(&mut self) -> Result<Vec<u8>, String> {
-        let bytes = (self.n.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
-        let staging = &self.staging[self.next_staging];
-        self.next_staging = 1 - self.next_staging;
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("download"),
-            });
-        enc.copy_buffer_to_buffer(&self.particles, 0, staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
-        let raw = read_buffer(&self.ctx, staging, bytes)?;
-        self.readback_bytes += bytes;
-        Ok(raw)
-    }
-
-    /// The particles held (vacant slots left out), read back: a node's snapshot.
-    pub fn live(&mut self, mesh: &Mesh) -> Result<Particles, String> {
-        let vacant = self.vacant.len();
-        let m = self.download(mesh)?;
-        let mut out = Particles::with_capacity(m.len().saturating_sub(vacant));
-        for i in (0..m.len()).filter(|&i| m.status[i] != VACANT) {
-            out.push_from(m, i);
-        }
-        Ok(out)
-    }
-
-    /// Particles the last step quarantined.
-    pub fn quarantined(&self) -> usize {
-        self.quarantined
-    }
-
-    /// Reads back the particles the last step quarantined (they kept their state at the
-    /// step's start): their slots, and the particles with the status each had then. Only their
-    /// records come back (36 bytes each), not the partition's state.
-    pub fn take_quarantined(&mut self, mesh: &Mesh) -> Result<(Vec<u32>, Particles), String> {
-        let k = std::mem::take(&mut self.quarantined);
-        let at = COUNTS_BYTES + (self.cap * MIGRANT_WORDS * 4) as u64;
-        let rows = self.read_records(at, k)?;
-        let mut slots = Vec::with_capacity(k);
-        let mut out = Particles::with_capacity(k);
-        for (slot, g) in rows {
-            out.push_from(&self.mirror, slot);
-            let last = out.len() - 1;
-            from_gpu(mesh, &g, &mut out, last);
-            slots.push(slot as u32);
-        }
-        Ok((slots, out))
-    }
-
-    /// `k` records (a slot and its particle) from byte `at` of the counts buffer, in slot order
-    /// whatever order the device wrote them in.
-    fn read_records(&mut self, at: u64, k: usize) -> Result<Vec<(usize, GpuParticle)>, String> {
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        let bytes = (k * MIGRANT_WORDS * 4) as u64;
-        // A record is 36 bytes, a particle in the staging ring 32: a buffer of the right size,
-        // made for the purpose.
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("records staging"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("records"),
-            });
-        enc.copy_buffer_to_buffer(&self.counts, at, &staging, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
-        let raw = read_buffer(&self.ctx, &staging, bytes)?;
-        self.readback_bytes += bytes;
-        let words: &[u32] = bytemuck::cast_slice(&raw);
-        let mut rows: Vec<(usize, GpuParticle)> = words
-            .chunks_exact(MIGRANT_WORDS)
-            .map(|w| {
-                let g: GpuParticle = bytemuck::pod_read_unaligned(bytemuck::cast_slice(&w[1..]));
-                (w[0] as usize, g)
-            })
-            .collect();
-        rows.sort_unstable_by_key(|r| r.0);
-        if let Some((slot, _)) = rows.iter().find(|r| r.0 >= self.n) {
-            return Err(format!("the device named slot {slot} of {}", self.n));
-        }
-        Ok(rows)
-    }
-
-    /// Writes particle `k` of `from` into slot `slot` (device and mirror).
-    fn write_slot(&mut self, mesh: &Mesh, slot: usize, from: &Particles, k: usize) {
-        let mut one = Particles::with_capacity(1);
-        one.push_from(from, k);
-        let g = to_gpu(&one, mesh);
-        let at = (slot * std::mem::size_of::<GpuParticle>()) as u64;
-        self.ctx
-            .queue
-            .write_buffer(&self.particles, at, bytemuck::cast_slice(&g));
-        if slot < self.mirror.len() {
-            self.mirror.set_from(slot, from, k);
-        } else {
-            self.mirror.push_from(from, k);
-        }
-    }
-
-    /// Puts the particles [`GpuPartition::take_quarantined`] gave back into their slots once
-    /// stepped again; those not `kept` (they left the partition) leave their slots vacant.
-    pub fn put_back(&mut self, mesh: &Mesh, slots: &[u32], p: &Particles, kept: &[bool]) {
-        for (k, &slot) in slots.iter().enumerate() {
-            if kept[k] {
-                self.write_slot(mesh, slot as usize, p, k);
-            } else {
-                self.vacate(mesh, slot as usize);
-            }
-        }
-    }
-
-    fn vacate(&mut self, mesh: &Mesh, slot: usize) {
-        let mut gone = Particles::with_capacity(1);
-        gone.push_from(&self.mirror, slot);
-        gone.status[0] = VACANT;
-        self.write_slot(mesh, slot, &gone, 0);
-        self.vacant.push(slot as u32);
-    }
-
-    /// Reads back the particles the last step found in elements another partition owns; their
-    /// slots are vacant now.
-    pub fn take_migrants(&mut self, mesh: &Mesh) -> Result<Particles, String> {
-        let k = std::mem::take(&mut self.migrants);
-        let rows = self.read_records(COUNTS_BYTES, k)?;
-        let mut out = Particles::with_capacity(k);
-        for (slot, g) in rows {
-            out.push_from(&self.mirror, slot);
-            let last = out.len() - 1;
-            from_gpu(mesh, &g, &mut out, last);
-            self.mirror.status[slot] = VACANT;
-            self.vacant.push(slot as u32);
-        }
-        Ok(out)
-    }
-
-    /// Takes in migrants from other partitions: into vacant slots first, then at the end, the
-    /// buffers growing by half when they are full.
-    pub fn append(&mut self, mesh: &Mesh, p: &Particles) -> Result<(), String> {
-        let fresh = p.len().saturating_sub(self.vacant.len());
-        if self.n + fresh > self.cap {
-            self.grow(self.n + fresh)?;
-        }
-        // The lowest vacant slots first.
-        self.vacant.sort_unstable_by(|a, b| b.cmp(a));
-        for k in 0..p.len() {
-            let slot = match self.vacant.pop() {
-                Some(s) => s as usize,
-                None => {
-                    self.n += 1;
-                    self.n - 1
-                }
-            };
-            self.write_slot(mesh, slot, p, k);
-        }
-        Ok(())
-    }
-
-    /// Room for at least `need` particle slots: new buffers, the state copied on the device.
-    fn grow(&mut self, need: usize) -> Result<(), String> {
-        let cap = need.max(self.cap + self.cap / 2);
-        let (particles, staging, counts) = particle_buffers(&self.ctx, cap, self.me.is_some())?;
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("grow"),
-            });
-        let bytes = (self.n * std::mem::size_of::<GpuParticle>()) as u64;
-        if bytes > 0 {
-            enc.copy_buffer_to_buffer(&self.particles, 0, &particles, 0, bytes);
-        }
-        self.ctx.queue.submit([enc.finish()]);
-        self.particles = particles;
-        self.staging = staging;
-        self.counts = counts;
-        self.cap = cap;
-        self.bind_group = bind(
-            &self.ctx,
-            [&self.params, &self.particles, &self.elements],
-            [
-                &self.coef[0],
-                &self.coef[1],
-                self.coef.get(2).unwrap_or(&self.coef[0]),
-            ],
-            [&self.scal, &self.counts, &self.sig],
-        );
-        Ok(())
-    }
-
     pub fn context(&self) -> &GpuContext {
         &self.ctx
     }
 }
 
-/// The buffers sized by the particle slots: the particles, two staging buffers to read them
-/// back, and the counts (with room for every particle as a migrant on a node).
-fn particle_buffers(
-    ctx: &GpuContext,
-    cap: usize,
-    migrants: bool,
-) -> Result<(wgpu::Buffer, [wgpu::Buffer; 2], wgpu::Buffer), String> {
-    let bytes = (cap.max(1) * std::mem::size_of::<GpuParticle>()) as u64;
-    check_size(ctx, "the particle state", bytes)?;
-    // Room for every particle as a migrant, then as a quarantined particle.
-    let counts_bytes = COUNTS_BYTES
-        + if migrants {
-            (2 * cap * MIGRANT_WORDS * 4) as u64
-        } else {
-            0
+#[cfg(test)]
+mod tests {
+    use super::GpuError;
+
+    #[test]
+    fn errors_read_as_the_messages_they_replace() {
+        let named = GpuError::NoAdapter {
+            named: Some("V3D".into()),
         };
-    check_size(ctx, "the migrants", counts_bytes)?;
-    let d = &ctx.device;
-    let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
-        d.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let rw =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-    Ok((
-        buffer("particles", bytes, rw),
-        [
-            buffer("staging 0", bytes, read),
-            buffer("staging 1", bytes, read),
-        ],
-        buffer("counts", counts_bytes, rw),
-    ))
+        assert_eq!(
+            named.to_string(),
+            "no Vulkan adapter named like `V3D` (SHOAL_GPU_ADAPTER)"
+        );
+        let big = GpuError::TooLarge {
+            what: "the particle state".into(),
+            bytes: 10,
+            max: 8,
+        };
+        assert_eq!(
+            big.to_string(),
+            "the particle state needs 10 bytes, more than the adapter's 8"
+        );
+        let map = GpuError::PartitionMap { map: 3, mesh: 4 };
+        assert_eq!(
+            map.to_string(),
+            "the partition map has 3 elements, the mesh 4"
+        );
+        let slot = GpuError::BadSlot { slot: 9, n: 5 };
+        assert_eq!(slot.to_string(), "the device named slot 9 of 5");
+        assert_eq!(
+            GpuError::Readback("mapping failed".into()).to_string(),
+            "GPU readback: mapping failed"
+        );
+    }
 }
-
-/// Copies a buffer's first `bytes` out, waiting for the device.
-fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-        let _ = tx.send(r);
-    });
-    ctx.device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: Some(GPU_PATIENCE),
-        })
-        .map_err(|e| {
-            format!(
-                "waiting for the GPU ({} s at most): {e}",
-                GPU_PATIENCE.as_secs()
-            )
-        })?;
-    rx.recv_timeout(GPU_PATIENCE)
-        .map_err(|e| format!("GPU readback: {e}"))?
-        .map_err(|e| format!("GPU readback: {e}"))?;
-    let out = buf
-        .get_mapped_range(0..bytes)
-        .map_err(|e| format!("GPU readback: {e:?}"))?
-        .to_vec();
-    buf.unmap();
-    Ok(out)
-}
-
-/// The step's bind group: params, particles, elements; the three coefficient slots (the first
-/// bound again where there is no third); scalars, counts, sigmas.
-fn bind(
-    ctx: &GpuContext,
-    [params, particles, elements]: [&wgpu::Buffer; 3],
-    coef: [&wgpu::Buffer; 3],
-    [scal, counts, sig]: [&wgpu::Buffer; 3],
-) -> wgpu::BindGroup {
-    let buffers = [
-        params, particles, elements, coef[0], coef[1], coef[2], scal, counts, sig,
-    ];
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(k, b)| wgpu::BindGroupEntry {
-            binding: k as u32,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("step"),
-        layout: &ctx.layout,
-        entries: &entries,
-    })
-}
-
-/// Row `i` of `m` from the device's particle `g` (positions from the host element's centroid;
-/// id, release and fate times stay the host's).
-fn from_gpu(mesh: &Mesh, g: &GpuParticle, m: &mut Particles, i: usize) {
-    let c = mesh.geom((g.elem as usize).min(mesh.n_elements() - 1));
-    m.x[i] = c.xc + g.ox as f64;
-    m.y[i] = c.yc + g.oy as f64;
-    m.z[i] = g.z as f64;
-    m.element[i] = g.elem;
-    m.status[i] = g.status as u8;
-    m.happiness[i] = f32::from_bits(g.happiness);
-}
-
-fn to_gpu(p: &Particles, mesh: &Mesh) -> Vec<GpuParticle> {
-    (0..p.len())
-        .map(|i| {
-            let c = mesh.geom((p.element[i] as usize).min(mesh.n_elements() - 1));
-            GpuParticle {
-                ox: (p.x[i] - c.xc) as f32,
-                oy: (p.y[i] - c.yc) as f32,
-                z: p.z[i] as f32,
-                release: p.release_time[i] as f32,
-                elem: p.element[i],
-                status: p.status[i] as u32,
-                id: p.id[i],
-                happiness: p.happiness[i].to_bits(),
-            }
-        })
-        .collect()
-}
-
-pub mod selftest;
-
-const _: () = assert!(std::mem::size_of::<Params>() == 176);
-
-/// Status codes written by the shader are the CPU's.
-const _: () = assert!(
-    status::ACTIVE == 0
-        && status::PENDING == 1
-        && status::EXITED == 2
-        && status::BAD_FIELD == 3
-        && status::STRANDED == 7
-);

@@ -1,9 +1,9 @@
 //! Before a node trusts an adapter it runs a known problem on both paths and compares (some Pi
 //! drivers compute wrong answers), then times both to see whether the GPU is worth it.
 
-use super::{GpuContext, GpuPartition};
+use super::{GpuContext, GpuError, GpuPartition};
 use crate::Partition;
-use shoal_common::kernel::{Integrator, StepParams, VerticalMixing};
+use shoal_common::kernel::{Integrator, StepContext, StepParams, VerticalMixing};
 use shoal_common::rng::{draw, unit_open, Stream};
 use shoal_common::{status, FieldLevel, Mesh, MeshInput, Particles, RawSlice, Window};
 use std::sync::Arc;
@@ -132,7 +132,7 @@ impl SelfTest {
 }
 
 /// Runs the reference problem on both paths and compares, particle by particle.
-pub fn self_test(ctx: &Arc<GpuContext>) -> Result<SelfTest, String> {
+pub fn self_test(ctx: &Arc<GpuContext>) -> Result<SelfTest, GpuError> {
     let (mesh, levels, particles) = reference_problem(4000);
     let window = Window { levels: &levels };
     let params = reference_params();
@@ -142,8 +142,8 @@ pub fn self_test(ctx: &Arc<GpuContext>) -> Result<SelfTest, String> {
     let mut last = None;
     for s in 0..steps {
         let t = s as f64 * params.dt;
-        cpu.step(&mesh, window, &params, t, s);
-        last = Some(gpu.step(&mesh, window, &params, t, s)?);
+        cpu.advance(&StepContext::new(&mesh, window, &params, t, s));
+        last = Some(gpu.step(&StepContext::new(&mesh, window, &params, t, s))?);
     }
     let g = gpu.download(&mesh)?.clone();
     let c = &cpu.particles;
@@ -179,7 +179,7 @@ pub fn calibrate(
     ctx: &Arc<GpuContext>,
     particles: usize,
     steps: u32,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64), GpuError> {
     let (mesh, levels, p) = reference_problem(particles);
     let window = Window { levels: &levels };
     let mut params = reference_params();
@@ -187,16 +187,28 @@ pub fn calibrate(
     params.vertical_mixing = VerticalMixing::None;
     let mut cpu = Partition::new(p.clone());
     let mut gpu = GpuPartition::new(ctx.clone(), &mesh, p, Default::default())?;
-    cpu.step(&mesh, window, &params, 0.0, 0);
-    gpu.step(&mesh, window, &params, 0.0, 0)?;
+    cpu.advance(&StepContext::new(&mesh, window, &params, 0.0, 0));
+    gpu.step(&StepContext::new(&mesh, window, &params, 0.0, 0))?;
     let t0 = Instant::now();
     for s in 1..=steps {
-        cpu.step(&mesh, window, &params, s as f64 * 60.0, s);
+        cpu.advance(&StepContext::new(
+            &mesh,
+            window,
+            &params,
+            s as f64 * 60.0,
+            s,
+        ));
     }
     let cpu_rate = (particles as f64 * steps as f64) / t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     for s in 1..=steps {
-        gpu.step(&mesh, window, &params, s as f64 * 60.0, s)?;
+        gpu.step(&StepContext::new(
+            &mesh,
+            window,
+            &params,
+            s as f64 * 60.0,
+            s,
+        ))?;
     }
     let gpu_rate = (particles as f64 * steps as f64) / t0.elapsed().as_secs_f64();
     Ok((cpu_rate, gpu_rate))
