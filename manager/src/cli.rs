@@ -450,6 +450,20 @@ fn land_squares(rects: &[String]) -> Result<Vec<(usize, usize)>> {
 }
 
 /// Runs one command line (`args[0]` is the program name).
+/// The `shoal` binary: runs the command line. An error becomes one message (its whole context
+/// chain) and exit code 1; a run stopped by a signal says where it stopped and how it goes on,
+/// and exits with 128 plus the signal.
+pub fn main() {
+    if let Err(e) = run_cli(std::env::args_os()) {
+        if let Some(s) = e.downcast_ref::<run::stop::Stopped>() {
+            eprintln!("{s}");
+            std::process::exit(s.exit_code());
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 pub fn run_cli<I, T>(args: I) -> Result<()>
 where
     I: IntoIterator<Item = T>,
@@ -483,7 +497,9 @@ where
             node_device,
         } => {
             let cfg = config::RunConfig::from_path(&path)?;
-            run::run(
+            // SIGTERM and SIGINT stop the run at a step boundary, with a checkpoint.
+            run::stop::listen();
+            let done = run::run(
                 &cfg,
                 &RunOptions {
                     quiet,
@@ -496,7 +512,13 @@ where
                     status,
                     node_devices: node_device,
                 },
-            )?;
+            );
+            if let Err(mut e) = done {
+                if let Some(s) = e.downcast_mut::<run::stop::Stopped>() {
+                    s.run_file = Some(path);
+                }
+                return Err(e);
+            }
         }
         Command::Status {
             fleet: args,

@@ -1,19 +1,36 @@
 //! Faults the tests inject into a manager process, from `SHOAL_TEST_FAULT`:
 //! `checkpoint-write:STEP` kills the process with SIGKILL inside the window of writing the
 //! checkpoint after step STEP (the new one complete in its temporary file, not yet renamed);
-//! `checkpoint:STEP` kills it just after that checkpoint is in place. Unset, nothing happens.
+//! `checkpoint:STEP` kills it just after that checkpoint is in place; `sigterm:STEP` and
+//! `sigint:STEP` send the process that signal as step STEP begins (an operator's
+//! `systemctl stop` or Ctrl-C at a known moment). Unset, nothing happens.
 
-/// Kills this process if the test asked for a fault of `kind` at `step`.
-pub fn maybe_die(kind: &str, step: u32) {
-    let asked = std::env::var("SHOAL_TEST_FAULT")
+/// Whether the test asked for a fault of `kind` at `step`.
+fn asked(kind: &str, step: u32) -> bool {
+    std::env::var("SHOAL_TEST_FAULT")
         .ok()
         .and_then(|v| {
             let (k, s) = v.split_once(':')?;
             Some(k == kind && s.parse::<u32>().ok()? == step)
         })
-        .unwrap_or(false);
-    if asked {
+        .unwrap_or(false)
+}
+
+/// Kills this process if the test asked for a fault of `kind` at `step`.
+pub fn maybe_die(kind: &str, step: u32) {
+    if asked(kind, step) {
         // SAFETY: kill(2) on this process; it does not return.
         unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+    }
+}
+
+/// Sends this process SIGTERM or SIGINT if the test asked for it as step `step` begins.
+pub fn maybe_signal(step: u32) {
+    for (kind, signal) in [("sigterm", libc::SIGTERM), ("sigint", libc::SIGINT)] {
+        if asked(kind, step) {
+            // SAFETY: raise(3) delivers the signal to this thread before it returns; the
+            // process's handler (or the default action) deals with it.
+            unsafe { libc::raise(signal) };
+        }
     }
 }

@@ -3,8 +3,5 @@
 
 fn main() {
     shoal_node::calm_vulkan_loader();
-    if let Err(e) = shoal_manager::cli::run_cli(std::env::args_os()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    shoal_manager::cli::main();
 }

@@ -215,6 +215,86 @@ fn a_panicking_partition_is_named_and_recovered_like_a_lost_node() {
     files_bit_identical(&direct, &dir.join("next.nc"), false).unwrap();
 }
 
+/// SIGTERM (`systemctl stop`, a shutdown) and SIGINT (Ctrl-C) stop `shoal run` at the next step
+/// boundary with a checkpoint there: the log says at which step and model time, where the
+/// checkpoint is and the command that goes on; the exit code is 128 plus the signal, not a
+/// failure's; and `--resume` finishes a file identical to the run never stopped. On the
+/// one-machine path and with in-process nodes; the signal is sent as a seeded step begins.
+#[test]
+fn a_signal_stops_the_run_at_a_step_with_a_checkpoint_to_go_on_from() {
+    let (dir, toml) = setup("faults_signal");
+    let direct = direct(&dir, &toml);
+    for (fault, code, args) in [
+        ("sigterm:40", 143, &["--direct"][..]),
+        ("sigint:95", 130, &["--nodes", "2"][..]),
+    ] {
+        let (name, out) = (format!("s{code}.toml"), format!("s{code}.nc"));
+        std::fs::write(dir.join(&name), toml(&out, "")).unwrap();
+        let run = |more: &[&str], fault: Option<&str>| {
+            let mut c = clean(env!("CARGO_BIN_EXE_shoal"));
+            c.args(["run", &name, "--quiet"])
+                .args(args)
+                .args(more)
+                .current_dir(&dir)
+                .env_remove("SHOAL_TEST_FAULT");
+            if let Some(f) = fault {
+                c.env("SHOAL_TEST_FAULT", f);
+            }
+            c.output().unwrap()
+        };
+        let o = run(&[], Some(fault));
+        let log = String::from_utf8_lossy(&o.stderr);
+        let step: u32 = fault[fault.find(':').unwrap() + 1..].parse().unwrap();
+        let signal = if code == 143 { "SIGTERM" } else { "SIGINT" };
+        assert_eq!(o.status.code(), Some(code), "{log}");
+        // In this process the run stops after the step the signal came in; with nodes, after
+        // the last step they were allowed to take by then (they may run ahead of the manager).
+        let said = format!("stopped by {signal} after step ");
+        let at: u32 = log
+            .find(&said)
+            .and_then(|i| log[i + said.len()..].split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            (at == step + 1 || (args[0] != "--direct" && at > step + 1))
+                && log.contains(&format!("after step {at} of 180 (model time "))
+                && log.contains(&format!("the checkpoint is {out}.checkpoint"))
+                && log.contains(&format!("`shoal run {name} --resume`")),
+            "{log}"
+        );
+        assert!(!log.contains("error"), "{log}");
+        let o = run(&["--resume"], None);
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        files_bit_identical(&direct, &dir.join(&out), false).unwrap();
+    }
+}
+
+/// A node that cannot take its share (here `--device gpu` for a run with mortality, which the GPU
+/// path refuses) says so for each partition it was
+/// given before stepping: the manager goes on without it at once, with the node's reason, not
+/// after its patience (60 s here) with a silent node's, and the output equals the one-machine
+/// run's.
+#[test]
+fn a_node_that_cannot_take_its_share_says_why_at_once() {
+    let (dir, toml) = setup("faults_refuses");
+    let mortal = |out: &str, extra: &str| {
+        toml(out, extra).replace("[behaviour]\n", "[behaviour]\nmortality_per_day=0.5\n")
+    };
+    let direct = direct(&dir, &mortal);
+    let mut station = Station::new(&dir, "refuses");
+    station.start("cpu", None);
+    station.start_on("gpu", None, "gpu");
+    station.toml(&mortal, "m.toml", "m.nc", 2);
+    let r = station.run("m.toml");
+    assert_eq!(r.recoveries, 1, "{:?}", r.faults);
+    let why = &r.faults[0];
+    assert!(
+        why.contains("on node gpu failed: device Gpu: ") && why.contains("mortality"),
+        "{why}"
+    );
+    files_bit_identical(&direct, &dir.join("m.nc"), false).unwrap();
+}
+
 #[test]
 fn a_killed_manager_resumes_from_its_checkpoint_with_the_nodes_there_now() {
     let (dir, toml) = setup("faults_manager");

@@ -184,6 +184,10 @@ struct FabricStepper<'a> {
     /// Steps a partition may take past the last one the manager has heard of (1: in lock, as
     /// a run with a happiness stop must step, since any step may be its last).
     ahead: u32,
+    /// The last step any grant of this epoch let a partition take.
+    granted: u32,
+    /// Where the run stops early when asked to (a signal): no grant goes past it.
+    halt: Option<u32>,
     /// The schedule's cadences, in steps: it wants every particle's state at these steps.
     output_every: u32,
     checkpoint_every: u32,
@@ -309,6 +313,8 @@ impl<'a> FabricStepper<'a> {
             } else {
                 cfg.cluster.ahead_steps.max(1)
             },
+            granted: 0,
+            halt: None,
             output_every: plan.output_every.max(1),
             checkpoint_every: plan.checkpoint_every,
             // In-process nodes share one pool: the load follows the particles there already.
@@ -503,15 +509,16 @@ impl<'a> FabricStepper<'a> {
     /// Does the schedule want every particle's state at step `k` (as it begins)? The same
     /// rule as the schedule's: output times, checkpoints and the end.
     fn wants_state(&self, k: u32) -> bool {
-        k >= self.n_steps
+        k >= self.end()
             || k.is_multiple_of(self.output_every)
             || (self.checkpoint_every > 0 && k.is_multiple_of(self.checkpoint_every))
     }
 
     /// The control that lets partitions go on from step `next` (the first the manager has not
     /// heard of): the last step they may take, and the states wanted on the way.
-    fn grant(&self, step: u32, next: u32, command: Command, snapshot: bool) -> Control {
-        let through = grant_through(next, self.ahead, self.n_steps, |k| self.wants_state(k));
+    fn grant(&mut self, step: u32, next: u32, command: Command, snapshot: bool) -> Control {
+        let through = grant_through(next, self.ahead, self.end(), |k| self.wants_state(k));
+        self.granted = self.granted.max(through);
         Control {
             step,
             command,
@@ -525,6 +532,12 @@ impl<'a> FabricStepper<'a> {
 
     fn run(&self) -> u64 {
         self.epoch.as_ref().map(|e| e.me.run).unwrap_or(0)
+    }
+
+    /// The step count the grants work to: the run's, or one past the step it stops at early.
+    fn end(&self) -> u32 {
+        self.halt
+            .map_or(self.n_steps, |h| (h + 1).min(self.n_steps))
     }
 
     /// Every partition's state after `step`, checked (each particle of the run exactly once,
@@ -1201,6 +1214,8 @@ impl Stepper for FabricStepper<'_> {
         // The state a fresh run begins from is the particles given, released as a partition
         // releases them at `from`: the manager computes it alone, by the same kernel on the
         // same field values, so no state crosses a slow link before the first step.
+        // A new epoch: its partitions start at `from`, whatever the last one was granted.
+        self.granted = from;
         let start = self.grant(from, from, command, false);
         for (_, q) in ready {
             reply(&q, &me, Message::Control(start.clone()))?;
@@ -1280,7 +1295,7 @@ impl Stepper for FabricStepper<'_> {
         epoch.pending = sums;
         // Stepping ahead: the partitions hear at once that they may go on, unless this is the
         // last step (its answer is the stop) or they step in lock (the schedule decides).
-        if self.ahead > 1 && s + 1 < self.n_steps {
+        if self.ahead > 1 && s + 1 < self.end() {
             let c = self.grant(s, s + 1, Command::Continue, false);
             let epoch = self.epoch.as_mut().expect("an epoch");
             let me = epoch.me.clone();
@@ -1319,6 +1334,12 @@ impl Stepper for FabricStepper<'_> {
             return Ok(Some(state));
         }
         Ok(None)
+    }
+
+    fn stop_at(&mut self, s: u32) -> u32 {
+        let at = self.granted.max(s);
+        self.halt = Some(at);
+        at
     }
 
     fn rebalance_due(&mut self) -> Option<f64> {

@@ -9,6 +9,7 @@ pub mod fabric;
 pub mod partition;
 pub mod prepare;
 pub mod schedule;
+pub mod stop;
 
 pub use prepare::{prepare, step_params, FieldWindow, Prepared};
 

@@ -44,6 +44,13 @@ pub trait Stepper {
     /// state after it.
     fn end_step(&mut self, s: u32, stop: bool, gather: bool) -> Result<Option<Particles>>;
 
+    /// The first step from `s` (the step just done, not yet closed) that the run can stop
+    /// after when asked to stop early (a signal); the stepper steps no further than that. In
+    /// this process, `s` itself; on the fabric, the last step a node was allowed to take.
+    fn stop_at(&mut self, s: u32) -> u32 {
+        s
+    }
+
     /// Whether the work has drifted so far from where the partitions were cut (measured since
     /// the last state) that the stepper wants to begin again from this state, cut anew; asked
     /// after every state the schedule gathered, and answered with the imbalance seen.
@@ -139,6 +146,8 @@ pub fn drive(
     let first = ck.step;
     let progress = progress_bar(plan.quiet, plan.n_steps);
     let mut fault: Option<(anyhow::Error, Instant)> = None;
+    // A signal asked the run to stop: which, and after which step (see `Stepper::stop_at`).
+    let mut halt_at: Option<(i32, u32)> = None;
     // Each pass of this loop begins (or begins again) from the checkpoint `ck`.
     'run: loop {
         if let Some((e, at)) = fault.take() {
@@ -201,6 +210,7 @@ pub fn drive(
         }
         let mut s = ck.step;
         while s < plan.n_steps {
+            crate::fault::maybe_signal(s);
             let k = Instant::now();
             let tally = match stepper.step(s, fields) {
                 Ok(t) => t,
@@ -219,10 +229,19 @@ pub fn drive(
             }
             let happy = happy_stop(cfg, &tally);
             let stop = s + 1 == plan.n_steps || happy;
+            // Asked to stop (SIGTERM, SIGINT): at the first step the stepper can stop after,
+            // with a checkpoint there to go on from.
+            if halt_at.is_none() {
+                halt_at = super::stop::asked().map(|signal| (signal, stepper.stop_at(s)));
+            }
+            let halt = halt_at
+                .filter(|&(_, at)| at == s && !stop)
+                .map(|(signal, _)| signal);
             let write = (s + 1).is_multiple_of(plan.output_every) || stop;
             let checkpoint = write
+                || halt.is_some()
                 || (plan.checkpoint_every > 0 && (s + 1).is_multiple_of(plan.checkpoint_every));
-            let state = match stepper.end_step(s, stop, write || checkpoint) {
+            let state = match stepper.end_step(s, stop || halt.is_some(), write || checkpoint) {
                 Ok(st) => st,
                 Err(e) => {
                     fault = Some((e, Instant::now()));
@@ -241,6 +260,20 @@ pub fn drive(
                     out.output += o.elapsed();
                 }
                 ck = save(file, s + 1, writer, state, &mut out)?;
+                if let Some(signal) = halt {
+                    progress.finish_and_clear();
+                    return Err(super::stop::Stopped {
+                        signal,
+                        step: s + 1,
+                        n_steps: plan.n_steps,
+                        when: crate::input::timefmt::format_datetime(
+                            plan.origin + plan.time(s + 1),
+                        ),
+                        checkpoint: file.path().to_path_buf(),
+                        run_file: None,
+                    }
+                    .into());
+                }
                 // The load has moved with the particles: begin again from this state, the
                 // partitions cut where the particles are now (the output cannot tell).
                 if !stop {

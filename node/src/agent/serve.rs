@@ -233,15 +233,34 @@ fn run_assignment(
         );
     }
     let keys = RunKeys::new(&me.cluster, me.run);
-    let spec = match caller.ask(&keys.spec(), None, PATIENCE, &abandon)? {
-        Message::RunSpec(s) => s,
-        other => bail!("expected the run specification, got a {}", other.kind()),
+    // What every partition needs before any can start: the specification, the device and the
+    // mesh. A node that cannot have them says so at once, for each partition it was given, so
+    // that the manager goes on without it instead of waiting out its patience.
+    let ready = (|| -> Result<_> {
+        let mut spec = match caller.ask(&keys.spec(), None, PATIENCE, &abandon)? {
+            Message::RunSpec(s) => *s,
+            other => bail!("expected the run specification, got a {}", other.kind()),
+        };
+        let choice = choose_for(&spec, device)?;
+        // The mesh input is needed only to build the mesh (or find it built): dropped after.
+        let mesh = shared_mesh(std::mem::take(&mut spec.mesh), &spec.part_of, partitions)?;
+        Ok((Arc::new(spec), choice, mesh))
+    })();
+    let (spec, choice, mesh) = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            if !abandon.load(Ordering::Relaxed) {
+                let why = format!("{e:#}");
+                std::thread::scope(|sc| {
+                    for &p in partitions {
+                        let (caller, why) = (&caller, &why);
+                        sc.spawn(move || tell_failure(caller, p, why));
+                    }
+                });
+            }
+            return Err(e);
+        }
     };
-    let mut spec = *spec;
-    // The mesh input is needed only to build the mesh (or find it built): drop it after.
-    let mesh = shared_mesh(std::mem::take(&mut spec.mesh), &spec.part_of, partitions)?;
-    let spec = Arc::new(spec);
-    let choice = choose_for(&spec, device)?;
     log.say(format!("device: {}", choice.reason));
     let choice = &choice;
     let (held, pages) = mesh.pages_held();
