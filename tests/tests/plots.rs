@@ -227,3 +227,73 @@ fn an_animation_has_a_frame_per_record_and_its_particles_move() {
     let err = plot(&["animate", out.to_str().unwrap(), "-o", "run.mp4"]).unwrap_err();
     assert!(format!("{err:#}").contains("GIF"), "{err:#}");
 }
+
+/// An output records each input by absolute path and SHA-256, and `shoal plot` finds the mesh
+/// from any working directory: where the run read it, then beside the output when the two moved
+/// together; when it is in neither place the error names both.
+#[test]
+fn plots_find_the_mesh_from_any_directory_and_beside_a_moved_output() {
+    let dir = scratch("plot_paths");
+    let out = tracked(&dir, false, false);
+    let f = netcdf::open(&out).unwrap();
+    let text = |name: &str| -> String {
+        String::try_from(f.attribute(name).unwrap().value().unwrap()).unwrap()
+    };
+    let mesh = dir.join("mesh.nc").canonicalize().unwrap();
+    assert_eq!(text("shoal_input_files"), mesh.display().to_string());
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&mesh)
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(sum.stdout).unwrap();
+    assert_eq!(text("shoal_input_sha256"), sum.split(' ').next().unwrap());
+    drop(f);
+    let shoal = |cwd: &Path, args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // From the output's own directory, by a relative path.
+    let (ok, log) = shoal(&dir, &["plot", "out.nc", "-o", "here.png"]);
+    assert!(ok && dir.join("here.png").is_file(), "{log}");
+    // Moved together: the recorded path is gone, the mesh beside the output is found.
+    let moved = scratch("plot_paths_moved");
+    for name in ["out.nc", "mesh.nc"] {
+        std::fs::rename(dir.join(name), moved.join(name)).unwrap();
+    }
+    let target = moved.join("out.nc");
+    let (ok, log) = shoal(
+        Path::new("/"),
+        &[
+            "plot",
+            target.to_str().unwrap(),
+            "-o",
+            moved.join("there.png").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && moved.join("there.png").is_file(), "{log}");
+    // In neither place: the error names both and the way out.
+    std::fs::remove_file(moved.join("mesh.nc")).unwrap();
+    let (ok, log) = shoal(
+        Path::new("/"),
+        &[
+            "plot",
+            target.to_str().unwrap(),
+            "-o",
+            moved.join("none.png").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains(&mesh.display().to_string())
+            && log.contains(&moved.join("mesh.nc").display().to_string())
+            && log.contains("--mesh"),
+        "{log}"
+    );
+}

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod crs;
 pub mod fvcom;
+pub mod identity;
 pub mod release;
 pub mod sites;
 pub mod timefmt;

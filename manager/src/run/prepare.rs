@@ -246,17 +246,27 @@ pub fn behaviour(
     Ok(Some((Box::new(larvae), names)))
 }
 
-pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
+/// The run's global attributes: its configuration, and what it read (each input file's absolute
+/// path and SHA-256, so that `shoal plot` finds the mesh from any directory and a moved input
+/// can be told from another).
+pub(crate) fn config_attributes(cfg: &RunConfig) -> Result<Vec<(String, String)>> {
+    use crate::input::identity;
+    let hashes = cfg
+        .files
+        .iter()
+        .map(|p| identity::sha256(p))
+        .collect::<Result<Vec<_>>>()?;
     let mut a = vec![
         ("shoal_config".to_string(), cfg.source_text.clone()),
         (
             "shoal_input_files".to_string(),
             cfg.files
                 .iter()
-                .map(|p| p.display().to_string())
+                .map(|p| identity::absolute(p).display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        ("shoal_input_sha256".to_string(), hashes.join(" ")),
         ("shoal_dt_seconds".to_string(), cfg.dt.to_string()),
         (
             // As the reader takes them (from `open_boundary_nodes` or `open_boundary_file`),
@@ -293,7 +303,7 @@ pub(crate) fn config_attributes(cfg: &RunConfig) -> Vec<(String, String)> {
     if let Some(h) = cfg.happiness {
         a.push(("shoal_happiness".to_string(), format!("{h:?}")));
     }
-    a
+    Ok(a)
 }
 
 /// What every path needs before the first step: the input, the mesh, the release placed, the
@@ -516,7 +526,7 @@ pub fn create_writer(cfg: &RunConfig, prep: &Prepared) -> Result<TrajectoryWrite
             sampled: cfg.sampled,
         },
         prep.origins.as_ref(),
-        &config_attributes(cfg),
+        &config_attributes(cfg)?,
         cfg.storage,
         (0.5 * (x0 + x1), 0.5 * (y0 + y1)),
     )?;

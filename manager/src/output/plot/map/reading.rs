@@ -79,6 +79,29 @@ impl MapMesh {
     }
 }
 
+/// The run's input `recorded` in the output's attributes, found from any working directory: the
+/// path as recorded (absolute since outputs record them so; an older file's relative path is
+/// tried from here), then a file of the same name beside the output (the two moved together).
+fn find_input(output: &Path, recorded: &str) -> Result<PathBuf> {
+    let recorded = PathBuf::from(recorded);
+    let beside = output
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(recorded.file_name().unwrap_or_default());
+    [recorded.clone(), beside.clone()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: its mesh input is neither at {} (as the run recorded it) nor beside it at {}; \
+                 pass --mesh",
+                output.display(),
+                recorded.display(),
+                beside.display()
+            )
+        })
+}
+
 pub(super) fn load(
     output: &Path,
     opts: &MapOptions,
@@ -95,7 +118,7 @@ pub(super) fn load(
     let inputs = text_attribute(&f, "shoal_input_files");
     let mesh_path = match (&opts.mesh, &inputs) {
         (Some(p), _) => p.clone(),
-        (None, Some(files)) => PathBuf::from(files.split(", ").next().unwrap_or_default()),
+        (None, Some(files)) => find_input(output, files.split(", ").next().unwrap_or_default())?,
         (None, None) => bail!(
             "{}: no `shoal_input_files` attribute; pass --mesh",
             output.display()
