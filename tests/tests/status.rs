@@ -228,6 +228,27 @@ fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
         "{}",
         &png[..png.len().min(200)]
     );
+    // One host holding 500 connections idle (from 127.0.0.2) takes its share of the page's
+    // places, not all of them: a browser elsewhere (127.0.0.1) is still answered.
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .filter_map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .ok()?;
+            s.connect_timeout(&addr.into(), Duration::from_secs(2))
+                .ok()?;
+            Some(s.into())
+        })
+        .collect();
+    assert!(
+        idle.len() >= 100,
+        "only {} idle connections opened",
+        idle.len()
+    );
+    let third = browse(browser, &dir, &["--dump-dom"], &url);
+    assert!(third.contains("<td>pi-east</td>"), "{third}");
+    drop(idle);
     // Read-only: other paths are 404, other methods get nothing at all.
     assert!(http(port, "GET", "/nowhere")
         .unwrap()

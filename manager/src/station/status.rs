@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 pub const REFRESH_S: u64 = 3;
 /// Connections served at once; more are closed unanswered.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections one client address may hold at once (a browser opens up to six): beyond it, its
+/// new ones are closed unanswered, so that one host holding connections idle cannot take every
+/// place from the other visitors.
+const PER_CLIENT: usize = 8;
 /// A snapshot picture is drawn at most this often (wall seconds).
 const PICTURE_EVERY: Duration = Duration::from_secs(2);
 
@@ -478,6 +482,7 @@ pub fn serve(addr: SocketAddr, board: Arc<Board>) -> Result<Server> {
                 // Connections open now: beyond the cap, new ones are closed at once, so that
                 // browsers on the LAN never take the descriptors the run needs.
                 let live = Arc::new(AtomicUsize::new(0));
+                let held: Arc<Mutex<BTreeMap<std::net::IpAddr, usize>>> = Default::default();
                 while !halt.load(Ordering::Relaxed) {
                     // Wakes to look at the stop flag; no connection waits on it.
                     let Ok(accepted) =
@@ -485,19 +490,24 @@ pub fn serve(addr: SocketAddr, board: Arc<Board>) -> Result<Server> {
                     else {
                         continue;
                     };
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                    let (stream, client) = match accepted {
+                        Ok((stream, peer)) => (stream, peer.ip()),
                         Err(_) => {
                             // Out of descriptors, most likely: wait rather than spin.
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
-                    if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                        continue;
+                    {
+                        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                        let mine = held.entry(client).or_insert(0);
+                        if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS || *mine >= PER_CLIENT {
+                            continue;
+                        }
+                        *mine += 1;
                     }
                     live.fetch_add(1, Ordering::Relaxed);
-                    let (board, live) = (board.clone(), live.clone());
+                    let (board, live, held) = (board.clone(), live.clone(), held.clone());
                     tokio::task::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let answer = respond(&board, &req);
@@ -511,6 +521,13 @@ pub fn serve(addr: SocketAddr, board: Arc<Board>) -> Result<Server> {
                         // A client that stalls is dropped after a while.
                         let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
                         live.fetch_sub(1, Ordering::Relaxed);
+                        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(n) = held.get_mut(&client) {
+                            *n -= 1;
+                            if *n == 0 {
+                                held.remove(&client);
+                            }
+                        }
                     });
                 }
             });
