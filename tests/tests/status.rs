@@ -311,3 +311,48 @@ fn shoal_status_serves_the_fleet_alone_with_each_nodes_device_verdict() {
         .unwrap()
         .starts_with("HTTP/1.1 404"));
 }
+
+/// The status page of an embedded run shows its in-process nodes as they are, each by its name
+/// with the device it steps on, not one card for the machine.
+#[test]
+fn an_embedded_runs_page_shows_each_in_process_node_by_name() {
+    let (dir, toml) = setup("status_embedded");
+    let run = toml("embedded.nc", "")
+        .replace("count=3000", "count=20000")
+        .replace("duration='3h'\ndt='60s'", "duration='4h'\ndt='5s'");
+    std::fs::write(dir.join("embedded.toml"), run).unwrap();
+    let _manager = Killed(
+        clean(env!("CARGO_BIN_EXE_shoal"))
+            .args([
+                "run",
+                "embedded.toml",
+                "--quiet",
+                "--nodes",
+                "2",
+                "--status",
+                "127.0.0.1:0",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("manager.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let port = printed_addr(
+        &dir.join("manager.log"),
+        "status page: ",
+        Duration::from_secs(120),
+    )
+    .port();
+    let j = until(port, Duration::from_secs(120), "two named nodes", |j| {
+        j["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let mut names: Vec<&str> = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["local-0", "local-1"], "{j}");
+}

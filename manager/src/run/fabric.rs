@@ -245,6 +245,8 @@ struct FabricStepper<'a> {
     device: shoal_node::Device,
     /// The run's worker pool, for the first state's release.
     pool: Arc<rayon::ThreadPool>,
+    /// The status page's board, where one is served: in-process nodes are shown on it by name.
+    board: Option<Arc<crate::station::status::Board>>,
 }
 
 /// One epoch: a run id, its nodes and partitions, its queryables and token.
@@ -350,6 +352,7 @@ impl<'a> FabricStepper<'a> {
             slowest: None,
             placement: Vec::new(),
             device: cfg.device,
+            board: plan.board.clone(),
         })
     }
 
@@ -1206,6 +1209,7 @@ impl Stepper for FabricStepper<'_> {
             self.quiet,
             format!("partitions: {}", placement_words(&self.placement)),
         );
+        self.show_local_nodes();
         let command = if from >= self.n_steps {
             Command::Stop
         } else {
@@ -1331,6 +1335,8 @@ impl Stepper for FabricStepper<'_> {
         if gather {
             let state = self.gather_states(s + 1)?;
             self.weigh_load(s, stop);
+            // The cards' memory and temperature, fresh at each state.
+            self.show_local_nodes();
             return Ok(Some(state));
         }
         Ok(None)
@@ -1350,6 +1356,18 @@ impl Stepper for FabricStepper<'_> {
 }
 
 impl FabricStepper<'_> {
+    /// The in-process nodes on the status page, each by its name with the device its partitions
+    /// step on (a named cluster's are asked how they are by the page's own watcher).
+    fn show_local_nodes(&self) {
+        let Some(board) = self.board.as_ref().filter(|_| self.fleet.in_process()) else {
+            return;
+        };
+        for (_, node, device) in &self.placement {
+            let card = crate::station::status::NodeCard::here(device, "an in-process node");
+            board.set_node(node, card);
+        }
+    }
+
     /// At a state, once `rebalance_steps` steps are measured: how unevenly the nodes stepped
     /// (the busiest node's stepping time over the nodes' mean), and whether that calls for
     /// cutting the partitions again where the particles are now.

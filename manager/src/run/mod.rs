@@ -282,8 +282,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
             // Printed even when quiet: with port 0 the address is known only now.
             eprintln!("status page: http://{}/", server.addr);
             let stop = Arc::new(AtomicBool::new(false));
-            // In-process nodes and the direct path step here: this machine is the fleet.
-            let here = named_cluster.is_none().then(|| {
+            // The direct path steps here: this machine is the fleet (in-process nodes are
+            // shown by their names, by the fabric stepper).
+            let here = (named_cluster.is_none() && (opts.direct || on_gpu)).then(|| {
                 let (board, stop, device) = (board.clone(), stop.clone(), device_words.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
