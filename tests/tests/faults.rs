@@ -269,6 +269,68 @@ fn a_signal_stops_the_run_at_a_step_with_a_checkpoint_to_go_on_from() {
     }
 }
 
+/// A full disk (a 650 kB tmpfs made for the test, for a run whose files need about 1.1 MB): the
+/// run stops with an error naming the file and the room left, leaves no partial checkpoint
+/// behind, keeps the last good checkpoint and the records before it, and `--resume` finishes
+/// the file of a run that never lacked room once the disk has room.
+#[test]
+fn a_full_disk_stops_the_run_naming_the_room_left_and_it_resumes_once_freed() {
+    let (dir, toml) = setup("faults_full_disk");
+    let direct = direct(&dir, &toml);
+    let disk = dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mount = |opts: &str| {
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&disk)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount("size=650k") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: a tmpfs must mount"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    std::fs::write(dir.join("full.toml"), toml("disk/full.nc", "")).unwrap();
+    let run = |more: &[&str]| {
+        clean(env!("CARGO_BIN_EXE_shoal"))
+            .args(["run", "full.toml", "--quiet", "--direct"])
+            .args(more)
+            .current_dir(&dir)
+            .env_remove("SHOAL_TEST_FAULT")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("No space left on device")
+            && log.contains("disk/full.nc")
+            && log.contains(" MB free of ")
+            && log.contains("is kept in ")
+            && log.contains("`shoal run --resume`"),
+        "{log}"
+    );
+    assert!(!disk.join("full.nc.checkpoint.tmp").exists(), "{log}");
+    assert!(disk.join("full.nc.checkpoint").is_file(), "{log}");
+    // Room again (the card swapped, files moved off): the run goes on where it stopped.
+    assert!(mount("remount,size=8m"));
+    let o = run(&["--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    files_bit_identical(&direct, &disk.join("full.nc"), false).unwrap();
+}
+
 /// A node that cannot take its share (here `--device gpu` for a run with mortality, which the GPU
 /// path refuses) says so for each partition it was
 /// given before stepping: the manager goes on without it at once, with the node's reason, not

@@ -51,10 +51,15 @@ impl CheckpointFile {
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        {
-            let mut f = std::fs::File::create(&tmp).with_context(ctx)?;
-            f.write_all(&bytes).with_context(ctx)?;
-            f.sync_all().with_context(ctx)?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk keeps nothing of the attempt: the previous checkpoint stays whole and
+            // the space the attempt took is free again.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(ctx);
         }
         crate::fault::maybe_die("checkpoint-write", saved.step);
         std::fs::rename(&tmp, &self.path).with_context(ctx)?;

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod density;
 pub mod fates;
 pub mod plot;
+pub mod room;
 
 use crate::input::config::Storage;
 use crate::input::timefmt::format_datetime;

@@ -204,9 +204,13 @@ pub fn drive(
             if let Some(board) = &plan.board {
                 board.snapshot(&snap);
             }
-            writer.write(t0, std::slice::from_ref(&snap))?;
+            writer
+                .write(t0, std::slice::from_ref(&snap))
+                .map_err(|e| not_stored(e, &cfg.output, &ck, file))?;
             out.output += o.elapsed();
-            ck = save(file, ck.step, writer, state, &mut out)?;
+            let step = ck.step;
+            ck = save(file, step, writer, state, &mut out)
+                .map_err(|e| not_stored(e, file.path(), &ck, file))?;
         }
         let mut s = ck.step;
         while s < plan.n_steps {
@@ -256,10 +260,13 @@ pub fn drive(
                     if let Some(board) = &plan.board {
                         board.snapshot(&snap);
                     }
-                    writer.write(t1, std::slice::from_ref(&snap))?;
+                    writer
+                        .write(t1, std::slice::from_ref(&snap))
+                        .map_err(|e| not_stored(e, &cfg.output, &ck, file))?;
                     out.output += o.elapsed();
                 }
-                ck = save(file, s + 1, writer, state, &mut out)?;
+                ck = save(file, s + 1, writer, state, &mut out)
+                    .map_err(|e| not_stored(e, file.path(), &ck, file))?;
                 if let Some(signal) = halt {
                     progress.finish_and_clear();
                     return Err(super::stop::Stopped {
@@ -323,6 +330,29 @@ pub fn drive(
     progress.finish_and_clear();
     closing(cfg, &out.last, out.ecstatic, plan.quiet);
     Ok(out)
+}
+
+/// A write of the run's files that failed (a full SD card, a read-only remount): the error says
+/// which file, the room left where it is, and how the run goes on from its last good checkpoint
+/// (`ck`, still whole: a checkpoint is replaced only once its successor is complete).
+fn not_stored(
+    e: anyhow::Error,
+    at: &std::path::Path,
+    ck: &Saved,
+    file: &CheckpointFile,
+) -> anyhow::Error {
+    let room = crate::output::room::room_words(at);
+    let on = if file.path().is_file() {
+        format!(
+            "the checkpoint after step {} is kept in {}; once there is room, `shoal run --resume` \
+             goes on from it",
+            ck.step,
+            file.path().display()
+        )
+    } else {
+        "no checkpoint was written yet: once there is room, run it again".to_string()
+    };
+    anyhow::anyhow!("{e:#}; {room}; {on}")
 }
 
 /// Writes the checkpoint after `step` and returns it as the one to roll back to.
