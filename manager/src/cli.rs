@@ -5,7 +5,7 @@ use crate::output::plot;
 use crate::run::{self, RunOptions};
 use crate::station::fleet::{self, FleetOptions};
 use crate::tools::synth::{self, Flow, SynthOptions, TimeStyle};
-use crate::tools::{bench, demo, inspect};
+use crate::tools::{bench, demo, inspect, jobs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -19,6 +19,20 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the job server keeps its queue.
+#[derive(clap::Args)]
+struct SpoolArg {
+    /// The job spool directory (default: $SHOAL_SPOOL).
+    #[arg(long, value_name = "DIR", env = "SHOAL_SPOOL")]
+    spool: PathBuf,
+}
+
+impl SpoolArg {
+    fn open(&self) -> Result<jobs::Spool> {
+        jobs::Spool::open(&self.spool)
+    }
 }
 
 // Parsed once per process: the size of its largest variant costs nothing.
@@ -279,6 +293,46 @@ enum Command {
         #[command(flatten)]
         fleet: FleetArgs,
     },
+    /// Run the queued jobs of a spool one after another (the station's job server): a job a
+    /// power cut interrupted resumes first; SIGTERM or SIGINT stops the running job at a step
+    /// boundary, to resume at the next start.
+    Serve {
+        #[command(flatten)]
+        spool: SpoolArg,
+        /// Run the jobs on this cluster's running nodes (default: in this process's nodes).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// In-process nodes, or the nodes to wait for.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Step each job in this process alone.
+        #[arg(long, conflicts_with = "cluster")]
+        direct: bool,
+        /// Stop once no job is queued.
+        #[arg(long)]
+        until_empty: bool,
+        /// Only warnings and errors from the runs.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Queue a run file in a spool: checked as `shoal run` checks it, refused with the same
+    /// error, and queued whole or not at all.
+    Submit {
+        config: PathBuf,
+        #[command(flatten)]
+        spool: SpoolArg,
+    },
+    /// List a spool's jobs: queued, running, done, failed and cancelled.
+    Jobs {
+        #[command(flatten)]
+        spool: SpoolArg,
+    },
+    /// Cancel a job: at once when queued, at its next step boundary when running.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        spool: SpoolArg,
+    },
     /// Relay TCP connections through a simulated link (delay, jitter, loss), for benchmarks on
     /// a kernel without netem: `lan` is 0.2 ms each way, `wifi` 3 ± 1 ms with 0.1 % of segments
     /// lost (each holds its stream up by a retransmission). Runs until stopped.
@@ -511,6 +565,7 @@ where
                     resume,
                     status,
                     node_devices: node_device,
+                    keep_checkpoint: false,
                 },
             );
             if let Err(mut e) = done {
@@ -724,6 +779,38 @@ where
             let report = fleet::pi(&args.options()?, samples, seed)?;
             print!("{}", report.render());
         }
+        Command::Serve {
+            spool,
+            cluster,
+            nodes,
+            direct,
+            until_empty,
+            quiet,
+        } => {
+            jobs::serve(
+                &spool.open()?,
+                &jobs::ServeOptions {
+                    cluster,
+                    nodes,
+                    direct,
+                    quiet,
+                    until_empty,
+                },
+            )?;
+            if let Some(signal) = run::stop::asked() {
+                std::process::exit(128 + signal);
+            }
+        }
+        Command::Submit { config, spool } => {
+            let who = std::env::var("USER").unwrap_or_else(|_| "local".into());
+            let id = spool.open()?.submit(&config, &who)?;
+            println!("job {id} queued");
+        }
+        Command::Jobs { spool } => print!("{}", jobs::table(&spool.open()?)?),
+        Command::Cancel { id, spool } => match spool.open()?.cancel(&id)? {
+            jobs::Phase::Cancelled => println!("job {id} cancelled"),
+            _ => println!("job {id} stops at its next step boundary"),
+        },
         Command::Link {
             listen,
             to,

@@ -331,6 +331,94 @@ fn a_full_disk_stops_the_run_naming_the_room_left_and_it_resumes_once_freed() {
     files_bit_identical(&direct, &disk.join("full.nc"), false).unwrap();
 }
 
+/// The job server through power cuts at seeded moments: a submitter killed with its submission
+/// written but not queued, the server killed during a run (just after the checkpoint at step
+/// 60), inside the write of the checkpoint at step 100, after a run finished but before it was
+/// recorded as done, and just after it was recorded, before the next job. Each restart goes on
+/// from what survived; every job's output equals its clean run bit for bit, none is lost, and
+/// none runs again once done. Then SIGTERM stops the server in a job, which the next start
+/// resumes.
+#[test]
+fn the_job_server_loses_no_job_and_runs_none_twice_through_power_cuts() {
+    let (dir, toml) = setup("faults_jobs");
+    let direct = direct(&dir, &toml);
+    let spool = dir.join("spool");
+    let shoal = |args: &[&str], fault: Option<&str>| {
+        let mut c = clean(env!("CARGO_BIN_EXE_shoal"));
+        c.args(args)
+            .args(["--spool", spool.to_str().unwrap()])
+            .current_dir(&dir)
+            .env_remove("SHOAL_TEST_FAULT");
+        if let Some(f) = fault {
+            c.env("SHOAL_TEST_FAULT", f);
+        }
+        c.output().unwrap()
+    };
+    for name in ["a", "cut", "b"] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            toml(&format!("{name}.nc"), ""),
+        )
+        .unwrap();
+    }
+    assert!(shoal(&["submit", "a.toml"], None).status.success());
+    let o = shoal(&["submit", "cut.toml"], Some("submit-cut:0"));
+    assert!(killed(&o), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(shoal(&["submit", "b.toml"], None).status.success());
+    let serve = ["serve", "--nodes", "2", "--quiet", "--until-empty"];
+    for fault in [
+        "checkpoint:60",
+        "checkpoint-write:100",
+        "job-ran:1",
+        "job-done:1",
+    ] {
+        let o = shoal(&serve, Some(fault));
+        assert!(
+            killed(&o),
+            "{fault}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = shoal(&serve, None);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("job 000002 starts") && !log.contains("job 000001"),
+        "{log}"
+    );
+    let table = String::from_utf8_lossy(&shoal(&["jobs"], None).stdout).into_owned();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Job 1 started once and was resumed three times; job 2 ran once; the cut one is not there.
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(&rows[0][..4], ["000001", "done", "4", "180"], "{table}");
+    assert_eq!(&rows[1][..4], ["000002", "done", "1", "180"], "{table}");
+    assert_eq!(
+        std::fs::read_dir(spool.join("incoming")).unwrap().count(),
+        0
+    );
+    for (id, out) in [("000001", "a.nc"), ("000002", "b.nc")] {
+        let job = spool.join("jobs").join(id);
+        files_bit_identical(&direct, &job.join(out), false).unwrap();
+        assert!(!job.join(format!("{out}.checkpoint")).exists());
+    }
+
+    // SIGTERM in a job (sent as step 50 begins): the server stops it with a checkpoint, exits
+    // saying it was stopped, and the next start resumes it.
+    std::fs::write(dir.join("c.toml"), toml("c.nc", "")).unwrap();
+    assert!(shoal(&["submit", "c.toml"], None).status.success());
+    let o = shoal(&serve, Some("sigterm:50"));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{log}");
+    assert!(log.contains("job 000003 stopped after step"), "{log}");
+    let o = shoal(&serve, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    files_bit_identical(&direct, &spool.join("jobs/000003/c.nc"), false).unwrap();
+}
+
 /// A node that cannot take its share (here `--device gpu` for a run with mortality, which the GPU
 /// path refuses) says so for each partition it was
 /// given before stepping: the manager goes on without it at once, with the node's reason, not

@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub status: Option<std::net::SocketAddr>,
     /// Where each in-process node steps (`--node-device`), the last for the rest.
     pub node_devices: Vec<shoal_node::Device>,
+    /// Keep the checkpoint of the finished run (the job server removes it once the job is
+    /// recorded as done, so that a cut between the two never runs a finished job again).
+    pub keep_checkpoint: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -335,7 +338,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     drop(status);
     writer.close()?;
     // The run is complete: its checkpoint has nothing left to give.
-    file.remove()?;
+    if !opts.keep_checkpoint {
+        file.remove()?;
+    }
     report.fields += fields.read_time;
     report.threads = prep.threads;
     // Where a node chose for itself (a named cluster's, or an in-process one told to use its

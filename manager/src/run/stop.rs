@@ -34,6 +34,16 @@ pub fn listen() {
     }
 }
 
+/// Asks the run in this process to stop as `signal` would (the job server's cancel).
+pub fn ask(signal: i32) {
+    ASKED.store(signal, Ordering::SeqCst);
+}
+
+/// Forgets a request to stop that has been honoured (the job server goes on with its queue).
+pub fn clear() {
+    ASKED.store(0, Ordering::SeqCst);
+}
+
 /// The signal that asked the run to stop, if one did.
 pub fn asked() -> Option<i32> {
     match ASKED.load(Ordering::SeqCst) {

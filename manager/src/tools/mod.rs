@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod demo;
 pub mod inspect;
+pub mod jobs;
 pub mod link;
 pub mod synth;
