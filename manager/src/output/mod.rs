@@ -657,6 +657,14 @@ impl TrajectoryWriter {
         })
     }
 
+    /// Sets a global attribute of the file (one known only at the end of the run).
+    pub fn set_attribute(&mut self, name: &str, value: &str) -> Result<()> {
+        self.file
+            .add_attribute(name, value)
+            .map(|_| ())
+            .with_context(|| format!("writing output {}: attribute `{name}`", self.path.display()))
+    }
+
     pub fn close(self) -> Result<()> {
         if let Some(d) = self.density {
             d.close()?;

@@ -194,6 +194,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
 
     let n = prep.n();
     let file = CheckpointFile::beside(&cfg.output, run_hash(cfg, &prep.reader)?);
+    let hashes = prepare::input_hashes(cfg);
     let (start, mut writer) = if opts.resume {
         let saved = file.load(n)?;
         say(
@@ -336,6 +337,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         fabric::run(cfg, opts, &prep, &plan, &mut io, start, &device_words)?
     };
     drop(status);
+    let hashes = hashes
+        .join()
+        .map_err(|_| anyhow!("hashing the input files: the thread panicked"))??;
+    writer.set_attribute("shoal_input_sha256", &hashes)?;
     writer.close()?;
     // The run is complete: its checkpoint has nothing left to give.
     if !opts.keep_checkpoint {

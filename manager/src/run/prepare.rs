@@ -247,15 +247,10 @@ pub fn behaviour(
 }
 
 /// The run's global attributes: its configuration, and what it read (each input file's absolute
-/// path and SHA-256, so that `shoal plot` finds the mesh from any directory and a moved input
-/// can be told from another).
+/// path, so that `shoal plot` finds the mesh from any directory; their SHA-256, which takes a
+/// while for large inputs, is hashed beside the run and added at its end: [`input_hashes`]).
 pub(crate) fn config_attributes(cfg: &RunConfig) -> Result<Vec<(String, String)>> {
     use crate::input::identity;
-    let hashes = cfg
-        .files
-        .iter()
-        .map(|p| identity::sha256(p))
-        .collect::<Result<Vec<_>>>()?;
     let mut a = vec![
         ("shoal_config".to_string(), cfg.source_text.clone()),
         (
@@ -266,7 +261,6 @@ pub(crate) fn config_attributes(cfg: &RunConfig) -> Result<Vec<(String, String)>
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        ("shoal_input_sha256".to_string(), hashes.join(" ")),
         ("shoal_dt_seconds".to_string(), cfg.dt.to_string()),
         (
             // As the reader takes them (from `open_boundary_nodes` or `open_boundary_file`),
@@ -504,6 +498,19 @@ pub fn prepare(cfg: &RunConfig, opts: &RunOptions) -> Result<Prepared> {
         threads,
         pool: std::sync::Arc::new(pool),
         wall,
+    })
+}
+
+/// The SHA-256 of each input file, space-separated, hashed in a thread of its own while the run
+/// steps (a multi-gigabyte input takes a Pi many seconds): the output's `shoal_input_sha256`.
+pub fn input_hashes(cfg: &RunConfig) -> std::thread::JoinHandle<Result<String>> {
+    let files = cfg.files.clone();
+    std::thread::spawn(move || {
+        let hashes = files
+            .iter()
+            .map(|p| crate::input::identity::sha256(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(hashes.join(" "))
     })
 }
 
