@@ -419,6 +419,68 @@ fn the_job_server_loses_no_job_and_runs_none_twice_through_power_cuts() {
     files_bit_identical(&direct, &spool.join("jobs/000003/c.nc"), false).unwrap();
 }
 
+/// `shoal cancel`: a queued job at once (it never starts), a running one at its next step
+/// boundary (the server goes on with the queue, here empty, and the job is recorded as
+/// cancelled with the step it stopped after).
+#[test]
+fn shoal_cancel_cancels_a_queued_job_at_once_and_a_running_one_at_a_step() {
+    let (dir, toml) = setup("jobs_cancel");
+    let spool = dir.join("spool");
+    let shoal = |args: &[&str]| {
+        clean(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .args(["--spool", spool.to_str().unwrap()])
+            .current_dir(&dir)
+            .env_remove("SHOAL_TEST_FAULT")
+            .output()
+            .unwrap()
+    };
+    // Long enough to be cancelled while it runs: 20 000 particles, 2 880 steps.
+    let long = toml("long.nc", "")
+        .replace("count=3000", "count=20000")
+        .replace("duration='3h'\ndt='60s'", "duration='4h'\ndt='5s'");
+    std::fs::write(dir.join("long.toml"), long).unwrap();
+    std::fs::write(dir.join("short.toml"), toml("short.nc", "")).unwrap();
+    assert!(shoal(&["submit", "long.toml"]).status.success());
+    assert!(shoal(&["submit", "short.toml"]).status.success());
+    let o = shoal(&["cancel", "000002"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("job 000002 cancelled"));
+    let server = clean(env!("CARGO_BIN_EXE_shoal"))
+        .args(["serve", "--direct", "--quiet", "--until-empty"])
+        .args(["--spool", spool.to_str().unwrap()])
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let checkpoint = spool.join("jobs/000001/long.nc.checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "job 1 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = shoal(&["cancel", "000001"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("stops at its next step boundary"),
+        "{o:?}"
+    );
+    let o = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    let table = String::from_utf8_lossy(&shoal(&["jobs"]).stdout).into_owned();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(&rows[0][..2], ["000001", "cancelled"], "{table}");
+    assert!(
+        table.contains("cancelled after step ") && table.contains(" of 2880"),
+        "{table}"
+    );
+    assert_eq!(&rows[1][..3], ["000002", "cancelled", "0"], "{table}");
+    assert!(!spool.join("jobs/000002/short.nc").exists());
+}
+
 /// A node that cannot take its share (here `--device gpu` for a run with mortality, which the GPU
 /// path refuses) says so for each partition it was
 /// given before stepping: the manager goes on without it at once, with the node's reason, not
