@@ -119,6 +119,7 @@ impl Partition {
             + p.fate_time.capacity() * 8
             + self.keys.capacity() * 8
             + self.order.capacity() * 4
+            + self.before.capacity()
     }
 
     /// Releases the particles due at `t` without moving anything (`forward`: the run's

@@ -59,9 +59,6 @@ pub struct Quarantine {
 
 /// A partition's particles and the device that steps them.
 pub trait Worker {
-    /// The device, in words for the logs and the manager (`cpu`, `gpu: <adapter>`).
-    fn device(&self) -> String;
-
     /// Steps every particle through `cx.step`. Particles that lack a field value keep their
     /// state at the step's start with status [`status::BAD_FIELD`].
     fn step(&mut self, cx: &StepContext) -> Result<Tally>;
@@ -102,10 +99,6 @@ pub trait Worker {
 }
 
 impl Worker for Partition {
-    fn device(&self) -> String {
-        "cpu".to_string()
-    }
-
     fn step(&mut self, cx: &StepContext) -> Result<Tally> {
         Ok(self.advance(cx))
     }
@@ -194,10 +187,6 @@ impl GpuWorker {
 
 #[cfg(feature = "gpu")]
 impl Worker for GpuWorker {
-    fn device(&self) -> String {
-        format!("gpu: {}", self.gpu.context().adapter.name)
-    }
-
     fn step(&mut self, cx: &StepContext) -> Result<Tally> {
         self.gpu
             .step(cx)

@@ -217,7 +217,10 @@ impl<'a> PartitionAgent<'a> {
     fn sync(&self, m: Message, abandon: &AtomicBool) -> Result<Control> {
         let s = &self.supply;
         let b = bytes(s.caller.me, m)?;
-        match s.ask(&s.keys.sync(s.p), Some(&b), STEP_PATIENCE, abandon)? {
+        match s
+            .caller
+            .ask(&s.keys.sync(s.p), Some(&b), STEP_PATIENCE, abandon)?
+        {
             Message::Control(c) => Ok(c),
             other => bail!("expected a control, got a {}", other.kind()),
         }

@@ -14,7 +14,7 @@ use shoal_common::wire::{self, FieldRequest, Message, RunSpec, Topology};
 use shoal_common::{status, Mesh, Particles};
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub(super) struct Supply<'a> {
     pub caller: Caller<'a>,
@@ -32,16 +32,6 @@ pub(super) struct Supply<'a> {
 }
 
 impl<'a> Supply<'a> {
-    pub fn ask(
-        &self,
-        key: &str,
-        payload: Option<&[u8]>,
-        patience: Duration,
-        abandon: &AtomicBool,
-    ) -> Result<Message> {
-        self.caller.ask(key, payload, patience, abandon)
-    }
-
     /// Which partition owns each element, and which one this is.
     pub fn owner(&self) -> Owner<'a> {
         Owner {
@@ -173,7 +163,7 @@ impl<'a> Supply<'a> {
                 };
                 let answer = match came {
                     Some(m) => m,
-                    None => self.ask(&key, None, PATIENCE, abandon)?,
+                    None => self.caller.ask(&key, None, PATIENCE, abandon)?,
                 };
                 let slice = match answer {
                     Message::FieldSlice(f) if f.time_index == idx => f,
@@ -230,10 +220,14 @@ impl<'a> Supply<'a> {
                     elements: elements.clone(),
                 }),
             )?;
-            let slice = match self.ask(&self.keys.halo(self.p), Some(&req), PATIENCE, abandon)? {
-                Message::FieldSlice(f) if f.time_index == idx && !f.elements.is_empty() => f,
-                other => bail!("expected halo values, got a {}", other.kind()),
-            };
+            let slice =
+                match self
+                    .caller
+                    .ask(&self.keys.halo(self.p), Some(&req), PATIENCE, abandon)?
+                {
+                    Message::FieldSlice(f) if f.time_index == idx && !f.elements.is_empty() => f,
+                    other => bail!("expected halo values, got a {}", other.kind()),
+                };
             self.fields
                 .fill(self.mesh, &slice, &slice.elements, &slice.nodes)
                 .with_context(|| format!("halo values at time index {idx}"))?;
