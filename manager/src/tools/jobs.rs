@@ -81,14 +81,6 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A fault the tests inject into `shoal submit` and `shoal serve` (`SHOAL_TEST_FAULT`):
-/// `submit-cut:0` kills the submitter with its submission written but not yet in the queue;
-/// `job-ran:N` kills the server when job N's run has finished, before it is recorded as done;
-/// `job-done:N` kills it just after job N is recorded as done, before the next.
-fn maybe_die(kind: &str, n: u32) {
-    crate::fault::maybe_die(kind, n);
-}
-
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it,
 /// and the directory synced.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -138,12 +130,11 @@ impl Spool {
     pub fn submit(&self, run_file: &Path, submitter: &str) -> Result<String> {
         let text = std::fs::read_to_string(run_file)
             .with_context(|| format!("cannot read {}", run_file.display()))?;
-        let base = crate::input::identity::absolute(run_file.parent().unwrap_or(Path::new(".")));
-        let base = if base.as_os_str().is_empty() {
-            crate::input::identity::absolute(Path::new("."))
-        } else {
-            base
-        };
+        let dir = run_file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = crate::input::identity::absolute(dir);
         RunConfig::from_str(&text, &base).with_context(|| format!("in {}", run_file.display()))?;
         let spec = JobSpec {
             base,
@@ -167,7 +158,7 @@ impl Spool {
         write_atomic(&tmp.join("run.toml"), text.as_bytes())?;
         write_atomic(&tmp.join("job.json"), &serde_json::to_vec_pretty(&spec)?)?;
         write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
-        maybe_die("submit-cut", 0);
+        crate::fault::maybe_die("submit-cut", 0);
         loop {
             let next = self.ids()?.last().map_or(1, |(n, _)| n + 1);
             let id = format!("{next:06}");
@@ -344,7 +335,7 @@ fn run_job(spool: &Spool, job: &Job, opts: &ServeOptions) -> Result<()> {
     });
     let cfg = match cfg {
         Ok(c) => c,
-        Err(e) => return finish(spool, job, state, Err(e), Path::new("")),
+        Err(e) => return finish(spool, job, state, Err(e), None),
     };
     let checkpoint = crate::input::config::checkpoint_path(&cfg.output);
     let resume = resume_from && checkpoint.is_file();
@@ -372,7 +363,7 @@ fn run_job(spool: &Spool, job: &Job, opts: &ServeOptions) -> Result<()> {
         },
     );
     drop(watch);
-    finish(spool, job, state, report, &checkpoint)
+    finish(spool, job, state, report, Some(&checkpoint))
 }
 
 /// Records a job's end: done, failed, cancelled, or (stopped by a signal) still running, to
@@ -382,21 +373,22 @@ fn finish(
     job: &Job,
     mut state: JobState,
     r: Result<RunReport>,
-    checkpoint: &Path,
+    checkpoint: Option<&Path>,
 ) -> Result<()> {
     state.finished = Some(now());
     match r {
         Ok(report) => {
-            maybe_die("job-ran", job.id.parse().unwrap_or(0));
+            crate::fault::maybe_die("job-ran", job.id.parse().unwrap_or(0));
             state.phase = Phase::Done;
             state.steps = Some(report.steps);
             spool.set_state(job, &state)?;
             // Recorded as done: the checkpoint has nothing left to give (one a cut left here
             // is removed at the next start).
-            let _ = std::fs::remove_file(checkpoint);
+            if let Some(c) = checkpoint {
+                let _ = std::fs::remove_file(c);
+            }
             eprintln!("serve: job {} done ({} steps)", job.id, report.steps);
-            let n = job.id.parse().unwrap_or(0);
-            maybe_die("job-done", n);
+            crate::fault::maybe_die("job-done", job.id.parse().unwrap_or(0));
             Ok(())
         }
         Err(e) => match e.downcast_ref::<Stopped>() {
