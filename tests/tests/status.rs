@@ -130,6 +130,29 @@ impl Drop for Killed {
     }
 }
 
+/// `shoal run RUN --quiet ARGS --status 127.0.0.1:0` in `dir`, its log in `manager.log`: the
+/// process (killed when dropped) and the address its page bound.
+fn run_with_page(dir: &Path, run: &str, args: &[&str]) -> (Killed, std::net::SocketAddr) {
+    let manager = Killed(
+        clean(env!("CARGO_BIN_EXE_shoal"))
+            .args(["run", run, "--quiet"])
+            .args(args)
+            .args(["--status", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("manager.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The page binds a port of its own and says which.
+    let addr = printed_addr(
+        &dir.join("manager.log"),
+        "status page: ",
+        Duration::from_secs(120),
+    );
+    (manager, addr)
+}
+
 #[test]
 fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
     let Some(browser) = chromium() else {
@@ -150,29 +173,7 @@ fn the_status_page_shows_both_nodes_and_a_step_that_grows_in_a_real_browser() {
     .replace("count=3000", "count=40000")
     .replace("duration='3h'\ndt='60s'", "duration='4h'\ndt='5s'");
     std::fs::write(dir.join("page.toml"), run).unwrap();
-    let _manager = Killed(
-        clean(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "run",
-                "page.toml",
-                "--quiet",
-                "--cluster",
-                &cluster,
-                "--status",
-                "127.0.0.1:0",
-            ])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("manager.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    // The page binds a port of its own and says which.
-    let addr = printed_addr(
-        &dir.join("manager.log"),
-        "status page: ",
-        Duration::from_secs(120),
-    );
+    let (_manager, addr) = run_with_page(&dir, "page.toml", &["--cluster", &cluster]);
     let port = addr.port();
     until(
         port,
@@ -321,29 +322,8 @@ fn an_embedded_runs_page_shows_each_in_process_node_by_name() {
         .replace("count=3000", "count=20000")
         .replace("duration='3h'\ndt='60s'", "duration='4h'\ndt='5s'");
     std::fs::write(dir.join("embedded.toml"), run).unwrap();
-    let _manager = Killed(
-        clean(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "run",
-                "embedded.toml",
-                "--quiet",
-                "--nodes",
-                "2",
-                "--status",
-                "127.0.0.1:0",
-            ])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("manager.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let port = printed_addr(
-        &dir.join("manager.log"),
-        "status page: ",
-        Duration::from_secs(120),
-    )
-    .port();
+    let (_manager, addr) = run_with_page(&dir, "embedded.toml", &["--nodes", "2"]);
+    let port = addr.port();
     let j = until(port, Duration::from_secs(120), "two named nodes", |j| {
         j["nodes"].as_array().is_some_and(|n| n.len() == 2)
     });
