@@ -8,6 +8,7 @@
 //! | `doctor/<node>` | queryable | node | `shoal doctor`'s checkup; the reply is the node's health |
 //! | `pi/<node>` | queryable | node | `shoal pi`'s share of the Monte Carlo samples |
 //! | `manager/<run>` | liveliness token | manager | the run's manager is alive |
+//! | `jobs` | queryable | job server | `shoal submit`, `jobs`, `cancel` and `fetch` from other hosts |
 //! | `run/<run>/spec` | queryable | manager | mesh, parameters, element owners |
 //! | `run/<run>/topology/<p>` | queryable | manager | owned and halo elements of partition p |
 //! | `run/<run>/particles/<p>` | queryable | manager | p's initial particles |
@@ -69,6 +70,10 @@ pub fn doctor(cluster: &Ident, node: &str) -> String {
 
 pub fn pi(cluster: &Ident, node: &str) -> String {
     format!("{ROOT}/{cluster}/pi/{node}")
+}
+
+pub fn jobs(cluster: &Ident) -> String {
+    format!("{ROOT}/{cluster}/jobs")
 }
 
 pub fn manager_token(cluster: &Ident, run: u64) -> String {

@@ -26,13 +26,65 @@ pub struct Cli {
 struct SpoolArg {
     /// The job spool directory (default: $SHOAL_SPOOL).
     #[arg(long, value_name = "DIR", env = "SHOAL_SPOOL")]
-    spool: PathBuf,
+    spool: Option<PathBuf>,
 }
 
 impl SpoolArg {
     fn open(&self) -> Result<jobs::Spool> {
-        jobs::Spool::open(&self.spool)
+        match &self.spool {
+            Some(dir) => jobs::Spool::open(dir),
+            None => anyhow::bail!(
+                "no job spool: give --spool DIR or set SHOAL_SPOOL (or --cluster NAME for the \
+                 job server of a cluster)"
+            ),
+        }
     }
+}
+
+/// Where a cluster's job server is, for `submit`, `jobs`, `cancel` and `fetch` from another host.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// Ask the job server (`shoal serve --cluster NAME`) of this cluster, over its fabric,
+    /// instead of a spool on this machine.
+    #[arg(long, value_name = "NAME", conflicts_with = "spool")]
+    cluster: Option<String>,
+    /// This host's zenoh configuration for the cluster (its certificate, the server's address).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    zenoh_config: Option<PathBuf>,
+    /// The server's endpoint, e.g. quic/10.0.0.1:7448 (repeatable).
+    #[arg(long, value_name = "ENDPOINT", requires = "cluster")]
+    connect: Vec<String>,
+    /// Seconds to wait for the server to answer.
+    #[arg(long, default_value_t = 30.0, requires = "cluster")]
+    wait: f64,
+}
+
+/// Where a job command acts: a spool here, or a cluster's job server.
+enum Queue {
+    Here(jobs::Spool),
+    There(jobs::remote::Remote),
+}
+
+fn queue(spool: &SpoolArg, remote: RemoteArgs) -> Result<Queue> {
+    let Some(cluster) = remote.cluster else {
+        return Ok(Queue::Here(spool.open()?));
+    };
+    anyhow::ensure!(
+        remote.wait.is_finite() && remote.wait >= 0.0,
+        "--wait must be a number of seconds"
+    );
+    if let Some(p) = &remote.zenoh_config {
+        shoal_node::net::check_config_file(p)
+            .with_context(|| format!("--zenoh-config {}", p.display()))?;
+    }
+    Ok(Queue::There(jobs::remote::Remote::open(
+        &jobs::remote::RemoteOptions {
+            cluster,
+            zenoh_config: remote.zenoh_config,
+            connect: remote.connect,
+            wait: std::time::Duration::from_secs_f64(remote.wait),
+        },
+    )?))
 }
 
 // Parsed once per process: the size of its largest variant costs nothing.
@@ -314,24 +366,59 @@ enum Command {
         /// Only warnings and errors from the runs.
         #[arg(long)]
         quiet: bool,
+        /// The cluster's zenoh configuration (certificates, access list): for the runs, in
+        /// place of a run file's `cluster.zenoh_config`, and for jobs from other hosts.
+        #[arg(long, value_name = "FILE", requires = "cluster")]
+        zenoh_config: Option<PathBuf>,
+        /// Where other hosts reach this server, e.g. quic/0.0.0.0:7448 (repeatable).
+        #[arg(long, value_name = "ENDPOINT", requires = "cluster")]
+        listen: Vec<String>,
+        /// Serve the station's status page, with the queue, at this address.
+        #[arg(long, value_name = "ADDR")]
+        status: Option<std::net::SocketAddr>,
+        /// The most megabytes of input files one job from another host may bring.
+        #[arg(long, default_value_t = 4096.0)]
+        max_input_mb: f64,
     },
-    /// Queue a run file in a spool: checked as `shoal run` checks it, refused with the same
-    /// error, and queued whole or not at all.
+    /// Queue a run file: checked as `shoal run` checks it, refused with the same error, and
+    /// queued whole or not at all; in a spool here, or (--cluster) at the cluster's job server
+    /// with the input files it does not hold yet.
     Submit {
         config: PathBuf,
         #[command(flatten)]
         spool: SpoolArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Say nothing but the job's id.
+        #[arg(long)]
+        quiet: bool,
     },
-    /// List a spool's jobs: queued, running, done, failed and cancelled.
+    /// List the jobs: queued, running (with its step), done, failed and cancelled.
     Jobs {
         #[command(flatten)]
         spool: SpoolArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Cancel a job: at once when queued, at its next step boundary when running.
     Cancel {
         id: String,
         #[command(flatten)]
         spool: SpoolArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Copy an ended job's outputs (trajectories, density, connectivity, picture) into a
+    /// directory, each checked against its SHA-256.
+    Fetch {
+        id: String,
+        /// Where to put them.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        to: PathBuf,
+        #[command(flatten)]
+        spool: SpoolArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Relay TCP connections through a simulated link (delay, jitter, loss), for benchmarks on
     /// a kernel without netem: `lan` is 0.2 ms each way, `wifi` 3 ± 1 ms with 0.1 % of segments
@@ -566,6 +653,7 @@ where
                     status,
                     node_devices: node_device,
                     keep_checkpoint: false,
+                    board: None,
                 },
             );
             if let Err(mut e) = done {
@@ -786,7 +874,19 @@ where
             direct,
             until_empty,
             quiet,
+            zenoh_config,
+            listen,
+            status,
+            max_input_mb,
         } => {
+            anyhow::ensure!(
+                max_input_mb.is_finite() && max_input_mb > 0.0,
+                "--max-input-mb must be a positive number of megabytes"
+            );
+            if let Some(p) = &zenoh_config {
+                shoal_node::net::check_config_file(p)
+                    .with_context(|| format!("--zenoh-config {}", p.display()))?;
+            }
             jobs::serve(
                 &spool.open()?,
                 &jobs::ServeOptions {
@@ -795,22 +895,59 @@ where
                     direct,
                     quiet,
                     until_empty,
+                    zenoh_config,
+                    listen,
+                    status,
+                    max_input_bytes: (max_input_mb * 1e6) as u64,
                 },
             )?;
             if let Some(signal) = run::stop::asked() {
                 std::process::exit(128 + signal);
             }
         }
-        Command::Submit { config, spool } => {
-            let who = std::env::var("USER").unwrap_or_else(|_| "local".into());
-            let id = spool.open()?.submit(&config, &who)?;
+        Command::Submit {
+            config,
+            spool,
+            remote,
+            quiet,
+        } => {
+            let id = match queue(&spool, remote)? {
+                Queue::Here(spool) => {
+                    let who = std::env::var("USER").unwrap_or_else(|_| "local".into());
+                    spool.submit(&config, &who)?
+                }
+                Queue::There(server) => server.submit(&config, quiet)?,
+            };
             println!("job {id} queued");
         }
-        Command::Jobs { spool } => print!("{}", jobs::table(&spool.open()?)?),
-        Command::Cancel { id, spool } => match spool.open()?.cancel(&id)? {
-            jobs::Phase::Cancelled => println!("job {id} cancelled"),
-            _ => println!("job {id} stops at its next step boundary"),
+        Command::Jobs { spool, remote } => match queue(&spool, remote)? {
+            Queue::Here(spool) => print!("{}", jobs::table(&spool)?),
+            Queue::There(server) => print!("{}", jobs::listing(&server.jobs()?)),
         },
+        Command::Cancel { id, spool, remote } => {
+            let phase = match queue(&spool, remote)? {
+                Queue::Here(spool) => spool.cancel(&id)?,
+                Queue::There(server) => server.cancel(&id)?,
+            };
+            match phase {
+                jobs::Phase::Cancelled => println!("job {id} cancelled"),
+                _ => println!("job {id} stops at its next step boundary"),
+            }
+        }
+        Command::Fetch {
+            id,
+            to,
+            spool,
+            remote,
+        } => {
+            let files = match queue(&spool, remote)? {
+                Queue::Here(spool) => jobs::fetch_local(&spool, &id, &to)?,
+                Queue::There(server) => server.fetch(&id, &to)?,
+            };
+            for f in files {
+                println!("{}", f.display());
+            }
+        }
         Command::Link {
             listen,
             to,

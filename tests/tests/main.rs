@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod geometry;
 mod gpu;
+mod jobs;
 mod larvae;
 mod output;
 mod peer;

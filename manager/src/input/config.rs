@@ -317,7 +317,7 @@ pub struct ClusterConfig {
     pub rebalance_steps: u32,
 }
 
-fn density_spec(d: &DensitySection, resolve: &dyn Fn(&str) -> PathBuf) -> Result<DensitySpec> {
+fn density_spec(d: &DensitySection, resolve: Resolve) -> Result<DensitySpec> {
     let file = d
         .file
         .as_deref()
@@ -332,7 +332,7 @@ fn density_spec(d: &DensitySection, resolve: &dyn Fn(&str) -> PathBuf) -> Result
         bail!("key `output.density.{key}`: must be a positive size");
     }
     Ok(DensitySpec {
-        file: resolve(file),
+        file: resolve(file, PathKind::Output),
         cell,
         degrees,
         per_origin: d.per_origin,
@@ -393,6 +393,20 @@ fn sampled(names: Option<&[String]>) -> Result<Sampled> {
     }
     Ok(s)
 }
+
+/// What a path in a run file names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// A file the run reads: the model output, a release, polygons, open boundary nodes.
+    Input,
+    /// A file the run writes: trajectories, density, connectivity.
+    Output,
+    /// A file of the machine that runs it (the zenoh configuration), never sent with a job.
+    Local,
+}
+
+/// Where each path a run file names (as written, with its kind) leads.
+pub type Resolve<'a> = &'a dyn Fn(&str, PathKind) -> PathBuf;
 
 /// Where a run's checkpoint lies: `<output>.checkpoint`, beside the trajectory file.
 pub fn checkpoint_path(output: &Path) -> PathBuf {
@@ -557,10 +571,7 @@ fn larvae(b: &BehaviourSection) -> Result<Option<Behaviour>> {
     Ok((!passive).then_some(l))
 }
 
-fn settlement(
-    s: &SettlementSection,
-    resolve: &dyn Fn(&str) -> PathBuf,
-) -> Result<SettlementConfig> {
+fn settlement(s: &SettlementSection, resolve: Resolve) -> Result<SettlementConfig> {
     let file = s.polygons.as_deref().ok_or_else(|| {
         anyhow!("key `settlement.polygons`: needed (a GeoJSON file of named settlement polygons)")
     })?;
@@ -583,7 +594,7 @@ fn settlement(
         bail!("key `settlement.die_after_competency`: needs `settlement.competency`");
     }
     Ok(SettlementConfig {
-        file: resolve(file),
+        file: resolve(file, PathKind::Input),
         competency,
         probability_per_hour: s.probability_per_hour,
         die_after_competency: s.die_after_competency,
@@ -602,10 +613,7 @@ fn time_text(v: &toml::Value, key: &str) -> Result<String> {
 
 /// Checks the polygon release's keys; `None` when `release.polygons` is absent (and then none
 /// of its keys may be given).
-fn polygon_release(
-    r: &ReleaseSection,
-    resolve: &dyn Fn(&str) -> PathBuf,
-) -> Result<Option<PolygonRelease>> {
+fn polygon_release(r: &ReleaseSection, resolve: Resolve) -> Result<Option<PolygonRelease>> {
     let Some(path) = &r.polygons else {
         for (given, key) in [
             (r.per_polygon.is_some(), "per_polygon"),
@@ -670,7 +678,7 @@ fn polygon_release(
         None => Vec::new(),
     };
     Ok(Some(PolygonRelease {
-        file: resolve(path),
+        file: resolve(path, PathKind::Input),
         per_polygon,
         z,
         every,
@@ -724,23 +732,24 @@ impl RunConfig {
         Self::from_str(&text, base).with_context(|| format!("in {}", path.display()))
     }
 
+    /// The run file `text`, its relative paths taken from `base`.
     pub fn from_str(text: &str, base: &Path) -> Result<RunConfig> {
+        Self::from_str_placing(text, &|p, _| base.join(p))
+    }
+
+    /// The run file `text`, each path it names (absolute or relative, as written) put where
+    /// `place` says: how the job server puts a job's inputs in its store and its outputs in
+    /// the job's directory.
+    pub fn from_str_placing(text: &str, place: Resolve) -> Result<RunConfig> {
         let file: RunFile =
             toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
-        let resolve = |p: &str| -> PathBuf {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &str, kind: PathKind| -> PathBuf { place(p, kind) };
         if file.input.files.is_empty() {
             bail!("key `input.files`: name at least one FVCOM NetCDF file");
         }
         let mut obc: Vec<u32> = Vec::new();
         if let Some(f) = &file.input.open_boundary_file {
-            obc.extend(read_obc_file(&resolve(f))?);
+            obc.extend(read_obc_file(&resolve(f, PathKind::Input))?);
         }
         for n in file.input.open_boundary_nodes.iter().flatten() {
             if *n == 0 {
@@ -850,7 +859,10 @@ impl RunConfig {
             wait_seconds,
             halo_rings: c.halo_rings,
             partitions: c.partitions,
-            zenoh_config: c.zenoh_config.as_deref().map(resolve),
+            zenoh_config: c
+                .zenoh_config
+                .as_deref()
+                .map(|p| resolve(p, PathKind::Local)),
             patience_seconds,
             field_piece_bytes: c.field_piece_kib.map(|k| k << 10),
             ahead_steps: c.ahead_steps.unwrap_or(64),
@@ -875,11 +887,18 @@ impl RunConfig {
         if backward && b.preferred_temperature.is_some() {
             bail!("key `run.direction`: the happiness stop runs forward only");
         }
-        let connectivity = file.output.connectivity.as_deref().map(resolve);
+        let connectivity = file
+            .output
+            .connectivity
+            .as_deref()
+            .map(|p| resolve(p, PathKind::Output));
         if connectivity.is_some() && (settlement.is_none() || polygons.is_none()) {
             bail!("key `output.connectivity`: needs a polygon release (`release.polygons`) and `[settlement]` polygons");
         }
-        let output = resolve(file.output.file.as_deref().unwrap_or("trajectories.nc"));
+        let output = resolve(
+            file.output.file.as_deref().unwrap_or("trajectories.nc"),
+            PathKind::Output,
+        );
         let storage = Storage {
             deflate: match file.output.compression {
                 None => Storage::DEFAULT_DEFLATE,
@@ -920,9 +939,18 @@ impl RunConfig {
             _ => bail!("key `release`: give only one of `release.file`, `release.polygons` and `[release.generate]`"),
         }
         Ok(RunConfig {
-            files: file.input.files.iter().map(|f| resolve(f)).collect(),
+            files: file
+                .input
+                .files
+                .iter()
+                .map(|f| resolve(f, PathKind::Input))
+                .collect(),
             open_boundary_nodes: obc,
-            release_file: file.release.file.as_deref().map(resolve),
+            release_file: file
+                .release
+                .file
+                .as_deref()
+                .map(|p| resolve(p, PathKind::Input)),
             generate: file.release.generate.clone(),
             polygons,
             start: file

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Serve the station's status page here while the run goes (`--status`).
     pub status: Option<std::net::SocketAddr>,
+    /// Show the run on this board instead (the job server's, which outlives its runs).
+    pub board: Option<Arc<status::Board>>,
     /// Where each in-process node steps (`--node-device`), the last for the rest.
     pub node_devices: Vec<shoal_node::Device>,
     /// Keep the checkpoint of the finished run (the job server removes it once the job is
@@ -101,7 +103,8 @@ pub struct RunReport {
 /// card fresh, all stopped when the run ends (or fails).
 struct StatusPage {
     board: Arc<status::Board>,
-    _server: status::Server,
+    /// `None` on the job server's board, which serves itself.
+    _server: Option<status::Server>,
     stop: Arc<AtomicBool>,
     here: Option<std::thread::JoinHandle<()>>,
 }
@@ -112,6 +115,7 @@ impl Drop for StatusPage {
         if let Some(h) = self.here.take() {
             let _ = h.join();
         }
+        self.board.end_run();
     }
 }
 
@@ -266,9 +270,11 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         )
     };
     let named_cluster = opts.cluster.clone().or_else(|| cfg.cluster.name.clone());
-    let status = match opts.status {
-        None => None,
-        Some(addr) => {
+    let status = match (opts.status, &opts.board) {
+        (None, None) => None,
+        (addr, given) => {
+            // The page of this run alone, or the job server's board.
+            let shared = given.clone();
             let painter = crate::output::plot::map::SnapshotPainter::new(
                 &prep.mesh,
                 prep.reader.geo.clone(),
@@ -281,10 +287,21 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
                 .output
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            let board = status::Board::new(&station, Some((name, painter)));
-            let server = status::serve(addr, board.clone())?;
-            // Printed even when quiet: with port 0 the address is known only now.
-            eprintln!("status page: http://{}/", server.addr);
+            let (board, server) = match (shared, addr) {
+                (Some(board), _) => {
+                    board.begin_run(name, painter);
+                    (board, None)
+                }
+                (None, addr) => {
+                    let board = status::Board::new(&station, Some((name, painter)));
+                    let server = addr.map(|a| status::serve(a, board.clone())).transpose()?;
+                    // Printed even when quiet: with port 0 the address is known only now.
+                    if let Some(server) = &server {
+                        eprintln!("status page: http://{}/", server.addr);
+                    }
+                    (board, server)
+                }
+            };
             let stop = Arc::new(AtomicBool::new(false));
             // The direct path steps here: this machine is the fleet (in-process nodes are
             // shown by their names, by the fabric stepper).

@@ -3,8 +3,10 @@
 //!
 //! It shows every node (architecture, cores, temperature, throttling, memory, device and why),
 //! the run's step, rate, ETA and counts by status, and a picture of the latest snapshot, and
-//! reloads itself every few seconds. It only reads: `GET /` (or `/index.html`), `GET
-//! /status.json` and `GET /snapshot.png`; any other path is 404, and any other method gets no answer at all (the
+//! reloads itself every few seconds; under `shoal serve`, the job queue too (job, submitter,
+//! state, progress, ETA, and a picture of each done job). It only reads: `GET /` (or
+//! `/index.html`), `GET /status.json`, `GET /snapshot.png` and `GET /jobs/<id>.png`; any other
+//! path is 404, and any other method gets no answer at all (the
 //! connection is closed). HTTP/1.1 by hyper on a tokio runtime of its own thread, so a slow
 //! browser never holds up a step.
 
@@ -142,21 +144,48 @@ pub struct RunCard {
     pub model_time: String,
 }
 
+/// One job of the job server's queue as the page shows it.
+#[derive(Clone, Debug, Default)]
+pub struct JobRow {
+    pub id: String,
+    /// The submitter: the name on its certificate, or `user@host` for a job queued here.
+    pub submitter: String,
+    pub state: String,
+    /// Steps done and in all, where known.
+    pub progress: Option<(u32, u32)>,
+    pub eta_s: Option<f64>,
+    /// A picture of its trajectories once done (`/jobs/<id>.png`).
+    pub picture: bool,
+}
+
+type Painter = Arc<(String, crate::output::plot::map::SnapshotPainter)>;
+
 #[derive(Default)]
 struct State {
     station: String,
     nodes: BTreeMap<String, NodeCard>,
     run: Option<RunCard>,
+    /// The run going: its name (its output file) and what draws its snapshots.
+    painter: Option<Painter>,
+    /// The job server's queue; `None` outside `shoal serve`.
+    jobs: Option<Vec<JobRow>>,
     picture: Option<Arc<Vec<u8>>>,
     pictured: Option<Instant>,
     pictures: u64,
 }
 
-/// What the page shows, shared by the run (or the fleet watcher) and the server.
+/// What the page shows, shared by the run (or the fleet watcher, or the job server) and the
+/// server.
 pub struct Board {
     state: Mutex<State>,
-    /// The run's name (its output file), and what draws its snapshots.
-    run: Option<(String, crate::output::plot::map::SnapshotPainter)>,
+    /// The job server's jobs directory, where each done job's picture lies.
+    jobs_dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Board")
+    }
 }
 
 impl Board {
@@ -169,10 +198,62 @@ impl Board {
         Arc::new(Board {
             state: Mutex::new(State {
                 station: station.to_string(),
+                painter: run.map(Arc::new),
                 ..Default::default()
             }),
-            run,
+            jobs_dir: None,
         })
+    }
+
+    /// The job server's board: its queue shown, and the pictures of done jobs served from
+    /// `jobs_dir/<id>/picture.png`.
+    pub fn for_jobs(station: &str, jobs_dir: &std::path::Path) -> Arc<Board> {
+        Arc::new(Board {
+            state: Mutex::new(State {
+                station: station.to_string(),
+                jobs: Some(Vec::new()),
+                ..Default::default()
+            }),
+            jobs_dir: Some(jobs_dir.to_path_buf()),
+        })
+    }
+
+    /// A run begins on a board that outlives it (the job server's): its name and painter.
+    pub fn begin_run(&self, name: String, painter: crate::output::plot::map::SnapshotPainter) {
+        self.with(|s| {
+            s.painter = Some(Arc::new((name, painter)));
+            s.run = None;
+            s.picture = None;
+            s.pictured = None;
+            s.nodes.clear();
+        });
+    }
+
+    /// The run is over: the board shows no run until the next begins.
+    pub fn end_run(&self) {
+        self.with(|s| {
+            s.painter = None;
+            s.run = None;
+            s.picture = None;
+        });
+    }
+
+    /// The running job's card: steps done and in all, and the ETA.
+    pub fn progress(&self) -> Option<(u32, u32, Option<f64>)> {
+        self.with(|s| s.run.as_ref().map(|r| (r.step, r.n_steps, r.eta_s)))
+    }
+
+    pub fn set_jobs(&self, rows: Vec<JobRow>) {
+        self.with(|s| s.jobs = Some(rows));
+    }
+
+    /// A done job's picture, by its id (digits only: nothing else is a path here).
+    fn job_picture(&self, id: &str) -> Option<Vec<u8>> {
+        let dir = self.jobs_dir.as_ref()?;
+        if id.is_empty() || id.len() > 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        std::fs::read(dir.join(id).join("picture.png")).ok()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -214,8 +295,9 @@ impl Board {
             ("bad field", tally.bad_field),
             ("outside mesh", tally.outside_mesh),
         ];
+        let name = self.with(|s| s.painter.as_ref().map(|p| p.0.clone()));
         let card = RunCard {
-            name: self.run.as_ref().map_or(String::new(), |r| r.0.clone()),
+            name: name.unwrap_or_default(),
             step,
             n_steps,
             particles: n,
@@ -229,13 +311,13 @@ impl Board {
 
     /// At output times: a new picture of the particles, unless one was drawn very recently.
     pub fn snapshot(&self, snap: &shoal_common::snapshot::Snapshot) {
-        let Some((_, painter)) = &self.run else {
+        let Some(painter) = self.with(|s| {
+            let due = s.pictured.is_none_or(|t| t.elapsed() >= PICTURE_EVERY);
+            s.painter.clone().filter(|_| due)
+        }) else {
             return;
         };
-        let due = self.with(|s| s.pictured.is_none_or(|t| t.elapsed() >= PICTURE_EVERY));
-        if !due {
-            return;
-        }
+        let painter = &painter.1;
         // Drawn outside the lock: the server keeps answering with the last picture meanwhile.
         match painter.paint(&snap.x, &snap.y, &snap.status) {
             Ok(png) => self.with(|s| {
@@ -278,7 +360,20 @@ impl Board {
                     "counts": r.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
                 })
             });
-            serde_json::json!({ "station": s.station, "nodes": nodes, "run": run }).to_string()
+            let jobs = s.jobs.as_ref().map(|rows| {
+                rows.iter()
+                    .map(|j| {
+                        serde_json::json!({
+                            "id": j.id, "submitter": j.submitter, "state": j.state,
+                            "step": j.progress.map(|p| p.0), "steps": j.progress.map(|p| p.1),
+                            "eta_s": j.eta_s,
+                            "picture": j.picture.then(|| format!("/jobs/{}.png", j.id)),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
+            serde_json::json!({ "station": s.station, "nodes": nodes, "run": run, "jobs": jobs })
+                .to_string()
         })
     }
 }
@@ -344,6 +439,34 @@ fn page(s: &State) -> String {
             out.push_str("</tr></table>\n");
         }
         None => out.push_str("<h2>Run</h2>\n<p id=\"idle\">No run is going.</p>\n"),
+    }
+    if let Some(rows) = &s.jobs {
+        out.push_str(&format!(
+            "<h2>Jobs <small>{}</small></h2>\n<table id=\"jobs\"><tr><th>job</th><th>submitted by</th>\
+             <th>state</th><th>progress</th><th>ETA</th><th>picture</th></tr>\n",
+            rows.len()
+        ));
+        for j in rows.iter().rev() {
+            let progress = j.progress.map_or(String::new(), |(step, n)| {
+                format!(
+                    "{step} of {n} ({:.0} %)",
+                    100.0 * step as f64 / n.max(1) as f64
+                )
+            });
+            out.push_str(&format!(
+                "<tr class=\"job\"><td>{}</td><td>{}</td><td>{}</td><td>{progress}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&j.id),
+                escape(&j.submitter),
+                escape(&j.state),
+                j.eta_s.map_or(String::new(), duration_words),
+                if j.picture {
+                    format!("<a href=\"/jobs/{0}.png\">{0}.png</a>", escape(&j.id))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.push_str("</table>\n");
     }
     out.push_str(&format!(
         "<h2>Nodes <small>{}</small></h2>\n<table id=\"nodes\"><tr><th>node</th><th>architecture</th>\
@@ -449,7 +572,14 @@ fn respond(
             Some(png) => reply(200, "image/png", png.as_ref().clone()),
             None => reply(404, "text/plain", b"no snapshot yet\n".to_vec()),
         },
-        _ => reply(404, "text/plain", b"not found\n".to_vec()),
+        path => match path
+            .strip_prefix("/jobs/")
+            .and_then(|p| p.strip_suffix(".png"))
+            .and_then(|id| board.job_picture(id))
+        {
+            Some(png) => reply(200, "image/png", png),
+            None => reply(404, "text/plain", b"not found\n".to_vec()),
+        },
     })
 }
 
