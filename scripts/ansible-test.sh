@@ -7,12 +7,15 @@
 #      namespaces share one filesystem, so every host installs under its own prefix
 #      (shoal_root = $DIR/hosts/<host>); systemd does not run here, so the units are installed and
 #      checked with systemd-analyze verify but not started;
-#   3. the installed node agents started as their units would (ExecStart, as the service user, in
-#      the working directory), and the installed job run from the manager's namespace with the
-#      installed binary and zenoh configuration (QUIC with mutual TLS and access control, the
-#      roles' default; plain TCP with SHOAL_ANSIBLE_TRANSPORT=tcp): `shoal doctor` from the
-#      manager must see every node authenticated by its certificate, every node must take part,
-#      and the trajectories must equal, value by value, those of the embedded run of the job;
+#   3. the installed node agents and job server started as their units would (ExecStart, as the
+#      service user, in the working directory), with the installed binaries and zenoh
+#      configurations (QUIC with mutual TLS and access control, the roles' default; plain TCP
+#      with SHOAL_ANSIBLE_TRANSPORT=tcp); two jobs submitted from the controller with the
+#      certificate the roles made for it (shoal_submitters), the server's power cut (SIGKILL)
+#      in the middle of the first and the unit started again: both jobs must finish once, every
+#      node must take part, and the trajectories fetched back to the controller must equal,
+#      value by value, those of the embedded runs of the same run files; `shoal doctor` from
+#      the manager must see every node authenticated by its certificate;
 #   4. a second converge, which must change nothing on any host (changed=0 in the recap).
 #
 # Needs root, iproute2, openssh-server (sshd), openssl, util-linux (setpriv), Python 3 with venv
@@ -21,7 +24,7 @@
 # CI=1 turns "skipped" into a failure. SHOAL_BIN picks the binaries (default target/release);
 # SHOAL_ANSIBLE_VENV picks the virtual environment (default target/ansible-venv);
 # SHOAL_ANSIBLE_KEEP=1 keeps the temporary directory (inventory, hosts, logs) even on success;
-# SHOAL_ANSIBLE_RUNS=N runs the deployed job N times (default 1), each of which must succeed.
+# SHOAL_ANSIBLE_RUNS=N submits the two jobs N times (default 1), each round of which must pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,7 +33,7 @@ BIN=$(realpath -m "${SHOAL_BIN:-target/release}")
 VENV=${SHOAL_ANSIBLE_VENV:-$ROOT/target/ansible-venv}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CLUSTER=ansci
-RUNS=${SHOAL_ANSIBLE_RUNS:-1}     # how many times to run the deployed job
+RUNS=${SHOAL_ANSIBLE_RUNS:-1}     # how many rounds of two submitted jobs
 # The fabric's links: the roles' default (QUIC with mutual TLS), or plain TCP.
 case ${SHOAL_ANSIBLE_TRANSPORT:-quic} in
     quic) TRANSPORT=QUIC EXTRA=() ;;
@@ -252,30 +255,8 @@ all:
         # The hosts have no route out: the packages are installed beforehand.
         shoal_apt_update_cache: false
         shoal_ntp_servers: [$NET.1]
-        shoal_job_toml: |
-          seed = 11
-
-          [input]
-          files = ["{{ shoal_data_dir }}/input/rotation.nc"]
-
-          [release.generate]
-          count = 2000
-          z = -2.0
-
-          [run]
-          duration = "3h"
-          dt = "60s"
-          device = "cpu"
-
-          [diffusion]
-          horizontal_kh = 1.0
-
-          [output]
-          file = "{{ shoal_data_dir }}/output/trajectories.nc"
-          interval = "30min"
-        shoal_job_cluster:
-          nodes: ${#NODES[@]}
-          wait_seconds: 60
+        # The controller submits jobs with a certificate of its own.
+        shoal_submitters: [{ name: ctl, address: ${ADDR[ctl]} }]
       children:
         shoal_manager:
           hosts:
@@ -326,8 +307,11 @@ for h in "${NODES[@]}"; do
     units+=("$DIR/hosts/$h/etc/systemd/system/shoal-node.service")
     [[ -s $DIR/hosts/$h/opt/shoal/etc/zenoh-node.json5 ]] || fail "$h: zenoh-node.json5 missing"
 done
-units+=("$DIR/hosts/mgr/etc/systemd/system/shoal-job.service")
-[[ ! -e $DIR/hosts/mgr/etc/systemd/system/shoal-job.timer ]] || fail "mgr: a timer without a schedule"
+units+=("$DIR/hosts/mgr/etc/systemd/system/shoal-serve.service")
+for u in shoal-job.service shoal-submit.service shoal-submit.timer; do
+    [[ ! -e $DIR/hosts/mgr/etc/systemd/system/$u ]] || fail "mgr: $u without a schedule"
+done
+[[ -s $DIR/pki/submitters/ctl.json5 ]] || fail "the controller's submitter configuration is missing"
 for u in "${units[@]}"; do
     [[ -s $u ]] || fail "$u missing"
 done
@@ -341,7 +325,7 @@ if grep -v -E '^$' "$LOGS/verify.log" | grep -q .; then
 fi
 # The services' sandbox, rated offline (0 is a sealed box, 10 an unconfined root process).
 exposure=()
-for u in "$DIR/hosts/n1/etc/systemd/system/shoal-node.service" "$DIR/hosts/mgr/etc/systemd/system/shoal-job.service"; do
+for u in "$DIR/hosts/n1/etc/systemd/system/shoal-node.service" "$DIR/hosts/mgr/etc/systemd/system/shoal-serve.service"; do
     systemd-analyze security --offline=true --no-pager --threshold=25 "$u" >"$LOGS/security-${u##*/}.log" 2>&1 ||
         fail "${u##*/} is exposed above 2.5 (see $LOGS/security-${u##*/}.log)"
     exposure+=("${u##*/} $(sed -n 's/^.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$LOGS/security-${u##*/}.log")")
@@ -376,6 +360,7 @@ for _ in $(seq 50); do [[ -e $NOTIFY/ready ]] && break; sleep 0.1; done
 
 # ExecStart= and WorkingDirectory= of an installed unit, run as its User= in a namespace, with
 # NOTIFY_SOCKET and WATCHDOG_USEC when the unit is Type=notify with WatchdogSec=, as systemd would.
+# In the background (no timeout) its pid is UNIT_PID, and it joins PIDS unless KEEP_OUT is set.
 run_unit() {    # run_unit HOST UNIT-FILE LOG [timeout-seconds]
     local host=$1 unit=$2 log=$3 limit=${4:-0} exec wd user env=() wdog
     exec=$(sed -n 's/^ExecStart=//p' "$unit")
@@ -393,7 +378,8 @@ run_unit() {    # run_unit HOST UNIT-FILE LOG [timeout-seconds]
         timeout "$limit" "${cmd[@]}"
     else
         "${cmd[@]}" &
-        PIDS+=($!)
+        UNIT_PID=$!
+        [[ -n ${KEEP_OUT:-} ]] || PIDS+=($!)
     fi
 }
 
@@ -410,25 +396,100 @@ for pid in "${PIDS[@]}"; do
 done
 say "the ${#NODES[@]} agents are up, started as their units start them (READY=1 received)"
 
-# --- 9. The job, from the manager's namespace, as shoal-job.service runs it. ---
+# --- 9. The job server, as shoal-serve.service runs it; two jobs submitted from the controller,
+# and a power cut in the middle of the first. ---
 MGR=$DIR/hosts/mgr/opt/shoal
-ip netns exec "$(ns mgr)" setpriv --reuid=shoal --regid=shoal --init-groups --inh-caps=-all -- \
-    "$MGR/bin/shoal" synth --flow rotation -o "$MGR/data/input/rotation.nc" --nx 30 --ny 30 \
-    --duration 6h --interval 1h >"$LOGS/synth.log" 2>&1 || fail "shoal synth (see $LOGS/synth.log)"
+SPOOL=$MGR/data/spool
+SERVE_UNIT=$DIR/hosts/mgr/etc/systemd/system/shoal-serve.service
+CTL_DIR=$DIR/ctl
+mkdir -p "$CTL_DIR"
+"$BIN/shoal" synth --flow rotation -o "$CTL_DIR/rotation.nc" --nx 30 --ny 30 --duration 6h \
+    --interval 1h >"$LOGS/synth.log" 2>&1 || fail "shoal synth (see $LOGS/synth.log)"
+for job in a b; do
+    seed=$([[ $job == a ]] && echo 11 || echo 12)
+    cat >"$CTL_DIR/$job.toml" <<EOF
+seed = $seed
+
+[input]
+files = ["rotation.nc"]
+
+[release.generate]
+count = 2000
+z = -2.0
+
+[run]
+duration = "4h"
+dt = "30s"
+device = "cpu"
+
+[diffusion]
+horizontal_kh = 1.0
+
+[output]
+file = "$job.nc"
+interval = "30min"
+
+[cluster]
+nodes = ${#NODES[@]}
+wait_seconds = 60
+EOF
+done
+ctl_shoal() {   # ctl_shoal ARGS...: shoal on the controller, asking the manager's job server
+    ip netns exec "$CTL" "$BIN/shoal" "$@" --cluster "$CLUSTER" \
+        --zenoh-config "$DIR/pki/submitters/ctl.json5"
+}
+serve_up() {    # serve_up: the unit's ExecStart in the manager's namespace, in the background
+    KEEP_OUT=1 run_unit mgr "$SERVE_UNIT" "$MGR/log/serve.log"
+    SERVE_PID=$UNIT_PID
+}
+want_submitter=ctl
+[[ $TRANSPORT == TCP ]] && want_submitter="[^ ]+@[^ ]+ \(no certificate\)"
 for run in $(seq "$RUNS"); do
-    rm -f "$MGR/data/output/trajectories.nc"
+    rm -rf "${SPOOL:?}"/* "$CTL_DIR"/fetched-*
     t=$EPOCHREALTIME
-    rc=0
-    run_unit mgr "$DIR/hosts/mgr/etc/systemd/system/shoal-job.service" "$MGR/log/job.log" 120 || rc=$?
+    serve_up
+    for job in a b; do
+        ctl_shoal submit "$CTL_DIR/$job.toml" --wait 60 >"$LOGS/submit-$job.log" 2>&1 ||
+            fail "shoal submit $job.toml from the controller (see $LOGS/submit-$job.log)"
+    done
+    grep -q "job 000001 queued" "$LOGS/submit-a.log" || fail "job a not queued as 000001 (see $LOGS/submit-a.log)"
+    # The power cut, mid-run: SIGKILL as soon as job 1's checkpoint at its start has been
+    # replaced by a later one (each is renamed into place: a new inode).
+    first=""
+    for _ in $(seq 2400); do
+        now=$(stat -c %i "$SPOOL/jobs/000001/a.nc.checkpoint" 2>/dev/null || true)
+        [[ -z $first ]] && first=$now
+        [[ -n $now && $now != "$first" ]] && break
+        sleep 0.05
+    done
+    kill -KILL "$SERVE_PID" 2>/dev/null || fail "the job server was gone before the cut (see $MGR/log/serve.log)"
+    wait "$SERVE_PID" 2>/dev/null || true
+    grep -q '"phase": "running"' "$SPOOL/jobs/000001/state.json" ||
+        fail "job 1 was not running at the cut: $(cat "$SPOOL/jobs/000001/state.json")"
+    # The machine comes back: systemd starts the unit at boot.
+    serve_up
+    done_jobs=0
+    for _ in $(seq 480); do
+        ctl_shoal jobs --wait 30 >"$LOGS/jobs.log" 2>&1 || fail "shoal jobs from the controller (see $LOGS/jobs.log)"
+        done_jobs=$(grep -c -E '^00000[12] +done ' "$LOGS/jobs.log" || true)
+        [[ $done_jobs -eq 2 ]] && break
+        grep -q -E ' failed ' "$LOGS/jobs.log" && break
+        sleep 0.5
+    done
     job_s=$(since "$t")
-    cp "$MGR/log/job.log" "$LOGS/job.log"
+    cp "$MGR/log/serve.log" "$LOGS/serve.log"
     for h in "${NODES[@]}"; do
         cp "$DIR/hosts/$h/opt/shoal/log/agent.log" "$LOGS/agent-$h.log" 2>/dev/null || true
     done
-    [[ $rc -eq 0 ]] || fail "the job (run $run of $RUNS) failed (exit $rc$([[ $rc -eq 124 ]] && echo ': still running after 120 s'); see $LOGS/job.log)"
-    [[ -s $MGR/data/output/trajectories.nc ]] || fail "the job wrote no $MGR/data/output/trajectories.nc"
-    members=$(grep -E "^fabric: cluster \`$CLUSTER\`" "$MGR/log/job.log" | tail -n1 || true)
-    [[ -n $members ]] || fail "the job's log names no cluster members"
+    [[ $done_jobs -eq 2 ]] || fail "the two jobs did not finish (see $LOGS/jobs.log and $LOGS/serve.log)"
+    # Job 1 started twice (the cut), job 2 once; both by the controller's certificate.
+    grep -q -E "^000001 +done +2 +480  $want_submitter" "$LOGS/jobs.log" || fail "job 1: $(sed -n 2p "$LOGS/jobs.log")"
+    grep -q -E "^000002 +done +1 +480  $want_submitter" "$LOGS/jobs.log" || fail "job 2: $(sed -n 3p "$LOGS/jobs.log")"
+    grep -q "job 000001 resumes" "$LOGS/serve.log" || fail "job 1 did not resume (see $LOGS/serve.log)"
+    resumed=$(grep -o -E "from the checkpoint after step [0-9]+ of [0-9]+" "$LOGS/serve.log" | head -n1 || true)
+    [[ -n $resumed ]] || fail "job 1 did not resume from its checkpoint (see $LOGS/serve.log)"
+    members=$(grep -E "^fabric: cluster \`$CLUSTER\`" "$LOGS/serve.log" | tail -n1 || true)
+    [[ -n $members ]] || fail "the server's log names no cluster members"
     for h in "${NODES[@]}"; do
         grep -q -E "[(; ]$h " <<<"$members" || fail "node $h took no part: $members"
     done
@@ -440,11 +501,41 @@ for run in $(seq "$RUNS"); do
             [[ $n -ge $((${#NODES[@]} - 1)) ]] || fail "$h: $n established fabric links, wanted at least $((${#NODES[@]} - 1))"
         done
     fi
+    for job in a b; do
+        id=$([[ $job == a ]] && echo 000001 || echo 000002)
+        ctl_shoal fetch "$id" --to "$CTL_DIR/fetched-$id" >"$LOGS/fetch-$job.log" 2>&1 ||
+            fail "shoal fetch $id from the controller (see $LOGS/fetch-$job.log)"
+        [[ -s $CTL_DIR/fetched-$id/$job.nc && -s $CTL_DIR/fetched-$id/picture.png ]] ||
+            fail "job $id's outputs did not come back (see $LOGS/fetch-$job.log)"
+    done
     for pid in "${PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || fail "an sshd or node agent exited early"
     done
-    say "job$([[ $RUNS -gt 1 ]] && echo " $run/$RUNS") on ${#NODES[@]} nodes over $TRANSPORT took ${job_s}s: ${members#fabric: }"
+    say "round $run/$RUNS: two jobs from the controller on ${#NODES[@]} nodes over $TRANSPORT; the server cut (SIGKILL) mid-run of job 1 and started again, job 1 resumed $resumed; both done once and fetched in ${job_s}s: ${members#fabric: }"
+    if [[ $run -lt $RUNS ]]; then
+        kill -TERM "$SERVE_PID"
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
 done
+# The status page shows the queue, with the submitter and the pictures of the done jobs.
+ip netns exec "$CTL" "$PYTHON" - "${ADDR[mgr]}" "$want_submitter" >"$LOGS/status.log" 2>&1 <<'EOF' ||
+import json, re, sys, urllib.request
+base = f"http://{sys.argv[1]}:8080"
+s = json.load(urllib.request.urlopen(base + "/status.json", timeout=10))
+jobs = s["jobs"]
+assert [j["state"] for j in jobs] == ["done", "done"], jobs
+assert all(re.fullmatch(sys.argv[2], j["submitter"]) for j in jobs), jobs
+png = urllib.request.urlopen(base + jobs[0]["picture"], timeout=10).read()
+assert png[:4] == b"\x89PNG", png[:8]
+print("status page:", [(j["id"], j["state"], j["submitter"]) for j in jobs])
+EOF
+    fail "the status page (see $LOGS/status.log)"
+say "$(cat "$LOGS/status.log")"
+# systemctl stop: SIGTERM, exit 143 (SuccessExitStatus), nothing running.
+kill -TERM "$SERVE_PID"
+rc=0
+wait "$SERVE_PID" || rc=$?
+[[ $rc -eq 143 ]] || fail "the job server ended $rc on SIGTERM, not 143 (see $MGR/log/serve.log)"
 
 # --- The census as an operator sees it: the doctor, run on the manager with its installed
 # configuration, as the service user. Over QUIC every node's link must carry its certificate's
@@ -496,15 +587,16 @@ EOF
     say "a cluster certificate under a name not in the inventory linked to n1 but got no answer"
 fi
 
-# --- 10. The same job embedded (in-process nodes on loopback): the same trajectories. ---
-sed -e '/^name = /d' -e '/^zenoh_config = /d' \
-    -e "s|^file = \".*/output/trajectories.nc\"|file = \"$DIR/embedded.nc\"|" \
-    "$MGR/etc/run.toml" >"$DIR/embedded.toml"
-grep -q "$DIR/embedded.nc" "$DIR/embedded.toml" || fail "could not point the embedded run's output elsewhere"
-"$MGR/bin/shoal" run "$DIR/embedded.toml" --quiet >"$LOGS/embedded.log" 2>&1 ||
-    fail "the embedded run failed (see $LOGS/embedded.log)"
-"$PYTHON" scripts/compare_nc.py ansible-test "$DIR/embedded.nc" "$MGR/data/output/trajectories.nc" ||
-    fail "the deployed run differs from the embedded run"
+# --- 10. The same jobs embedded (in-process nodes on loopback): the same trajectories. ---
+for job in a b; do
+    id=$([[ $job == a ]] && echo 000001 || echo 000002)
+    (cd "$CTL_DIR" && sed -e '/^\[cluster\]/,$d' -e "s|^file = \"$job.nc\"|file = \"embedded-$job.nc\"|" \
+        "$job.toml" >"embedded-$job.toml" && "$BIN/shoal" run "embedded-$job.toml" --quiet) \
+        >"$LOGS/embedded-$job.log" 2>&1 || fail "the embedded run of $job failed (see $LOGS/embedded-$job.log)"
+    "$PYTHON" scripts/compare_nc.py ansible-test "$CTL_DIR/embedded-$job.nc" "$CTL_DIR/fetched-$id/$job.nc" ||
+        fail "job $id ($job) on the deployed cluster differs from its embedded run"
+done
+say "both jobs equal their embedded runs value by value"
 
 # --- 11. Converging again changes nothing, anywhere. ---
 converge 2
