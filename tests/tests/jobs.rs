@@ -325,6 +325,32 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
     assert_eq!(jobs[1]["picture"], "/jobs/000002.png", "{json}");
     assert!(http_get(page, "/jobs/000002.png").starts_with("\u{fffd}PNG"));
 
+    // A bad run file is refused with the error `shoal run` gives, and nothing is queued.
+    std::fs::write(
+        dir.join("bad.toml"),
+        toml("bad.nc", extra).replace("dt='60s'", "dt='-60s'"),
+    )
+    .unwrap();
+    let o = laptop(&laptop_cfg, &["submit", "bad.toml"])
+        .output()
+        .unwrap();
+    let run = clean(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "bad.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let (err, want) = (
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(!o.status.success() && !run.status.success());
+    assert!(
+        want.contains("key `run.dt`") && err == want,
+        "{err}\n{want}"
+    );
+    let o = laptop(&laptop_cfg, &["jobs"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+
     // A stranger with another CA's certificate never reaches the server.
     let o = laptop(&stranger_cfg, &["jobs", "--wait", "3"])
         .output()
