@@ -4,7 +4,7 @@
 //! the caller owns threads, ordering and I/O.
 
 use crate::behaviour::{chance, chance_per_hour, fate_draws, swim, Band, Behaviour, Sun};
-use crate::fields::{Bracket, FieldLevel, Window, COEF_DX, COEF_DY};
+use crate::fields::{Bracket, FieldLevel, Window, COEF_DX, COEF_DY, N_COEF};
 use crate::mesh::{is_element, Mesh, Walk, LAND, OPEN};
 use crate::particles::{status, ParticlesMut};
 use crate::rng::{draw, normal_pair, unit_open, Stream};
@@ -308,16 +308,193 @@ impl Points {
     };
 }
 
-/// [`sample`] for the first `n` points of a batch, in two passes: first every point's column
-/// position (the geometry and surface loads), then every point's coefficient blocks.
+/// [`sample`] for the first `n` points of a batch, on the kernel variant this process runs
+/// ([`crate::simd`]): every variant gives the same bits.
 #[inline(always)]
 fn sample_batch(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut [Sample; BATCH]) {
+    match crate::simd::chosen() {
+        crate::simd::Kernel::Scalar => sample_batch_scalar(mesh, br, n, at, out),
+        crate::simd::Kernel::Lanes128 => sample_lanes(mesh, br, n, at, out),
+        crate::simd::Kernel::Avx2 => sample_lanes_avx2(mesh, br, n, at, out),
+    }
+}
+
+/// The scalar reference of [`sample_batch`], in two passes: first every point's column
+/// position (the geometry and surface loads), then every point's coefficient blocks.
+#[inline(always)]
+fn sample_batch_scalar(
+    mesh: &Mesh,
+    br: &Bracket,
+    n: usize,
+    at: &Points,
+    out: &mut [Sample; BATCH],
+) {
     let mut pos = [ColumnPosition::default(); BATCH];
     for (j, p) in pos.iter_mut().enumerate().take(n) {
         *p = column_position(mesh, br, at.x[j], at.y[j], at.z[j], at.e[j], &at.w[j]);
     }
     for (o, p) in out.iter_mut().zip(&pos).take(n) {
         *o = p.sample(velocity_at(mesh, br, p));
+    }
+}
+
+/// [`sample_batch`] in lanes, on the baseline vector instructions (SSE2 on x86-64, NEON on
+/// aarch64).
+#[inline(never)]
+fn sample_lanes(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut [Sample; BATCH]) {
+    sample_lanes_body(mesh, br, n, at, out)
+}
+
+/// [`sample_batch`] in lanes on AVX2 (chosen only where the CPU has it: [`crate::simd::set`]).
+#[inline(never)]
+fn sample_lanes_avx2(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut [Sample; BATCH]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(
+            mesh: &Mesh,
+            br: &Bracket,
+            n: usize,
+            at: &Points,
+            out: &mut [Sample; BATCH],
+        ) {
+            sample_lanes_body(mesh, br, n, at, out)
+        }
+        debug_assert!(crate::simd::Kernel::Avx2.available());
+        // SAFETY: the AVX2 variant is chosen only on a CPU that has AVX2 (`simd::set`,
+        // `simd::Kernel::parse`).
+        unsafe { avx2(mesh, br, n, at, out) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    sample_lanes_body(mesh, br, n, at, out)
+}
+
+/// Where each lane's point sits for the coefficient blocks: the two layers, the weight of the
+/// lower one, and the offset from the element's centroid.
+struct LayerLanes {
+    k: [usize; BATCH],
+    k1: [usize; BATCH],
+    wk: [f32; BATCH],
+    dx: [f32; BATCH],
+    dy: [f32; BATCH],
+}
+
+impl LayerLanes {
+    /// The velocity of the first `n` lanes at one level, as `velocity_at` does it.
+    #[inline(always)]
+    fn velocity(
+        &self,
+        lvl: &FieldLevel,
+        nl: usize,
+        n: usize,
+        e: &[u32; BATCH],
+    ) -> [[f64; BATCH]; 3] {
+        let mut r = [[0.0; BATCH]; 3];
+        for j in 0..n {
+            let base = lvl.slot(e[j] as usize) * nl;
+            let (t, b) = (&lvl.coef[base + self.k[j]], &lvl.coef[base + self.k1[j]]);
+            let mut bl = [0f32; N_COEF];
+            for c in 0..N_COEF {
+                bl[c] = t[c] + (b[c] - t[c]) * self.wk[j];
+            }
+            for (c, rc) in r.iter_mut().enumerate() {
+                rc[j] =
+                    (bl[c] + bl[COEF_DX + c] * self.dx[j] + bl[COEF_DY + c] * self.dy[j]) as f64;
+            }
+        }
+        r
+    }
+}
+
+/// The lanes of [`sample_batch`]: each point's loads one by one (its element's centroid,
+/// surface and bathymetry, gathered into lane arrays), the water column's arithmetic (the
+/// barycentric blends, the time interpolation, the sigma bracket by arithmetic) over all
+/// [`BATCH`] lanes at once as fixed-width loops that compile to vector instructions, then each
+/// point's coefficient blocks with their nine blends at once ([`LayerLanes::velocity`]), and
+/// the time interpolation of the velocities over all lanes. Each lane does exactly the
+/// operations of [`column_position`] and [`velocity_at`] in their order; lanes past `n`
+/// compute on zeros and are dropped.
+#[inline(always)]
+fn sample_lanes_body(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut [Sample; BATCH]) {
+    let nl = mesh.vertical.n_layers;
+    let (mut xc, mut yc) = ([0.0; BATCH], [0.0; BATCH]);
+    let mut w = [[0.0; BATCH]; 3];
+    let mut za = [[0.0; BATCH]; 3];
+    let mut zb = [[0.0; BATCH]; 3];
+    let mut hn = [[0.0; BATCH]; 3];
+    for j in 0..n {
+        let e = at.e[j] as usize;
+        (xc[j], yc[j]) = mesh.centroid(e);
+        let (a, b) = (&br.a.zeta_elem[br.a.slot(e)], &br.b.zeta_elem[br.b.slot(e)]);
+        let h = mesh.h_elem(e);
+        for c in 0..3 {
+            w[c][j] = at.w[j][c];
+            za[c][j] = a[c] as f64;
+            zb[c][j] = b[c] as f64;
+            hn[c][j] = h[c] as f64;
+        }
+    }
+    // The water column: as `water_column` and `column_position`, lane by lane.
+    let wt = br.wt;
+    let (mut dx, mut dy) = ([0f32; BATCH], [0f32; BATCH]);
+    let (mut zeta, mut depth, mut sigma) = ([0.0; BATCH], [0.0; BATCH], [0.0; BATCH]);
+    for j in 0..BATCH {
+        dx[j] = (at.x[j] - xc[j]) as f32;
+        dy[j] = (at.y[j] - yc[j]) as f32;
+        let sa = w[0][j] * za[0][j] + w[1][j] * za[1][j] + w[2][j] * za[2][j];
+        let sb = w[0][j] * zb[0][j] + w[1][j] * zb[1][j] + w[2][j] * zb[2][j];
+        let z = lerp(sa, sb, wt);
+        let h = w[0][j] * hn[0][j] + w[1][j] * hn[1][j] + w[2][j] * hn[2][j];
+        zeta[j] = z;
+        depth[j] = (h + z).max(1e-3);
+        sigma[j] = ((at.z[j] - z) / depth[j]).clamp(-1.0, 0.0);
+    }
+    let (mut k, mut k1, mut wk) = ([0usize; BATCH], [0usize; BATCH], [0f32; BATCH]);
+    match mesh.vertical.even_layers {
+        Some((first, _)) => {
+            let (inv, top) = (mesh.vertical.inv_layer_step, (nl - 1) as f64);
+            let mut f = [0.0; BATCH];
+            for j in 0..BATCH {
+                f[j] = ((sigma[j] - first) * inv).clamp(0.0, top);
+            }
+            for j in 0..n {
+                let kj = (f[j] as usize).min(nl - 2);
+                k[j] = kj;
+                wk[j] = (f[j] - kj as f64) as f32;
+            }
+        }
+        None => {
+            for j in 0..n {
+                let (kj, wj) = sigma_bracket(&mesh.siglay_elem(at.e[j] as usize), sigma[j]);
+                k[j] = kj;
+                wk[j] = wj as f32;
+            }
+        }
+    }
+    for j in 0..n {
+        k1[j] = (k[j] + 1).min(nl - 1);
+    }
+    // The coefficient blocks: as `velocity_at`, lane by lane; each lane's nine blends at once.
+    let lanes = LayerLanes { k, k1, wk, dx, dy };
+    let level = |lvl: &FieldLevel| lanes.velocity(lvl, nl, n, &at.e);
+    let mut vel = level(br.a);
+    if wt != 0.0 {
+        let vb = level(br.b);
+        for (va, vb) in vel.iter_mut().zip(&vb) {
+            for j in 0..BATCH {
+                va[j] = lerp(va[j], vb[j], wt);
+            }
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate().take(n) {
+        *o = Sample {
+            u: vel[0][j],
+            v: vel[1][j],
+            w: vel[2][j],
+            zeta: zeta[j],
+            depth: depth[j],
+            sigma: sigma[j],
+        };
     }
 }
 
@@ -1242,6 +1419,80 @@ mod tests {
         };
         let level = FieldLevel::from_slice(&mesh, &raw).unwrap();
         (mesh, level)
+    }
+
+    /// Every kernel variant this CPU runs samples a batch to the same bits as the scalar
+    /// reference: two levels with a surface and a time weight between them, points spread over
+    /// the mesh (some on edges and vertices), batches of every length.
+    #[test]
+    fn every_kernel_variant_samples_the_same_bits() {
+        let (mesh, a) = steady(|x, y| (0.3 + 1e-4 * (y - Y0), -0.2 + 2e-4 * (x - X0)));
+        let mut a = a;
+        let mut b = a.clone();
+        b.time = 3600.0;
+        for (k, c) in a.coef.iter_mut().enumerate() {
+            c[2] = 1e-3 * (k % 7) as f32;
+        }
+        for (k, c) in b.coef.iter_mut().enumerate() {
+            for v in c.iter_mut() {
+                *v = *v * 1.37 - 0.01 * (k % 5) as f32;
+            }
+        }
+        for (k, z) in a.zeta_elem.iter_mut().enumerate() {
+            *z = [0.1 * (k % 3) as f32, -0.2, 0.05];
+        }
+        for (k, z) in b.zeta_elem.iter_mut().enumerate() {
+            *z = [0.3, 0.07 * (k % 4) as f32, -0.1];
+        }
+        let levels = [a, b];
+        let window = Window { levels: &levels };
+        let mut x = 0x1234_5678_u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (t, n) in [(0.0, BATCH), (1234.5, 7), (3600.0, 1), (2000.0, BATCH)] {
+            let br = window.at(t);
+            let mut at = Points::EMPTY;
+            for j in 0..n {
+                // A third of the points on grid lines: element edges and vertices.
+                let snap = |v: f64| {
+                    if j % 3 == 0 {
+                        (v / 200.0).round() * 200.0
+                    } else {
+                        v
+                    }
+                };
+                let (px, py) = (
+                    X0 + 200.0 + snap(next() * 11_000.0),
+                    Y0 + 200.0 + snap(next() * 11_000.0),
+                );
+                let e = mesh.locate(px, py, None).expect("inside the mesh");
+                at.x[j] = px;
+                at.y[j] = py;
+                at.z[j] = -next() * 12.0;
+                at.e[j] = e;
+                at.w[j] = mesh.weights(e as usize, px, py);
+            }
+            let mut want = [Sample::default(); BATCH];
+            sample_batch_scalar(&mesh, &br, n, &at, &mut want);
+            let bits = |s: &[Sample; BATCH]| -> Vec<[u64; 6]> {
+                s[..n]
+                    .iter()
+                    .map(|s| [s.u, s.v, s.w, s.zeta, s.depth, s.sigma].map(f64::to_bits))
+                    .collect()
+            };
+            let mut got = [Sample::default(); BATCH];
+            sample_lanes(&mesh, &br, n, &at, &mut got);
+            assert_eq!(bits(&got), bits(&want), "lanes, t {t}");
+            if crate::simd::Kernel::Avx2.available() {
+                let mut got = [Sample::default(); BATCH];
+                sample_lanes_avx2(&mesh, &br, n, &at, &mut got);
+                assert_eq!(bits(&got), bits(&want), "avx2, t {t}");
+            }
+        }
     }
 
     fn release(mesh: &Mesh, points: &[(f64, f64)]) -> Particles {

@@ -11,6 +11,7 @@ pub mod paged;
 pub mod particles;
 pub mod projection;
 pub mod rng;
+pub mod simd;
 pub mod snapshot;
 pub mod wire;
 

@@ -19,6 +19,11 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The kernel variant that steps particles in this process: scalar (the reference), simd
+    /// (the widest this CPU runs), sse2, avx2 or neon. Every variant writes the same bits.
+    /// Node processes take theirs from SHOAL_KERNEL.
+    #[arg(long, global = true, value_name = "KERNEL", env = "SHOAL_KERNEL")]
+    kernel: Option<String>,
 }
 
 /// Where the job server keeps its queue.
@@ -624,6 +629,11 @@ where
             anyhow::bail!("{}", e.to_string().trim_start_matches("error: ").trim_end());
         }
     };
+    if let Some(k) = &cli.kernel {
+        let k = shoal_common::simd::Kernel::parse(k.trim())
+            .map_err(|e| anyhow::anyhow!("--kernel (or SHOAL_KERNEL): {e}"))?;
+        shoal_common::simd::set(k).map_err(|e| anyhow::anyhow!(e))?;
+    }
     match cli.command {
         Command::Run {
             config: path,

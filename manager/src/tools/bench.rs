@@ -8,6 +8,7 @@ use crate::tools::synth::{self, Flow, SynthOptions};
 use anyhow::{Context, Result};
 use shoal_common::kernel::{Integrator, StepContext, StepParams, VerticalMixing};
 use shoal_common::rng::{draw, unit_open, Stream};
+use shoal_common::simd::{self, Kernel};
 use shoal_common::{status, FieldLevel, Mesh, MeshInput, Particles, RawSlice, Window};
 use shoal_node::Partition;
 use std::path::PathBuf;
@@ -38,6 +39,21 @@ pub struct BenchArgs {
     /// Where the sparse case writes its input and output.
     #[arg(long, default_value = "target/bench")]
     pub dir: PathBuf,
+    /// Kernel variants to time side by side in the dense and sparse cases, comma separated
+    /// (scalar, sse2, avx2, neon, simd; default: every one this CPU runs).
+    #[arg(long)]
+    pub kernels: Option<String>,
+}
+
+/// The kernel variants to time, each set for this process in turn by the caller.
+fn kernel_list(args: &BenchArgs) -> Result<Vec<Kernel>> {
+    match &args.kernels {
+        None => Ok(Kernel::all_available()),
+        Some(s) => s
+            .split(',')
+            .map(|k| Kernel::parse(k.trim()).map_err(|e| anyhow::anyhow!("--kernels: {e}")))
+            .collect(),
+    }
 }
 
 fn status_kib(key: &str) -> u64 {
@@ -177,11 +193,17 @@ fn dense(args: &BenchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("| threads | sorted | particle-steps/s | per thread |");
-    println!("|---|---|---|---|");
+    println!("| threads | kernel | sorted | particle-steps/s | per thread | ns per particle-step and thread |");
+    println!("|---|---|---|---|---|---|");
     let mut bytes_per_particle = 0.0;
+    let kernels = kernel_list(args)?;
     for &threads in &thread_list(args) {
-        for sorted in [true, false] {
+        for (kernel, sorted) in kernels
+            .iter()
+            .map(|&k| (k, true))
+            .chain(kernels.first().map(|&k| (k, false)))
+        {
+            simd::set(kernel).map_err(|e| anyhow::anyhow!(e))?;
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()?;
@@ -207,10 +229,12 @@ fn dense(args: &BenchArgs) -> Result<()> {
                 bytes_per_particle = part.heap_bytes() as f64 / args.particles as f64;
             }
             println!(
-                "| {threads} | {} | {:.2} M | {:.2} M |",
+                "| {threads} | {} | {} | {:.2} M | {:.2} M | {:.0} |",
+                kernel.name(),
                 if sorted { "yes" } else { "no" },
                 rate / 1e6,
-                rate / 1e6 / threads as f64
+                rate / 1e6 / threads as f64,
+                1e9 * threads as f64 / rate
             );
         }
     }
@@ -272,18 +296,23 @@ fn sparse(args: &BenchArgs) -> Result<()> {
     let cfg_path = args.dir.join("sparse.toml");
     std::fs::write(&cfg_path, toml)?;
     let cfg = RunConfig::from_path(&cfg_path)?;
-    println!("| threads | whole run (s) | whole-run particle-steps/s | per thread | kernel particle-steps/s | whole / kernel |");
-    println!("|---|---|---|---|---|---|");
+    println!("| threads | kernel | whole run (s) | whole-run particle-steps/s | per thread | kernel particle-steps/s | whole / kernel |");
+    println!("|---|---|---|---|---|---|---|");
+    let kernels = kernel_list(args)?;
     for &threads in &thread_list(args) {
-        let (rep, whole, kernel) = direct_run(&cfg, threads)?;
-        println!(
-            "| {threads} | {:.2} | {:.2} M | {:.2} M | {:.2} M | {:.2} |",
-            rep.wall.as_secs_f64(),
-            whole / 1e6,
-            whole / 1e6 / threads as f64,
-            kernel / 1e6,
-            whole / kernel
-        );
+        for &k in &kernels {
+            simd::set(k).map_err(|e| anyhow::anyhow!(e))?;
+            let (rep, whole, kernel) = direct_run(&cfg, threads)?;
+            println!(
+                "| {threads} | {} | {:.2} | {:.2} M | {:.2} M | {:.2} M | {:.2} |",
+                k.name(),
+                rep.wall.as_secs_f64(),
+                whole / 1e6,
+                whole / 1e6 / threads as f64,
+                kernel / 1e6,
+                whole / kernel
+            );
+        }
     }
     println!("sparse: 80 000 elements, {} layers, 100 000 particles, 720 steps of 60 s; peak RSS {:.0} MiB", args.layers, status_kib("VmHWM:") as f64 / 1024.0);
     Ok(())

@@ -552,6 +552,11 @@ fn finish(
     match r {
         Ok(report) => {
             crate::fault::maybe_die("job-ran", job.id.parse().unwrap_or(0));
+            // Drawn before the job is recorded as done, so a done job always has its picture
+            // (a cut in between draws it again at the next start).
+            if let Some(out) = output {
+                picture(job, out);
+            }
             state.phase = Phase::Done;
             state.steps = Some(report.steps);
             spool.set_state(job, &state)?;
@@ -561,9 +566,6 @@ fn finish(
                 let _ = std::fs::remove_file(c);
             }
             eprintln!("serve: job {} done ({} steps)", job.id, report.steps);
-            if let Some(out) = output {
-                picture(job, out);
-            }
             crate::fault::maybe_die("job-done", job.id.parse().unwrap_or(0));
             Ok(())
         }
