@@ -58,16 +58,11 @@ impl Kernel {
         }
     }
 
-    /// What a process runs unless told otherwise: AVX2 where the CPU has it (faster than the
-    /// scalar reference in `shoal bench --case dense`), the scalar reference elsewhere (the
-    /// 128-bit lanes are slower than it on x86-64 with SSE2; on a Pi, `shoal bench --kernels
-    /// scalar,neon` says which to set).
+    /// What a process runs unless told otherwise: the scalar reference. No vector variant is
+    /// faster than it yet on the dense case (BENCHMARKS.md, "The kernel in lanes"): the
+    /// sampling's time goes to each point's scattered loads, which lanes do not share.
     pub fn default_here() -> Kernel {
-        if avx2() {
-            Kernel::Avx2
-        } else {
-            Kernel::Scalar
-        }
+        Kernel::Scalar
     }
 
     /// `scalar`, `simd` (the best here), or a variant by name; an error names what this CPU

@@ -20,8 +20,8 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The kernel variant that steps particles in this process: scalar (the reference), simd
-    /// (the widest this CPU runs), sse2, avx2 or neon. Every variant writes the same bits.
-    /// Node processes take theirs from SHOAL_KERNEL.
+    /// (the widest this CPU runs), sse2, avx2 or neon; default scalar. Every variant writes the
+    /// same bits. Node processes take theirs from SHOAL_KERNEL.
     #[arg(long, global = true, value_name = "KERNEL", env = "SHOAL_KERNEL")]
     kernel: Option<String>,
 }
