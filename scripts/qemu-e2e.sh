@@ -146,6 +146,11 @@ run_s=$(since "$run_start")
 grep -q "pi-qemu aarch64" "$DIR/manager.log" ||
     { echo "qemu-e2e: the aarch64 node took no partition" >&2; exit 1; }
 "$PYTHON" scripts/compare_nc.py qemu-e2e "$DIR/native.nc" "$DIR/mixed.nc"
+grep -q "kernel neon" "$DIR/node-aarch64.log" ||
+    { echo "qemu-e2e: the aarch64 node did not step on NEON lanes" >&2; exit 1; }
+grep -Eq "kernel (avx2|sse2)" "$DIR/node-x86.log" ||
+    { echo "qemu-e2e: the x86-64 node did not step on vector lanes" >&2; exit 1; }
+echo "qemu-e2e: the scalar reference equals the nodes stepping on $(grep -o -E 'kernel [a-z0-9]+' "$DIR/node-aarch64.log" | head -n1) (aarch64) and $(grep -o -E 'kernel [a-z0-9]+' "$DIR/node-x86.log" | head -n1) (x86-64)"
 
 # pi over both architectures equals pi in one process, to the last sample.
 SAMPLES=3000000

@@ -107,8 +107,12 @@ pub fn serve(opts: &NodeOptions, session: &Session, stop: &AtomicBool) -> Result
         .wait()
         .map_err(|e| anyhow!("declaring the liveliness token: {e}"))?;
     log.say(format!(
-        "announced in cluster `{}` ({} on {}, {} cores); waiting for a manager",
-        opts.cluster, hello.capabilities.version, hello.capabilities.arch, hello.capabilities.cores
+        "announced in cluster `{}` ({} on {}, {} cores, kernel {}); waiting for a manager",
+        opts.cluster,
+        hello.capabilities.version,
+        hello.capabilities.arch,
+        hello.capabilities.cores,
+        shoal_common::simd::chosen().name()
     ));
     let notifier = opts.notify.then(Notifier::from_env);
     if let Some(n) = &notifier {

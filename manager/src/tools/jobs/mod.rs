@@ -331,6 +331,10 @@ impl Spool {
     }
 
     pub fn job(&self, id: &str) -> Result<Job> {
+        // An id is digits (it may come from another host): nothing else names a directory.
+        if id.is_empty() || id.len() > 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("`{id}` is not a job id (such as 000001)");
+        }
         let dir = self.jobs_dir().join(id);
         let read = |name: &str| -> Result<Vec<u8>> {
             let p = dir.join(name);
@@ -715,6 +719,23 @@ pub fn row(j: &Job, live: Option<(u32, u32, Option<f64>)>) -> JobRow {
     }
 }
 
+/// Whether a file of a job's directory is one of its outputs: not the queue's own files, a
+/// file being written, or a checkpoint.
+fn is_output(name: &str) -> bool {
+    let own = [
+        "run.toml",
+        "job.json",
+        "state.json",
+        "cancel",
+        "progress.json",
+    ];
+    !name.is_empty()
+        && !own.contains(&name)
+        && !name.ends_with(".tmp")
+        && !name.ends_with(".tmp.png")
+        && !name.ends_with(".checkpoint")
+}
+
 /// A job's output file as `shoal fetch` copies it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -741,19 +762,7 @@ impl Spool {
             .filter_map(|e| e.ok())
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            let own = [
-                "run.toml",
-                "job.json",
-                "state.json",
-                "cancel",
-                "progress.json",
-            ];
-            if own.contains(&name.as_str())
-                || name.ends_with(".tmp")
-                || name.ends_with(".tmp.png")
-                || name.ends_with(".checkpoint")
-                || !e.file_type().is_ok_and(|t| t.is_file())
-            {
+            if !is_output(&name) || !e.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             let size = e.metadata()?.len();
@@ -769,9 +778,10 @@ impl Spool {
     pub fn read_output(&self, id: &str, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         let job = self.job(id)?;
-        let ok = !name.is_empty()
+        let ok = is_output(name)
             && !name.contains('/')
             && name != ".."
+            && name != "."
             && !matches!(job.state.phase, Phase::Queued | Phase::Running);
         if !ok {
             bail!("job {id} has no output `{name}` to fetch");
@@ -934,4 +944,58 @@ pub fn listing(rows: &[ListedJob]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids and output names may come from another host: only a job's digits name its
+    /// directory, and only its outputs can be read from it.
+    #[test]
+    fn job_ids_are_digits_and_only_outputs_are_read() {
+        let dir = std::env::temp_dir().join(format!("shoal-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir).unwrap();
+        let run = "[input]\nfiles=['f.nc']\n[release.generate]\ncount=10\ncentre=[0.0,0.0]\n\
+                   radius=10.0\nz=-1.0\n[run]\nduration='1h'\ndt='60s'\n[output]\nfile='out.nc'\n\
+                   interval='20min'\n";
+        let id = spool
+            .queue(run, Some(dir.clone()), "me", &[], &|_| None, None)
+            .unwrap();
+        assert_eq!(id, "000001");
+        for bad in ["../jobs/000001", "/etc", "", "00001a", "1234567890123"] {
+            assert!(spool.job(bad).is_err(), "{bad}");
+        }
+        let job = spool.job(&id).unwrap();
+        assert!(spool
+            .outputs(&id)
+            .unwrap_err()
+            .to_string()
+            .contains("queued"));
+        let mut state = job.state.clone();
+        state.phase = Phase::Done;
+        spool.set_state(&job, &state).unwrap();
+        std::fs::write(job.dir.join("out.nc"), b"abc").unwrap();
+        std::fs::write(job.dir.join("out.nc.checkpoint"), b"x").unwrap();
+        let names: Vec<String> = spool
+            .outputs(&id)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["out.nc"]);
+        assert_eq!(spool.read_output(&id, "out.nc", 1, 10).unwrap(), b"bc");
+        for bad in [
+            "job.json",
+            "state.json",
+            "../../x",
+            "out.nc.checkpoint",
+            ".",
+            "",
+        ] {
+            assert!(spool.read_output(&id, bad, 0, 10).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

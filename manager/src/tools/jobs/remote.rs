@@ -201,10 +201,16 @@ impl Store {
     /// the content is hashed and, when it matches, renamed into the store.
     fn put(&self, c: &Content, offset: u64, bytes: &[u8]) -> Result<u64> {
         let held = self.held(c)?;
-        let end = offset + bytes.len() as u64;
-        if end > c.size {
-            bail!("a piece that ends at byte {end} of a {}-byte input", c.size);
-        }
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|&e| e <= c.size);
+        let Some(end) = end else {
+            bail!(
+                "a piece of {} bytes from byte {offset} of a {}-byte input",
+                bytes.len(),
+                c.size
+            );
+        };
         if end <= held {
             return Ok(held);
         }
