@@ -50,8 +50,8 @@ impl SpoolArg {
 #[derive(clap::Args)]
 struct RemoteArgs {
     /// Ask the job server (`shoal serve --cluster NAME`) of this cluster, over its fabric,
-    /// instead of a spool on this machine.
-    #[arg(long, value_name = "NAME", conflicts_with = "spool")]
+    /// instead of a spool on this machine (a spool given too, or $SHOAL_SPOOL, is not used).
+    #[arg(long, value_name = "NAME")]
     cluster: Option<String>,
     /// This host's zenoh configuration for the cluster (its certificate, the server's address).
     #[arg(long, value_name = "FILE", requires = "cluster")]
@@ -62,6 +62,15 @@ struct RemoteArgs {
     /// Seconds to wait for the server to answer.
     #[arg(long, default_value_t = 30.0, requires = "cluster")]
     wait: f64,
+}
+
+/// Checks that a `--zenoh-config` file parses, naming it when it does not.
+fn check_zenoh_config(file: &Option<PathBuf>) -> Result<()> {
+    match file {
+        Some(p) => shoal_node::net::check_config_file(p)
+            .with_context(|| format!("--zenoh-config {}", p.display())),
+        None => Ok(()),
+    }
 }
 
 /// Where a job command acts: a spool here, or a cluster's job server.
@@ -78,10 +87,7 @@ fn queue(spool: &SpoolArg, remote: RemoteArgs) -> Result<Queue> {
         remote.wait.is_finite() && remote.wait >= 0.0,
         "--wait must be a number of seconds"
     );
-    if let Some(p) = &remote.zenoh_config {
-        shoal_node::net::check_config_file(p)
-            .with_context(|| format!("--zenoh-config {}", p.display()))?;
-    }
+    check_zenoh_config(&remote.zenoh_config)?;
     Ok(Queue::There(jobs::remote::Remote::open(
         &jobs::remote::RemoteOptions {
             cluster,
@@ -531,10 +537,7 @@ struct FleetArgs {
 
 impl FleetArgs {
     fn options(self) -> Result<FleetOptions> {
-        if let Some(p) = &self.zenoh_config {
-            shoal_node::net::check_config_file(p)
-                .with_context(|| format!("--zenoh-config {}", p.display()))?;
-        }
+        check_zenoh_config(&self.zenoh_config)?;
         anyhow::ensure!(
             self.wait.is_finite() && self.wait >= 0.0,
             "--wait must be a number of seconds"
@@ -893,10 +896,7 @@ where
                 max_input_mb.is_finite() && max_input_mb > 0.0,
                 "--max-input-mb must be a positive number of megabytes"
             );
-            if let Some(p) = &zenoh_config {
-                shoal_node::net::check_config_file(p)
-                    .with_context(|| format!("--zenoh-config {}", p.display()))?;
-            }
+            check_zenoh_config(&zenoh_config)?;
             jobs::serve(
                 &spool.open()?,
                 &jobs::ServeOptions {

@@ -113,8 +113,17 @@ impl Station {
     }
 }
 
+/// `shoal jobs`' table as rows of words, its header left out.
+pub(crate) fn job_rows(table: &str) -> Vec<Vec<&str>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
 /// Waits for a child to end and says how: exit code, or the signal that killed it.
-fn ended(c: &mut Child, within: Duration) -> String {
+pub(crate) fn ended(c: &mut Child, within: Duration) -> String {
     use std::os::unix::process::ExitStatusExt;
     let deadline = Instant::now() + within;
     loop {
@@ -387,11 +396,7 @@ fn the_job_server_loses_no_job_and_runs_none_twice_through_power_cuts() {
         "{log}"
     );
     let table = String::from_utf8_lossy(&shoal(&["jobs"], None).stdout).into_owned();
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = job_rows(&table);
     // Job 1 started once and was resumed three times; job 2 ran once; the cut one is not there.
     assert_eq!(rows.len(), 2, "{table}");
     assert_eq!(&rows[0][..4], ["000001", "done", "4", "180"], "{table}");
@@ -467,11 +472,7 @@ fn shoal_cancel_cancels_a_queued_job_at_once_and_a_running_one_at_a_step() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
     let table = String::from_utf8_lossy(&shoal(&["jobs"]).stdout).into_owned();
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = job_rows(&table);
     assert_eq!(&rows[0][..2], ["000001", "cancelled"], "{table}");
     assert!(
         table.contains("cancelled after step ") && table.contains(" of 2880"),

@@ -5,8 +5,8 @@
 //! every job must finish once, bit-identical to the one-machine run.
 
 use crate::fabric::{clean, direct, setup, Nodes};
+use crate::faults::{ended, job_rows};
 use shoal_tests::*;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -99,18 +99,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Waits for a child to end and says how.
-fn wait_end(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(st) = c.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 #[test]
@@ -219,10 +207,9 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let st = wait_end(&mut cut.0, Duration::from_secs(90)).expect("the server outlived its cut");
     assert_eq!(
-        st.signal(),
-        Some(9),
+        ended(&mut cut.0, Duration::from_secs(90)),
+        "signal 9",
         "{}",
         std::fs::read_to_string(dir.join("serve1.log")).unwrap()
     );
@@ -247,9 +234,9 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
         String::from_utf8_lossy(&o.stdout).trim(),
         "job 000002 queued"
     );
-    let st = wait_end(&mut cut.0, Duration::from_secs(180)).expect("the server outlived its cut");
+    let how = ended(&mut cut.0, Duration::from_secs(180));
     let log2 = std::fs::read_to_string(dir.join("serve2.log")).unwrap();
-    assert_eq!(st.signal(), Some(9), "{log2}");
+    assert_eq!(how, "signal 9", "{log2}");
     assert!(
         log2.contains("discarded 1 submission(s) cut short"),
         "{log2}"
@@ -273,11 +260,7 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = job_rows(&table);
     // Submitted by the name on the laptop's certificate; job 1 started twice, job 2 once.
     assert_eq!(rows.len(), 2, "{table}");
     assert_eq!(
@@ -367,8 +350,7 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let st = wait_end(&mut up.0, Duration::from_secs(30)).expect("the server ignored SIGTERM");
-    assert_eq!(st.code(), Some(143));
+    assert_eq!(ended(&mut up.0, Duration::from_secs(30)), "exit 143");
     drop(nodes);
 }
 

@@ -738,12 +738,11 @@ impl RunConfig {
     }
 
     /// The run file `text`, each path it names (absolute or relative, as written) put where
-    /// `place` says: how the job server puts a job's inputs in its store and its outputs in
+    /// `resolve` says: how the job server puts a job's inputs in its store and its outputs in
     /// the job's directory.
-    pub fn from_str_placing(text: &str, place: Resolve) -> Result<RunConfig> {
+    pub fn from_str_placing(text: &str, resolve: Resolve) -> Result<RunConfig> {
         let file: RunFile =
             toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
-        let resolve = |p: &str, kind: PathKind| -> PathBuf { place(p, kind) };
         if file.input.files.is_empty() {
             bail!("key `input.files`: name at least one FVCOM NetCDF file");
         }
@@ -869,12 +868,12 @@ impl RunConfig {
             rebalance_share,
             rebalance_steps: c.rebalance_steps.unwrap_or(100),
         };
-        let polygons = polygon_release(&file.release, &resolve)?;
+        let polygons = polygon_release(&file.release, resolve)?;
         let larvae = larvae(b)?;
         let settlement = file
             .settlement
             .as_ref()
-            .map(|s| settlement(s, &resolve))
+            .map(|s| settlement(s, resolve))
             .transpose()?;
         let backward = match file.run.direction.as_deref().unwrap_or("forward") {
             "forward" => false,
@@ -918,7 +917,7 @@ impl RunConfig {
             .output
             .density
             .as_ref()
-            .map(|d| density_spec(d, &resolve))
+            .map(|d| density_spec(d, resolve))
             .transpose()?;
         if let Some(d) = &density {
             if d.file == output || d.file == checkpoint_path(&output) {

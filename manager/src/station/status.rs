@@ -295,9 +295,8 @@ impl Board {
             ("bad field", tally.bad_field),
             ("outside mesh", tally.outside_mesh),
         ];
-        let name = self.with(|s| s.painter.as_ref().map(|p| p.0.clone()));
-        let card = RunCard {
-            name: name.unwrap_or_default(),
+        let mut card = RunCard {
+            name: String::new(),
             step,
             n_steps,
             particles: n,
@@ -306,7 +305,10 @@ impl Board {
             counts: counts.into_iter().filter(|(_, c)| *c > 0).collect(),
             model_time: crate::input::timefmt::format_datetime(model_time),
         };
-        self.with(|s| s.run = Some(card));
+        self.with(|s| {
+            card.name = s.painter.as_ref().map_or(String::new(), |p| p.0.clone());
+            s.run = Some(card)
+        });
     }
 
     /// At output times: a new picture of the particles, unless one was drawn very recently.

@@ -68,6 +68,17 @@ pub struct SentInput {
     pub sha256: String,
 }
 
+/// A run file's text and the absolute directory its relative paths resolve against.
+fn read_run_file(run_file: &Path) -> Result<(String, PathBuf)> {
+    let text = std::fs::read_to_string(run_file)
+        .with_context(|| format!("cannot read {}", run_file.display()))?;
+    let dir = run_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((text, crate::input::identity::absolute(dir)))
+}
+
 /// Where a job's paths lead: inputs sent with it to its `inputs/`, other inputs as the run file
 /// says from `base`, and every output into the job's directory `dir` by its file name.
 fn placing<'a>(
@@ -189,13 +200,7 @@ impl Spool {
     /// Queues the run file at `run_file`, checked first as `shoal run` would check it (the same
     /// error for a bad one, and nothing queued). Returns the job's id.
     pub fn submit(&self, run_file: &Path, submitter: &str) -> Result<String> {
-        let text = std::fs::read_to_string(run_file)
-            .with_context(|| format!("cannot read {}", run_file.display()))?;
-        let dir = run_file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = crate::input::identity::absolute(dir);
+        let (text, base) = read_run_file(run_file)?;
         self.queue(&text, Some(base), submitter, &[], &|_| None, None)
             .with_context(|| format!("in {}", run_file.display()))
     }

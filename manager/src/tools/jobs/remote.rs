@@ -575,13 +575,7 @@ impl Remote {
 
     /// Sends the run file at `run_file` and the inputs the server lacks, and queues it there.
     pub fn submit(&self, run_file: &Path, quiet: bool) -> Result<String> {
-        let text = std::fs::read_to_string(run_file)
-            .with_context(|| format!("cannot read {}", run_file.display()))?;
-        let dir = run_file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = crate::input::identity::absolute(dir);
+        let (text, base) = super::read_run_file(run_file)?;
         // Checked here as `shoal run` checks it, noting every input it names.
         let named = std::cell::RefCell::new(Vec::<String>::new());
         RunConfig::from_str_placing(&text, &|p, kind| {
