@@ -4,7 +4,7 @@
 //! the caller owns threads, ordering and I/O.
 
 use crate::behaviour::{chance, chance_per_hour, fate_draws, swim, Band, Behaviour, Sun};
-use crate::fields::{Bracket, FieldLevel, Window, COEF_DX, COEF_DY, N_COEF};
+use crate::fields::{Bracket, FieldLevel, Window, COEF_DX, COEF_DY};
 use crate::mesh::{is_element, Mesh, Walk, LAND, OPEN};
 use crate::particles::{status, ParticlesMut};
 use crate::rng::{draw, normal_pair, unit_open, Stream};
@@ -369,8 +369,8 @@ fn sample_lanes_avx2(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut
     sample_lanes_body(mesh, br, n, at, out)
 }
 
-/// Where each lane's point sits for the coefficient blocks: the two layers, the weight of the
-/// lower one, and the offset from the element's centroid.
+/// Where each lane's point sits for the coefficient blocks: its two layers, the weight of
+/// the lower one, and the offset from the element's centroid.
 struct LayerLanes {
     k: [usize; BATCH],
     k1: [usize; BATCH],
@@ -380,26 +380,19 @@ struct LayerLanes {
 }
 
 impl LayerLanes {
-    /// The velocity of the first `n` lanes at one level, as `velocity_at` does it.
+    /// The velocity of the first `n` lanes at one level, as `velocity_at` does it; `base[j]`
+    /// is where lane j's element's blocks start in the level's `coef`.
     #[inline(always)]
-    fn velocity(
-        &self,
-        lvl: &FieldLevel,
-        nl: usize,
-        n: usize,
-        e: &[u32; BATCH],
-    ) -> [[f64; BATCH]; 3] {
+    fn velocity(&self, lvl: &FieldLevel, base: &[usize; BATCH], n: usize) -> [[f64; BATCH]; 3] {
         let mut r = [[0.0; BATCH]; 3];
         for j in 0..n {
-            let base = lvl.slot(e[j] as usize) * nl;
-            let (t, b) = (&lvl.coef[base + self.k[j]], &lvl.coef[base + self.k1[j]]);
-            let mut bl = [0f32; N_COEF];
-            for c in 0..N_COEF {
-                bl[c] = t[c] + (b[c] - t[c]) * self.wk[j];
-            }
-            for (c, rc) in r.iter_mut().enumerate() {
-                rc[j] =
-                    (bl[c] + bl[COEF_DX + c] * self.dx[j] + bl[COEF_DY + c] * self.dy[j]) as f64;
+            let (t, b) = (
+                &lvl.coef[base[j] + self.k[j]],
+                &lvl.coef[base[j] + self.k1[j]],
+            );
+            let v = crate::simd::block_velocity(t, b, self.wk[j], self.dx[j], self.dy[j]);
+            for (rc, v) in r.iter_mut().zip(v) {
+                rc[j] = v;
             }
         }
         r
@@ -422,10 +415,24 @@ fn sample_lanes_body(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut
     let mut za = [[0.0; BATCH]; 3];
     let mut zb = [[0.0; BATCH]; 3];
     let mut hn = [[0.0; BATCH]; 3];
+    let (mut base_a, mut base_b) = ([0usize; BATCH], [0usize; BATCH]);
+    // Particles sorted by element come in runs: a lane in its predecessor's element reuses
+    // what that one loaded.
+    let mut held = None;
     for j in 0..n {
         let e = at.e[j] as usize;
-        (xc[j], yc[j]) = mesh.centroid(e);
-        let (a, b) = (&br.a.zeta_elem[br.a.slot(e)], &br.b.zeta_elem[br.b.slot(e)]);
+        let (c, sa, sb) = match held {
+            Some((he, c, sa, sb)) if he == e => (c, sa, sb),
+            _ => {
+                let c = mesh.centroid(e);
+                let (sa, sb) = (br.a.slot(e), br.b.slot(e));
+                held = Some((e, c, sa, sb));
+                (c, sa, sb)
+            }
+        };
+        (xc[j], yc[j]) = c;
+        (base_a[j], base_b[j]) = (sa * nl, sb * nl);
+        let (a, b) = (&br.a.zeta_elem[sa], &br.b.zeta_elem[sb]);
         let h = mesh.h_elem(e);
         for c in 0..3 {
             w[c][j] = at.w[j][c];
@@ -453,14 +460,17 @@ fn sample_lanes_body(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut
     match mesh.vertical.even_layers {
         Some((first, _)) => {
             let (inv, top) = (mesh.vertical.inv_layer_step, (nl - 1) as f64);
-            let mut f = [0.0; BATCH];
+            // `f as usize` of the reference, over all lanes as `f as i32` (the same integer:
+            // f lies in [0, nl - 1], and NaN gives 0 either way).
+            let (mut f, mut ki) = ([0.0; BATCH], [0i32; BATCH]);
+            let last = nl as i32 - 2;
             for j in 0..BATCH {
                 f[j] = ((sigma[j] - first) * inv).clamp(0.0, top);
+                ki[j] = (f[j] as i32).min(last);
+                wk[j] = (f[j] - ki[j] as f64) as f32;
             }
             for j in 0..n {
-                let kj = (f[j] as usize).min(nl - 2);
-                k[j] = kj;
-                wk[j] = (f[j] - kj as f64) as f32;
+                k[j] = ki[j] as usize;
             }
         }
         None => {
@@ -475,11 +485,20 @@ fn sample_lanes_body(mesh: &Mesh, br: &Bracket, n: usize, at: &Points, out: &mut
         k1[j] = (k[j] + 1).min(nl - 1);
     }
     // The coefficient blocks: as `velocity_at`, lane by lane; each lane's nine blends at once.
+    // Every lane's blocks asked for before the first is used: their loads overlap instead of
+    // each lane waiting for its own.
+    for j in 0..n {
+        crate::simd::prefetch(&br.a.coef[base_a[j] + k[j]]);
+        crate::simd::prefetch(&br.a.coef[base_a[j] + k1[j]][8]);
+        if wt != 0.0 {
+            crate::simd::prefetch(&br.b.coef[base_b[j] + k[j]]);
+            crate::simd::prefetch(&br.b.coef[base_b[j] + k1[j]][8]);
+        }
+    }
     let lanes = LayerLanes { k, k1, wk, dx, dy };
-    let level = |lvl: &FieldLevel| lanes.velocity(lvl, nl, n, &at.e);
-    let mut vel = level(br.a);
+    let mut vel = lanes.velocity(br.a, &base_a, n);
     if wt != 0.0 {
-        let vb = level(br.b);
+        let vb = lanes.velocity(br.b, &base_b, n);
         for (va, vb) in vel.iter_mut().zip(&vb) {
             for j in 0..BATCH {
                 va[j] = lerp(va[j], vb[j], wt);
@@ -1453,10 +1472,24 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (x >> 11) as f64 / (1u64 << 53) as f64
         };
-        for (t, n) in [(0.0, BATCH), (1234.5, 7), (3600.0, 1), (2000.0, BATCH)] {
+        // The last batch comes in runs of points a metre apart, mostly in one element, as
+        // particles sorted by element do (the lanes reuse what a run's first point loaded).
+        for (t, n, runs) in [
+            (0.0, BATCH, false),
+            (1234.5, 7, false),
+            (3600.0, 1, false),
+            (2000.0, BATCH, true),
+        ] {
             let br = window.at(t);
             let mut at = Points::EMPTY;
             for j in 0..n {
+                if runs && j % 4 != 0 {
+                    let (px, py) = (at.x[j - 1] + 1.0, at.y[j - 1] - 0.5);
+                    let e = mesh.locate(px, py, None).expect("inside the mesh");
+                    (at.x[j], at.y[j], at.z[j], at.e[j]) = (px, py, -next() * 12.0, e);
+                    at.w[j] = mesh.weights(e as usize, px, py);
+                    continue;
+                }
                 // A third of the points on grid lines: element edges and vertices.
                 let snap = |v: f64| {
                     if j % 3 == 0 {
