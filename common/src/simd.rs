@@ -184,6 +184,12 @@ pub(crate) fn prefetch<T>(p: &T) {
 /// components, in that order. Here the nine blends run as two 4-lane blends and one scalar,
 /// and the three components as one 4-lane evaluation: the same IEEE operations on each value,
 /// so the same bits.
+// The shuffles below take the block's layout as it is: three values, their x gradients, their
+// y gradients.
+const _: () = assert!(
+    crate::fields::N_COEF == 9 && crate::fields::COEF_DX == 3 && crate::fields::COEF_DY == 6
+);
+
 #[inline(always)]
 pub(crate) fn block_velocity(
     top: &[f32; 9],

@@ -6,6 +6,7 @@
 
 use crate::fabric::{clean, direct, setup, Nodes};
 use crate::faults::{ended, job_rows};
+use crate::status::Killed;
 use shoal_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -89,16 +90,6 @@ fn free_udp_port() -> u16 {
         .and_then(|s| s.local_addr())
         .unwrap()
         .port()
-}
-
-/// A server process, killed when the test ends however it ends (a failed assertion too).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -201,7 +192,7 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
     // Cut 1, during a submission: the server dies after writing the job in incoming/, before
     // it is queued. The submitter asks again while nobody answers; the restarted server
     // discards the half-received job and queues the retry, once.
-    let mut cut = Reaped(server(Some("submit-cut:0"), "serve1.log"));
+    let mut cut = Killed(server(Some("submit-cut:0"), "serve1.log"));
     let submit_a = laptop(&laptop_cfg, &["submit", "a.toml", "--wait", "120"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,7 +210,7 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
     );
 
     // Cut 2, in the middle of job 1's run (just after its checkpoint at step 60).
-    let mut cut = Reaped(server(Some("checkpoint:60"), "serve2.log"));
+    let mut cut = Killed(server(Some("checkpoint:60"), "serve2.log"));
     let o = submit_a.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
@@ -244,7 +235,7 @@ fn jobs_sent_from_another_host_finish_once_and_identical_through_power_cuts() {
     assert!(spool.join("jobs/000001/a.nc.checkpoint").is_file());
 
     // Back after the cut: job 1 resumes from its checkpoint, then job 2 runs.
-    let mut up = Reaped(server(None, "serve3.log"));
+    let mut up = Killed(server(None, "serve3.log"));
     let deadline = Instant::now() + Duration::from_secs(300);
     let table = loop {
         let o = laptop(&laptop_cfg, &["jobs"]).output().unwrap();

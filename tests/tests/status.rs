@@ -121,7 +121,8 @@ fn step_of(dom: &str) -> u64 {
         .unwrap()
 }
 
-struct Killed(Child);
+/// A child process, killed when the test ends however it ends (a failed assertion too).
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -466,7 +466,7 @@ pub fn serve(spool: &Spool, opts: &ServeOptions) -> Result<()> {
         }
         None => None,
     };
-    let _keeper = Keeper::start(spool.clone(), board.clone());
+    let _keeper = keep_board(spool.clone(), board.clone());
     let _remote = match &opts.cluster {
         Some(cluster) => Some(remote::Listener::start(
             spool,
@@ -529,7 +529,7 @@ fn run_job(spool: &Spool, job: &Job, opts: &ServeOptions, board: &Arc<Board>) ->
         if resume { "resumes" } else { "starts" },
         cfg.output.display()
     );
-    let watch = CancelWatch::start(job.dir.join("cancel"));
+    let watch = watch_cancel(job.dir.join("cancel"));
     let report = crate::run::run(
         &cfg,
         &RunOptions {
@@ -633,44 +633,52 @@ fn picture(job: &Job, output: &Path) {
 
 /// Keeps the board's queue and each running job's `progress.json` current while the server
 /// runs, every second, from its own thread.
-struct Keeper {
+fn keep_board(spool: Spool, board: Arc<Board>) -> Ticker {
+    let mut written = std::time::Instant::now();
+    Ticker::start(Duration::from_secs(1), move || {
+        if let Ok(jobs) = spool.jobs() {
+            let progress = board.progress();
+            board.set_jobs(jobs.iter().map(|j| row(j, progress)).collect());
+            // On an SD card a write a step would wear it: every 5 s at most.
+            if let (Some(p), Some(j)) = (
+                progress,
+                jobs.iter().find(|j| j.state.phase == Phase::Running),
+            ) {
+                if written.elapsed() >= Duration::from_secs(5) {
+                    let _ = write_progress(&j.dir, p);
+                    written = std::time::Instant::now();
+                }
+            }
+        }
+        true
+    })
+}
+
+/// A thread that calls `tick` every `period` until `tick` returns false or the ticker is
+/// dropped (which waits for the thread to end).
+struct Ticker {
     done: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Keeper {
-    fn start(spool: Spool, board: Arc<Board>) -> Keeper {
+impl Ticker {
+    fn start(period: Duration, mut tick: impl FnMut() -> bool + Send + 'static) -> Ticker {
         use std::sync::atomic::Ordering;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let d = done.clone();
         let thread = std::thread::spawn(move || {
-            let mut written = std::time::Instant::now();
-            while !d.load(Ordering::Relaxed) {
-                if let Ok(jobs) = spool.jobs() {
-                    let progress = board.progress();
-                    board.set_jobs(jobs.iter().map(|j| row(j, progress)).collect());
-                    // On an SD card a write a step would wear it: every 5 s at most.
-                    if let (Some(p), Some(j)) = (
-                        progress,
-                        jobs.iter().find(|j| j.state.phase == Phase::Running),
-                    ) {
-                        if written.elapsed() >= Duration::from_secs(5) {
-                            let _ = write_progress(&j.dir, p);
-                            written = std::time::Instant::now();
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_secs(1));
+            while !d.load(Ordering::Relaxed) && tick() {
+                std::thread::sleep(period);
             }
         });
-        Keeper {
+        Ticker {
             done,
             thread: Some(thread),
         }
     }
 }
 
-impl Drop for Keeper {
+impl Drop for Ticker {
     fn drop(&mut self) {
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -852,39 +860,14 @@ fn fetch_files(
 }
 
 /// Watches for a job's cancel file while it runs, and asks the run to stop when it appears.
-struct CancelWatch {
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl CancelWatch {
-    fn start(flag: PathBuf) -> CancelWatch {
-        use std::sync::atomic::Ordering;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d = done.clone();
-        let thread = std::thread::spawn(move || {
-            while !d.load(Ordering::Relaxed) {
-                if flag.exists() {
-                    stop::ask(libc::SIGTERM);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        CancelWatch {
-            done,
-            thread: Some(thread),
+fn watch_cancel(flag: PathBuf) -> Ticker {
+    Ticker::start(Duration::from_millis(200), move || {
+        if flag.exists() {
+            stop::ask(libc::SIGTERM);
+            return false;
         }
-    }
-}
-
-impl Drop for CancelWatch {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        true
+    })
 }
 
 /// `shoal jobs`: one line per job.
