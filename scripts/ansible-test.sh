@@ -519,10 +519,14 @@ for run in $(seq "$RUNS"); do
 done
 # The status page shows the queue, with the submitter and the pictures of the done jobs.
 ip netns exec "$CTL" "$PYTHON" - "${ADDR[mgr]}" "$want_submitter" >"$LOGS/status.log" 2>&1 <<'EOF' ||
-import json, re, sys, urllib.request
+import json, re, sys, time, urllib.request
 base = f"http://{sys.argv[1]}:8080"
-s = json.load(urllib.request.urlopen(base + "/status.json", timeout=10))
-jobs = s["jobs"]
+# The page reads the queue once a second: a job fetched a moment ago may still show running.
+for _ in range(20):
+    jobs = json.load(urllib.request.urlopen(base + "/status.json", timeout=10))["jobs"]
+    if [j["state"] for j in jobs] == ["done", "done"]:
+        break
+    time.sleep(0.5)
 assert [j["state"] for j in jobs] == ["done", "done"], jobs
 assert all(re.fullmatch(sys.argv[2], j["submitter"]) for j in jobs), jobs
 png = urllib.request.urlopen(base + jobs[0]["picture"], timeout=10).read()
